@@ -1,0 +1,1 @@
+"""Shared logic of the melanoma-detection pipeline; the DVC stages in `stages/` are thin wrappers."""

@@ -1,0 +1,185 @@
+"""`params.yaml`, parsed once into typed, checked objects.
+
+Every stage calls `load_params()` first, so a bad value stops the run before any work,
+with the dotted name of the param in the message (for example `train.epochs`).
+"""
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from melanoma.labels import LABELS
+
+PARAMS_FILE = Path("params.yaml")
+
+
+class ParamsError(ValueError):
+    """A value in params.yaml is missing, unknown or out of range."""
+
+
+class _Section(BaseModel):
+    # A typo in params.yaml must fail loudly, not be silently ignored.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataParams(_Section):
+    source: Path = Field(description="ISIC collection: a directory or a .zip archive")
+
+
+class IngestParams(_Section):
+    image_size: int = Field(ge=32, le=1024, description="side of the square images written")
+    image_format: Literal["png", "jpeg"] = "png"
+    jpeg_quality: int = Field(95, ge=50, le=100)
+    max_image_pixels: int = Field(
+        50_000_000, ge=1_000_000, description="larger images are refused as decompression bombs"
+    )
+
+
+class ValidateParams(_Section):
+    min_width: int = Field(ge=1)
+    min_height: int = Field(ge=1)
+    min_images_per_class: dict[Literal["train", "test"], int]
+    on_label_conflict: Literal["drop", "keep", "fail"] = "drop"
+    on_leak: Literal["drop_from_train", "drop_from_test", "keep", "fail"] = "drop_from_train"
+    on_duplicate: Literal["keep_first", "keep_all", "fail"] = "keep_first"
+
+    @field_validator("min_images_per_class")
+    @classmethod
+    def _non_negative(cls, counts: dict[str, int]) -> dict[str, int]:
+        if any(n < 0 for n in counts.values()):
+            raise ValueError("counts must be >= 0")
+        return counts
+
+
+class AugmentParams(_Section):
+    seed: int = 42
+    val_fraction: float = Field(gt=0, lt=1)
+    target_per_class: int = Field(ge=1, description="training images per class after augmentation")
+    rotation_degrees: float = Field(ge=0, le=180)
+    flip_horizontal: bool = True
+    flip_vertical: bool = True
+    zoom: float = Field(ge=0, lt=1, description="max fraction cropped before resizing back")
+    brightness: float = Field(ge=0, lt=1)
+    contrast: float = Field(ge=0, lt=1)
+
+
+class TrainParams(_Section):
+    seed: int = 42
+    architecture: Literal["simple_cnn", "resnet", "efficientnetb0", "mobilenetv3small"]
+    image_size: int
+    filters: list[int] = Field(min_length=1)
+    dropout: float = Field(ge=0, lt=1)
+    normalization: Literal["batch", "none"] = "batch"
+    pretrained_weights: Path | None = Field(
+        None, description="local ImageNet weights file for the keras.applications backbones"
+    )
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    learning_rate: float = Field(gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    batch_size: int = Field(ge=1)
+    epochs: int = Field(ge=1)
+    class_weights: bool = False
+    class_weight_overrides: dict[str, float] = Field(default_factory=dict)
+    early_stopping_patience: int = Field(ge=0, description="0 turns early stopping off")
+    reduce_lr_patience: int = Field(ge=0, description="0 turns learning-rate reduction off")
+    reduce_lr_factor: float = Field(0.5, gt=0, lt=1)
+
+    @field_validator("filters")
+    @classmethod
+    def _positive_filters(cls, filters: list[int]) -> list[int]:
+        if any(f < 1 for f in filters):
+            raise ValueError("every filter count must be >= 1")
+        return filters
+
+    @field_validator("class_weight_overrides")
+    @classmethod
+    def _known_labels(cls, weights: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(weights) - set(LABELS))
+        if unknown:
+            raise ValueError(f"unknown label(s) {unknown}; labels are {list(LABELS)}")
+        return weights
+
+    @model_validator(mode="after")
+    def _image_fits_network(self) -> "TrainParams":
+        # Each conv block halves the image; below 4 px the last block has nothing to see.
+        smallest = 4 * 2 ** len(self.filters) if self.architecture in ("simple_cnn", "resnet") else 32
+        if self.image_size < smallest:
+            raise ValueError(
+                f"image_size={self.image_size} is too small for {self.architecture} with "
+                f"{len(self.filters)} blocks: it needs at least {smallest}"
+            )
+        return self
+
+
+class EvaluateParams(_Section):
+    melanoma_threshold: float = Field(gt=0, lt=1)
+    bootstrap_samples: int = Field(1000, ge=0)
+    seed: int = 42
+
+
+class RegistryParams(_Section):
+    model_name: str = Field(min_length=1)
+    primary_metric: Literal["accuracy", "balanced_accuracy", "macro_f1", "melanoma_auc"]
+    min_improvement: float = Field(0.0, ge=0)
+
+
+class MlflowParams(_Section):
+    experiment: str = Field(min_length=1)
+    tracking_uri: str = Field(description="used when MLFLOW_TRACKING_URI is not set")
+    artifact_location: Path
+
+
+class Params(_Section):
+    data: DataParams
+    ingest: IngestParams
+    validate_: ValidateParams = Field(alias="validate")
+    augment: AugmentParams
+    train: TrainParams
+    evaluate: EvaluateParams
+    registry: RegistryParams
+    mlflow: MlflowParams
+
+    @model_validator(mode="after")
+    def _train_size_within_ingest(self) -> "Params":
+        if self.train.image_size > self.ingest.image_size:
+            raise ValueError(
+                f"train.image_size={self.train.image_size} exceeds ingest.image_size="
+                f"{self.ingest.image_size}: the model cannot see more pixels than were ingested"
+            )
+        return self
+
+
+def parse_params(raw: dict) -> Params:
+    """Check a params mapping; raise ParamsError naming every bad param."""
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as error:
+        problems = []
+        for e in error.errors():
+            name = ".".join(str(part) for part in e["loc"]) or "params"
+            problems.append(f"  {name}: {e['msg']}")
+        raise ParamsError("invalid params.yaml:\n" + "\n".join(problems)) from None
+
+
+def load_params(path: Path = PARAMS_FILE) -> Params:
+    with open(path) as f:
+        return parse_params(yaml.safe_load(f))
+
+
+def flatten(params: BaseModel, prefix: str = "") -> dict[str, object]:
+    """`{"train.epochs": 20, ...}`: the form MLflow's log_params and DVC's `-S` use."""
+    flat: dict[str, object] = {}
+    for name, value in params.model_dump(by_alias=True).items():
+        _flatten_into(flat, f"{prefix}{name}", value)
+    return flat
+
+
+def _flatten_into(flat: dict[str, object], key: str, value: object) -> None:
+    if isinstance(value, dict) and value:
+        for k, v in value.items():
+            _flatten_into(flat, f"{key}.{k}", v)
+    else:
+        flat[key] = str(value) if isinstance(value, Path) else value

@@ -1,0 +1,50 @@
+"""Where MLflow runs go: the embedded store under mlruns/ unless MLFLOW_TRACKING_URI says otherwise."""
+
+import logging
+import os
+import subprocess
+from pathlib import Path
+
+import mlflow
+
+from melanoma.config import MlflowParams
+
+log = logging.getLogger(__name__)
+
+
+def configure_tracking(params: MlflowParams) -> str:
+    """Point MLflow at the store and experiment of params; return the experiment id.
+
+    The default is a SQLite database and an artifact folder, both under mlruns/: no server to
+    start, and the registry works (it needs a database-backed store).
+    """
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or params.tracking_uri
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.get_experiment_by_name(params.experiment)
+    if experiment is not None:
+        return experiment.experiment_id
+    # A remote server chooses its own artifact root (it proxies artifacts); a local store
+    # keeps them beside its database.
+    local = uri.startswith(("sqlite:", "file:")) or "://" not in uri
+    location = params.artifact_location.resolve().as_uri() if local else None
+    log.info("creating MLflow experiment %r in %s", params.experiment, uri)
+    return mlflow.create_experiment(params.experiment, artifact_location=location)
+
+
+def git_commit() -> str:
+    """The commit the code ran from, with '-dirty' if the work tree had changes; 'unknown' outside git."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{commit}-dirty" if dirty else commit
