@@ -48,6 +48,8 @@ class ValidateParams(_Section):
     @field_validator("min_images_per_class")
     @classmethod
     def _non_negative(cls, counts: dict[str, int]) -> dict[str, int]:
+        if set(counts) != {"train", "test"}:
+            raise ValueError("give a count for both train and test")
         if any(n < 0 for n in counts.values()):
             raise ValueError("counts must be >= 0")
         return counts
@@ -105,12 +107,27 @@ class TrainParams(_Section):
     @model_validator(mode="after")
     def _image_fits_network(self) -> "TrainParams":
         # Each conv block halves the image; below 4 px the last block has nothing to see.
-        smallest = 4 * 2 ** len(self.filters) if self.architecture in ("simple_cnn", "resnet") else 32
+        smallest = (
+            4 * 2 ** len(self.filters) if self.architecture in ("simple_cnn", "resnet") else 32
+        )
         if self.image_size < smallest:
             raise ValueError(
                 f"image_size={self.image_size} is too small for {self.architecture} with "
                 f"{len(self.filters)} blocks: it needs at least {smallest}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _weights_for_backbone(self) -> "TrainParams":
+        if self.pretrained_weights is None:
+            return self
+        if self.architecture in ("simple_cnn", "resnet"):
+            raise ValueError(
+                "pretrained_weights is for efficientnetb0 / mobilenetv3small, "
+                f"not {self.architecture}"
+            )
+        if not self.pretrained_weights.is_file():
+            raise ValueError(f"pretrained_weights={self.pretrained_weights} is not a file")
         return self
 
 

@@ -57,7 +57,9 @@ def write_manifest(df: pd.DataFrame, path: Path, columns: list[str]) -> None:
 
 def read_manifest(path: Path, columns: list[str]) -> pd.DataFrame:
     if not path.is_file():
-        raise FileNotFoundError(f"manifest {path} does not exist: run the stage that writes it first")
+        raise FileNotFoundError(
+            f"manifest {path} does not exist: run the stage that writes it first"
+        )
     # Everything as text first so that ids like "0012" and empty fields survive the round trip.
     df = pd.read_csv(path, dtype=str, keep_default_na=False)
     missing = [c for c in columns if c not in df.columns]

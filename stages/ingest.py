@@ -1,0 +1,31 @@
+"""DVC stage `ingest`: the source named by data.source -> data/ingested/{images/,manifest.csv}."""
+
+import logging
+import sys
+from pathlib import Path
+
+from melanoma.config import load_params
+from melanoma.ingest import count_lines, ingest
+from melanoma.logs import setup_logging
+from melanoma.sources import SourceError
+
+OUTPUT_DIR = Path("data/ingested")
+
+log = logging.getLogger("stages.ingest")
+
+
+def main() -> None:
+    setup_logging()
+    params = load_params()
+    try:
+        manifest = ingest(params.data.source, OUTPUT_DIR, params.ingest)
+    except SourceError as error:
+        log.error("%s", error)
+        sys.exit(1)
+    for line in count_lines(manifest):
+        log.info("%s", line)
+    log.info("manifest: %s", OUTPUT_DIR / "manifest.csv")
+
+
+if __name__ == "__main__":
+    main()

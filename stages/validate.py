@@ -1,0 +1,45 @@
+"""DVC stage `validate`: data/ingested/manifest.csv -> data/validated/manifest.csv,
+reports/validation.json and GX Data Docs in reports/data_docs/.
+
+Exits non-zero after writing everything when a critical expectation fails or a policy of
+`fail` meets a case.
+"""
+
+import logging
+import sys
+from pathlib import Path
+
+from melanoma.config import load_params
+from melanoma.duplicates import resolve_content
+from melanoma.logs import setup_logging
+from melanoma.manifest import INGEST_COLUMNS, VALIDATED_COLUMNS, read_manifest, write_manifest
+from melanoma.validation import build_report, run_expectations, summary_lines, write_report
+
+INGESTED_MANIFEST = Path("data/ingested/manifest.csv")
+VALIDATED_MANIFEST = Path("data/validated/manifest.csv")
+REPORT = Path("reports/validation.json")
+DATA_DOCS = Path("reports/data_docs")
+
+log = logging.getLogger("stages.validate")
+
+
+def main() -> None:
+    setup_logging()
+    policy = load_params().validate_
+    manifest = read_manifest(INGESTED_MANIFEST, INGEST_COLUMNS)
+    checks = resolve_content(manifest, policy)
+    expectations = run_expectations(checks.manifest, policy, DATA_DOCS)
+    report = build_report(expectations, checks, policy)
+    write_manifest(checks.manifest, VALIDATED_MANIFEST, VALIDATED_COLUMNS)
+    write_report(report, REPORT)
+    for line in summary_lines(report):
+        log.info("%s", line)
+    log.info("report: %s, data docs: %s", REPORT, DATA_DOCS / "index.html")
+    if report["failures"]:
+        for failure in report["failures"]:
+            log.error("%s", failure)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,324 @@
+"""Fixtures shared by the test modules. Keep each small and documented."""
+
+import hashlib
+import io
+import shutil
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+from melanoma.labels import LABELS
+from melanoma.manifest import AUGMENTED_COLUMNS, VALIDATED_COLUMNS
+
+# --- tiny ISIC-like sources (ingest, validate, pipeline tests) ---------------------------------
+
+ISIC_TOP_FOLDER = "Skin cancer ISIC The International Skin Imaging Collaboration"
+
+
+def _image_bytes(seed: int, size: tuple[int, int] = (16, 16), fmt: str = "JPEG") -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, "RGB").save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def _default_isic_files() -> dict[str, bytes]:
+    # Real folder names have spaces: "basal cell carcinoma".
+    places = [
+        (split, label.replace("_", " ")) for label in LABELS for split in ("Train", "Train", "Test")
+    ]
+    return {
+        f"{split}/{folder}/ISIC_{n:07d}.jpg": _image_bytes(n)
+        for n, (split, folder) in enumerate(places)
+    }
+
+
+@pytest.fixture
+def image_bytes() -> Callable[..., bytes]:
+    """image_bytes(seed, size=(16, 16), fmt="JPEG") -> bytes of a random-pixel RGB image file.
+
+    Same arguments, same bytes: plant an exact duplicate by reusing a seed.
+    """
+    return _image_bytes
+
+
+@pytest.fixture
+def isic_source(tmp_path: Path) -> Callable[..., Path]:
+    """Build a tiny source shaped like the ISIC collection and return its path.
+
+    isic_source(files=None, *, extra=None, top_folder=False, as_zip=False, name="source")
+    - files: {relative POSIX path: bytes}. Default: 27 distinct 16x16 JPEGs, for each of the
+      nine labels two in Train/<folder>/ and one in Test/<folder>/, folder names as in the real
+      collection ("basal cell carcinoma"), named ISIC_0000000.jpg, ISIC_0000001.jpg, ... with
+      the pixels of image_bytes(n) for ISIC_<n>.
+    - extra: more {path: bytes} added to files (plant defects, duplicates, leaks).
+    - top_folder: put everything under ISIC_TOP_FOLDER/, as the public download does.
+    - as_zip: write <name>.zip (members read as-is, so unsafe names can be planted) instead.
+    """
+
+    def build(
+        files: dict[str, bytes] | None = None,
+        *,
+        extra: dict[str, bytes] | None = None,
+        top_folder: bool = False,
+        as_zip: bool = False,
+        name: str = "source",
+    ) -> Path:
+        content = {**(_default_isic_files() if files is None else files), **(extra or {})}
+        prefix = f"{ISIC_TOP_FOLDER}/" if top_folder else ""
+        if as_zip:
+            location = tmp_path / f"{name}.zip"
+            with zipfile.ZipFile(location, "w", zipfile.ZIP_DEFLATED) as archive:
+                for path, data in content.items():
+                    archive.writestr(zipfile.ZipInfo(prefix + path, (2020, 1, 1, 0, 0, 0)), data)
+            return location
+        location = tmp_path / name
+        location.mkdir()
+        for path, data in content.items():
+            target = location / (prefix + path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        return location
+
+    return build
+
+
+# --- tiny validated project (augment, train, stage tests) --------------------------------------
+
+TINY_SIZE = 32
+PARAMS_YAML = Path(__file__).resolve().parents[1] / "params.yaml"
+
+
+def _tiny_params() -> dict:
+    """params.yaml with the sizes cut down so that training takes seconds."""
+    raw = yaml.safe_load(PARAMS_YAML.read_text())
+    raw["ingest"]["image_size"] = TINY_SIZE
+    raw["augment"].update(val_fraction=0.25, target_per_class=8)
+    raw["train"].update(image_size=TINY_SIZE, filters=[8, 16], batch_size=8, epochs=2)
+    return raw
+
+
+@pytest.fixture
+def tiny_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
+    """A project directory, made the cwd, holding data/validated/manifest.csv and its images.
+
+    Images are 32 px PNGs under data/ingested/images/<split>/<label>/, as ingest writes them.
+    Per label: 5 train + 1 test images, except melanoma with 12 train images (above the
+    target_per_class of 8). Nevus also has 2 byte-identical copies of its first train image
+    (one duplicate group of 3, decision "use"), and one more row has decision "drop".
+    Writes the tiny params (returned as a dict) to ./params.yaml and points
+    MLFLOW_TRACKING_URI at a SQLite store in the directory.
+    """
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    rows = []
+
+    def add(image_id: str, split: str, label: str, pixels: np.ndarray, decision: str = "use"):
+        path = Path(f"data/ingested/images/{split}/{label}/{image_id}.png")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels, "RGB").save(path)
+        rows.append(
+            {
+                "image_id": image_id,
+                "split": split,
+                "label": label,
+                "pixel_sha256": hashlib.sha256(pixels.tobytes()).hexdigest(),
+                "image_path": path.as_posix(),
+                "status": "accepted",
+                "decision": decision,
+            }
+        )
+
+    rng = np.random.default_rng(0)
+    for index, label in enumerate(LABELS):
+        # A class colour plus noise, so that the classes differ as they do in real data.
+        colour = np.array([index * 28, 255 - index * 28, (index * 90) % 256])
+        n_train = 12 if label == "melanoma" else 5
+        for n in range(n_train + 1):
+            noise = rng.integers(-40, 40, (TINY_SIZE, TINY_SIZE, 3))
+            pixels = np.clip(colour + noise, 0, 255).astype(np.uint8)
+            split = "test" if n == n_train else "train"
+            add(f"ISIC_{index}{n:03d}", split, label, pixels)
+            if label == "nevus" and n == 0:
+                add(f"ISIC_{index}{n:03d}(1)", split, label, pixels)
+                add(f"ISIC_{index}{n:03d}(2)", split, label, pixels)
+    add("ISIC_dropped", "train", "melanoma", np.zeros((TINY_SIZE, TINY_SIZE, 3), np.uint8), "drop")
+
+    manifest = pd.DataFrame(rows).reindex(columns=VALIDATED_COLUMNS, fill_value="")
+    Path("data/validated").mkdir(parents=True)
+    manifest.to_csv("data/validated/manifest.csv", index=False)
+    params = _tiny_params()
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    return params
+
+
+# --- ingest manifests as DataFrames (validate tests) -------------------------------------------
+
+
+def _ingest_row(n: int, split: str, label: str, **fields: str) -> dict[str, str]:
+    source_path = fields.pop("source_path", f"{split.title()}/{label}/ISIC_{n:07d}.jpg")
+    row = {
+        "image_id": Path(source_path).stem,
+        "split": split,
+        "label": label,
+        "source_path": source_path,
+        "source_format": "JPEG",
+        "source_mode": "RGB",
+        "source_width": "180",
+        "source_height": "180",
+        "source_bytes": "5000",
+        "file_sha256": f"{n:064x}",
+        "pixel_sha256": f"{n:064x}",
+        "image_path": f"data/ingested/images/{split}/{label}/ISIC_{n:07d}.png",
+        "width": "180",
+        "height": "180",
+        "channels": "3",
+        "status": "accepted",
+        "reason": "",
+        "detail": "",
+    }
+    return {**row, **fields}
+
+
+@pytest.fixture
+def ingest_manifest() -> Callable[..., pd.DataFrame]:
+    """ingest_manifest(per_split={"train": 2, "test": 1}, extra=()) -> an ingest manifest.
+
+    The DataFrame has INGEST_COLUMNS, all values strings, as read_manifest returns it. Rows:
+    for each label, per_split[split] accepted 180x180 RGB images with distinct pixel hashes
+    and source_path "<Split>/<label>/ISIC_<n>.jpg". Each dict in extra adds one such row
+    (its own distinct hash) with the given fields replacing the defaults: split and label are
+    required; plant a duplicate by repeating a pixel_sha256, a rejected row with
+    status="rejected" and a reason.
+    """
+
+    def build(
+        per_split: dict[str, int] | None = None, extra: tuple[dict[str, str], ...] = ()
+    ) -> pd.DataFrame:
+        counts = per_split or {"train": 2, "test": 1}
+        places = [
+            (split, label) for label in LABELS for split, k in counts.items() for _ in range(k)
+        ]
+        rows = [_ingest_row(n, split, label) for n, (split, label) in enumerate(places)]
+        rows += [_ingest_row(len(rows) + i, **fields) for i, fields in enumerate(extra)]
+        return pd.DataFrame(rows)
+
+    return build
+
+
+# --- tiny models and an MLflow registry (evaluate, registry, predict, cli, serve tests) -------
+
+MODEL_SIZE = 16  # input side of the tiny models: smaller than TINY_SIZE, so images get resized
+
+
+@pytest.fixture(scope="session")
+def _empty_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite tracking store with its tables made: creating them takes over a second, a copy
+    of this file takes nothing."""
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow_template") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def mlflow_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _empty_mlflow_db: Path):
+    """A project directory, made the cwd, with MLflow pointed at a new SQLite store in it.
+
+    Writes ./params.yaml (the tiny params with train.image_size=MODEL_SIZE, 20 bootstrap
+    samples, registry.model_name "melanoma-test") and returns it parsed (melanoma.config.Params).
+    """
+    import mlflow
+
+    from melanoma.config import parse_params
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copyfile(_empty_mlflow_db, tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    # MLflow keeps a process-wide tracking URI that wins over the environment variable.
+    mlflow.set_tracking_uri(uri)
+    raw = _tiny_params()
+    raw["train"]["image_size"] = MODEL_SIZE
+    raw["evaluate"]["bootstrap_samples"] = 20
+    raw["registry"]["model_name"] = "melanoma-test"
+    Path("params.yaml").write_text(yaml.safe_dump(raw))
+    yield parse_params(raw)
+    while mlflow.active_run():
+        mlflow.end_run()
+    mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture
+def tiny_classifier() -> Callable:
+    """tiny_classifier(probabilities=None, size=MODEL_SIZE) -> keras.Model with the train
+    contract: uint8 (None, size, size, 3) in, 9 softmax probabilities (LABELS order) out.
+
+    With `probabilities` (9 values summing to 1) it answers them for every image. Without, its
+    answer depends on the image's mean colour, with fixed weights: the same model every call.
+    """
+
+    def build(probabilities: list[float] | None = None, size: int = MODEL_SIZE):
+        import keras
+
+        inputs = keras.Input((size, size, 3), dtype="uint8")
+        features = keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 255)(inputs))
+        dense = keras.layers.Dense(len(LABELS), activation="softmax")
+        model = keras.Model(inputs, dense(features))
+        if probabilities is None:
+            kernel = np.random.default_rng(7).normal(0, 4, (3, len(LABELS)))
+            bias = np.zeros(len(LABELS))
+        else:
+            kernel, bias = np.zeros((3, len(LABELS))), np.log(probabilities)
+        dense.set_weights([kernel.astype("float32"), bias.astype("float32")])
+        return model
+
+    return build
+
+
+@pytest.fixture
+def log_model(mlflow_project) -> Callable:
+    """log_model(model) -> (run id, model URI): the model logged as the train stage logs it
+    (melanoma.training.log_keras_model), in a new run of the mlflow_project store."""
+    import mlflow
+
+    from melanoma.tracking import configure_tracking
+    from melanoma.training import log_keras_model
+
+    def log(model) -> tuple[str, str]:
+        experiment_id = configure_tracking(mlflow_project.mlflow)
+        with mlflow.start_run(experiment_id=experiment_id) as run:
+            example = np.zeros((1, *model.input_shape[1:]), np.uint8)
+            return run.info.run_id, log_keras_model(model, example).model_uri
+
+    return log
+
+
+@pytest.fixture
+def evaluation_project(mlflow_project, image_bytes) -> tuple[list[str], np.ndarray]:
+    """Test images as the augment stage leaves them, in the mlflow_project directory.
+
+    Two TINY_SIZE px PNGs per label under data/ingested/images/test/<label>/, listed with
+    split "test" in data/augmented/manifest.csv (plus one "train" row that must be ignored).
+    Returns (image paths, label indices) of the test rows.
+    """
+    rows = []
+    for index, label in enumerate(LABELS):
+        for n in range(2):
+            path = Path(f"data/ingested/images/test/{label}/ISIC_{index}{n}.png")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(image_bytes(10 * index + n, (TINY_SIZE, TINY_SIZE), "PNG"))
+            rows.append({"image_path": path.as_posix(), "label": label, "split": "test"})
+    rows.append({"image_path": rows[0]["image_path"], "label": LABELS[1], "split": "train"})
+    manifest = pd.DataFrame(rows).reindex(columns=AUGMENTED_COLUMNS, fill_value="")
+    Path("data/augmented").mkdir(parents=True)
+    manifest.to_csv("data/augmented/manifest.csv", index=False)
+    test_rows = manifest[manifest["split"] == "test"]
+    return test_rows["image_path"].tolist(), test_rows["label"].map(LABELS.index).to_numpy()
