@@ -1,1 +1,1 @@
-"""Shared logic of the melanoma-detection pipeline; the DVC stages in `stages/` are thin wrappers."""
+"""Shared logic of the melanoma pipeline; the DVC stages in `stages/` are thin wrappers."""

@@ -1,4 +1,4 @@
-"""Where MLflow runs go: the embedded store under mlruns/ unless MLFLOW_TRACKING_URI says otherwise."""
+"""Where MLflow runs go: the store under mlruns/ unless MLFLOW_TRACKING_URI says otherwise."""
 
 import logging
 import os
@@ -34,7 +34,7 @@ def configure_tracking(params: MlflowParams) -> str:
 
 
 def git_commit() -> str:
-    """The commit the code ran from, with '-dirty' if the work tree had changes; 'unknown' outside git."""
+    """The commit the code ran from ('-dirty' if the tree had changes; 'unknown' outside git)."""
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True

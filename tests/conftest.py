@@ -2,9 +2,13 @@
 
 import hashlib
 import io
+import os
 import shutil
+import subprocess
+import sys
 import zipfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -322,3 +326,110 @@ def evaluation_project(mlflow_project, image_bytes) -> tuple[list[str], np.ndarr
     manifest.to_csv("data/augmented/manifest.csv", index=False)
     test_rows = manifest[manifest["split"] == "test"]
     return test_rows["image_path"].tolist(), test_rows["label"].map(LABELS.index).to_numpy()
+
+
+# --- the whole pipeline in a git + DVC repository (DVC remote, experiment, team-server tests) --
+
+VENV_BIN = Path(sys.executable).parent  # the venv's dvc, python and mlflow run the stages
+PROJECT = PARAMS_YAML.parent
+GIT_IDENTITY = {"user.name": "Pipeline Tests", "user.email": "tests@example.invalid"}
+
+
+@dataclass(frozen=True)
+class PipelineRepo:
+    """A git + DVC repository holding a copy of the project.
+
+    run(*command) runs in `root` with the venv first on PATH and MLFLOW_TRACKING_URI set to
+    `tracking_uri`; it returns stdout + stderr, and a non-zero exit fails the test showing both.
+    """
+
+    root: Path
+    tracking_uri: str
+
+    def run(self, *command: str, timeout: float = 300) -> str:
+        env = {
+            **os.environ,
+            "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
+            "MLFLOW_TRACKING_URI": self.tracking_uri,
+            "DVC_NO_ANALYTICS": "1",  # no network here: don't let dvc try to report usage
+        }
+        done = subprocess.run(
+            command, cwd=self.root, env=env, capture_output=True, text=True, timeout=timeout
+        )
+        assert done.returncode == 0, (
+            f"`{' '.join(command)}` failed in {self.root}:\n{done.stdout}\n{done.stderr}"
+        )
+        return done.stdout + done.stderr
+
+    def clone(
+        self, destination: Path, tracking_uri: str | None = None, *, share_cache: bool = False
+    ) -> "PipelineRepo":
+        """`git clone` of the committed state: no DVC data unless share_cache, which makes this
+        repository's DVC cache the clone's (config.local) and checks the data out."""
+        self.run("git", "clone", "-q", str(self.root), str(destination))
+        clone = PipelineRepo(destination, tracking_uri or self.tracking_uri)
+        for key, value in GIT_IDENTITY.items():
+            clone.run("git", "config", key, value)
+        if share_cache:
+            clone.run("dvc", "cache", "dir", "--local", str(self.root / ".dvc" / "cache"))
+            clone.run("dvc", "checkout")
+        return clone
+
+
+def _write_tiny_source(root: Path, train_per_label: int = 4) -> None:
+    """Per label, `train_per_label` Train and one Test TINY_SIZE px JPEG: a class colour plus
+    noise, in folders named as in the real collection."""
+    rng = np.random.default_rng(1)
+    for index, label in enumerate(LABELS):
+        colour = np.array([index * 28, 255 - index * 28, (index * 90) % 256])
+        for n in range(train_per_label + 1):
+            split = "Test" if n == train_per_label else "Train"
+            path = root / split / label.replace("_", " ") / f"ISIC_{index}{n:03d}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            noise = rng.integers(-40, 40, (TINY_SIZE, TINY_SIZE, 3))
+            Image.fromarray(np.clip(colour + noise, 0, 255).astype(np.uint8)).save(path)
+
+
+@pytest.fixture(scope="session")
+def pipeline_repo(tmp_path_factory: pytest.TempPathFactory) -> PipelineRepo:
+    """The project's whole DVC pipeline, run once on tiny data and committed, in a git + DVC
+    repository: <tmp>/repo. Session-scoped (~35 s): don't change it, clone it.
+
+    The repository has a copy of dvc.yaml, stages/, melanoma/, .gitignore, .dvcignore and
+    .dvc/config (so the project's default DVC remote, relative to the repository), and the
+    tiny params: _tiny_params() with 1 epoch, 20 bootstrap samples and data.source a generated
+    source beside it (per label 4 Train + 1 Test TINY_SIZE px JPEGs). `dvc repro` ran with
+    MLflow in <tmp>/mlflow.db (outside the repository); then `git add -A`, commit: git holds
+    dvc.lock and the uncached outputs (models/run.json, reports/*), DVC's cache the data.
+    """
+    base = tmp_path_factory.mktemp("pipeline")
+    source, root = base / "source", base / "repo"
+    _write_tiny_source(source)
+    root.mkdir()
+    for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
+        shutil.copy(PROJECT / name, root / name)
+    for package in ("stages", "melanoma"):
+        shutil.copytree(
+            PROJECT / package, root / package, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    params = _tiny_params()
+    params["data"]["source"] = str(source)
+    params["validate"].update(
+        min_width=TINY_SIZE, min_height=TINY_SIZE, min_images_per_class={"train": 2, "test": 1}
+    )
+    params["train"]["epochs"] = 1
+    params["evaluate"]["bootstrap_samples"] = 20
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    repo = PipelineRepo(root, f"sqlite:///{base / 'mlflow.db'}")
+    repo.run("git", "init", "-q")
+    for key, value in GIT_IDENTITY.items():
+        repo.run("git", "config", key, value)
+    repo.run("dvc", "init", "-q")
+    shutil.copy(PROJECT / ".dvc" / "config", root / ".dvc" / "config")
+    repo.run("git", "add", "-A")
+    repo.run("git", "commit", "-q", "-m", "tiny pipeline")
+    repo.run("dvc", "repro")
+    repo.run("git", "add", "-A")
+    repo.run("git", "commit", "-q", "-m", "tiny pipeline run")
+    return repo

@@ -1,25 +1,19 @@
 """`dvc repro validate` (ingest, then validate) in a fresh copy of the project on a tiny source."""
 
 import json
-import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
+from bench.project import command_env, copy_project, override_params
 from melanoma.manifest import VALIDATED_COLUMNS, read_manifest
-
-PROJECT = Path(__file__).resolve().parents[1]
-VENV_BIN = Path(sys.executable).parent  # the venv's dvc and python run the stages
 
 
 def run(command: list[str], cwd: Path) -> str:
-    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
-    env["DVC_NO_ANALYTICS"] = "1"  # no network here: don't let dvc try to report usage
-    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        command, cwd=cwd, env=command_env(), capture_output=True, text=True, check=False
+    )
     assert done.returncode == 0, f"{' '.join(command)} failed:\n{done.stdout}\n{done.stderr}"
     return done.stdout + done.stderr
 
@@ -27,17 +21,7 @@ def run(command: list[str], cwd: Path) -> str:
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
     """A git + DVC repository holding a copy of the project's pipeline code and params."""
-    root = tmp_path / "repo"
-    root.mkdir()
-    for name in ("dvc.yaml", "params.yaml"):
-        shutil.copy(PROJECT / name, root / name)
-    for package in ("stages", "melanoma"):
-        shutil.copytree(
-            PROJECT / package, root / package, ignore=shutil.ignore_patterns("__pycache__")
-        )
-    run(["git", "init", "-q"], root)
-    run(["dvc", "init", "-q"], root)
-    return root
+    return copy_project(tmp_path / "repo")
 
 
 def test_dvc_repro_accounts_for_every_file_and_then_has_nothing_to_do(
@@ -56,12 +40,15 @@ def test_dvc_repro_accounts_for_every_file_and_then_has_nothing_to_do(
         "Train/nevus/.DS_Store": b"\x00\x00\x00\x01Bud1",
     }
     source = isic_source(extra=planted)
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["data"]["source"] = str(source)
-    params["validate"].update(
-        min_width=16, min_height=16, min_images_per_class={"train": 2, "test": 1}
+    override_params(
+        repo / "params.yaml",
+        {
+            "data.source": str(source),
+            "validate.min_width": 16,
+            "validate.min_height": 16,
+            "validate.min_images_per_class": {"train": 2, "test": 1},
+        },
     )
-    (repo / "params.yaml").write_text(yaml.safe_dump(params))
 
     first = run(["dvc", "repro", "validate"], repo)
 

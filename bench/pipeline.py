@@ -1,0 +1,83 @@
+"""Our pipeline, timed in a clean copy of the project: full `dvc repro`, no-op `dvc repro`, and a
+forced second train + evaluate to check that the test metrics reproduce."""
+
+import json
+import logging
+import re
+import resource
+from collections.abc import Mapping
+from pathlib import Path
+
+import yaml
+
+from bench.process import peak_rss_mib, run_command
+
+log = logging.getLogger(__name__)
+
+TRAIN_METRICS = Path("reports/train_metrics.json")
+TEST_METRICS = Path("reports/metrics.json")
+TEST_PREDICTIONS = Path("reports/predictions.csv")
+VALIDATION_REPORT = Path("reports/validation.json")
+RUNNING_STAGE = re.compile(r"Running stage '([^']+)'")
+
+
+def stages_run(dvc_output: str) -> list[str]:
+    """The stages a `dvc repro` ran (not those it skipped or restored from the run cache)."""
+    return RUNNING_STAGE.findall(dvc_output)
+
+
+def changed_metrics(before: Mapping[str, object], after: Mapping[str, object]) -> list[str]:
+    """Names of the figures that differ between two reports/metrics.json contents."""
+    return sorted(
+        name for name in before.keys() | after.keys() if before.get(name) != after.get(name)
+    )
+
+
+def run_pipeline(copy: Path, env: Mapping[str, str], logs: Path) -> dict:
+    """Run the pipeline in `copy` (a fresh copy_project with no outputs yet) and return its
+    timings, reports, reproducibility and peak memory."""
+    all_stages = list(yaml.safe_load((copy / "dvc.yaml").read_text())["stages"])
+
+    full_seconds, output = run_command(["dvc", "repro"], copy, env, logs / "dvc_repro.log")
+    missing = [stage for stage in all_stages if stage not in stages_run(output)]
+    if missing:
+        raise RuntimeError(f"the first `dvc repro` in {copy} did not run {missing}: not clean")
+    train_metrics = json.loads((copy / TRAIN_METRICS).read_text())
+    test_metrics = json.loads((copy / TEST_METRICS).read_text())
+    predictions = (copy / TEST_PREDICTIONS).read_text()
+    validation = json.loads((copy / VALIDATION_REPORT).read_text())
+
+    noop_seconds, output = run_command(["dvc", "repro"], copy, env, logs / "dvc_repro_noop.log")
+    noop_stages = stages_run(output)
+    if noop_stages:
+        log.warning("`dvc repro` with nothing changed ran %s", noop_stages)
+
+    # -s: only the named stage; -f: run it even though nothing changed, never from the run cache.
+    rerun_seconds = 0.0
+    for stage in ("train", "evaluate"):
+        seconds, output = run_command(
+            ["dvc", "repro", "-f", "-s", stage], copy, env, logs / f"dvc_repro_force_{stage}.log"
+        )
+        if stages_run(output) != [stage]:
+            raise RuntimeError(f"`dvc repro -f -s {stage}` did not run the stage {stage}")
+        rerun_seconds += seconds
+    differences = changed_metrics(test_metrics, json.loads((copy / TEST_METRICS).read_text()))
+    if (copy / TEST_PREDICTIONS).read_text() != predictions:
+        differences.append(str(TEST_PREDICTIONS))
+    log.info(
+        "second train + evaluate: %s",
+        f"differs in {differences}" if differences else "identical test metrics",
+    )
+    return {
+        "full_repro_seconds": full_seconds,
+        "noop_repro_seconds": noop_seconds,
+        "noop_repro_stages_run": noop_stages,
+        "rerun_train_evaluate_seconds": rerun_seconds,
+        "reproducible": not differences,
+        "reproducibility_differences": differences,
+        "train_metrics": train_metrics,
+        "test_metrics": test_metrics,
+        "validation_removed": validation["removed"],
+        # Every process of the pipeline (dvc and its stages) is a descendant that has ended.
+        "peak_rss_mib": peak_rss_mib(resource.RUSAGE_CHILDREN),
+    }

@@ -1,0 +1,71 @@
+"""A working copy of the project's pipeline in another directory, with some params changed.
+
+The benchmark runs `dvc repro` in such a copy, so it never touches the project's own data,
+models or MLflow store; the pipeline tests use it the same way on tiny data.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+import yaml
+
+PROJECT = Path(__file__).resolve().parents[1]
+PIPELINE_FILES = ("dvc.yaml", "params.yaml", ".gitignore", ".dvcignore")
+PIPELINE_PACKAGES = ("stages", "melanoma")
+VENV_BIN = Path(sys.executable).parent  # the venv's dvc and python run the stages
+
+
+def command_env(**extra: str) -> dict[str, str]:
+    """The environment for commands run in a copy: this venv first on PATH, no DVC analytics."""
+    return {
+        **os.environ,
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
+        "DVC_NO_ANALYTICS": "1",  # no network here: don't let dvc try to report usage
+        **extra,
+    }
+
+
+def copy_project(destination: Path, overrides: Mapping[str, object] | None = None) -> Path:
+    """Copy dvc.yaml, params.yaml, the ignore files and the pipeline code into `destination`
+    (which must not exist), make it a git + DVC repository with the project's DVC config, apply
+    `overrides` (see `override_params`) and return `destination`.
+
+    Nothing of data/, models/ or mlruns/ is copied, and nothing is committed.
+    """
+    destination.mkdir(parents=True)
+    for name in PIPELINE_FILES:
+        if (PROJECT / name).is_file():
+            shutil.copy(PROJECT / name, destination / name)
+    for package in PIPELINE_PACKAGES:
+        shutil.copytree(
+            PROJECT / package, destination / package, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    for command in (["git", "init", "-q"], ["dvc", "init", "-q"]):
+        subprocess.run(command, cwd=destination, env=command_env(), check=True, capture_output=True)
+    shutil.copy(PROJECT / ".dvc" / "config", destination / ".dvc" / "config")
+    if overrides:
+        override_params(destination / "params.yaml", overrides)
+    return destination
+
+
+def override_params(path: Path, overrides: Mapping[str, object]) -> dict:
+    """Set params named by dotted keys, as `dvc exp run -S` names them ("train.epochs": 1), in
+    the params file at `path`; return the new params.
+
+    Raises KeyError for a key the file does not have: a typo must not add a param silently.
+    """
+    raw = yaml.safe_load(path.read_text())
+    for dotted, value in overrides.items():
+        *sections, name = dotted.split(".")
+        section = raw
+        for part in sections:
+            section = section.get(part) if isinstance(section, dict) else None
+        if not isinstance(section, dict) or name not in section:
+            raise KeyError(f"{path} has no param {dotted}")
+        section[name] = value
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return raw

@@ -1,0 +1,449 @@
+"""Benchmark: the common notebook recipe against our pipeline, same data, same machine, one run.
+
+In a temporary directory: our pipeline runs in a clean copy of the project (whole `dvc repro`,
+then a no-op `dvc repro`, then a forced second train + evaluate to check that the test metrics
+reproduce), the trained model's single-image predict latency is measured, and the reference
+recipe (bench/reference.py) trains on the same source. One table is printed and written as JSON.
+
+    python -m bench.run [--quick] [--out PATH] [--source PATH]
+
+The full run takes about 40 minutes on 2 CPU cores; --quick takes a minute or two.
+"""
+
+import argparse
+import json
+import logging
+import math
+import os
+import platform
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+
+from bench.pipeline import run_pipeline
+from bench.process import run_command
+from bench.project import PROJECT, command_env, copy_project
+from bench.source import label_index, split_folder, tiny_source
+from melanoma.config import EvaluateParams, Params, load_params
+from melanoma.labels import LABELS
+from melanoma.logs import setup_logging
+from melanoma.manifest import USE, VALIDATED_COLUMNS, read_manifest
+from melanoma.metrics import metrics_report
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OUT = PROJECT / "bench" / "results" / "bench.json"
+VALIDATED_MANIFEST = Path("data/validated/manifest.csv")
+MODEL_FILE = Path("models/model.keras")
+
+
+@dataclass(frozen=True)
+class Settings:
+    mode: str
+    reference_image_size: int
+    reference_epochs: int
+    # Params of our pipeline changed in the copy (dotted names, as `dvc exp run -S`).
+    overrides: dict[str, object] = field(default_factory=dict)
+    # Real files per label and split copied into a tiny source; None: the whole source.
+    tiny_source: dict[str, int] | None = None
+
+
+FULL = Settings("full", reference_image_size=180, reference_epochs=30)
+QUICK = Settings(
+    "quick",
+    reference_image_size=32,
+    reference_epochs=1,
+    overrides={
+        "ingest.image_size": 32,
+        "validate.min_images_per_class": {"train": 2, "test": 1},
+        "augment.val_fraction": 0.25,
+        "augment.target_per_class": 8,
+        "train.image_size": 32,
+        "train.filters": [8, 16],
+        "train.batch_size": 8,
+        "train.epochs": 1,
+        "evaluate.bootstrap_samples": 20,
+    },
+    tiny_source={"train": 6, "test": 2},
+)
+
+# (key, figure, unit) of each table row; the unit also chooses how the value is printed.
+SPEED_ROWS = [
+    ("epochs_run", "epochs trained", "count"),
+    ("train_images", "training images per epoch", "count"),
+    ("first_epoch_seconds", "first epoch (warm-up, cache fill)", "s"),
+    ("seconds_per_epoch", "s/epoch (mean of epochs 2+, or epoch 1 if alone)", "s"),
+    ("images_per_second", "training images/s (steady epochs)", "images/s"),
+]
+TEST_ROWS = [
+    ("accuracy", "accuracy"),
+    ("balanced_accuracy", "balanced accuracy"),
+    ("melanoma_auc", "melanoma-vs-rest ROC AUC"),
+    ("melanoma_sensitivity", "melanoma sensitivity"),
+    ("melanoma_specificity", "melanoma specificity"),
+]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.run",
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: a tiny source of a few real files per class, 32 px, 1 epoch each",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help=f"JSON file to write (default {DEFAULT_OUT})"
+    )
+    parser.add_argument(
+        "--source",
+        type=Path,
+        help="directory of the ISIC collection (default: data.source of params.yaml)",
+    )
+    args = parser.parse_args(argv)
+    setup_logging()
+
+    settings = QUICK if args.quick else FULL
+    source = (args.source or PROJECT / load_params(PROJECT / "params.yaml").data.source).resolve()
+    logs = args.out.parent / "logs" / settings.mode
+    with tempfile.TemporaryDirectory(prefix="melanoma-bench-") as work:
+        results = benchmark(source, settings, Path(work), logs)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2, allow_nan=False) + "\n")
+    print(format_table(results))
+    log.info("wrote %s (command output in %s)", args.out, logs)
+
+
+def benchmark(source: Path, settings: Settings, work: Path, logs: Path) -> dict:
+    """Run both sides in `work` and return the results (see `assemble`)."""
+    collection = source
+    if settings.tiny_source:
+        source = tiny_source(collection, work / "source", settings.tiny_source)
+    test_folder = split_folder(source, "test")
+    copy = copy_project(work / "project", {"data.source": str(source), **settings.overrides})
+    env = command_env(MLFLOW_TRACKING_URI=f"sqlite:///{work / 'mlflow.db'}")
+
+    ours = run_pipeline(copy, env, logs)
+    latency = run_json(
+        "bench.latency",
+        ["--model", copy / MODEL_FILE, "--params", copy / "params.yaml", "--images", test_folder],
+        work / "latency.json",
+        env,
+        logs,
+    )
+    reference = run_json(
+        "bench.reference",
+        [
+            "--source",
+            source,
+            "--image-size",
+            settings.reference_image_size,
+            "--epochs",
+            settings.reference_epochs,
+        ],
+        work / "reference.json",
+        env,
+        logs,
+    )
+    predicted = latency["predictions"]
+    predicted["source_path"] = [
+        Path(path).resolve().relative_to(source).as_posix() for path in predicted.pop("path")
+    ]
+    clean_test = clean_test_labels(copy / VALIDATED_MANIFEST)
+    return assemble(
+        settings,
+        collection,
+        ours,
+        latency,
+        reference,
+        clean_test,
+        load_params(copy / "params.yaml"),
+    )
+
+
+def run_json(module: str, arguments: list, out: Path, env: dict[str, str], logs: Path) -> dict:
+    """Run `python -m <module> ... --out <out>` from the project root; return the JSON it wrote."""
+    command = [sys.executable, "-m", module, *map(str, arguments), "--out", str(out)]
+    run_command(command, PROJECT, env, logs / f"{module.removeprefix('bench.')}.log")
+    return json.loads(out.read_text())
+
+
+def clean_test_labels(validated_manifest: Path) -> dict[str, int]:
+    """source_path -> label index of the test images validate kept (decision `use`)."""
+    manifest = read_manifest(validated_manifest, VALIDATED_COLUMNS)
+    kept = manifest[(manifest["decision"] == USE) & (manifest["split"] == "test")]
+    return {
+        path: LABELS.index(label)
+        for path, label in zip(kept["source_path"], kept["label"], strict=True)
+    }
+
+
+def split_report(
+    source_path: list[str],
+    probabilities: list[list[float]],
+    evaluate: EvaluateParams,
+    labels: dict[str, int] | None = None,
+) -> dict:
+    """melanoma.metrics.metrics_report of predictions on the images of `labels` (source_path ->
+    label index), or on every predicted image, labelled by its class folder, if `labels` is None.
+    """
+    predicted = dict(zip(source_path, probabilities, strict=True))
+    if labels is None:
+        labels = {path: label_index(path) for path in source_path}
+    unpredicted = sorted(set(labels) - set(predicted))
+    if unpredicted:
+        raise ValueError(f"{len(unpredicted)} test image(s) were not predicted: {unpredicted[:3]}")
+    paths = sorted(labels)
+    return metrics_report(
+        np.array([labels[p] for p in paths]),
+        np.array([predicted[p] for p in paths], dtype=np.float64),
+        evaluate.melanoma_threshold,
+        evaluate.bootstrap_samples,
+        evaluate.seed,
+    )
+
+
+def saved_model_val_accuracy(summary: dict) -> float:
+    """Validation accuracy of the epoch whose weights the model keeps (training_summary)."""
+    best = summary["saved_model_epoch"] == summary["best_epoch"]
+    return summary["best" if best else "final"]["val_accuracy"]
+
+
+def assemble(
+    settings: Settings,
+    collection: Path,
+    ours: dict,
+    latency: dict,
+    reference: dict,
+    clean_test: dict[str, int],
+    params: Params,
+) -> dict:
+    """The JSON written: both sides' details, the images/s ratio, and the table rows.
+
+    `reference` and `latency` are what bench.reference and bench.latency wrote, with their test
+    predictions keyed by source_path; `ours` is what bench.pipeline.run_pipeline returned.
+    """
+    evaluate = params.evaluate
+    reference_predicted = reference.pop("test_predictions")
+    reference["val_accuracy"] = saved_model_val_accuracy(reference)
+    reference["raw_test"] = split_report(**reference_predicted, evaluate=evaluate)
+    reference["clean_test"] = split_report(
+        **reference_predicted, evaluate=evaluate, labels=clean_test
+    )
+
+    our_predicted = latency.pop("predictions")
+    train_metrics = ours.pop("train_metrics")
+    pipeline = {
+        "image_size": params.train.image_size,
+        **train_metrics,
+        "val_accuracy": saved_model_val_accuracy(train_metrics),
+        "raw_test": split_report(**our_predicted, evaluate=evaluate),
+        "clean_test": ours.pop("test_metrics"),
+        **ours,
+        "predict": latency,
+    }
+    if pipeline["clean_test"]["test_images"] != len(clean_test):
+        raise RuntimeError(
+            f"evaluate scored {pipeline['clean_test']['test_images']} test images but validate "
+            f"kept {len(clean_test)}: the two sides would not be compared on the same images"
+        )
+    ratio = pipeline["images_per_second"] / reference["images_per_second"]
+    raw_test_images = reference["raw_test"]["test_images"]
+    return {
+        "mode": settings.mode,
+        "source": str(collection),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "tensorflow": version("tensorflow-cpu"),
+            "keras": version("keras"),
+        },
+        "data": {
+            "tiny_source_files_per_class": settings.tiny_source,
+            "raw_test_images": raw_test_images,
+            "clean_test_images": len(clean_test),
+            "test_images_removed_by_validate": raw_test_images - len(clean_test),
+            "removed_by_validate": pipeline.pop("validation_removed"),
+            "melanoma_threshold": evaluate.melanoma_threshold,
+            "bootstrap_samples": evaluate.bootstrap_samples,
+        },
+        "settings": {
+            "reference": {k: reference[k] for k in ("image_size", "epochs", "batch_size")},
+            "ours_param_overrides": settings.overrides,
+        },
+        "reference": reference,
+        "ours": pipeline,
+        "images_per_second_ratio": ratio,
+        "table": table_rows(reference, pipeline, ratio, evaluate.melanoma_threshold),
+    }
+
+
+def table_rows(reference: dict, ours: dict, ratio: float, threshold: float) -> list[dict]:
+    """One row per figure: reference and ours values (None where a figure is ours only), and
+    the 95% bootstrap interval [low, high] of test figures when evaluate computed one."""
+    rows = [_row(key, figure, unit, reference[key], ours[key]) for key, figure, unit in SPEED_ROWS]
+    rows.append(
+        _row("images_per_second_ratio", "images/s ratio, ours / reference", "x", None, ratio)
+    )
+    rows.append(
+        _row(
+            "val_accuracy",
+            "validation accuracy (own split)",
+            "",
+            reference["val_accuracy"],
+            ours["val_accuracy"],
+        )
+    )
+    rows.append(_test_row("raw_test", "accuracy", "accuracy", reference, ours))
+    for name, figure in TEST_ROWS:
+        if name.startswith("melanoma_s"):
+            figure += f" at P(melanoma) >= {threshold}"
+        rows.append(_test_row("clean_test", name, figure, reference, ours))
+    predict = ours["predict"]
+    rows += [
+        _row(
+            "full_repro_seconds",
+            "whole dvc repro, clean workspace",
+            "s",
+            None,
+            ours["full_repro_seconds"],
+        ),
+        _row(
+            "noop_repro_seconds",
+            "dvc repro, nothing changed",
+            "s",
+            None,
+            ours["noop_repro_seconds"],
+        ),
+        _row(
+            "predict_p50_ms",
+            f"predict one image, p50 ({predict['images']} images)",
+            "ms",
+            None,
+            predict["p50_ms"],
+        ),
+        _row(
+            "predict_p95_ms",
+            f"predict one image, p95 ({predict['images']} images)",
+            "ms",
+            None,
+            predict["p95_ms"],
+        ),
+        _row(
+            "training_peak_rss_mib",
+            "peak memory: training process (ours: largest pipeline process)",
+            "MiB",
+            reference["peak_rss_mib"],
+            ours["peak_rss_mib"],
+        ),
+        _row(
+            "predict_peak_rss_mib",
+            "peak memory: predict process",
+            "MiB",
+            None,
+            predict["peak_rss_mib"],
+        ),
+        _row(
+            "reproducible",
+            "second train + evaluate: identical test metrics",
+            "yes/no",
+            None,
+            ours["reproducible"],
+        ),
+    ]
+    return rows
+
+
+def _test_row(split: str, name: str, figure: str, reference: dict, ours: dict) -> dict:
+    images = ours[split]["test_images"]
+    where = "raw Test folder" if split == "raw_test" else "clean test split"
+    return _row(
+        f"{split}_{name}",
+        f"{figure}, {where} ({images} images)",
+        "",
+        reference[split][name],
+        ours[split][name],
+        _interval(reference[split], name),
+        _interval(ours[split], name),
+    )
+
+
+def _interval(report: dict, name: str) -> list[float] | None:
+    low, high = report.get(f"{name}_ci_low"), report.get(f"{name}_ci_high")
+    return None if low is None or high is None else [low, high]
+
+
+def _row(
+    key: str,
+    figure: str,
+    unit: str,
+    reference: float | None,
+    ours: float | bool,
+    reference_ci: list[float] | None = None,
+    ours_ci: list[float] | None = None,
+) -> dict:
+    return {
+        "key": key,
+        "figure": figure,
+        "unit": unit,
+        "reference": reference,
+        "reference_ci": reference_ci,
+        "ours": ours,
+        "ours_ci": ours_ci,
+    }
+
+
+def format_table(results: dict) -> str:
+    """The table as fixed-width text: figure, unit, reference, ours."""
+    cells = [("figure", "unit", "reference", "ours")]
+    for row in results["table"]:
+        cells.append(
+            (
+                row["figure"],
+                row["unit"],
+                _format(row["reference"], row["unit"], row["reference_ci"]),
+                _format(row["ours"], row["unit"], row["ours_ci"]),
+            )
+        )
+    widths = [max(len(line[i]) for line in cells) for i in range(4)]
+    lines = [
+        " | ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True))
+        for line in cells
+    ]
+    lines.insert(1, "-+-".join("-" * width for width in widths))
+    tiny = results["data"]["tiny_source_files_per_class"]
+    title = (
+        f"Benchmark ({results['mode']}) on {results['source']}"
+        + (f" (tiny subset, files per class: {tiny})" if tiny else "")
+        + f", {results['machine']['cpus']} CPUs"
+    )
+    return "\n".join([title, *lines])
+
+
+def _format(value: float | bool | None, unit: str, interval: list[float] | None) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float) and math.isnan(value):
+        return "undefined"
+    if unit == "count":
+        return str(int(value))
+    digits = {"": 3, "x": 2}.get(unit, 1)
+    text = f"{value:.{digits}f}"
+    if interval:
+        text += f" [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]"
+    return text
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""The benchmark's view of the source collection: its Train/Test folders, labels, a tiny subset."""
+
+import hashlib
+import logging
+from collections import Counter
+from pathlib import Path, PurePosixPath
+
+from melanoma.labels import LABELS, canonical_label
+from melanoma.sources import open_source
+
+log = logging.getLogger(__name__)
+
+
+def split_folder(source: Path, split: str) -> Path:
+    """The folder holding the class folders of `split` (train | test) in a directory source,
+    found by the project's own layout rules (so a wrapping top folder is handled too)."""
+    if not source.is_dir():
+        raise ValueError(
+            f"the benchmark needs a directory source (the common recipe reads class folders); "
+            f"{source} is not a directory"
+        )
+    with open_source(source) as opened:
+        placed = [f for f in opened.files if f.split == split and f.label and not f.problem]
+    if not placed:
+        raise ValueError(f"{source} has no {split} image in <split>/<class>/ folders")
+    return source / PurePosixPath(placed[0].path).parent.parent
+
+
+def label_index(source_path: str) -> int:
+    """The label (LABELS index) of a source file, from its class folder's name."""
+    label = canonical_label(PurePosixPath(source_path).parent.name)
+    if label is None:
+        raise ValueError(f"{source_path}: its folder is not one of the nine class folders")
+    return LABELS.index(label)
+
+
+def tiny_source(source: Path, destination: Path, per_split: dict[str, int]) -> Path:
+    """Copy `per_split[split]` real files per label and split from `source` into `destination`,
+    in the same layout, and return `destination`.
+
+    The first files in path order are taken, skipping any whose bytes equal a file already
+    taken, so that validate finds no duplicate, leak or label conflict to drop.
+    """
+    taken: Counter[tuple[str, str]] = Counter()
+    taken_hashes: set[str] = set()
+    with open_source(source) as opened:
+        for file in opened.files:
+            place = (file.split, file.label)
+            if file.problem or not file.label or taken[place] >= per_split.get(file.split, 0):
+                continue
+            data = opened.read(file)
+            digest = hashlib.sha256(data).hexdigest()
+            if digest not in taken_hashes:
+                taken[place] += 1
+                taken_hashes.add(digest)
+                target = destination / file.path
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
+    short = {
+        f"{split}/{label}": taken[(split, label)]
+        for split, wanted in per_split.items()
+        for label in LABELS
+        if taken[(split, label)] < wanted
+    }
+    if short:
+        raise ValueError(f"{source} lacks enough distinct files for the tiny source: {short}")
+    log.info("tiny source: %d files copied to %s", sum(taken.values()), destination)
+    return destination

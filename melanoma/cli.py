@@ -1,0 +1,251 @@
+"""The `melanoma` command: ask the model about images, build serving requests, move the champion.
+
+Run from the project root (it reads params.yaml there): `melanoma --help`, or
+`python -m melanoma.cli --help`. The command handlers import TensorFlow and MLflow themselves,
+not this module: those take seconds, and `--help` or a bad argument should answer at once.
+"""
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from melanoma.config import PARAMS_FILE, Params, ParamsError, load_params
+from melanoma.logs import setup_logging
+
+if TYPE_CHECKING:
+    from melanoma.predict import ImagePrediction
+
+log = logging.getLogger("melanoma")
+
+OK, SOME_FILES_FAILED, CANNOT_RUN = 0, 1, 2
+
+EXIT_CODES = f"""exit codes:
+  {OK}  every image was predicted / the action was done
+  {SOME_FILES_FAILED}  at least one file could not be used (the others were still predicted)
+  {CANNOT_RUN}  nothing was done: bad arguments or params, model or registry unavailable
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        params = load_params(args.params)
+    except (OSError, ParamsError) as error:
+        log.error("%s", error)
+        return CANNOT_RUN
+    # TensorFlow's C++ start-up notices would bury the answer.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        return args.handler(args, params)
+    except BrokenPipeError:
+        # The reader closed stdout early (`| head`): what it wanted was written. Silence the
+        # flush at exit, as the Python docs advise.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return OK
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="melanoma",
+        description="Melanoma detection in dermoscopic images: predictions from the model "
+        "registered by the pipeline, serving requests, and champion management.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--params", type=Path, default=PARAMS_FILE, help="params file (default: %(default)s)"
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    predict = commands.add_parser(
+        "predict",
+        help="top label, class probabilities and melanoma alert for image files",
+        description="Predict every image file given, or found in the folders given. "
+        "Unusable files get an error line; the others are still predicted.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    predict.add_argument("paths", nargs="+", metavar="PATH", help="image file or folder")
+    _model_argument(predict)
+    predict.add_argument("--json", action="store_true", help="machine-readable output")
+    predict.add_argument(
+        "--threshold",
+        type=_probability,
+        help="raise the melanoma alert when P(melanoma) >= this "
+        "(default: evaluate.melanoma_threshold in the params file)",
+    )
+    predict.set_defaults(handler=_predict)
+
+    request = commands.add_parser(
+        "request",
+        help="JSON body for `mlflow models serve` from image files",
+        description='Write {"inputs": [...]} to stdout: the images prepared like training '
+        "images, as uint8 arrays of the model's input size, one per file.",
+    )
+    request.add_argument("paths", nargs="+", metavar="IMAGE", help="image file or folder")
+    _model_argument(request)
+    request.set_defaults(handler=_request)
+
+    promote = commands.add_parser("promote", help="make a registered version the champion, by hand")
+    promote.add_argument("version", help="version number of registry.model_name")
+    promote.set_defaults(handler=_promote)
+
+    rollback = commands.add_parser(
+        "rollback", help="give the champion alias back to the previous one"
+    )
+    rollback.set_defaults(handler=_rollback)
+    return parser
+
+
+def _model_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        metavar="URI_OR_PATH",
+        help="models:/name@alias, models:/name/version, runs:/id/model, a .keras file or an "
+        "MLflow model folder (default: models:/<registry.model_name>@champion)",
+    )
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a probability strictly between 0 and 1")
+    return value
+
+
+def _load_model(reference: str | None, params: Params):
+    from melanoma.predict import is_mlflow_uri, load_model
+    from melanoma.tracking import configure_tracking
+
+    reference = reference or f"models:/{params.registry.model_name}@champion"
+    if is_mlflow_uri(reference) or Path(reference).is_dir():
+        configure_tracking(params.mlflow)
+    log.info("loading model %s", reference)
+    return reference, load_model(reference)
+
+
+def _predict(args: argparse.Namespace, params: Params) -> int:
+    from melanoma.predict import ModelLoadError, find_images, predict_files
+
+    threshold = args.threshold or params.evaluate.melanoma_threshold
+    files = find_images(args.paths)
+    if not files:
+        log.error("no image files in %s", ", ".join(args.paths))
+        return SOME_FILES_FAILED
+    try:
+        reference, model = _load_model(args.model, params)
+        predictions = predict_files(
+            model, files, params.ingest.image_size, params.ingest.max_image_pixels
+        )
+    except ModelLoadError as error:
+        log.error("%s", error)
+        return CANNOT_RUN
+    if args.json:
+        print(json.dumps(_json_output(reference, threshold, predictions), indent=2))
+    else:
+        for prediction in predictions:
+            print(_text_output(prediction, threshold))
+    failed = sum(not p.ok for p in predictions)
+    if failed:
+        log.error("%d of %d files could not be predicted", failed, len(predictions))
+        return SOME_FILES_FAILED
+    return OK
+
+
+def _text_output(prediction: "ImagePrediction", threshold: float) -> str:
+    if not prediction.ok:
+        return f"{prediction.path}: ERROR {prediction.reason}: {prediction.error}"
+    ranked = sorted(prediction.probabilities.items(), key=lambda item: -item[1])
+    line = f"{prediction.path}: {prediction.top_label} {ranked[0][1]:.3f}"
+    if prediction.melanoma_alert(threshold):
+        line += (
+            f"  MELANOMA ALERT: P(melanoma) {prediction.melanoma_probability:.3f} >= {threshold}"
+        )
+    return line + "\n  " + ", ".join(f"{label} {p:.3f}" for label, p in ranked)
+
+
+def _json_output(reference: str, threshold: float, predictions: list["ImagePrediction"]) -> dict:
+    items = []
+    for prediction in predictions:
+        if prediction.ok:
+            items.append(
+                {
+                    "path": prediction.path,
+                    "top_label": prediction.top_label,
+                    "probabilities": prediction.probabilities,
+                    "melanoma_probability": prediction.melanoma_probability,
+                    "melanoma_alert": prediction.melanoma_alert(threshold),
+                }
+            )
+        else:
+            items.append(
+                {"path": prediction.path, "error": prediction.error, "reason": prediction.reason}
+            )
+    return {"model": reference, "melanoma_threshold": threshold, "predictions": items}
+
+
+def _request(args: argparse.Namespace, params: Params) -> int:
+    from melanoma.images import ImageRejected
+    from melanoma.predict import ModelLoadError, find_images, model_input_size, serving_request
+
+    files = find_images(args.paths)
+    if not files:
+        log.error("no image files in %s", ", ".join(args.paths))
+        return SOME_FILES_FAILED
+    try:
+        _, model = _load_model(args.model, params)
+        body = serving_request(
+            files, params.ingest.image_size, model_input_size(model), params.ingest.max_image_pixels
+        )
+    except ModelLoadError as error:
+        log.error("%s", error)
+        return CANNOT_RUN
+    except ImageRejected as rejected:
+        log.error("%s (%s)", rejected, rejected.reason)
+        return SOME_FILES_FAILED
+    json.dump(body, sys.stdout, separators=(",", ":"))
+    return OK
+
+
+def _promote(args: argparse.Namespace, params: Params) -> int:
+    from mlflow import MlflowClient
+
+    from melanoma.registry import RegistryError, promote_by_hand
+    from melanoma.tracking import configure_tracking
+
+    configure_tracking(params.mlflow)
+    name = params.registry.model_name
+    try:
+        previous = promote_by_hand(MlflowClient(), name, args.version)
+    except RegistryError as error:
+        log.error("%s", error)
+        return CANNOT_RUN
+    print(f"{name}: champion {f'v{previous}' if previous else 'none'} -> v{args.version}")
+    return OK
+
+
+def _rollback(args: argparse.Namespace, params: Params) -> int:
+    from mlflow import MlflowClient
+
+    from melanoma.registry import RegistryError, rollback
+    from melanoma.tracking import configure_tracking
+
+    configure_tracking(params.mlflow)
+    name = params.registry.model_name
+    try:
+        current, previous = rollback(MlflowClient(), name)
+    except RegistryError as error:
+        log.error("%s", error)
+        return CANNOT_RUN
+    print(f"{name}: champion v{current} -> v{previous}")
+    return OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,241 @@
+"""Test-split figures of a model: scikit-learn metrics, bootstrap confidence intervals, plots.
+
+Every figure is a function of (true labels, class probabilities, melanoma threshold), so the
+bootstrap recomputes exactly the same definitions on resampled test sets. A figure that is
+undefined on a sample (a class absent, only one class for the ROC curve) is NaN there, and the
+interval is taken over the samples where it is defined.
+"""
+
+import hashlib
+import logging
+import math
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from sklearn.exceptions import UndefinedMetricWarning
+from sklearn.metrics import (
+    ConfusionMatrixDisplay,
+    RocCurveDisplay,
+    accuracy_score,
+    balanced_accuracy_score,
+    f1_score,
+    precision_recall_fscore_support,
+    recall_score,
+    roc_auc_score,
+)
+from tqdm import tqdm
+
+from melanoma.labels import LABELS, MELANOMA, MELANOMA_INDEX
+
+log = logging.getLogger(__name__)
+
+HEADLINE_METRICS = (
+    "accuracy",
+    "balanced_accuracy",
+    "macro_f1",
+    "melanoma_auc",
+    "melanoma_sensitivity",
+    "melanoma_specificity",
+)
+CLASS_INDICES = list(range(len(LABELS)))
+
+
+def probability_column(label: str) -> str:
+    return f"p_{label}"
+
+
+def melanoma_alerts(probabilities: np.ndarray, threshold: float) -> np.ndarray:
+    """True where P(melanoma) is at or above the threshold."""
+    return probabilities[:, MELANOMA_INDEX] >= threshold
+
+
+def evaluation_metrics(
+    true: np.ndarray, probabilities: np.ndarray, threshold: float
+) -> dict[str, float]:
+    """Every figure of one test set, flat: headline figures, then `<label>_{precision,recall,f1}`.
+
+    `true` holds label indices (melanoma.labels.LABELS order), `probabilities` one row per image.
+    The predicted class is the most probable one; the melanoma alert uses the threshold instead.
+    """
+    predicted = probabilities.argmax(axis=1)
+    is_melanoma = true == MELANOMA_INDEX
+    alert = melanoma_alerts(probabilities, threshold)
+    with warnings.catch_warnings():
+        # A class absent from the test set is expected (validate may drop all its images): its
+        # undefined figures are NaN by design, and metrics_report says which classes.
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
+        figures = {
+            "accuracy": accuracy_score(true, predicted),
+            "balanced_accuracy": balanced_accuracy_score(true, predicted),
+            "macro_f1": f1_score(true, predicted, average="macro", zero_division=0.0),
+            "melanoma_auc": (
+                roc_auc_score(is_melanoma, probabilities[:, MELANOMA_INDEX])
+                if 0 < is_melanoma.sum() < len(true)
+                else math.nan
+            ),
+            "melanoma_sensitivity": recall_score(is_melanoma, alert, zero_division=np.nan),
+            "melanoma_specificity": recall_score(
+                is_melanoma, alert, pos_label=False, zero_division=np.nan
+            ),
+        }
+        precision, recall, f1, _ = precision_recall_fscore_support(
+            true, predicted, labels=CLASS_INDICES, zero_division=np.nan
+        )
+    for index, label in enumerate(LABELS):
+        figures[f"{label}_precision"] = precision[index]
+        figures[f"{label}_recall"] = recall[index]
+        figures[f"{label}_f1"] = f1[index]
+    return {name: float(value) for name, value in figures.items()}
+
+
+def bootstrap_intervals(
+    true: np.ndarray,
+    probabilities: np.ndarray,
+    threshold: float,
+    samples: int,
+    seed: int,
+    confidence: float = 0.95,
+) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap interval of every figure of `evaluation_metrics`: resample images with
+    replacement `samples` times. A figure never defined on any sample gets (NaN, NaN)."""
+    rng = np.random.default_rng(seed)
+    draws: list[dict[str, float]] = []
+    for _ in tqdm(range(samples), desc="bootstrap", unit="sample", leave=False):
+        rows = rng.integers(0, len(true), size=len(true))
+        draws.append(evaluation_metrics(true[rows], probabilities[rows], threshold))
+    table = pd.DataFrame(draws)
+    tail = (1 - confidence) / 2 * 100
+    intervals = {}
+    for name in table.columns:
+        values = table[name].dropna().to_numpy()
+        if len(values) == 0:
+            intervals[name] = (math.nan, math.nan)
+        else:
+            low, high = np.percentile(values, [tail, 100 - tail])
+            intervals[name] = (float(low), float(high))
+    return intervals
+
+
+def metrics_report(
+    true: np.ndarray,
+    probabilities: np.ndarray,
+    threshold: float,
+    bootstrap_samples: int,
+    seed: int,
+) -> dict[str, float | int | None]:
+    """The content of reports/metrics.json: each figure followed by `<figure>_ci_low` and
+    `<figure>_ci_high` (95% bootstrap, left out when bootstrap_samples is 0).
+
+    Undefined figures are None (JSON null): NaN is not valid JSON. Figures are not rounded, so
+    that a model compared with itself scores exactly the same.
+    """
+    absent = [label for index, label in enumerate(LABELS) if index not in set(true.tolist())]
+    if absent:
+        log.warning(
+            "no test images of %s: their recall is undefined and balanced accuracy averages "
+            "the other %d classes",
+            ", ".join(absent),
+            len(LABELS) - len(absent),
+        )
+    figures = evaluation_metrics(true, probabilities, threshold)
+    intervals = (
+        bootstrap_intervals(true, probabilities, threshold, bootstrap_samples, seed)
+        if bootstrap_samples
+        else {}
+    )
+    report: dict[str, float | int | None] = {
+        "test_images": len(true),
+        "melanoma_threshold": threshold,
+        "bootstrap_samples": bootstrap_samples,
+    }
+    for name, value in figures.items():
+        report[name] = _json_number(value)
+        if name in intervals:
+            low, high = intervals[name]
+            report[f"{name}_ci_low"] = _json_number(low)
+            report[f"{name}_ci_high"] = _json_number(high)
+    return report
+
+
+def _json_number(value: float) -> float | None:
+    return None if math.isnan(value) else value
+
+
+def predictions_table(
+    image_paths: Sequence[str], true: np.ndarray, probabilities: np.ndarray, threshold: float
+) -> pd.DataFrame:
+    """reports/predictions.csv: one row per test image, label names rather than indices."""
+    table = pd.DataFrame(
+        {
+            "image_path": list(image_paths),
+            "label": [LABELS[i] for i in true],
+            "predicted": [LABELS[i] for i in probabilities.argmax(axis=1)],
+        }
+    )
+    for index, label in enumerate(LABELS):
+        table[probability_column(label)] = probabilities[:, index].round(6)
+    table["melanoma_alert"] = melanoma_alerts(probabilities, threshold)
+    return table
+
+
+def images_sha256(image_paths: Sequence[str], true: np.ndarray) -> str:
+    """One hash of the test images' bytes and labels: two models were scored on the same test
+    data if and only if their hashes are equal."""
+    digest = hashlib.sha256()
+    for path, label_index in sorted(zip(image_paths, true.tolist(), strict=True)):
+        digest.update(f"{path}\t{LABELS[label_index]}\t".encode())
+        digest.update(hashlib.sha256(Path(path).read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def plot_confusion_matrix(true: np.ndarray, probabilities: np.ndarray, path: Path) -> None:
+    # Figure without pyplot: no GUI backend, no global figure state to leak.
+    figure = Figure(figsize=(9, 8))
+    axes = figure.subplots()
+    ConfusionMatrixDisplay.from_predictions(
+        true,
+        probabilities.argmax(axis=1),
+        labels=CLASS_INDICES,
+        display_labels=LABELS,
+        xticks_rotation=45,
+        colorbar=False,
+        ax=axes,
+    )
+    axes.set_title(f"Test split confusion matrix ({len(true)} images)")
+    _save(figure, path)
+
+
+def plot_melanoma_roc(
+    true: np.ndarray, probabilities: np.ndarray, threshold: float, path: Path
+) -> None:
+    """Melanoma-vs-rest ROC curve, with the operating point of the alert threshold marked."""
+    is_melanoma = true == MELANOMA_INDEX
+    figure = Figure(figsize=(6, 6))
+    axes = figure.subplots()
+    if 0 < is_melanoma.sum() < len(true):
+        RocCurveDisplay.from_predictions(
+            is_melanoma, probabilities[:, MELANOMA_INDEX], name=f"{MELANOMA} vs rest", ax=axes
+        )
+        alert = melanoma_alerts(probabilities, threshold)
+        sensitivity = alert[is_melanoma].mean()
+        false_positive_rate = alert[~is_melanoma].mean()
+        axes.plot(false_positive_rate, sensitivity, "o", label=f"alert threshold {threshold}")
+        axes.legend(loc="lower right")
+    else:
+        axes.text(
+            0.5, 0.5, "undefined: the test split needs melanoma and other images", ha="center"
+        )
+    axes.plot([0, 1], [0, 1], linestyle=":", color="grey")
+    axes.set_title("Melanoma-vs-rest ROC curve (test split)")
+    _save(figure, path)
+
+
+def _save(figure: Figure, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)

@@ -1,0 +1,306 @@
+"""Fit the model on the augmented manifest, with every epoch tracked in one MLflow run.
+
+The run id travels in models/run.json (a DVC output), never as "the latest run": DVC may
+restore `train` from its run cache without running it, and then no new MLflow run exists.
+"""
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+from types import SimpleNamespace
+
+import keras
+import mlflow
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+from matplotlib.figure import Figure
+from mlflow.models import Model, ModelSignature, infer_signature
+from mlflow.models.model import ModelInfo
+
+from melanoma.config import Params, TrainParams, flatten
+from melanoma.dataset import make_dataset, split_rows
+from melanoma.labels import LABELS
+from melanoma.manifest import AUGMENTED_COLUMNS, file_sha256, read_manifest
+from melanoma.model import build_model
+from melanoma.tracking import configure_tracking, git_commit
+
+log = logging.getLogger(__name__)
+
+HISTORY_COLUMNS = ["epoch", "accuracy", "val_accuracy", "loss", "val_loss", "learning_rate"]
+# What Keras reports each epoch and we track; the learning rate is read from the optimizer.
+EPOCH_METRICS = ["loss", "accuracy", "val_loss", "val_accuracy"]
+MODEL_ARTIFACT = "model"
+
+
+@dataclass(frozen=True)
+class TrainOutputs:
+    """Where the train stage writes (the outs, metrics and plots of dvc.yaml)."""
+
+    model: Path = Path("models/model.keras")
+    run_info: Path = Path("models/run.json")
+    metrics: Path = Path("reports/train_metrics.json")
+    history: Path = Path("reports/train_history.csv")
+
+
+def set_determinism(seed: int) -> None:
+    """Seed Python, NumPy and TensorFlow, and make TensorFlow ops deterministic."""
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+def class_weight_map(label_indices: np.ndarray, params: TrainParams) -> dict[int, float] | None:
+    """Keras `class_weight`, or None when every class weighs 1.
+
+    With `class_weights` on, a class weighs n_images / (n_classes_present * n_images_of_class);
+    an entry of `class_weight_overrides` then replaces the weight of its label.
+    """
+    if not params.class_weights and not params.class_weight_overrides:
+        return None
+    counts = np.bincount(label_indices, minlength=len(LABELS))
+    present = int(np.count_nonzero(counts))
+    weights = {}
+    for index, label in enumerate(LABELS):
+        balanced = len(label_indices) / (present * counts[index]) if counts[index] else 1.0
+        default = balanced if params.class_weights else 1.0
+        weights[index] = float(params.class_weight_overrides.get(label, default))
+    return weights
+
+
+def make_optimizer(params: TrainParams) -> keras.optimizers.Optimizer:
+    """The optimizer of params; weight decay is decoupled (AdamW-style) for all three.
+
+    sgd uses Nesterov momentum 0.9: plain SGD is too slow to be a useful choice.
+    """
+    if params.optimizer == "adam":
+        return keras.optimizers.Adam(params.learning_rate, weight_decay=params.weight_decay or None)
+    if params.optimizer == "adamw":
+        return keras.optimizers.AdamW(params.learning_rate, weight_decay=params.weight_decay)
+    return keras.optimizers.SGD(
+        params.learning_rate,
+        momentum=0.9,
+        nesterov=True,
+        weight_decay=params.weight_decay or None,
+    )
+
+
+def compile_model(model: keras.Model, params: TrainParams) -> None:
+    model.compile(
+        optimizer=make_optimizer(params),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=params.label_smoothing),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+    )
+
+
+class EpochTracker(keras.callbacks.Callback):
+    """Logs each epoch's curves to the active MLflow run with step=epoch (1-based) and keeps them.
+
+    It must come before ReduceLROnPlateau in the callback list, so that the learning rate it
+    records is the one the epoch was trained with.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[dict[str, float]] = []
+        self.seconds: list[float] = []
+        self._started = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._started = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.seconds.append(time.perf_counter() - self._started)
+        learning_rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        row = {name: float(logs[name]) for name in EPOCH_METRICS}
+        row["learning_rate"] = learning_rate
+        mlflow.log_metrics(row, step=epoch + 1)
+        self.rows.append({"epoch": epoch + 1, **row})
+        log.info(
+            "epoch %d: loss %.4f accuracy %.4f val_loss %.4f val_accuracy %.4f lr %.2g (%.1f s)",
+            epoch + 1,
+            row["loss"],
+            row["accuracy"],
+            row["val_loss"],
+            row["val_accuracy"],
+            learning_rate,
+            self.seconds[-1],
+        )
+
+
+def make_callbacks(params: TrainParams, tracker: EpochTracker) -> list[keras.callbacks.Callback]:
+    callbacks: list[keras.callbacks.Callback] = [tracker]
+    if params.early_stopping_patience:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss",
+                patience=params.early_stopping_patience,
+                restore_best_weights=True,
+            )
+        )
+    if params.reduce_lr_patience:
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor="val_loss",
+                factor=params.reduce_lr_factor,
+                patience=params.reduce_lr_patience,
+            )
+        )
+    return callbacks
+
+
+def training_summary(
+    history: pd.DataFrame, seconds: list[float], train_images: int, early_stopping: bool
+) -> dict:
+    """Final and best-epoch (lowest val_loss) metrics and the speed, for reports/train_metrics.json.
+
+    The first epoch also traces the graph and fills the decoded-image cache, so the steady-state
+    speed comes from the later epochs when there are any.
+    """
+    best = history.loc[history["val_loss"].idxmin()]
+    final = history.iloc[-1]
+    steady = seconds[1:] or seconds
+    seconds_per_epoch = float(np.mean(steady))
+    return {
+        "epochs_run": len(history),
+        "final": {name: float(final[name]) for name in EPOCH_METRICS},
+        "best_epoch": int(best["epoch"]),
+        "best": {name: float(best[name]) for name in EPOCH_METRICS},
+        # EarlyStopping(restore_best_weights=True) puts the best epoch's weights back at the end.
+        "saved_model_epoch": int(best["epoch"]) if early_stopping else int(final["epoch"]),
+        "train_images": train_images,
+        "first_epoch_seconds": seconds[0],
+        "seconds_per_epoch": seconds_per_epoch,
+        "images_per_second": train_images / seconds_per_epoch,
+        "training_seconds": float(np.sum(seconds)),
+    }
+
+
+def plot_curves(history: pd.DataFrame) -> Figure:
+    figure = Figure(figsize=(10, 4), layout="constrained")
+    loss_axes, accuracy_axes = figure.subplots(1, 2)
+    for axes, metric in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
+        axes.plot(history["epoch"], history[metric], marker="o", label=f"train {metric}")
+        axes.plot(history["epoch"], history[f"val_{metric}"], marker="o", label=f"val {metric}")
+        axes.set_xlabel("epoch")
+        axes.set_ylabel(metric)
+        axes.legend()
+    return figure
+
+
+def _save_keras_model(path: str, **kwargs) -> None:
+    # mlflow.keras.save_model writes the input example before it creates `path`, so log_model
+    # with an input example fails (mlflow/mlflow#16183, still open in 3.17); creating the
+    # directory first is the fix proposed there.
+    os.makedirs(path)
+    mlflow.keras.save_model(path=path, **kwargs)
+
+
+# mlflow.keras with the directory fix above; MLflow names the flavor after __name__.
+_KERAS_FLAVOR = SimpleNamespace(__name__="mlflow.keras", save_model=_save_keras_model)
+
+
+def log_keras_model(model: keras.Model, example: np.ndarray) -> ModelInfo:
+    """Log the model (keras flavor) with its uint8-image -> probabilities signature and example.
+
+    This is `mlflow.keras.log_model(model, name=..., signature=..., input_example=...)`, which
+    cannot be called as is with an input example (see _save_keras_model).
+    """
+    signature: ModelSignature = infer_signature(example, model.predict(example, verbose=0))
+    return Model.log(
+        artifact_path=None,
+        name=MODEL_ARTIFACT,
+        flavor=_KERAS_FLAVOR,
+        model=model,
+        signature=signature,
+        input_example=example,
+        # Listing them skips MLflow's requirement inference, which reloads the model in a
+        # subprocess (tens of seconds).
+        pip_requirements=[
+            f"keras=={keras.__version__}",
+            f"tensorflow-cpu=={version('tensorflow-cpu')}",
+            f"mlflow=={mlflow.__version__}",
+        ],
+    )
+
+
+def run_training(params: Params, manifest_path: Path, outputs: TrainOutputs) -> dict:
+    """Train on the train split, validate on val, track it all in one MLflow run; write outputs.
+
+    Returns the run info also written to `outputs.run_info`.
+    """
+    train = params.train
+    set_determinism(train.seed)
+    manifest = read_manifest(manifest_path, AUGMENTED_COLUMNS)
+    train_paths, train_labels = split_rows(manifest, "train", manifest_path)
+    val_paths, val_labels = split_rows(manifest, "val", manifest_path)
+    log.info("%d training and %d validation images", len(train_paths), len(val_paths))
+    train_ds = make_dataset(
+        train_paths, train_labels, train.image_size, train.batch_size, shuffle_seed=train.seed
+    )
+    val_ds = make_dataset(val_paths, val_labels, train.image_size, train.batch_size)
+
+    model = build_model(train)
+    compile_model(model, train)
+    experiment_id = configure_tracking(params.mlflow)
+    with mlflow.start_run(experiment_id=experiment_id) as run:
+        mlflow.log_params(flatten(params))
+        mlflow.set_tags(
+            {
+                "stage": "train",
+                "git_commit": git_commit(),
+                "data_manifest_sha256": file_sha256(manifest_path),
+            }
+        )
+        tracker = EpochTracker()
+        model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=train.epochs,
+            shuffle=False,  # the dataset reshuffles itself, with the seed
+            class_weight=class_weight_map(train_labels, train),
+            callbacks=make_callbacks(train, tracker),
+            verbose=0,
+        )
+        history = pd.DataFrame(tracker.rows, columns=HISTORY_COLUMNS)
+        summary = training_summary(
+            history, tracker.seconds, len(train_paths), bool(train.early_stopping_patience)
+        )
+        mlflow.log_metrics(
+            {
+                "best_val_accuracy": summary["best"]["val_accuracy"],
+                "seconds_per_epoch": summary["seconds_per_epoch"],
+                "images_per_second": summary["images_per_second"],
+            }
+        )
+        mlflow.log_figure(plot_curves(history), "training_curves.png")
+        mlflow.log_dict({"labels": list(LABELS)}, "labels.json")
+        example = next(iter(val_ds))[0][:1].numpy()
+        model_info = log_keras_model(model, example)
+
+    run_info = {
+        "run_id": run.info.run_id,
+        "experiment_id": experiment_id,
+        "model_uri": model_info.model_uri,
+        "tracking_uri": mlflow.get_tracking_uri(),
+        "labels": list(LABELS),
+        "image_size": train.image_size,
+    }
+    for path in (outputs.model, outputs.run_info, outputs.metrics, outputs.history):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(outputs.model)
+    outputs.run_info.write_text(json.dumps(run_info, indent=2) + "\n")
+    outputs.metrics.write_text(json.dumps(summary, indent=2) + "\n")
+    history.to_csv(outputs.history, index=False)
+    log.info(
+        "run %s: best val_accuracy %.4f at epoch %d, %.1f s/epoch, %.0f images/s",
+        run.info.run_id,
+        summary["best"]["val_accuracy"],
+        summary["best_epoch"],
+        summary["seconds_per_epoch"],
+        summary["images_per_second"],
+    )
+    return run_info

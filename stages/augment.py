@@ -1,0 +1,35 @@
+"""Stage `augment`: train/validation split, then class-balanced augmented copies for train only."""
+
+import logging
+import shutil
+from pathlib import Path
+
+from melanoma.augmentation import augmented_manifest, log_counts, plan_augmentation, write_copies
+from melanoma.config import load_params
+from melanoma.logs import setup_logging
+from melanoma.manifest import AUGMENTED_COLUMNS, VALIDATED_COLUMNS, read_manifest, write_manifest
+
+VALIDATED_MANIFEST = Path("data/validated/manifest.csv")
+AUGMENTED_DIR = Path("data/augmented")
+
+log = logging.getLogger(__name__)
+
+
+def main() -> None:
+    setup_logging()
+    params = load_params()
+    validated = read_manifest(VALIDATED_MANIFEST, VALIDATED_COLUMNS)
+    plan = plan_augmentation(
+        validated, params.augment, VALIDATED_MANIFEST, AUGMENTED_DIR / "images"
+    )
+    # Stale copies from an earlier run with other params would otherwise linger in the output.
+    shutil.rmtree(AUGMENTED_DIR, ignore_errors=True)
+    write_copies(plan.copies, params.augment)
+    manifest = augmented_manifest(plan)
+    write_manifest(manifest, AUGMENTED_DIR / "manifest.csv", AUGMENTED_COLUMNS)
+    log_counts(manifest)
+    log.info("wrote %d augmented images and %s", len(plan.copies), AUGMENTED_DIR / "manifest.csv")
+
+
+if __name__ == "__main__":
+    main()

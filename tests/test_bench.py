@@ -1,0 +1,114 @@
+"""The benchmark: its quick mode end to end, and the project-copy helpers it shares with tests."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from bench.pipeline import changed_metrics, stages_run
+from bench.project import PROJECT, copy_project, override_params
+
+BOTH_SIDES = {
+    "epochs_run",
+    "train_images",
+    "first_epoch_seconds",
+    "seconds_per_epoch",
+    "images_per_second",
+    "val_accuracy",
+    "raw_test_accuracy",
+    "training_peak_rss_mib",
+}
+WITH_INTERVALS = {
+    "clean_test_accuracy",
+    "clean_test_balanced_accuracy",
+    "clean_test_melanoma_auc",
+    "clean_test_melanoma_sensitivity",
+    "clean_test_melanoma_specificity",
+}
+OURS_ONLY = {
+    "images_per_second_ratio",
+    "full_repro_seconds",
+    "noop_repro_seconds",
+    "predict_p50_ms",
+    "predict_p95_ms",
+    "predict_peak_rss_mib",
+}
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def test_quick_benchmark_reports_every_figure(tmp_path):
+    out = tmp_path / "bench.json"
+
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--quick", "--out", str(out)],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(out.read_text())
+    rows = {row["key"]: row for row in results["table"]}
+    assert set(rows) == BOTH_SIDES | WITH_INTERVALS | OURS_ONLY | {"reproducible"}
+    for key in BOTH_SIDES | WITH_INTERVALS:
+        assert _finite(rows[key]["reference"]) and _finite(rows[key]["ours"]), rows[key]
+    for key in WITH_INTERVALS:
+        for side in ("reference", "ours"):
+            low, high = rows[key][f"{side}_ci"]
+            assert _finite(low) and _finite(high) and low <= rows[key][side] <= high, rows[key]
+    for key in OURS_ONLY:
+        assert rows[key]["reference"] is None and _finite(rows[key]["ours"]), rows[key]
+    ratio = rows["images_per_second"]["ours"] / rows["images_per_second"]["reference"]
+    assert results["images_per_second_ratio"] == pytest.approx(ratio, rel=1e-12)
+    assert rows["images_per_second_ratio"]["ours"] == results["images_per_second_ratio"]
+    # Same params, same machine: the forced second train + evaluate scores exactly the same.
+    assert rows["reproducible"]["ours"] is True, results["ours"]["reproducibility_differences"]
+    assert results["ours"]["noop_repro_stages_run"] == []
+    assert results["data"]["clean_test_images"] == results["ours"]["clean_test"]["test_images"]
+    for row in results["table"]:
+        assert row["figure"] in done.stdout
+
+
+def test_override_params_sets_dotted_keys_in_a_copy(tmp_path):
+    copy = copy_project(tmp_path / "copy", {"train.epochs": 3, "data.source": "/elsewhere"})
+
+    params = yaml.safe_load((copy / "params.yaml").read_text())
+    assert params["train"]["epochs"] == 3 and params["data"]["source"] == "/elsewhere"
+    assert (copy / "stages" / "train.py").is_file() and (copy / ".dvc" / "config").is_file()
+    assert not (copy / "data").exists() and not (copy / "models").exists()
+
+
+@pytest.mark.parametrize("key", ["train.epoch", "trian.epochs", "train.epochs.value"])
+def test_override_params_refuses_a_param_the_file_lacks(tmp_path, key):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"train": {"epochs": 20}}))
+
+    with pytest.raises(KeyError, match=key):
+        override_params(path, {key: 1})
+
+    assert yaml.safe_load(path.read_text()) == {"train": {"epochs": 20}}
+
+
+def test_stages_run_lists_only_stages_dvc_ran():
+    output = (
+        "Stage 'ingest' didn't change, skipping\n"
+        "Running stage 'train':\n> python -m stages.train\n"
+        "Stage 'augment' is cached - skipping run, checking out outputs\n"
+        "Running stage 'evaluate':\n> python -m stages.evaluate\n"
+    )
+
+    assert stages_run(output) == ["train", "evaluate"]
+
+
+def test_changed_metrics_names_differing_and_missing_figures():
+    before = {"accuracy": 0.5, "melanoma_auc": 0.8, "macro_f1": None}
+    after = {"accuracy": 0.5, "melanoma_auc": 0.81, "test_images": 10, "macro_f1": None}
+
+    assert changed_metrics(before, after) == ["melanoma_auc", "test_images"]

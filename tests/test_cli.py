@@ -1,0 +1,111 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from melanoma.cli import CANNOT_RUN, OK, SOME_FILES_FAILED, main
+from melanoma.registry import Decision, record_decision
+
+ROOT = Path(__file__).resolve().parents[1]
+CONSTANT = [0.05, 0.05, 0.05, 0.5, 0.1, 0.1, 0.05, 0.05, 0.05]  # P(melanoma) = 0.5
+
+
+@pytest.fixture
+def photos(mlflow_project, image_bytes) -> tuple[Path, Path]:
+    """(a good photo, a file that is not an image) in the project directory."""
+    good, bad = Path("photo.jpg"), Path("notes.jpg")
+    good.write_bytes(image_bytes(1, (50, 40)))
+    bad.write_text("not an image")
+    return good, bad
+
+
+@pytest.fixture
+def keras_file(tiny_classifier) -> str:
+    tiny_classifier(CONSTANT).save("model.keras")
+    return "model.keras"
+
+
+@pytest.fixture
+def champion(tiny_classifier, log_model) -> None:
+    """Versions 1 and 2 of melanoma-test registered, version 1 the champion."""
+    _, uri = log_model(tiny_classifier(CONSTANT))
+    for _ in range(2):
+        mlflow.register_model(uri, "melanoma-test")
+    record_decision(mlflow.MlflowClient(), "melanoma-test", "1", Decision(True, "first"))
+
+
+def test_help_answers_without_loading_the_model_stack():
+    result = subprocess.run(
+        [sys.executable, "-m", "melanoma.cli", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0
+    for command in ("predict", "request", "promote", "rollback", "exit codes"):
+        assert command in result.stdout
+
+
+def test_predict_prints_each_image_and_fails_for_the_bad_one(photos, keras_file, capsys):
+    good, bad = photos
+    code = main(["predict", str(good), str(bad), "--model", keras_file, "--threshold", "0.4"])
+    out = capsys.readouterr().out.splitlines()
+
+    assert code == SOME_FILES_FAILED
+    assert out[0].startswith("photo.jpg: melanoma 0.500  MELANOMA ALERT: P(melanoma) 0.500 >= 0.4")
+    assert out[1].strip().startswith("melanoma 0.500, nevus 0.100")
+    assert out[2].startswith("notes.jpg: ERROR not_an_image:")
+
+
+def test_predict_json_uses_the_params_threshold(photos, keras_file, capsys):
+    good, bad = photos
+    assert main(["predict", str(good), "--model", keras_file, "--json"]) == OK
+    output = json.loads(capsys.readouterr().out)
+
+    assert output["melanoma_threshold"] == 0.3  # evaluate.melanoma_threshold in params.yaml
+    (prediction,) = output["predictions"]
+    assert prediction["top_label"] == "melanoma" and prediction["melanoma_alert"] is True
+    assert sum(prediction["probabilities"].values()) == pytest.approx(1)
+
+    assert main(["predict", str(bad), "--model", keras_file, "--json"]) == SOME_FILES_FAILED
+    (failure,) = json.loads(capsys.readouterr().out)["predictions"]
+    assert failure["reason"] == "not_an_image" and failure["path"] == "notes.jpg"
+
+
+def test_predict_loads_the_champion_by_default(photos, champion, capsys):
+    assert main(["predict", str(photos[0]), "--json"]) == OK
+    assert json.loads(capsys.readouterr().out)["model"] == "models:/melanoma-test@champion"
+
+
+def test_predict_without_a_model_cannot_run(photos, caplog):
+    assert main(["predict", str(photos[0])]) == CANNOT_RUN
+    assert "models:/melanoma-test@champion cannot be loaded" in caplog.text
+
+
+def test_bad_arguments_and_params_are_refused(photos, keras_file):
+    with pytest.raises(SystemExit) as usage:
+        main(["predict", "photo.jpg", "--threshold", "1.5"])
+    assert usage.value.code == 2
+    Path("params.yaml").write_text("evaluate: {melanoma_threshold: 2}\n")
+    assert main(["predict", "photo.jpg", "--model", keras_file]) == CANNOT_RUN
+
+
+def test_request_writes_a_serving_body(photos, keras_file, capsys):
+    assert main(["request", str(photos[0]), "--model", keras_file]) == OK
+    body = json.loads(capsys.readouterr().out)
+    assert list(body) == ["inputs"]
+    assert len(body["inputs"]) == 1 and len(body["inputs"][0]) == 16  # model input size
+    assert main(["request", str(photos[1]), "--model", keras_file]) == SOME_FILES_FAILED
+
+
+def test_promote_and_rollback_by_hand(champion, capsys):
+    assert main(["promote", "2"]) == OK
+    assert capsys.readouterr().out.strip() == "melanoma-test: champion v1 -> v2"
+    assert main(["rollback"]) == OK
+    assert capsys.readouterr().out.strip() == "melanoma-test: champion v2 -> v1"
+    assert main(["rollback"]) == CANNOT_RUN
+    assert main(["promote", "5"]) == CANNOT_RUN

@@ -1,0 +1,67 @@
+"""Each invalid param stops with its name, before any work."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from melanoma.config import ParamsError, load_params, parse_params
+
+PARAMS_YAML = Path(__file__).resolve().parents[1] / "params.yaml"
+
+
+@pytest.fixture
+def raw() -> dict:
+    return yaml.safe_load(PARAMS_YAML.read_text())
+
+
+def _with(raw: dict, section: str, **values) -> dict:
+    changed = copy.deepcopy(raw)
+    changed[section].update(values)
+    return changed
+
+
+def test_the_project_params_are_valid():
+    params = load_params(PARAMS_YAML)
+    assert params.train.image_size <= params.ingest.image_size
+
+
+@pytest.mark.parametrize(
+    ("section", "values", "named"),
+    [
+        ("train", {"architecture": "vgg16"}, "train.architecture"),
+        ("train", {"epochs": 0}, "train.epochs"),
+        ("train", {"image_size": 16, "filters": [8, 16, 32]}, "image_size=16 is too small"),
+        ("train", {"architecture": "mobilenetv3small", "image_size": 24}, "image_size=24"),
+        ("train", {"class_weight_overrides": {"melanomma": 2.0}}, "train.class_weight_overrides"),
+        ("train", {"dropout": 1.0}, "train.dropout"),
+        ("train", {"optimizer": "rmsprop"}, "train.optimizer"),
+        ("train", {"batch_size": 0}, "train.batch_size"),
+        ("train", {"learning_rate": 0}, "train.learning_rate"),
+        ("train", {"filters": []}, "train.filters"),
+        ("train", {"pretrained_weights": "weights.h5"}, "pretrained_weights is for"),
+        ("train", {"unknown_knob": 1}, "train.unknown_knob"),
+        ("augment", {"val_fraction": 0}, "augment.val_fraction"),
+        ("augment", {"target_per_class": 0}, "augment.target_per_class"),
+        ("augment", {"rotation_degrees": 200}, "augment.rotation_degrees"),
+    ],
+)
+def test_an_invalid_param_is_named(raw, section, values, named):
+    with pytest.raises(ParamsError, match=named):
+        parse_params(_with(raw, section, **values))
+
+
+def test_training_size_above_the_ingested_size_is_named(raw):
+    changed = _with(raw, "train", image_size=raw["ingest"]["image_size"] + 1)
+    with pytest.raises(ParamsError, match="train.image_size=.* exceeds ingest.image_size"):
+        parse_params(changed)
+
+
+def test_pretrained_weights_must_be_an_existing_file(raw, tmp_path):
+    missing = tmp_path / "absent.weights.h5"
+    backbone = _with(raw, "train", architecture="efficientnetb0", pretrained_weights=str(missing))
+    with pytest.raises(ParamsError, match="pretrained_weights=.*absent.weights.h5 is not a file"):
+        parse_params(backbone)
+    missing.write_bytes(b"")
+    assert parse_params(backbone).train.pretrained_weights == missing

@@ -1,0 +1,175 @@
+import json
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from melanoma.augmentation import augmented_manifest, plan_augmentation, write_copies
+from melanoma.config import TrainParams, parse_params
+from melanoma.labels import LABELS
+from melanoma.manifest import (
+    AUGMENTED_COLUMNS,
+    VALIDATED_COLUMNS,
+    file_sha256,
+    read_manifest,
+    write_manifest,
+)
+from melanoma.training import (
+    HISTORY_COLUMNS,
+    TrainOutputs,
+    class_weight_map,
+    make_optimizer,
+    run_training,
+    training_summary,
+)
+
+AUGMENTED = Path("data/augmented/manifest.csv")
+
+
+def _train_params(**overrides) -> TrainParams:
+    values = {
+        "architecture": "simple_cnn",
+        "image_size": 32,
+        "filters": [4],
+        "dropout": 0.0,
+        "learning_rate": 0.01,
+        "batch_size": 4,
+        "epochs": 1,
+        "early_stopping_patience": 0,
+        "reduce_lr_patience": 0,
+    }
+    return TrainParams(**{**values, **overrides})
+
+
+def test_no_class_weights_unless_asked():
+    assert class_weight_map(np.array([0, 0, 1]), _train_params()) is None
+
+
+def test_balanced_class_weights_then_overrides_replace_one_label():
+    labels = np.array([0, 0, 0, 1])  # three actinic_keratosis, one basal_cell_carcinoma
+    weights = class_weight_map(labels, _train_params(class_weights=True))
+    assert weights[0] == pytest.approx(4 / (2 * 3))
+    assert weights[1] == pytest.approx(4 / (2 * 1))
+    assert weights[LABELS.index("melanoma")] == 1.0  # absent from training
+
+    overridden = _train_params(class_weights=True, class_weight_overrides={"melanoma": 3.0})
+    weights = class_weight_map(labels, overridden)
+    assert weights[LABELS.index("melanoma")] == 3.0
+    assert weights[1] == pytest.approx(2.0)
+
+    only_overrides = _train_params(class_weight_overrides={"basal_cell_carcinoma": 5.0})
+    assert class_weight_map(labels, only_overrides) == {
+        i: (5.0 if i == 1 else 1.0) for i in range(len(LABELS))
+    }
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("adam", keras.optimizers.Adam),
+        ("adamw", keras.optimizers.AdamW),
+        ("sgd", keras.optimizers.SGD),
+    ],
+)
+def test_optimizer_and_weight_decay_come_from_params(name, expected):
+    optimizer = make_optimizer(
+        _train_params(optimizer=name, weight_decay=0.01, learning_rate=0.005)
+    )
+    assert type(optimizer) is expected
+    assert optimizer.weight_decay == 0.01
+    assert float(optimizer.learning_rate) == pytest.approx(0.005)
+
+
+def test_speed_leaves_out_the_first_epoch_and_best_epoch_has_the_lowest_val_loss():
+    history = pd.DataFrame(
+        {
+            "epoch": [1, 2, 3],
+            "accuracy": [0.3, 0.5, 0.6],
+            "val_accuracy": [0.2, 0.4, 0.3],
+            "loss": [2.0, 1.5, 1.2],
+            "val_loss": [2.1, 1.7, 1.9],
+            "learning_rate": [0.001] * 3,
+        }
+    )
+    summary = training_summary(history, [10.0, 2.0, 4.0], train_images=300, early_stopping=True)
+    assert summary["seconds_per_epoch"] == 3.0
+    assert summary["images_per_second"] == 100.0
+    assert summary["best_epoch"] == 2 and summary["best"]["val_accuracy"] == 0.4
+    assert summary["final"]["val_accuracy"] == 0.3
+    assert summary["saved_model_epoch"] == 2
+
+
+@pytest.fixture
+def augmented_project(tiny_project) -> dict:
+    """tiny_project after the augment step: data/augmented/manifest.csv and its images."""
+    params = parse_params(tiny_project)
+    validated_path = Path("data/validated/manifest.csv")
+    validated = read_manifest(validated_path, VALIDATED_COLUMNS)
+    plan = plan_augmentation(validated, params.augment, validated_path, AUGMENTED.parent / "images")
+    write_copies(plan.copies, params.augment)
+    write_manifest(augmented_manifest(plan), AUGMENTED, AUGMENTED_COLUMNS)
+    return tiny_project
+
+
+def test_training_run_is_tracked_per_epoch_and_reproducible(augmented_project, tmp_path):
+    params = parse_params(augmented_project)
+    epochs = params.train.epochs
+    first = TrainOutputs(
+        model=tmp_path / "a/model.keras",
+        run_info=tmp_path / "a/run.json",
+        metrics=tmp_path / "a/metrics.json",
+        history=tmp_path / "a/history.csv",
+    )
+    run_info = run_training(params, AUGMENTED, first)
+
+    assert json.loads(first.run_info.read_text()) == run_info
+    assert run_info["labels"] == list(LABELS)
+    assert run_info["image_size"] == params.train.image_size
+    assert run_info["tracking_uri"] == f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+    client = MlflowClient(run_info["tracking_uri"])
+    run = client.get_run(run_info["run_id"])
+    assert run.info.experiment_id == run_info["experiment_id"]
+    assert client.get_experiment(run.info.experiment_id).name == params.mlflow.experiment
+    assert run.data.params["train.epochs"] == str(epochs)
+    assert run.data.params["augment.target_per_class"] == "8"
+    assert run.data.tags["stage"] == "train"
+    assert run.data.tags["data_manifest_sha256"] == file_sha256(AUGMENTED)
+    assert run.data.tags["git_commit"]
+    for curve in ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"):
+        points = client.get_metric_history(run.info.run_id, curve)
+        assert sorted(p.step for p in points) == list(range(1, epochs + 1)), curve
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"training_curves.png", "labels.json"} <= artifacts
+
+    history = pd.read_csv(first.history)
+    assert list(history.columns) == HISTORY_COLUMNS
+    assert history["epoch"].tolist() == list(range(1, epochs + 1))
+    metrics = json.loads(first.metrics.read_text())
+    assert metrics["epochs_run"] == epochs
+    assert metrics["images_per_second"] > 0
+    train_rows = read_manifest(AUGMENTED, AUGMENTED_COLUMNS).query("split == 'train'")
+    assert metrics["train_images"] == len(train_rows)
+
+    # The saved model's contract, and the logged model is the same model.
+    model = keras.saving.load_model(first.model)
+    assert model.inputs[0].dtype == "uint8"
+    assert tuple(model.inputs[0].shape) == (None, 32, 32, 3)
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    probabilities = model.predict(images, verbose=0)
+    assert probabilities.shape == (3, len(LABELS))
+    assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
+    logged = mlflow.keras.load_model(run_info["model_uri"])
+    assert np.allclose(logged.predict(images, verbose=0), probabilities, atol=1e-6)
+    signature = mlflow.models.get_model_info(run_info["model_uri"]).signature
+    assert signature.inputs.inputs[0].type == np.dtype("uint8")
+
+    # Same params, same data: the same curves, to the last bit.
+    second = TrainOutputs(**{k: tmp_path / "b" / v.name for k, v in vars(first).items()})
+    rerun = run_training(params, AUGMENTED, second)
+    assert rerun["run_id"] != run_info["run_id"]
+    pd.testing.assert_frame_equal(pd.read_csv(second.history), history)
