@@ -12,7 +12,6 @@ Run as a subprocess by bench.run, so that its peak memory is its own:
 import argparse
 import json
 import logging
-import time
 from pathlib import Path
 
 import keras
@@ -24,7 +23,7 @@ from bench.process import peak_rss_mib
 from bench.source import split_folder
 from melanoma.labels import LABELS, canonical_label
 from melanoma.logs import setup_logging
-from melanoma.training import training_summary
+from melanoma.training import EpochTimer, training_summary
 
 log = logging.getLogger(__name__)
 
@@ -53,19 +52,11 @@ def recipe_model(image_size: int, classes: int) -> keras.Model:
     )
 
 
-class EpochTimer(keras.callbacks.Callback):
-    """Wall seconds of each epoch (training and validation pass), logged as they end."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seconds: list[float] = []
-        self._started = 0.0
-
-    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self._started = time.perf_counter()
+class LoggedEpochTimer(EpochTimer):
+    """The project's epoch timer, logging the reference's curves as epochs end."""
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        self.seconds.append(time.perf_counter() - self._started)
+        super().on_epoch_end(epoch, logs)
         log.info(
             "reference epoch %d: accuracy %.4f val_accuracy %.4f (%.1f s)",
             epoch + 1,
@@ -100,7 +91,7 @@ def train_reference(
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
-    timer = EpochTimer()
+    timer = LoggedEpochTimer()
     fitted = model.fit(
         train_ds, validation_data=val_ds, epochs=epochs, callbacks=[timer], verbose=0
     )

@@ -133,7 +133,7 @@ def _load_model(reference: str | None, params: Params):
 def _predict(args: argparse.Namespace, params: Params) -> int:
     from melanoma.predict import ModelLoadError, find_images, predict_files
 
-    threshold = args.threshold or params.evaluate.melanoma_threshold
+    threshold = params.evaluate.melanoma_threshold if args.threshold is None else args.threshold
     files = find_images(args.paths)
     if not files:
         log.error("no image files in %s", ", ".join(args.paths))

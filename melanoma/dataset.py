@@ -53,7 +53,8 @@ def make_dataset(
     batch_size: int,
     shuffle_seed: int | None = None,
 ) -> tf.data.Dataset:
-    """Batches of (uint8 images, one-hot labels), reshuffled every epoch if `shuffle_seed` is set.
+    """Batches of (uint8 images, one-hot labels), reshuffled every epoch if `shuffle_seed` is set
+    (then only full batches).
 
     Decoded images are cached in memory after the first pass, so later epochs skip the decoding.
     Labels are one-hot so that the loss can apply label smoothing.
@@ -72,4 +73,7 @@ def make_dataset(
     # drops an iterator at each epoch end, and that stalled training for up to ~50 s each time.
     # Without it, AUTOTUNE still means "as many parallel calls as cores".
     options.autotune.enabled = False
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE).with_options(options)
+    # A shuffled (training) dataset drops its last partial batch: batch normalisation on a
+    # batch of one image is meaningless, and oneDNN crashed (segfault) on it in the resnet.
+    batched = dataset.batch(batch_size, drop_remainder=shuffle_seed is not None)
+    return batched.prefetch(tf.data.AUTOTUNE).with_options(options)

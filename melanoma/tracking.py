@@ -20,7 +20,9 @@ def configure_tracking(params: MlflowParams) -> str:
     """
     uri = os.environ.get("MLFLOW_TRACKING_URI") or params.tracking_uri
     if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        database = project_root() / uri.removeprefix("sqlite:///")
+        database.parent.mkdir(parents=True, exist_ok=True)
+        uri = f"sqlite:///{database}"
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.get_experiment_by_name(params.experiment)
     if experiment is not None:
@@ -28,9 +30,25 @@ def configure_tracking(params: MlflowParams) -> str:
     # A remote server chooses its own artifact root (it proxies artifacts); a local store
     # keeps them beside its database.
     local = uri.startswith(("sqlite:", "file:")) or "://" not in uri
-    location = params.artifact_location.resolve().as_uri() if local else None
+    location = (project_root() / params.artifact_location).resolve().as_uri() if local else None
     log.info("creating MLflow experiment %r in %s", params.experiment, uri)
     return mlflow.create_experiment(params.experiment, artifact_location=location)
+
+
+def project_root() -> Path:
+    """The repository the pipeline belongs to.
+
+    `dvc exp run --queue` runs stages in a temporary copy under .dvc/tmp/exps/ that is deleted
+    afterwards; DVC_ROOT names the real repository, so runs land in the project's own store.
+    """
+    return Path(os.environ.get("DVC_ROOT", "."))
+
+
+def experiment_run_tags() -> dict[str, str]:
+    """Name and tag a run after the DVC experiment that made it, so the MLflow UI can tell
+    the runs of a sweep apart; empty outside `dvc exp run`."""
+    name = os.environ.get("DVC_EXP_NAME")
+    return {"mlflow.runName": name, "dvc_experiment": name} if name else {}
 
 
 def git_commit() -> str:

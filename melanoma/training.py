@@ -27,7 +27,7 @@ from melanoma.dataset import make_dataset, split_rows
 from melanoma.labels import LABELS
 from melanoma.manifest import AUGMENTED_COLUMNS, file_sha256, read_manifest
 from melanoma.model import build_model
-from melanoma.tracking import configure_tracking, git_commit
+from melanoma.tracking import configure_tracking, experiment_run_tags, git_commit
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,22 @@ def compile_model(model: keras.Model, params: TrainParams) -> None:
     )
 
 
-class EpochTracker(keras.callbacks.Callback):
+class EpochTimer(keras.callbacks.Callback):
+    """Wall seconds of each epoch, training and validation pass together."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seconds: list[float] = []
+        self._started = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._started = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.seconds.append(time.perf_counter() - self._started)
+
+
+class EpochTracker(EpochTimer):
     """Logs each epoch's curves to the active MLflow run with step=epoch (1-based) and keeps them.
 
     It must come before ReduceLROnPlateau in the callback list, so that the learning rate it
@@ -106,14 +121,9 @@ class EpochTracker(keras.callbacks.Callback):
     def __init__(self) -> None:
         super().__init__()
         self.rows: list[dict[str, float]] = []
-        self.seconds: list[float] = []
-        self._started = 0.0
-
-    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self._started = time.perf_counter()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        self.seconds.append(time.perf_counter() - self._started)
+        super().on_epoch_end(epoch, logs)
         learning_rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         row = {name: float(logs[name]) for name in EPOCH_METRICS}
         row["learning_rate"] = learning_rate
@@ -238,6 +248,12 @@ def run_training(params: Params, manifest_path: Path, outputs: TrainOutputs) -> 
     train_paths, train_labels = split_rows(manifest, "train", manifest_path)
     val_paths, val_labels = split_rows(manifest, "val", manifest_path)
     log.info("%d training and %d validation images", len(train_paths), len(val_paths))
+    if len(train_paths) < train.batch_size:
+        # Training batches are full batches only: there would be nothing to train on.
+        raise ValueError(
+            f"train.batch_size={train.batch_size} is larger than the {len(train_paths)} "
+            f"training images of {manifest_path}"
+        )
     train_ds = make_dataset(
         train_paths, train_labels, train.image_size, train.batch_size, shuffle_seed=train.seed
     )
@@ -254,6 +270,7 @@ def run_training(params: Params, manifest_path: Path, outputs: TrainOutputs) -> 
                 "git_commit": git_commit(),
                 "data_manifest_sha256": file_sha256(manifest_path),
             }
+            | experiment_run_tags()
         )
         tracker = EpochTracker()
         model.fit(

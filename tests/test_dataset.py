@@ -57,6 +57,16 @@ def test_shuffling_follows_the_seed(images):
     assert any(first_epoch_order(seed) != list(range(6)) for seed in (1, 2, 3))
 
 
+def test_training_batches_are_full_but_evaluation_keeps_every_image(images):
+    paths, _ = images
+    labels = np.zeros(6, np.int32)
+    training = make_dataset(paths, labels, image_size=40, batch_size=4, shuffle_seed=1)
+    evaluation = make_dataset(paths, labels, image_size=40, batch_size=4)
+
+    assert [len(x) for x, _ in training] == [4]
+    assert [len(x) for x, _ in evaluation] == [4, 2]
+
+
 def test_split_rows_maps_labels_to_model_order_and_rejects_empty_splits():
     manifest = pd.DataFrame(
         {"image_path": ["a.png", "b.png", "c.png"], "label": ["nevus", "melanoma", "nevus"]}
