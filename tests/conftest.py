@@ -2,10 +2,8 @@
 
 import hashlib
 import io
-import os
 import shutil
 import subprocess
-import sys
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +15,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from bench.project import command_env, copy_project
 from melanoma.labels import LABELS
 from melanoma.manifest import AUGMENTED_COLUMNS, VALIDATED_COLUMNS
 
@@ -330,8 +329,6 @@ def evaluation_project(mlflow_project, image_bytes) -> tuple[list[str], np.ndarr
 
 # --- the whole pipeline in a git + DVC repository (DVC remote, experiment, team-server tests) --
 
-VENV_BIN = Path(sys.executable).parent  # the venv's dvc, python and mlflow run the stages
-PROJECT = PARAMS_YAML.parent
 GIT_IDENTITY = {"user.name": "Pipeline Tests", "user.email": "tests@example.invalid"}
 
 
@@ -347,12 +344,7 @@ class PipelineRepo:
     tracking_uri: str
 
     def run(self, *command: str, timeout: float = 300) -> str:
-        env = {
-            **os.environ,
-            "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
-            "MLFLOW_TRACKING_URI": self.tracking_uri,
-            "DVC_NO_ANALYTICS": "1",  # no network here: don't let dvc try to report usage
-        }
+        env = command_env(MLFLOW_TRACKING_URI=self.tracking_uri)
         done = subprocess.run(
             command, cwd=self.root, env=env, capture_output=True, text=True, timeout=timeout
         )
@@ -403,15 +395,9 @@ def pipeline_repo(tmp_path_factory: pytest.TempPathFactory) -> PipelineRepo:
     dvc.lock and the uncached outputs (models/run.json, reports/*), DVC's cache the data.
     """
     base = tmp_path_factory.mktemp("pipeline")
-    source, root = base / "source", base / "repo"
+    source = base / "source"
     _write_tiny_source(source)
-    root.mkdir()
-    for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
-        shutil.copy(PROJECT / name, root / name)
-    for package in ("stages", "melanoma"):
-        shutil.copytree(
-            PROJECT / package, root / package, ignore=shutil.ignore_patterns("__pycache__")
-        )
+    root = copy_project(base / "repo")
     params = _tiny_params()
     params["data"]["source"] = str(source)
     params["validate"].update(
@@ -422,11 +408,8 @@ def pipeline_repo(tmp_path_factory: pytest.TempPathFactory) -> PipelineRepo:
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     repo = PipelineRepo(root, f"sqlite:///{base / 'mlflow.db'}")
-    repo.run("git", "init", "-q")
     for key, value in GIT_IDENTITY.items():
         repo.run("git", "config", key, value)
-    repo.run("dvc", "init", "-q")
-    shutil.copy(PROJECT / ".dvc" / "config", root / ".dvc" / "config")
     repo.run("git", "add", "-A")
     repo.run("git", "commit", "-q", "-m", "tiny pipeline")
     repo.run("dvc", "repro")
