@@ -130,22 +130,35 @@ def _load_model(reference: str | None, params: Params):
     return reference, load_model(reference)
 
 
-def _predict(args: argparse.Namespace, params: Params) -> int:
-    from melanoma.predict import ModelLoadError, find_images, predict_files
+def _images_and_model(args: argparse.Namespace, params: Params) -> tuple | int:
+    """(image files, model reference, model) for `args.paths` and `args.model`, or the exit
+    code if there is no image or no model."""
+    from melanoma.predict import ModelLoadError, find_images, model_input_size
 
-    threshold = params.evaluate.melanoma_threshold if args.threshold is None else args.threshold
     files = find_images(args.paths)
     if not files:
         log.error("no image files in %s", ", ".join(args.paths))
         return SOME_FILES_FAILED
     try:
         reference, model = _load_model(args.model, params)
-        predictions = predict_files(
-            model, files, params.ingest.image_size, params.ingest.max_image_pixels
-        )
+        model_input_size(model)  # a model that does not take RGB squares fails here, once
     except ModelLoadError as error:
         log.error("%s", error)
         return CANNOT_RUN
+    return files, reference, model
+
+
+def _predict(args: argparse.Namespace, params: Params) -> int:
+    from melanoma.predict import predict_files
+
+    threshold = params.evaluate.melanoma_threshold if args.threshold is None else args.threshold
+    loaded = _images_and_model(args, params)
+    if isinstance(loaded, int):
+        return loaded
+    files, reference, model = loaded
+    predictions = predict_files(
+        model, files, params.ingest.image_size, params.ingest.max_image_pixels
+    )
     if args.json:
         print(json.dumps(_json_output(reference, threshold, predictions), indent=2))
     else:
@@ -192,20 +205,16 @@ def _json_output(reference: str, threshold: float, predictions: list["ImagePredi
 
 def _request(args: argparse.Namespace, params: Params) -> int:
     from melanoma.images import ImageRejected
-    from melanoma.predict import ModelLoadError, find_images, model_input_size, serving_request
+    from melanoma.predict import model_input_size, serving_request
 
-    files = find_images(args.paths)
-    if not files:
-        log.error("no image files in %s", ", ".join(args.paths))
-        return SOME_FILES_FAILED
+    loaded = _images_and_model(args, params)
+    if isinstance(loaded, int):
+        return loaded
+    files, _, model = loaded
     try:
-        _, model = _load_model(args.model, params)
         body = serving_request(
             files, params.ingest.image_size, model_input_size(model), params.ingest.max_image_pixels
         )
-    except ModelLoadError as error:
-        log.error("%s", error)
-        return CANNOT_RUN
     except ImageRejected as rejected:
         log.error("%s (%s)", rejected, rejected.reason)
         return SOME_FILES_FAILED

@@ -27,21 +27,23 @@ def split_rows(
     return rows["image_path"].tolist(), label_indices
 
 
+def resize_uint8(images: tf.Tensor, image_size: int) -> tf.Tensor:
+    """Resize uint8 images (one, or a batch) to image_size x image_size: antialiased bilinear,
+    rounded back to uint8. The one resize of training, evaluation and prediction alike."""
+    resized = tf.image.resize(images, [image_size, image_size], antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
+
+
 def load_image(path: tf.Tensor, image_size: int) -> tf.Tensor:
     """Decode a PNG/JPEG file to a uint8 (image_size, image_size, 3) tensor.
 
-    Images already at that size pass untouched; others are resized with antialiasing.
+    Images already at that size pass untouched; others go through `resize_uint8`.
     """
     image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
     image = tf.cond(
         tf.reduce_all(tf.shape(image)[:2] == image_size),
         lambda: image,
-        lambda: tf.cast(
-            tf.clip_by_value(
-                tf.round(tf.image.resize(image, [image_size, image_size], antialias=True)), 0, 255
-            ),
-            tf.uint8,
-        ),
+        lambda: resize_uint8(image, image_size),
     )
     return tf.ensure_shape(image, [image_size, image_size, 3])
 

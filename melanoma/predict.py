@@ -2,8 +2,8 @@
 
 An image goes through exactly the steps a training image went through: `melanoma.images`
 decodes it to RGB and crops/resizes it to a square at the ingest size (what the ingest stage
-writes), then it is resized to the model's input size the way `melanoma.dataset.load_image`
-does it in training and evaluation. So a file from data/ingested gets the same probabilities
+writes), then it is resized to the model's input size by `melanoma.dataset.resize_uint8`, as in
+training and evaluation. So a file from data/ingested gets the same probabilities
 here as in the evaluate stage.
 """
 
@@ -15,10 +15,9 @@ from pathlib import Path
 import keras
 import mlflow
 import numpy as np
-import tensorflow as tf
 from tqdm import tqdm
 
-from melanoma.dataset import make_dataset
+from melanoma.dataset import make_dataset, resize_uint8
 from melanoma.images import ImageRejected, decode_rgb, square_resize
 from melanoma.labels import LABELS, MELANOMA
 
@@ -123,11 +122,10 @@ def read_image(path: Path, ingest_size: int, max_pixels: int) -> np.ndarray:
 
 def to_model_size(images: np.ndarray, size: int) -> np.ndarray:
     """Resize a uint8 batch (n, s, s, 3) to (n, size, size, 3) as the training input pipeline
-    does (melanoma.dataset.load_image: antialiased bilinear, rounded)."""
+    does."""
     if images.shape[1:3] == (size, size):
         return images
-    resized = tf.image.resize(images, [size, size], antialias=True)
-    return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8).numpy()
+    return resize_uint8(images, size).numpy()
 
 
 def predict_files(
