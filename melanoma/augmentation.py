@@ -121,18 +121,28 @@ def split_train_val(
     return train[~in_val].reset_index(drop=True), train[in_val].reset_index(drop=True)
 
 
-def plan_copies(train: pd.DataFrame, target_per_class: int, images_dir: Path) -> pd.DataFrame:
+def plan_copies(
+    train: pd.DataFrame,
+    target_per_class: int,
+    images_dir: Path,
+    max_copies_per_image: int | None = None,
+) -> pd.DataFrame:
     """The augmented copies that bring every training class up to `target_per_class` images.
 
     A class below the target gets `target - n` copies, made from its originals in turn
-    (copy k comes from original k mod n), so every original is used about equally. A class
-    already at or above the target keeps all its originals and gets no augmented copies: it is
-    neither augmented nor subsampled.
+    (copy k comes from original k mod n), so every original is used about equally; with
+    `max_copies_per_image`, at most that many per original (a class of 2 images then stays
+    small instead of becoming hundreds of variations of 2 pictures). A class already at or
+    above the target keeps all its originals and gets no augmented copies: it is neither
+    augmented nor subsampled.
     """
     rows = []
     for label, originals in train.groupby("label", sort=True):
         originals = originals.sort_values(["image_id", "image_path"])
-        for k in range(max(target_per_class - len(originals), 0)):
+        wanted = max(target_per_class - len(originals), 0)
+        if max_copies_per_image is not None:
+            wanted = min(wanted, max_copies_per_image * len(originals))
+        for k in range(wanted):
             source = originals.iloc[k % len(originals)]
             copy_index = k // len(originals)
             name = f"{Path(source['image_path']).stem}_aug{copy_index}{AUGMENTED_SUFFIX}"
@@ -154,7 +164,7 @@ def plan_augmentation(
 ) -> AugmentationPlan:
     train, test = usable_images(validated, manifest_path)
     train, val = split_train_val(train, params.val_fraction, params.seed)
-    copies = plan_copies(train, params.target_per_class, images_dir)
+    copies = plan_copies(train, params.target_per_class, images_dir, params.max_copies_per_image)
     return AugmentationPlan(train=train, val=val, test=test, copies=copies)
 
 

@@ -59,6 +59,9 @@ class AugmentParams(_Section):
     seed: int = 42
     val_fraction: float = Field(gt=0, lt=1)
     target_per_class: int = Field(ge=1, description="training images per class after augmentation")
+    max_copies_per_image: int | None = Field(
+        None, ge=0, description="cap on augmented copies of one original; null: no cap"
+    )
     rotation_degrees: float = Field(ge=0, le=180)
     flip_horizontal: bool = True
     flip_vertical: bool = True
@@ -77,8 +80,15 @@ class TrainParams(_Section):
     pretrained_weights: Path | None = Field(
         None, description="local ImageNet weights file for the keras.applications backbones"
     )
+    # Random transforms applied on the fly to each training batch (on top of augment's copies).
+    random_flip: bool = False
+    random_rotation_degrees: float = Field(0.0, ge=0, le=180)
+    random_zoom: float = Field(0.0, ge=0, lt=1)
+    mixed_precision: bool = Field(False, description="bfloat16 compute, float32 weights")
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     learning_rate: float = Field(gt=0)
+    lr_schedule: Literal["plateau", "cosine"] = "plateau"
+    warmup_epochs: int = Field(0, ge=0, description="linear warm-up of the cosine schedule")
     weight_decay: float = Field(0.0, ge=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     batch_size: int = Field(ge=1)
@@ -115,6 +125,19 @@ class TrainParams(_Section):
                 f"image_size={self.image_size} is too small for {self.architecture} with "
                 f"{len(self.filters)} blocks: it needs at least {smallest}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _one_schedule(self) -> "TrainParams":
+        if self.lr_schedule == "cosine" and self.reduce_lr_patience:
+            raise ValueError(
+                "reduce_lr_patience must be 0 with lr_schedule=cosine: the schedule sets every "
+                "step's learning rate, ReduceLROnPlateau cannot change it"
+            )
+        if self.lr_schedule == "plateau" and self.warmup_epochs:
+            raise ValueError("warmup_epochs is for lr_schedule=cosine")
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(f"warmup_epochs={self.warmup_epochs} must be below epochs")
         return self
 
     @model_validator(mode="after")

@@ -93,6 +93,14 @@ def evaluation_metrics(
     return {name: float(value) for name, value in figures.items()}
 
 
+def headline_figures(
+    true: np.ndarray, probabilities: np.ndarray, threshold: float
+) -> dict[str, float | None]:
+    """The HEADLINE_METRICS of `evaluation_metrics`, an undefined one (NaN) as None (JSON null)."""
+    figures = evaluation_metrics(true, probabilities, threshold)
+    return {name: _json_number(figures[name]) for name in HEADLINE_METRICS}
+
+
 def bootstrap_intervals(
     true: np.ndarray,
     probabilities: np.ndarray,

@@ -21,21 +21,47 @@ def build_model(params: TrainParams) -> keras.Model:
     simple_cnn and resnet use `filters` (one block per entry, each halving the image) and
     `normalization`; the keras.applications backbones ignore both (they bring their own
     batch normalisation) and start from `pretrained_weights` if set, else from random weights.
+    With `mixed_precision`, layers compute in bfloat16 and keep float32 weights.
     """
+    previous_policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16" if params.mixed_precision else "float32")
+    try:
+        return _build(params)
+    finally:
+        # The policy is global; other models built in this process must not inherit it.
+        keras.config.set_dtype_policy(previous_policy)
+
+
+def _build(params: TrainParams) -> keras.Model:
     inputs = keras.Input((params.image_size, params.image_size, 3), dtype="uint8", name=INPUT_NAME)
-    if params.architecture == "simple_cnn":
-        features = _simple_cnn(layers.Rescaling(1 / 255)(inputs), params)
-    elif params.architecture == "resnet":
-        features = _resnet(layers.Rescaling(1 / 255)(inputs), params)
+    if params.architecture in ("simple_cnn", "resnet"):
+        x = _random_transforms(layers.Rescaling(1 / 255)(inputs), params)
+        body = _simple_cnn if params.architecture == "simple_cnn" else _resnet
+        features = body(x, params)
     else:
         # Both backbones rescale 0-255 inputs themselves, so they get the raw pixel values.
-        features = _backbone(params)(keras.ops.cast(inputs, "float32"))
+        x = _random_transforms(keras.ops.cast(inputs, "float32"), params)
+        features = _backbone(params)(x)
     features = layers.Dropout(params.dropout, seed=params.seed)(features)
     # float32 even under a mixed-precision policy, so the probabilities keep their contract.
     outputs = layers.Dense(len(LABELS), activation="softmax", dtype="float32", name=OUTPUT_NAME)(
         features
     )
     return keras.Model(inputs, outputs, name=params.architecture)
+
+
+def _random_transforms(x, params: TrainParams):
+    """The on-the-fly augmentation of train params: active in training only (the Keras random
+    layers pass images through untouched at inference), fresh for every batch of every epoch."""
+    if params.random_flip:
+        x = layers.RandomFlip(seed=params.seed)(x)
+    if params.random_rotation_degrees:
+        x = layers.RandomRotation(
+            params.random_rotation_degrees / 360, fill_mode="reflect", seed=params.seed
+        )(x)
+    if params.random_zoom:
+        x = layers.RandomZoom(params.random_zoom, fill_mode="reflect", seed=params.seed)(x)
+    return x
 
 
 def _batch_norm():

@@ -18,6 +18,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import tensorflow as tf
+from keras.optimizers.schedules import LearningRateSchedule
 from matplotlib.figure import Figure
 from mlflow.models import Model, ModelSignature, infer_signature
 from mlflow.models.model import ModelInfo
@@ -26,6 +27,7 @@ from melanoma.config import Params, TrainParams, flatten
 from melanoma.dataset import make_dataset, split_rows
 from melanoma.labels import LABELS
 from melanoma.manifest import AUGMENTED_COLUMNS, file_sha256, read_manifest
+from melanoma.metrics import headline_figures
 from melanoma.model import build_model
 from melanoma.tracking import configure_tracking, experiment_run_tags, git_commit
 
@@ -71,26 +73,38 @@ def class_weight_map(label_indices: np.ndarray, params: TrainParams) -> dict[int
     return weights
 
 
-def make_optimizer(params: TrainParams) -> keras.optimizers.Optimizer:
+def learning_rate(params: TrainParams, steps_per_epoch: int) -> float | LearningRateSchedule:
+    """The constant starting rate (lr_schedule=plateau: ReduceLROnPlateau lowers it), or a
+    per-step cosine decay to zero over the whole run, after `warmup_epochs` of linear warm-up."""
+    if params.lr_schedule == "plateau":
+        return params.learning_rate
+    warmup_steps = params.warmup_epochs * steps_per_epoch
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if warmup_steps else params.learning_rate,
+        decay_steps=params.epochs * steps_per_epoch - warmup_steps,
+        warmup_target=params.learning_rate if warmup_steps else None,
+        warmup_steps=warmup_steps,
+    )
+
+
+def make_optimizer(params: TrainParams, steps_per_epoch: int) -> keras.optimizers.Optimizer:
     """The optimizer of params; weight decay is decoupled (AdamW-style) for all three.
 
     sgd uses Nesterov momentum 0.9: plain SGD is too slow to be a useful choice.
     """
+    rate = learning_rate(params, steps_per_epoch)
     if params.optimizer == "adam":
-        return keras.optimizers.Adam(params.learning_rate, weight_decay=params.weight_decay or None)
+        return keras.optimizers.Adam(rate, weight_decay=params.weight_decay or None)
     if params.optimizer == "adamw":
-        return keras.optimizers.AdamW(params.learning_rate, weight_decay=params.weight_decay)
+        return keras.optimizers.AdamW(rate, weight_decay=params.weight_decay)
     return keras.optimizers.SGD(
-        params.learning_rate,
-        momentum=0.9,
-        nesterov=True,
-        weight_decay=params.weight_decay or None,
+        rate, momentum=0.9, nesterov=True, weight_decay=params.weight_decay or None
     )
 
 
-def compile_model(model: keras.Model, params: TrainParams) -> None:
+def compile_model(model: keras.Model, params: TrainParams, steps_per_epoch: int) -> None:
     model.compile(
-        optimizer=make_optimizer(params),
+        optimizer=make_optimizer(params, steps_per_epoch),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=params.label_smoothing),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
     )
@@ -260,7 +274,7 @@ def run_training(params: Params, manifest_path: Path, outputs: TrainOutputs) -> 
     val_ds = make_dataset(val_paths, val_labels, train.image_size, train.batch_size)
 
     model = build_model(train)
-    compile_model(model, train)
+    compile_model(model, train, steps_per_epoch=len(train_paths) // train.batch_size)
     experiment_id = configure_tracking(params.mlflow)
     with mlflow.start_run(experiment_id=experiment_id) as run:
         mlflow.log_params(flatten(params))
@@ -286,11 +300,21 @@ def run_training(params: Params, manifest_path: Path, outputs: TrainOutputs) -> 
         summary = training_summary(
             history, tracker.seconds, len(train_paths), bool(train.early_stopping_patience)
         )
+        # The test split's headline figures on the validation split, from the saved weights:
+        # what params are chosen on, since only `evaluate` reads the test split.
+        summary["validation"] = headline_figures(
+            val_labels, model.predict(val_ds, verbose=0), params.evaluate.melanoma_threshold
+        )
         mlflow.log_metrics(
             {
                 "best_val_accuracy": summary["best"]["val_accuracy"],
                 "seconds_per_epoch": summary["seconds_per_epoch"],
                 "images_per_second": summary["images_per_second"],
+            }
+            | {
+                f"validation_{name}": value
+                for name, value in summary["validation"].items()
+                if value is not None
             }
         )
         mlflow.log_figure(plot_curves(history), "training_curves.png")
@@ -313,10 +337,13 @@ def run_training(params: Params, manifest_path: Path, outputs: TrainOutputs) -> 
     outputs.metrics.write_text(json.dumps(summary, indent=2) + "\n")
     history.to_csv(outputs.history, index=False)
     log.info(
-        "run %s: best val_accuracy %.4f at epoch %d, %.1f s/epoch, %.0f images/s",
+        "run %s: val accuracy %.4f, balanced accuracy %.4f, melanoma AUC %s (saved epoch %d), "
+        "%.1f s/epoch, %.0f images/s",
         run.info.run_id,
-        summary["best"]["val_accuracy"],
-        summary["best_epoch"],
+        summary["validation"]["accuracy"],
+        summary["validation"]["balanced_accuracy"],
+        summary["validation"]["melanoma_auc"],
+        summary["saved_model_epoch"],
         summary["seconds_per_epoch"],
         summary["images_per_second"],
     )

@@ -12,6 +12,7 @@ from melanoma.augmentation import (
     augment_image,
     augmented_manifest,
     plan_augmentation,
+    plan_copies,
     split_train_val,
     write_copies,
 )
@@ -141,3 +142,21 @@ def test_transforms_off_leave_the_image_unchanged_and_on_change_it():
     changed = augment_image(image, on, np.random.default_rng(1))
     assert changed.size == image.size and changed.mode == "RGB"
     assert not np.array_equal(np.asarray(changed), pixels)
+
+
+def test_max_copies_per_image_caps_a_tiny_class_below_the_target():
+    train = pd.DataFrame(
+        {
+            "image_id": ["a1", "a2", "b1"],
+            "image_path": ["a/1.png", "a/2.png", "b/1.png"],
+            "label": ["nevus", "nevus", "melanoma"],
+        }
+    )
+    uncapped = plan_copies(train, target_per_class=10, images_dir=Path("aug"))
+    assert uncapped["label"].value_counts().to_dict() == {"nevus": 8, "melanoma": 9}
+
+    capped = plan_copies(train, target_per_class=10, images_dir=Path("aug"), max_copies_per_image=3)
+    assert capped["label"].value_counts().to_dict() == {"nevus": 6, "melanoma": 3}
+    # Each original gives at most 3 copies, every one a distinct file.
+    assert capped["source_image_id"].value_counts().max() == 3
+    assert capped["image_path"].is_unique

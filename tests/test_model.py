@@ -34,6 +34,7 @@ def _random_images(n: int) -> np.ndarray:
         {"architecture": "simple_cnn"},
         {"architecture": "simple_cnn", "normalization": "none"},
         {"architecture": "resnet"},
+        {"architecture": "resnet", "mixed_precision": True},
         {"architecture": "mobilenetv3small"},
         {"architecture": "efficientnetb0"},
     ],
@@ -79,3 +80,25 @@ def test_backbone_starts_from_a_local_weights_file(tmp_path):
 
     assert same_backbone_weights(from_file)
     assert not same_backbone_weights(from_scratch)
+
+
+def test_mixed_precision_computes_in_bfloat16_and_leaves_the_global_policy_alone():
+    model = build_model(_params(architecture="resnet", mixed_precision=True))
+    convolution = next(layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D))
+    assert convolution.compute_dtype == "bfloat16"
+    assert convolution.kernel.dtype == "float32"
+    assert keras.config.dtype_policy().name == "float32"
+    assert build_model(_params()).layers[-1].compute_dtype == "float32"
+
+
+def test_random_transforms_change_training_batches_only():
+    transforms = {"random_flip": True, "random_rotation_degrees": 30, "random_zoom": 0.2}
+    model = build_model(_params(dropout=0.0, **transforms))
+    plain = build_model(_params(dropout=0.0))
+    plain.set_weights(model.get_weights())  # the random layers have no weights
+    images = _random_images(4)
+    # Inference: the transforms pass images through, so both models agree.
+    assert np.allclose(model.predict(images, verbose=0), plain.predict(images, verbose=0))
+    # Training: the model sees transformed images.
+    trained = keras.ops.convert_to_numpy(model(images, training=True))
+    assert not np.allclose(trained, keras.ops.convert_to_numpy(plain(images, training=True)))

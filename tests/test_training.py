@@ -22,6 +22,7 @@ from melanoma.training import (
     HISTORY_COLUMNS,
     TrainOutputs,
     class_weight_map,
+    learning_rate,
     make_optimizer,
     run_training,
     training_summary,
@@ -77,11 +78,21 @@ def test_balanced_class_weights_then_overrides_replace_one_label():
 )
 def test_optimizer_and_weight_decay_come_from_params(name, expected):
     optimizer = make_optimizer(
-        _train_params(optimizer=name, weight_decay=0.01, learning_rate=0.005)
+        _train_params(optimizer=name, weight_decay=0.01, learning_rate=0.005), steps_per_epoch=10
     )
     assert type(optimizer) is expected
     assert optimizer.weight_decay == 0.01
     assert float(optimizer.learning_rate) == pytest.approx(0.005)
+
+
+def test_cosine_schedule_warms_up_linearly_then_decays_to_zero_at_the_last_step():
+    params = _train_params(lr_schedule="cosine", learning_rate=0.01, epochs=5, warmup_epochs=1)
+    schedule = learning_rate(params, steps_per_epoch=10)
+    rate = [float(schedule(step)) for step in (0, 5, 10, 30, 50)]
+    assert rate[:3] == pytest.approx([0.0, 0.005, 0.01])
+    assert rate[3] == pytest.approx(0.005)  # halfway through the 40 decay steps
+    assert rate[4] == pytest.approx(0.0, abs=1e-9)
+    assert learning_rate(_train_params(learning_rate=0.01), steps_per_epoch=10) == 0.01
 
 
 def test_speed_leaves_out_the_first_epoch_and_best_epoch_has_the_lowest_val_loss():
@@ -154,6 +165,13 @@ def test_training_run_is_tracked_per_epoch_and_reproducible(augmented_project, t
     assert metrics["images_per_second"] > 0
     train_rows = read_manifest(AUGMENTED, AUGMENTED_COLUMNS).query("split == 'train'")
     assert metrics["train_images"] == len(train_rows)
+    # The headline figures of evaluate, on the validation split, in the file and the run.
+    validation = metrics["validation"]
+    assert 0 <= validation["accuracy"] <= 1 and 0 <= validation["balanced_accuracy"] <= 1
+    assert run.data.metrics["validation_accuracy"] == pytest.approx(validation["accuracy"])
+    assert run.data.metrics["validation_balanced_accuracy"] == pytest.approx(
+        validation["balanced_accuracy"]
+    )
 
     # The saved model's contract, and the logged model is the same model.
     model = keras.saving.load_model(first.model)
