@@ -66,6 +66,7 @@ QUICK = Settings(
         "train.filters": [8, 16],
         "train.batch_size": 8,
         "train.epochs": 1,
+        "train.warmup_epochs": 0,
         "evaluate.bootstrap_samples": 20,
     },
     tiny_source={"train": 6, "test": 2},

@@ -77,6 +77,9 @@ class TrainParams(_Section):
     filters: list[int] = Field(min_length=1)
     dropout: float = Field(ge=0, lt=1)
     normalization: Literal["batch", "none"] = "batch"
+    per_image_standardization: bool = Field(
+        False, description="simple_cnn/resnet: each image's channels to mean 0, variance 1"
+    )
     pretrained_weights: Path | None = Field(
         None, description="local ImageNet weights file for the keras.applications backbones"
     )

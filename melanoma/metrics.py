@@ -41,6 +41,7 @@ HEADLINE_METRICS = (
     "melanoma_sensitivity",
     "melanoma_specificity",
 )
+THRESHOLD_FREE_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "melanoma_auc")
 CLASS_INDICES = list(range(len(LABELS)))
 
 
@@ -93,12 +94,13 @@ def evaluation_metrics(
     return {name: float(value) for name, value in figures.items()}
 
 
-def headline_figures(
-    true: np.ndarray, probabilities: np.ndarray, threshold: float
-) -> dict[str, float | None]:
-    """The HEADLINE_METRICS of `evaluation_metrics`, an undefined one (NaN) as None (JSON null)."""
-    figures = evaluation_metrics(true, probabilities, threshold)
-    return {name: _json_number(figures[name]) for name in HEADLINE_METRICS}
+def validation_figures(true: np.ndarray, probabilities: np.ndarray) -> dict[str, float | None]:
+    """The headline figures that do not depend on the melanoma threshold (an undefined one as
+    None): `train` reports them on the validation split. The threshold is chosen from the
+    validation probabilities, so the model must not depend on it."""
+    # Any threshold: the figures kept here ignore it.
+    figures = evaluation_metrics(true, probabilities, threshold=0.5)
+    return {name: _json_number(figures[name]) for name in THRESHOLD_FREE_METRICS}
 
 
 def bootstrap_intervals(
@@ -175,9 +177,13 @@ def _json_number(value: float) -> float | None:
 
 
 def predictions_table(
-    image_paths: Sequence[str], true: np.ndarray, probabilities: np.ndarray, threshold: float
+    image_paths: Sequence[str],
+    true: np.ndarray,
+    probabilities: np.ndarray,
+    threshold: float | None = None,
 ) -> pd.DataFrame:
-    """reports/predictions.csv: one row per test image, label names rather than indices."""
+    """One row per image, label names rather than indices (reports/predictions.csv of the test
+    split; reports/validation_predictions.csv, without a threshold, has no alert column)."""
     table = pd.DataFrame(
         {
             "image_path": list(image_paths),
@@ -187,7 +193,8 @@ def predictions_table(
     )
     for index, label in enumerate(LABELS):
         table[probability_column(label)] = probabilities[:, index].round(6)
-    table["melanoma_alert"] = melanoma_alerts(probabilities, threshold)
+    if threshold is not None:
+        table["melanoma_alert"] = melanoma_alerts(probabilities, threshold)
     return table
 
 

@@ -36,6 +36,10 @@ def _build(params: TrainParams) -> keras.Model:
     inputs = keras.Input((params.image_size, params.image_size, 3), dtype="uint8", name=INPUT_NAME)
     if params.architecture in ("simple_cnn", "resnet"):
         x = _random_transforms(layers.Rescaling(1 / 255)(inputs), params)
+        if params.per_image_standardization:
+            # Each colour channel of each image to mean 0, variance 1: a grey-world colour
+            # constancy that takes away the colour cast and exposure of the camera.
+            x = layers.LayerNormalization(axis=[1, 2], center=False, scale=False)(x)
         body = _simple_cnn if params.architecture == "simple_cnn" else _resnet
         features = body(x, params)
     else:

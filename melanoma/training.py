@@ -27,7 +27,7 @@ from melanoma.config import Params, TrainParams, flatten
 from melanoma.dataset import make_dataset, split_rows
 from melanoma.labels import LABELS
 from melanoma.manifest import AUGMENTED_COLUMNS, file_sha256, read_manifest
-from melanoma.metrics import headline_figures
+from melanoma.metrics import predictions_table, validation_figures
 from melanoma.model import build_model
 from melanoma.tracking import configure_tracking, experiment_run_tags, git_commit
 
@@ -47,6 +47,8 @@ class TrainOutputs:
     run_info: Path = Path("models/run.json")
     metrics: Path = Path("reports/train_metrics.json")
     history: Path = Path("reports/train_history.csv")
+    # Per-image validation probabilities: where an operating threshold is chosen.
+    validation_predictions: Path = Path("reports/validation_predictions.csv")
 
 
 def set_determinism(seed: int) -> None:
@@ -300,11 +302,10 @@ def run_training(params: Params, manifest_path: Path, outputs: TrainOutputs) -> 
         summary = training_summary(
             history, tracker.seconds, len(train_paths), bool(train.early_stopping_patience)
         )
-        # The test split's headline figures on the validation split, from the saved weights:
-        # what params are chosen on, since only `evaluate` reads the test split.
-        summary["validation"] = headline_figures(
-            val_labels, model.predict(val_ds, verbose=0), params.evaluate.melanoma_threshold
-        )
+        # Figures of the saved weights on the validation split: what params are chosen on,
+        # since only `evaluate` reads the test split.
+        val_probabilities = model.predict(val_ds, verbose=0)
+        summary["validation"] = validation_figures(val_labels, val_probabilities)
         mlflow.log_metrics(
             {
                 "best_val_accuracy": summary["best"]["val_accuracy"],
@@ -330,12 +331,15 @@ def run_training(params: Params, manifest_path: Path, outputs: TrainOutputs) -> 
         "labels": list(LABELS),
         "image_size": train.image_size,
     }
-    for path in (outputs.model, outputs.run_info, outputs.metrics, outputs.history):
+    for path in vars(outputs).values():
         path.parent.mkdir(parents=True, exist_ok=True)
     model.save(outputs.model)
     outputs.run_info.write_text(json.dumps(run_info, indent=2) + "\n")
     outputs.metrics.write_text(json.dumps(summary, indent=2) + "\n")
     history.to_csv(outputs.history, index=False)
+    predictions_table(val_paths, val_labels, val_probabilities).to_csv(
+        outputs.validation_predictions, index=False
+    )
     log.info(
         "run %s: val accuracy %.4f, balanced accuracy %.4f, melanoma AUC %s (saved epoch %d), "
         "%.1f s/epoch, %.0f images/s",

@@ -103,7 +103,10 @@ def _tiny_params() -> dict:
     raw = yaml.safe_load(PARAMS_YAML.read_text())
     raw["ingest"]["image_size"] = TINY_SIZE
     raw["augment"].update(val_fraction=0.25, target_per_class=8)
-    raw["train"].update(image_size=TINY_SIZE, filters=[8, 16], batch_size=8, epochs=2)
+    # No warm-up: some tests train for a single epoch.
+    raw["train"].update(
+        image_size=TINY_SIZE, filters=[8, 16], batch_size=8, epochs=2, warmup_epochs=0
+    )
     return raw
 
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import yaml
 
 from melanoma.cli import CANNOT_RUN, OK, SOME_FILES_FAILED, main
 from melanoma.registry import Decision, record_decision
@@ -63,10 +64,13 @@ def test_predict_prints_each_image_and_fails_for_the_bad_one(photos, keras_file,
 
 def test_predict_json_uses_the_params_threshold(photos, keras_file, capsys):
     good, bad = photos
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    params["evaluate"]["melanoma_threshold"] = 0.42
+    Path("params.yaml").write_text(yaml.safe_dump(params))
     assert main(["predict", str(good), "--model", keras_file, "--json"]) == OK
     output = json.loads(capsys.readouterr().out)
 
-    assert output["melanoma_threshold"] == 0.3  # evaluate.melanoma_threshold in params.yaml
+    assert output["melanoma_threshold"] == 0.42
     (prediction,) = output["predictions"]
     assert prediction["top_label"] == "melanoma" and prediction["melanoma_alert"] is True
     assert sum(prediction["probabilities"].values()) == pytest.approx(1)

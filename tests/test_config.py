@@ -42,6 +42,23 @@ def test_the_project_params_are_valid():
         ("train", {"filters": []}, "train.filters"),
         ("train", {"pretrained_weights": "weights.h5"}, "pretrained_weights is for"),
         ("train", {"unknown_knob": 1}, "train.unknown_knob"),
+        ("train", {"random_zoom": 1.0}, "train.random_zoom"),
+        (
+            "train",
+            {"lr_schedule": "cosine", "reduce_lr_patience": 2},
+            "reduce_lr_patience must be 0 with lr_schedule=cosine",
+        ),
+        (
+            "train",
+            {"lr_schedule": "plateau", "warmup_epochs": 1},
+            "warmup_epochs is for lr_schedule=cosine",
+        ),
+        (
+            "train",
+            {"lr_schedule": "cosine", "reduce_lr_patience": 0, "warmup_epochs": 3, "epochs": 3},
+            "warmup_epochs=3 must be below epochs",
+        ),
+        ("augment", {"max_copies_per_image": -1}, "augment.max_copies_per_image"),
         ("augment", {"val_fraction": 0}, "augment.val_fraction"),
         ("augment", {"target_per_class": 0}, "augment.target_per_class"),
         ("augment", {"rotation_degrees": 200}, "augment.rotation_degrees"),

@@ -102,3 +102,19 @@ def test_random_transforms_change_training_batches_only():
     # Training: the model sees transformed images.
     trained = keras.ops.convert_to_numpy(model(images, training=True))
     assert not np.allclose(trained, keras.ops.convert_to_numpy(plain(images, training=True)))
+
+
+def test_per_image_standardization_ignores_a_colour_cast_and_exposure():
+    model = build_model(_params(architecture="resnet", per_image_standardization=True))
+    standardized = next(
+        layer for layer in model.layers if isinstance(layer, keras.layers.LayerNormalization)
+    )
+    first_stage = keras.Model(model.inputs, standardized.output)
+    images = _random_images(2).astype(np.float32)
+    # The same scene under a warmer, dimmer light: each channel scaled and shifted.
+    cast = images * np.array([0.9, 0.7, 0.5]) + np.array([20, 10, 5])
+    seen = first_stage.predict(images.astype(np.uint8), verbose=0)
+    seen_cast = first_stage.predict(cast.round().astype(np.uint8), verbose=0)
+    assert np.allclose(seen.mean(axis=(1, 2)), 0, atol=1e-3)
+    assert np.allclose(seen.std(axis=(1, 2)), 1, atol=1e-2)
+    assert np.allclose(seen, seen_cast, atol=0.05)  # up to the rounding to uint8

@@ -127,6 +127,15 @@ def augmented_project(tiny_project) -> dict:
 
 
 def test_training_run_is_tracked_per_epoch_and_reproducible(augmented_project, tmp_path):
+    # With the random levers on: seeded, they must not break reproducibility.
+    augmented_project["train"].update(
+        random_flip=True,
+        random_rotation_degrees=90,
+        optimizer="adamw",
+        weight_decay=0.05,
+        lr_schedule="cosine",
+        reduce_lr_patience=0,
+    )
     params = parse_params(augmented_project)
     epochs = params.train.epochs
     first = TrainOutputs(
@@ -134,6 +143,7 @@ def test_training_run_is_tracked_per_epoch_and_reproducible(augmented_project, t
         run_info=tmp_path / "a/run.json",
         metrics=tmp_path / "a/metrics.json",
         history=tmp_path / "a/history.csv",
+        validation_predictions=tmp_path / "a/validation_predictions.csv",
     )
     run_info = run_training(params, AUGMENTED, first)
 
@@ -172,6 +182,11 @@ def test_training_run_is_tracked_per_epoch_and_reproducible(augmented_project, t
     assert run.data.metrics["validation_balanced_accuracy"] == pytest.approx(
         validation["balanced_accuracy"]
     )
+    val_rows = read_manifest(AUGMENTED, AUGMENTED_COLUMNS).query("split == 'val'")
+    val_predictions = pd.read_csv(first.validation_predictions)
+    assert sorted(val_predictions["image_path"]) == sorted(val_rows["image_path"])
+    accuracy = (val_predictions["label"] == val_predictions["predicted"]).mean()
+    assert accuracy == pytest.approx(validation["accuracy"])
 
     # The saved model's contract, and the logged model is the same model.
     model = keras.saving.load_model(first.model)
