@@ -7,7 +7,7 @@ recipe (bench/reference.py) trains on the same source. One table is printed and 
 
     python -m bench.run [--quick] [--out PATH] [--source PATH]
 
-The full run takes about 40 minutes on 2 CPU cores; --quick takes a minute or two.
+The full run takes about 16 minutes (default params) on 2 CPU cores; --quick takes a minute or two.
 """
 
 import argparse
