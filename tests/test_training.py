@@ -175,7 +175,7 @@ def test_training_run_is_tracked_per_epoch_and_reproducible(augmented_project, t
     assert metrics["images_per_second"] > 0
     train_rows = read_manifest(AUGMENTED, AUGMENTED_COLUMNS).query("split == 'train'")
     assert metrics["train_images"] == len(train_rows)
-    # The headline figures of evaluate, on the validation split, in the file and the run.
+    # The threshold-free headline figures on the validation split, in the file and the run.
     validation = metrics["validation"]
     assert 0 <= validation["accuracy"] <= 1 and 0 <= validation["balanced_accuracy"] <= 1
     assert run.data.metrics["validation_accuracy"] == pytest.approx(validation["accuracy"])
