@@ -3,11 +3,16 @@
 In a temporary directory: our pipeline runs in a clean copy of the project (whole `dvc repro`,
 then a no-op `dvc repro`, then a forced second train + evaluate to check that the test metrics
 reproduce), the trained model's single-image predict latency is measured, and the reference
-recipe (bench/reference.py) trains on the same source. One table is printed and written as JSON.
+recipe (bench/reference.py) trains on the same source. With --seeds N, the same params are then
+trained again with N - 1 other train.seed values, and every quality figure of the test split and
+the external sets is reported as mean, standard deviation and range over the N seeds, with
+whether any of those trainings moved the registry's champion. One table is printed and written
+as JSON.
 
-    python -m bench.run [--quick] [--out PATH] [--source PATH]
+    python -m bench.run [--quick] [--seeds N] [--out PATH] [--source PATH]
 
-The full run takes about 16 minutes (default params) on 2 CPU cores; --quick takes a minute or two.
+The full run takes about 16 minutes (default params) on 2 CPU cores, plus about 6 minutes per
+extra seed; --quick takes a minute or two.
 """
 
 import argparse
@@ -27,8 +32,9 @@ import numpy as np
 from bench.pipeline import run_pipeline
 from bench.process import run_command
 from bench.project import PROJECT, command_env, copy_project
-from bench.source import label_index, split_folder, tiny_source
-from melanoma.config import EvaluateParams, Params, load_params
+from bench.seeds import SEED_FIGURES, seed_spread, train_more_seeds
+from bench.source import label_index, split_folder, tiny_external_set, tiny_source
+from melanoma.config import Params, load_params
 from melanoma.labels import LABELS
 from melanoma.logs import setup_logging
 from melanoma.manifest import USE, VALIDATED_COLUMNS, read_manifest
@@ -50,6 +56,8 @@ class Settings:
     overrides: dict[str, object] = field(default_factory=dict)
     # Real files per label and split copied into a tiny source; None: the whole source.
     tiny_source: dict[str, int] | None = None
+    # Real files per class folder of each external set copied; None: the whole sets.
+    tiny_external: int | None = None
 
 
 FULL = Settings("full", reference_image_size=180, reference_epochs=30)
@@ -68,8 +76,10 @@ QUICK = Settings(
         "train.epochs": 1,
         "train.warmup_epochs": 0,
         "evaluate.bootstrap_samples": 20,
+        "registry.promotion": {"bootstrap_samples": 100, "confidence": 0.95, "seed": 42},
     },
     tiny_source={"train": 6, "test": 2},
+    tiny_external=4,
 )
 
 # (key, figure, unit) of each table row; the unit also chooses how the value is printed.
@@ -80,13 +90,13 @@ SPEED_ROWS = [
     ("seconds_per_epoch", "s/epoch (mean of epochs 2+, or epoch 1 if alone)", "s"),
     ("images_per_second", "training images/s (steady epochs)", "images/s"),
 ]
+# Threshold-free figures of both sides on the clean test split (the recipe has no threshold).
 TEST_ROWS = [
     ("accuracy", "accuracy"),
     ("balanced_accuracy", "balanced accuracy"),
     ("melanoma_auc", "melanoma-vs-rest ROC AUC"),
-    ("melanoma_sensitivity", "melanoma sensitivity"),
-    ("melanoma_specificity", "melanoma specificity"),
 ]
+REFERENCE_THRESHOLD = 0.5  # unused by TEST_ROWS; metrics_report needs one
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -102,6 +112,13 @@ def main(argv: list[str] | None = None) -> None:
         help="smoke run: a tiny source of a few real files per class, 32 px, 1 epoch each",
     )
     parser.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="train the default params with this many train.seed values (the params' seed, "
+        "then the next ones) and report each quality figure's spread (default: 1)",
+    )
+    parser.add_argument(
         "--out", type=Path, default=DEFAULT_OUT, help=f"JSON file to write (default {DEFAULT_OUT})"
     )
     parser.add_argument(
@@ -110,27 +127,37 @@ def main(argv: list[str] | None = None) -> None:
         help="directory of the ISIC collection (default: data.source of params.yaml)",
     )
     args = parser.parse_args(argv)
+    if args.seeds < 1:
+        parser.error("--seeds must be at least 1")
     setup_logging()
 
     settings = QUICK if args.quick else FULL
     source = (args.source or PROJECT / load_params(PROJECT / "params.yaml").data.source).resolve()
     logs = args.out.parent / "logs" / settings.mode
     with tempfile.TemporaryDirectory(prefix="melanoma-bench-") as work:
-        results = benchmark(source, settings, Path(work), logs)
+        results = benchmark(source, settings, Path(work), logs, args.seeds)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2, allow_nan=False) + "\n")
     print(format_table(results))
     log.info("wrote %s (command output in %s)", args.out, logs)
 
 
-def benchmark(source: Path, settings: Settings, work: Path, logs: Path) -> dict:
+def benchmark(source: Path, settings: Settings, work: Path, logs: Path, seeds: int = 1) -> dict:
     """Run both sides in `work` and return the results (see `assemble`)."""
     collection = source
     if settings.tiny_source:
         source = tiny_source(collection, work / "source", settings.tiny_source)
     test_folder = split_folder(source, "test")
-    copy = copy_project(work / "project", {"data.source": str(source), **settings.overrides})
-    env = command_env(MLFLOW_TRACKING_URI=f"sqlite:///{work / 'mlflow.db'}")
+    copy = copy_project(
+        work / "project",
+        {
+            "data.source": str(source),
+            "evaluate.external_sets": external_sets(settings, work),
+            **settings.overrides,
+        },
+    )
+    tracking_uri = f"sqlite:///{work / 'mlflow.db'}"
+    env = command_env(MLFLOW_TRACKING_URI=tracking_uri)
 
     ours = run_pipeline(copy, env, logs)
     latency = run_json(
@@ -159,15 +186,24 @@ def benchmark(source: Path, settings: Settings, work: Path, logs: Path) -> dict:
         Path(path).resolve().relative_to(source).as_posix() for path in predicted.pop("path")
     ]
     clean_test = clean_test_labels(copy / VALIDATED_MANIFEST)
-    return assemble(
-        settings,
-        collection,
-        ours,
-        latency,
-        reference,
-        clean_test,
-        load_params(copy / "params.yaml"),
-    )
+    params = load_params(copy / "params.yaml")
+    # After the latency and the recipe: they use the model of the params' own seed.
+    more_seeds = [params.train.seed + n for n in range(1, seeds)]
+    seed_runs = train_more_seeds(copy, env, logs, more_seeds, tracking_uri)
+    return assemble(settings, collection, ours, latency, reference, clean_test, params, seed_runs)
+
+
+def external_sets(settings: Settings, work: Path) -> list[dict]:
+    """The project's external sets with absolute paths (tiny copies in quick mode)."""
+    sets = []
+    for external in load_params(PROJECT / "params.yaml").evaluate.external_sets:
+        folder = (PROJECT / external.path).resolve()
+        if settings.tiny_external:
+            folder = tiny_external_set(
+                folder, work / "external" / external.name, settings.tiny_external
+            )
+        sets.append({"name": external.name, "path": str(folder)})
+    return sets
 
 
 def run_json(module: str, arguments: list, out: Path, env: dict[str, str], logs: Path) -> dict:
@@ -190,7 +226,7 @@ def clean_test_labels(validated_manifest: Path) -> dict[str, int]:
 def split_report(
     source_path: list[str],
     probabilities: list[list[float]],
-    evaluate: EvaluateParams,
+    bootstrap_samples: int,
     labels: dict[str, int] | None = None,
 ) -> dict:
     """melanoma.metrics.metrics_report of predictions on the images of `labels` (source_path ->
@@ -206,9 +242,9 @@ def split_report(
     return metrics_report(
         np.array([labels[p] for p in paths]),
         np.array([predicted[p] for p in paths], dtype=np.float64),
-        evaluate.melanoma_threshold,
-        evaluate.bootstrap_samples,
-        evaluate.seed,
+        REFERENCE_THRESHOLD,
+        bootstrap_samples,
+        seed=42,
     )
 
 
@@ -226,38 +262,50 @@ def assemble(
     reference: dict,
     clean_test: dict[str, int],
     params: Params,
+    seed_runs: list[dict],
 ) -> dict:
-    """The JSON written: both sides' details, the images/s ratio, and the table rows.
+    """The JSON written: both sides' details, the images/s ratio, the spread over seeds, and the
+    table rows.
 
     `reference` and `latency` are what bench.reference and bench.latency wrote, with their test
-    predictions keyed by source_path; `ours` is what bench.pipeline.run_pipeline returned.
+    predictions keyed by source_path; `ours` is what bench.pipeline.run_pipeline returned;
+    `seed_runs` what bench.seeds.train_more_seeds returned for the seeds after the first.
     """
-    evaluate = params.evaluate
+    samples = params.evaluate.bootstrap_samples
     reference_predicted = reference.pop("test_predictions")
     reference["val_accuracy"] = saved_model_val_accuracy(reference)
-    reference["raw_test"] = split_report(**reference_predicted, evaluate=evaluate)
+    reference["raw_test"] = split_report(**reference_predicted, bootstrap_samples=samples)
     reference["clean_test"] = split_report(
-        **reference_predicted, evaluate=evaluate, labels=clean_test
+        **reference_predicted, bootstrap_samples=samples, labels=clean_test
     )
 
     our_predicted = latency.pop("predictions")
     train_metrics = ours.pop("train_metrics")
+    report = ours.pop("test_metrics")
     pipeline = {
         "image_size": params.train.image_size,
         **train_metrics,
         "val_accuracy": saved_model_val_accuracy(train_metrics),
-        "raw_test": split_report(**our_predicted, evaluate=evaluate),
-        "clean_test": ours.pop("test_metrics"),
+        "raw_test": split_report(**our_predicted, bootstrap_samples=samples),
+        "clean_test": report["test"],
+        "report": report,
         **ours,
         "predict": latency,
     }
-    if pipeline["clean_test"]["test_images"] != len(clean_test):
+    if pipeline["clean_test"]["images"] != len(clean_test):
         raise RuntimeError(
-            f"evaluate scored {pipeline['clean_test']['test_images']} test images but validate "
+            f"evaluate scored {pipeline['clean_test']['images']} test images but validate "
             f"kept {len(clean_test)}: the two sides would not be compared on the same images"
         )
     ratio = pipeline["images_per_second"] / reference["images_per_second"]
-    raw_test_images = reference["raw_test"]["test_images"]
+    raw_test_images = reference["raw_test"]["images"]
+    seeds = {
+        "seeds": [params.train.seed] + [run["seed"] for run in seed_runs],
+        "spread": seed_spread([report] + [run["metrics"] for run in seed_runs]),
+        # Identical params, other seeds: none of these trainings should take the champion.
+        "champion_moved_by": [run["seed"] for run in seed_runs if run["decision"] == "promoted"],
+        "runs": seed_runs,
+    }
     return {
         "mode": settings.mode,
         "source": str(collection),
@@ -274,8 +322,10 @@ def assemble(
             "clean_test_images": len(clean_test),
             "test_images_removed_by_validate": raw_test_images - len(clean_test),
             "removed_by_validate": pipeline.pop("validation_removed"),
-            "melanoma_threshold": evaluate.melanoma_threshold,
-            "bootstrap_samples": evaluate.bootstrap_samples,
+            "external_images": {
+                name: section["images"] for name, section in report["external"].items()
+            },
+            "bootstrap_samples": samples,
         },
         "settings": {
             "reference": {k: reference[k] for k in ("image_size", "epochs", "batch_size")},
@@ -284,13 +334,15 @@ def assemble(
         "reference": reference,
         "ours": pipeline,
         "images_per_second_ratio": ratio,
-        "table": table_rows(reference, pipeline, ratio, evaluate.melanoma_threshold),
+        "seeds": seeds,
+        "table": table_rows(reference, pipeline, ratio, seeds),
     }
 
 
-def table_rows(reference: dict, ours: dict, ratio: float, threshold: float) -> list[dict]:
-    """One row per figure: reference and ours values (None where a figure is ours only), and
-    the 95% bootstrap interval [low, high] of test figures when evaluate computed one."""
+def table_rows(reference: dict, ours: dict, ratio: float, seeds: dict) -> list[dict]:
+    """One row per figure: reference and ours values (None where a figure is ours only), the
+    95% bootstrap interval [low, high] of evaluation figures when evaluate computed one, and
+    the spread over seeds of our quality figures."""
     rows = [_row(key, figure, unit, reference[key], ours[key]) for key, figure, unit in SPEED_ROWS]
     rows.append(
         _row("images_per_second_ratio", "images/s ratio, ours / reference", "x", None, ratio)
@@ -306,9 +358,33 @@ def table_rows(reference: dict, ours: dict, ratio: float, threshold: float) -> l
     )
     rows.append(_test_row("raw_test", "accuracy", "accuracy", reference, ours))
     for name, figure in TEST_ROWS:
-        if name.startswith("melanoma_s"):
-            figure += f" at P(melanoma) >= {threshold}"
         rows.append(_test_row("clean_test", name, figure, reference, ours))
+    report, spread = ours["report"], seeds["spread"]
+    rows.append(
+        _row(
+            "melanoma_threshold",
+            f"alert threshold (chosen on {report['operating_point']['chosen_on']})",
+            "",
+            None,
+            report["operating_point"]["threshold"],
+            spread=spread["melanoma_threshold"],
+        )
+    )
+    sections = [("test", report["test"]), *report["external"].items()]
+    for set_name, section in sections:
+        for name, figure in SEED_FIGURES:
+            key = f"{set_name}_{name}"
+            rows.append(
+                _row(
+                    key,
+                    f"{set_name}: {figure} ({section['images']} images)",
+                    "",
+                    None,
+                    section.get(name),
+                    ours_ci=_interval(section, name),
+                    spread=spread[key],
+                )
+            )
     predict = ours["predict"]
     rows += [
         _row(
@@ -360,12 +436,19 @@ def table_rows(reference: dict, ours: dict, ratio: float, threshold: float) -> l
             None,
             ours["reproducible"],
         ),
+        _row(
+            "champion_kept_over_seeds",
+            f"champion kept by the other {len(seeds['seeds']) - 1} seed(s)' trainings",
+            "yes/no",
+            None,
+            not seeds["champion_moved_by"],
+        ),
     ]
     return rows
 
 
 def _test_row(split: str, name: str, figure: str, reference: dict, ours: dict) -> dict:
-    images = ours[split]["test_images"]
+    images = ours[split]["images"]
     where = "raw Test folder" if split == "raw_test" else "clean test split"
     return _row(
         f"{split}_{name}",
@@ -388,9 +471,10 @@ def _row(
     figure: str,
     unit: str,
     reference: float | None,
-    ours: float | bool,
+    ours: float | bool | None,
     reference_ci: list[float] | None = None,
     ours_ci: list[float] | None = None,
+    spread: dict | None = None,
 ) -> dict:
     return {
         "key": key,
@@ -400,12 +484,17 @@ def _row(
         "reference_ci": reference_ci,
         "ours": ours,
         "ours_ci": ours_ci,
+        "spread": spread,
     }
 
 
 def format_table(results: dict) -> str:
-    """The table as fixed-width text: figure, unit, reference, ours."""
-    cells = [("figure", "unit", "reference", "ours")]
+    """The table as fixed-width text: figure, unit, reference, ours (first seed, with its
+    interval), and ours over all seeds (mean ± sd, range)."""
+    seeds = len(results["seeds"]["seeds"])
+    cells = [
+        ("figure", "unit", "reference", "ours", f"ours over {seeds} seed(s): mean ± sd [range]")
+    ]
     for row in results["table"]:
         cells.append(
             (
@@ -413,9 +502,10 @@ def format_table(results: dict) -> str:
                 row["unit"],
                 _format(row["reference"], row["unit"], row["reference_ci"]),
                 _format(row["ours"], row["unit"], row["ours_ci"]),
+                _format_spread(row["spread"]),
             )
         )
-    widths = [max(len(line[i]) for line in cells) for i in range(4)]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(cells[0]))]
     lines = [
         " | ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True))
         for line in cells
@@ -444,6 +534,12 @@ def _format(value: float | bool | None, unit: str, interval: list[float] | None)
     if interval:
         text += f" [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]"
     return text
+
+
+def _format_spread(spread: dict | None) -> str:
+    if not spread or not spread["n"]:
+        return "-"
+    return f"{spread['mean']:.3f} ± {spread['std']:.3f} [{spread['min']:.3f}, {spread['max']:.3f}]"
 
 
 if __name__ == "__main__":

@@ -66,3 +66,14 @@ def tiny_source(source: Path, destination: Path, per_split: dict[str, int]) -> P
         raise ValueError(f"{source} lacks enough distinct files for the tiny source: {short}")
     log.info("tiny source: %d files copied to %s", sum(taken.values()), destination)
     return destination
+
+
+def tiny_external_set(folder: Path, destination: Path, per_class: int) -> Path:
+    """Copy the first `per_class` files (in name order) of each class folder of an external set
+    into `destination`, in the same <class>/<image> layout; return `destination`."""
+    for class_folder in sorted(p for p in folder.iterdir() if p.is_dir()):
+        for path in sorted(p for p in class_folder.iterdir() if p.is_file())[:per_class]:
+            target = destination / class_folder.name / path.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(path.read_bytes())
+    return destination

@@ -77,8 +77,9 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--threshold",
         type=_probability,
-        help="raise the melanoma alert when P(melanoma) >= this "
-        "(default: evaluate.melanoma_threshold in the params file)",
+        help="raise the melanoma alert when P(melanoma) >= this (default: the threshold "
+        "evaluate chose for the registered version, its tag melanoma_threshold; required for "
+        "a model file or a runs:/ URI, which carry none)",
     )
     predict.set_defaults(handler=_predict)
 
@@ -150,12 +151,27 @@ def _images_and_model(args: argparse.Namespace, params: Params) -> tuple | int:
 
 def _predict(args: argparse.Namespace, params: Params) -> int:
     from melanoma.predict import predict_files
+    from melanoma.registry import RegistryError, registered_threshold
 
-    threshold = params.evaluate.melanoma_threshold if args.threshold is None else args.threshold
     loaded = _images_and_model(args, params)
     if isinstance(loaded, int):
         return loaded
     files, reference, model = loaded
+    threshold = args.threshold
+    if threshold is None:
+        # The version's own threshold: params.yaml may have changed since it was registered.
+        try:
+            threshold = registered_threshold(reference)
+        except RegistryError as error:
+            log.error("%s", error)
+            return CANNOT_RUN
+        if threshold is None:
+            log.error(
+                "%s carries no alert threshold (only registered versions do): give --threshold",
+                reference,
+            )
+            return CANNOT_RUN
+        log.info("melanoma alert threshold %s, from the registered version's tag", threshold)
     predictions = predict_files(
         model, files, params.ingest.image_size, params.ingest.max_image_pixels
     )

@@ -94,6 +94,9 @@ class TrainParams(_Section):
     warmup_epochs: int = Field(0, ge=0, description="linear warm-up of the cosine schedule")
     weight_decay: float = Field(0.0, ge=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    calibration: Literal["none", "temperature"] = Field(
+        "none", description="temperature scaling fitted on the validation split"
+    )
     batch_size: int = Field(ge=1)
     epochs: int = Field(ge=1)
     class_weights: bool = False
@@ -157,16 +160,64 @@ class TrainParams(_Section):
         return self
 
 
+class ExternalSet(_Section):
+    """A labelled image folder from outside the training collection: <class>/<image>."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="prefix of its MLflow metrics")
+    path: Path
+
+
+class OperatingPoint(_Section):
+    """How the melanoma alert threshold is chosen (melanoma.operating_point)."""
+
+    target_sensitivity: float = Field(0.85, gt=0, lt=1)
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    # `validation`, or the name of an external set: half of it chooses, the other half reports.
+    choose_on: str = "validation"
+
+
 class EvaluateParams(_Section):
-    melanoma_threshold: float = Field(gt=0, lt=1)
+    external_sets: list[ExternalSet] = Field(default_factory=list)
+    operating_point: OperatingPoint = OperatingPoint()
     bootstrap_samples: int = Field(1000, ge=0)
+    seed: int = 42
+
+    @field_validator("external_sets")
+    @classmethod
+    def _unique_names(cls, sets: list[ExternalSet]) -> list[ExternalSet]:
+        names = [s.name for s in sets]
+        reserved = {"test", "validation"} & set(names)
+        if reserved:
+            raise ValueError(f"{sorted(reserved)} name the pipeline's own splits")
+        if len(set(names)) != len(names):
+            raise ValueError(f"names must be unique: {names}")
+        return sets
+
+    @model_validator(mode="after")
+    def _known_choose_on(self) -> "EvaluateParams":
+        allowed = ["validation", *(s.name for s in self.external_sets)]
+        if self.operating_point.choose_on not in allowed:
+            raise ValueError(
+                f"evaluate.operating_point.choose_on={self.operating_point.choose_on!r} is neither "
+                f"'validation' nor an external set; choose one of {allowed}"
+            )
+        return self
+
+
+class PromotionParams(_Section):
+    """The paired bootstrap of the primary metric's difference, challenger minus champion."""
+
+    bootstrap_samples: int = Field(1000, ge=100)
+    confidence: float = Field(0.95, gt=0.5, lt=1)
     seed: int = 42
 
 
 class RegistryParams(_Section):
     model_name: str = Field(min_length=1)
+    # Threshold-free figures only: each model has its own alert threshold.
     primary_metric: Literal["accuracy", "balanced_accuracy", "macro_f1", "melanoma_auc"]
     min_improvement: float = Field(0.0, ge=0)
+    promotion: PromotionParams = PromotionParams()
 
 
 class MlflowParams(_Section):

@@ -54,10 +54,36 @@ def melanoma_alerts(probabilities: np.ndarray, threshold: float) -> np.ndarray:
     return probabilities[:, MELANOMA_INDEX] >= threshold
 
 
+def threshold_free_figure(name: str, true: np.ndarray, probabilities: np.ndarray) -> float:
+    """One of THRESHOLD_FREE_METRICS (NaN where undefined). Multi-class figures average over the
+    classes present in `true`: an external set with four classes is judged on those four."""
+    predicted = probabilities.argmax(axis=1)
+    with warnings.catch_warnings():
+        # A class absent from the set is expected: balanced accuracy then averages the others.
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
+        if name == "accuracy":
+            return float(accuracy_score(true, predicted))
+        if name == "balanced_accuracy":
+            return float(balanced_accuracy_score(true, predicted))
+        if name == "macro_f1":
+            present = np.unique(true)
+            return float(
+                f1_score(true, predicted, labels=present, average="macro", zero_division=0.0)
+            )
+        if name == "melanoma_auc":
+            is_melanoma = true == MELANOMA_INDEX
+            if not 0 < is_melanoma.sum() < len(true):
+                return math.nan
+            return float(roc_auc_score(is_melanoma, probabilities[:, MELANOMA_INDEX]))
+    raise ValueError(f"unknown figure {name!r}; threshold-free figures: {THRESHOLD_FREE_METRICS}")
+
+
 def evaluation_metrics(
     true: np.ndarray, probabilities: np.ndarray, threshold: float
 ) -> dict[str, float]:
-    """Every figure of one test set, flat: headline figures, then `<label>_{precision,recall,f1}`.
+    """Every figure of one evaluation set, flat: headline figures, then
+    `<label>_{precision,recall,f1}`.
 
     `true` holds label indices (melanoma.labels.LABELS order), `probabilities` one row per image.
     The predicted class is the most probable one; the melanoma alert uses the threshold instead.
@@ -65,25 +91,15 @@ def evaluation_metrics(
     predicted = probabilities.argmax(axis=1)
     is_melanoma = true == MELANOMA_INDEX
     alert = melanoma_alerts(probabilities, threshold)
+    figures = {
+        name: threshold_free_figure(name, true, probabilities) for name in THRESHOLD_FREE_METRICS
+    }
     with warnings.catch_warnings():
-        # A class absent from the test set is expected (validate may drop all its images): its
-        # undefined figures are NaN by design, and metrics_report says which classes.
         warnings.simplefilter("ignore", UndefinedMetricWarning)
-        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
-        figures = {
-            "accuracy": accuracy_score(true, predicted),
-            "balanced_accuracy": balanced_accuracy_score(true, predicted),
-            "macro_f1": f1_score(true, predicted, average="macro", zero_division=0.0),
-            "melanoma_auc": (
-                roc_auc_score(is_melanoma, probabilities[:, MELANOMA_INDEX])
-                if 0 < is_melanoma.sum() < len(true)
-                else math.nan
-            ),
-            "melanoma_sensitivity": recall_score(is_melanoma, alert, zero_division=np.nan),
-            "melanoma_specificity": recall_score(
-                is_melanoma, alert, pos_label=False, zero_division=np.nan
-            ),
-        }
+        figures["melanoma_sensitivity"] = recall_score(is_melanoma, alert, zero_division=np.nan)
+        figures["melanoma_specificity"] = recall_score(
+            is_melanoma, alert, pos_label=False, zero_division=np.nan
+        )
         precision, recall, f1, _ = precision_recall_fscore_support(
             true, predicted, labels=CLASS_INDICES, zero_division=np.nan
         )
@@ -96,11 +112,12 @@ def evaluation_metrics(
 
 def validation_figures(true: np.ndarray, probabilities: np.ndarray) -> dict[str, float | None]:
     """The headline figures that do not depend on the melanoma threshold (an undefined one as
-    None): `train` reports them on the validation split. The threshold is chosen from the
+    None): `train` reports them on the validation split. The threshold may be chosen from the
     validation probabilities, so the model must not depend on it."""
-    # Any threshold: the figures kept here ignore it.
-    figures = evaluation_metrics(true, probabilities, threshold=0.5)
-    return {name: _json_number(figures[name]) for name in THRESHOLD_FREE_METRICS}
+    return {
+        name: _json_number(threshold_free_figure(name, true, probabilities))
+        for name in THRESHOLD_FREE_METRICS
+    }
 
 
 def bootstrap_intervals(
@@ -137,18 +154,21 @@ def metrics_report(
     threshold: float,
     bootstrap_samples: int,
     seed: int,
+    set_name: str = "test",
 ) -> dict[str, float | int | None]:
-    """The content of reports/metrics.json: each figure followed by `<figure>_ci_low` and
-    `<figure>_ci_high` (95% bootstrap, left out when bootstrap_samples is 0).
+    """One evaluation set's section of reports/metrics.json: its image count, then each figure
+    followed by `<figure>_ci_low` and `<figure>_ci_high` (95% bootstrap, left out when
+    bootstrap_samples is 0).
 
     Undefined figures are None (JSON null): NaN is not valid JSON. Figures are not rounded, so
     that a model compared with itself scores exactly the same.
     """
     absent = [label for index, label in enumerate(LABELS) if index not in set(true.tolist())]
     if absent:
-        log.warning(
-            "no test images of %s: their recall is undefined and balanced accuracy averages "
+        log.info(
+            "%s: no images of %s: their recall is undefined and multi-class figures average "
             "the other %d classes",
+            set_name,
             ", ".join(absent),
             len(LABELS) - len(absent),
         )
@@ -158,11 +178,7 @@ def metrics_report(
         if bootstrap_samples
         else {}
     )
-    report: dict[str, float | int | None] = {
-        "test_images": len(true),
-        "melanoma_threshold": threshold,
-        "bootstrap_samples": bootstrap_samples,
-    }
+    report: dict[str, float | int | None] = {"images": len(true)}
     for name, value in figures.items():
         report[name] = _json_number(value)
         if name in intervals:
@@ -208,7 +224,17 @@ def images_sha256(image_paths: Sequence[str], true: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def plot_confusion_matrix(true: np.ndarray, probabilities: np.ndarray, path: Path) -> None:
+def read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(label indices, probabilities) of a table written by `predictions_table`."""
+    table = pd.read_csv(path)
+    true = table["label"].map(LABELS.index).to_numpy(dtype=np.int32)
+    columns = [probability_column(label) for label in LABELS]
+    return true, table[columns].to_numpy(dtype=np.float64)
+
+
+def plot_confusion_matrix(
+    true: np.ndarray, probabilities: np.ndarray, path: Path, set_name: str = "test split"
+) -> None:
     # Figure without pyplot: no GUI backend, no global figure state to leak.
     figure = Figure(figsize=(9, 8))
     axes = figure.subplots()
@@ -221,12 +247,16 @@ def plot_confusion_matrix(true: np.ndarray, probabilities: np.ndarray, path: Pat
         colorbar=False,
         ax=axes,
     )
-    axes.set_title(f"Test split confusion matrix ({len(true)} images)")
-    _save(figure, path)
+    axes.set_title(f"Confusion matrix, {set_name} ({len(true)} images)")
+    save_figure(figure, path)
 
 
 def plot_melanoma_roc(
-    true: np.ndarray, probabilities: np.ndarray, threshold: float, path: Path
+    true: np.ndarray,
+    probabilities: np.ndarray,
+    threshold: float,
+    path: Path,
+    set_name: str = "test split",
 ) -> None:
     """Melanoma-vs-rest ROC curve, with the operating point of the alert threshold marked."""
     is_melanoma = true == MELANOMA_INDEX
@@ -243,14 +273,14 @@ def plot_melanoma_roc(
         axes.legend(loc="lower right")
     else:
         axes.text(
-            0.5, 0.5, "undefined: the test split needs melanoma and other images", ha="center"
+            0.5, 0.5, f"undefined: the {set_name} needs melanoma and other images", ha="center"
         )
     axes.plot([0, 1], [0, 1], linestyle=":", color="grey")
-    axes.set_title("Melanoma-vs-rest ROC curve (test split)")
-    _save(figure, path)
+    axes.set_title(f"Melanoma-vs-rest ROC curve ({set_name}, {len(true)} images)")
+    save_figure(figure, path)
 
 
-def _save(figure: Figure, path: Path) -> None:
+def save_figure(figure: Figure, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()
     figure.savefig(path, dpi=100)

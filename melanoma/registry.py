@@ -1,13 +1,19 @@
 """The MLflow model registry: one version per evaluated model, the `champion` alias for the best.
 
-Promotion uses aliases only (registry stages are deprecated). Which versions held the alias, in
-order, is kept in the registered model's tag `champion_history` (a JSON list, oldest first), so
-`rollback` can return to the previous champion and be repeated.
+Promotion uses aliases only (registry stages are deprecated). The challenger and the champion
+are scored on the same images (the test split and every external set), and the alias moves only
+when the lower bound of a paired bootstrap interval of the difference exceeds
+`registry.min_improvement`: two trainings that differ by noise never swap the champion. Which
+versions held the alias, in order, is kept in the registered model's tag `champion_history`
+(a JSON list, oldest first), so `rollback` can return to the previous champion and be repeated.
+Each version carries its alert threshold (tag `melanoma_threshold`), which `melanoma predict`
+applies to it.
 """
 
 import json
 import logging
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,9 +26,10 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
-from melanoma.config import RegistryParams
+from melanoma.config import PromotionParams, RegistryParams
 from melanoma.dataset import make_dataset
-from melanoma.metrics import HEADLINE_METRICS, evaluation_metrics
+from melanoma.evaluation import evaluation_sections
+from melanoma.metrics import HEADLINE_METRICS, threshold_free_figure
 from melanoma.predict import (
     ModelLoadError,
     load_model,
@@ -37,11 +44,14 @@ CHAMPION = "champion"
 HISTORY_TAG = "champion_history"
 DECISION_TAG = "promotion_decision"  # promoted | kept: what evaluate decided for the version
 REASON_TAG = "promotion_reason"
+# The alert threshold chosen for the version: `melanoma predict` uses it, whatever params say now.
+THRESHOLD_TAG = "melanoma_threshold"
 MANUAL_TAG = "champion_set_by_hand"  # when and how a person moved the alias to this version
 PROMOTED, KEPT = "promoted", "kept"
-# In floating point 0.72 - 0.70 < 0.02: a margin met exactly must not fail on the last bit.
-TOLERANCE = 1e-9
+# A difference of exactly zero must not pass for a gain on the last bit of a float.
+TOLERANCE = 1e-12
 RUN_INFO_KEYS = ("run_id", "model_uri", "image_size")
+MODEL_URI = re.compile(r"models:/([^/@]+)(?:@([^/]+)|/(\d+))")
 SOURCE_RUN_TAG = "source_run_id"
 
 
@@ -101,31 +111,101 @@ def source_run(
     return run.info.run_id, model_uri
 
 
-def score_model(
-    model_uri: str,
-    paths: Sequence[str],
-    true: np.ndarray,
-    threshold: float,
+@dataclass(frozen=True)
+class ScoredImages:
+    """The images both models are compared on, pooled over the evaluation sets: label indices,
+    the challenger's probabilities, and the set of each image (the bootstrap resamples within
+    each set, so every draw keeps the sets' sizes)."""
+
+    true: np.ndarray
+    probabilities: np.ndarray
+    sets: np.ndarray
+
+    def images_per_set(self) -> dict[str, int]:
+        names, counts = np.unique(self.sets, return_counts=True)
+        return {str(n): int(c) for n, c in zip(names, counts, strict=True)}
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Challenger minus champion in one figure, with its paired bootstrap interval."""
+
+    metric: str
+    difference: float
+    low: float
+    high: float
+    confidence: float
+    samples: int
+    images: dict[str, int]
+
+    def describe(self, champion: str) -> str:
+        sets = ", ".join(f"{name} {n}" for name, n in self.images.items())
+        return (
+            f"{self.metric} difference vs champion v{champion} {self.difference:+.4f}, "
+            f"{self.confidence:.0%} paired bootstrap interval [{self.low:+.4f}, {self.high:+.4f}] "
+            f"({self.samples} samples) on {sum(self.images.values())} images ({sets})"
+        )
+
+
+def paired_bootstrap(
     metric: str,
-    batch_size: int,
-) -> float | None:
-    """`metric` of the model at model_uri on these test images; None if it cannot be loaded."""
+    images: ScoredImages,
+    champion_probabilities: np.ndarray,
+    params: PromotionParams,
+) -> Comparison:
+    """The difference in `metric` (challenger minus champion) on the same images, and its
+    percentile interval over `params.bootstrap_samples` resamples that draw the same images for
+    both models. Draws where the figure is undefined (no melanoma drawn, for the AUC) are
+    skipped."""
+    rng = np.random.default_rng(params.seed)
+    groups = [np.flatnonzero(images.sets == name) for name in np.unique(images.sets)]
+
+    def difference(rows: np.ndarray) -> float:
+        true = images.true[rows]
+        new = threshold_free_figure(metric, true, images.probabilities[rows])
+        return new - threshold_free_figure(metric, true, champion_probabilities[rows])
+
+    draws = []
+    for _ in range(params.bootstrap_samples):
+        rows = np.concatenate([rng.choice(group, size=len(group)) for group in groups])
+        draws.append(difference(rows))
+    draws = np.asarray(draws)
+    draws = draws[~np.isnan(draws)]
+    tail = (1 - params.confidence) / 2 * 100
+    low, high = np.percentile(draws, [tail, 100 - tail]) if len(draws) else (math.nan, math.nan)
+    return Comparison(
+        metric=metric,
+        difference=difference(np.arange(len(images.true))),
+        low=float(low),
+        high=float(high),
+        confidence=params.confidence,
+        samples=len(draws),
+        images=images.images_per_set(),
+    )
+
+
+def champion_probabilities(
+    model_uri: str, paths: Sequence[str], true: np.ndarray, batch_size: int
+) -> np.ndarray | None:
+    """The champion's probabilities on the images; None if it cannot be loaded."""
     try:
         model = load_model(model_uri)
     except ModelLoadError as error:
         log.warning("%s", error)
         return None
-    probabilities = predict_split(model, paths, true, batch_size)
-    return evaluation_metrics(true, probabilities, threshold)[metric]
+    return predict_split(model, paths, true, batch_size)
 
 
 def version_tags(
     report: dict, run_id: str, test_data_sha256: str, manifest_sha256: str, git_commit: str
 ) -> dict[str, str]:
-    """What a registry user needs to trust a version: its test figures and what produced it."""
-    tags = {f"test_{name}": str(report[name]) for name in HEADLINE_METRICS}
+    """What a registry user needs to trust a version: its alert threshold, its figures on every
+    evaluation set and what produced it."""
+    tags = {THRESHOLD_TAG: str(report["operating_point"]["threshold"])}
+    for set_name, figures in evaluation_sections(report):
+        tags |= {f"{set_name}_{name}": str(figures[name]) for name in HEADLINE_METRICS}
+        tags[f"{set_name}_images"] = str(figures["images"])
     tags.update(
-        test_images=str(report["test_images"]),
         test_data_sha256=test_data_sha256,
         augmented_manifest_sha256=manifest_sha256,
         git_commit=git_commit,
@@ -135,75 +215,98 @@ def version_tags(
 
 
 def version_description(report: dict, run_id: str, image_size: int) -> str:
-    def figure(name: str) -> str:
-        value = report[name]
+    def figure(figures: dict, name: str) -> str:
+        value = figures[name]
         return "undefined" if value is None else f"{value:.3f}"
 
-    return (
+    threshold = report["operating_point"]["threshold"]
+    parts = [
         f"Keras CNN, {image_size} px RGB in, 9 ISIC diagnosis probabilities out. "
-        f"On the test split ({report['test_images']} images): accuracy {figure('accuracy')}, "
-        f"balanced accuracy {figure('balanced_accuracy')}, macro F1 {figure('macro_f1')}, "
-        f"melanoma AUC {figure('melanoma_auc')}, melanoma sensitivity "
-        f"{figure('melanoma_sensitivity')} / specificity {figure('melanoma_specificity')} "
-        f"at P(melanoma) >= {report['melanoma_threshold']}. MLflow run {run_id}."
-    )
+        f"Melanoma alert at P(melanoma) >= {threshold:.4f} "
+        f"(chosen on {report['operating_point']['chosen_on']})."
+    ]
+    for set_name, figures in evaluation_sections(report):
+        parts.append(
+            f"{set_name} ({figures['images']} images): accuracy {figure(figures, 'accuracy')}, "
+            f"balanced accuracy {figure(figures, 'balanced_accuracy')}, melanoma AUC "
+            f"{figure(figures, 'melanoma_auc')}, sensitivity "
+            f"{figure(figures, 'melanoma_sensitivity')} / specificity "
+            f"{figure(figures, 'melanoma_specificity')} at the threshold."
+        )
+    parts.append(f"MLflow run {run_id}.")
+    return " ".join(parts)
 
 
 def register_and_decide(
     model_uri: str,
     params: RegistryParams,
-    new_score: float | None,
     description: str,
     tags: dict[str, str],
-    score_champion: Callable[[str], float | None],
+    images: ScoredImages,
+    score_champion: Callable[[str], np.ndarray | None],
 ) -> tuple[str, Decision]:
-    """Register the model as a new version, re-score the current champion with
-    `score_champion(champion_model_uri)` on the same test data, and promote the new version if
-    `decide_promotion` says so. The decision and its reason are tags of the new version."""
+    """Register the model as a new version; re-score the current champion on the same images
+    with `score_champion(champion_model_uri)` (its probabilities, or None), and promote the new
+    version if `decide_promotion` says so. The decision and its reason are tags of the new
+    version."""
     client = MlflowClient()
     champion = champion_version(client, params.model_name)
     version = register_version(model_uri, params.model_name, description, tags)
-    champion_score = (
-        score_champion(f"models:/{params.model_name}/{champion}") if champion is not None else None
-    )
-    decision = decide_promotion(
-        params.primary_metric,
-        math.nan if new_score is None else new_score,
-        champion,
-        champion_score,
-        params.min_improvement,
-    )
+    comparison = None
+    if champion is not None:
+        old = score_champion(f"models:/{params.model_name}/{champion}")
+        if old is not None:
+            comparison = paired_bootstrap(params.primary_metric, images, old, params.promotion)
+    decision = decide_promotion(champion, comparison, params.min_improvement)
     record_decision(client, params.model_name, version, decision)
     return version, decision
 
 
 def decide_promotion(
-    metric: str,
-    new_score: float,
-    champion_version: str | None,
-    champion_score: float | None,
-    min_improvement: float,
+    champion_version: str | None, comparison: Comparison | None, min_improvement: float
 ) -> Decision:
-    """The new version becomes champion if there is none yet, or if it beats the champion's
-    score, measured on the same test data, by more than zero and at least min_improvement."""
+    """The new version becomes champion if there is none yet, if the champion cannot be scored,
+    or if the lower bound of the paired interval of the difference exceeds min_improvement:
+    a gain that noise (which images happened to be drawn) does not explain."""
     if champion_version is None:
         return Decision(True, "no champion yet: the first evaluated version becomes champion")
-    if math.isnan(new_score):
-        return Decision(False, f"{metric} of the new version is undefined on this test split")
-    if champion_score is None or math.isnan(champion_score):
+    if comparison is None:
+        return Decision(True, f"champion v{champion_version} could not be scored on these images")
+    if math.isnan(comparison.low):
         return Decision(
-            True,
-            f"champion v{champion_version} has no {metric} on this test split "
-            "(it could not be scored, or the figure is undefined)",
+            False, f"{comparison.metric} is undefined on these images: the champion stays"
         )
-    gain = new_score - champion_score
     figures = (
-        f"{metric} {new_score:.4f} vs champion v{champion_version} {champion_score:.4f} "
-        f"(gain {gain:+.4f}, required > 0 and >= {min_improvement})"
+        f"{comparison.describe(champion_version)}; the lower bound must exceed {min_improvement}"
     )
-    if gain > 0 and gain >= min_improvement - TOLERANCE:
+    if comparison.low > min_improvement + TOLERANCE:
         return Decision(True, f"better: {figures}")
-    return Decision(False, f"not better enough: {figures}")
+    return Decision(False, f"not shown to be better: {figures}")
+
+
+def registered_threshold(reference: str) -> float | None:
+    """The alert threshold tagged on the registered version that a `models:/name@alias` or
+    `models:/name/N` URI names; None for any other kind of reference."""
+    match = MODEL_URI.fullmatch(reference)
+    if match is None:
+        return None
+    name, alias, number = match.groups()
+    client = MlflowClient()
+    try:
+        version = (
+            client.get_model_version_by_alias(name, alias)
+            if alias
+            else client.get_model_version(name, number)
+        )
+    except MlflowException as error:
+        raise RegistryError(f"{reference}: {error.message}") from None
+    threshold = version.tags.get(THRESHOLD_TAG)
+    if threshold is None:
+        raise RegistryError(
+            f"{name} v{version.version} has no {THRESHOLD_TAG} tag (registered before the "
+            "threshold travelled with the version): give the threshold yourself"
+        )
+    return float(threshold)
 
 
 def champion_version(client: MlflowClient, name: str) -> str | None:

@@ -108,7 +108,7 @@ def open_source(location: Path) -> Source:
     try:
         try:
             if location.is_dir():
-                entries = list(_walk_directory(location))
+                entries = list(walk_directory(location))
             elif zipfile.is_zipfile(location):
                 archive = zipfile.ZipFile(location)
                 entries = list(_zip_entries(archive))
@@ -146,7 +146,7 @@ def _describe(location: Path) -> str:
     return f"'{location}'" if resolved == location else f"'{location}' (resolved: {resolved})"
 
 
-def _walk_directory(root: Path) -> Iterator[SourceFile]:
+def walk_directory(root: Path) -> Iterator[SourceFile]:
     """Every non-directory entry under root, without entering symlinked directories."""
     real_root = Path(os.path.realpath(root))
     pending = [root]

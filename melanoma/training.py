@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from mlflow.models import Model, ModelSignature, infer_signature
 from mlflow.models.model import ModelInfo
 
+from melanoma.calibration import calibration_figures, fit_temperature, fold_temperature, rescale
 from melanoma.config import Params, TrainParams, flatten
 from melanoma.dataset import make_dataset, split_rows
 from melanoma.labels import LABELS
@@ -253,6 +254,35 @@ def log_keras_model(model: keras.Model, example: np.ndarray) -> ModelInfo:
     )
 
 
+def calibrate(
+    model: keras.Model, params: TrainParams, val_labels: np.ndarray, val_probabilities: np.ndarray
+) -> dict[str, float]:
+    """With calibration=temperature, fit T on the validation split and fold it into the model.
+
+    Returns T (1.0: uncalibrated) and the validation ECE and Brier score before and after.
+    """
+    before = calibration_figures(val_labels, val_probabilities)
+    temperature = 1.0
+    if params.calibration == "temperature":
+        temperature = fit_temperature(val_labels, val_probabilities)
+        fold_temperature(model, temperature)
+    after = calibration_figures(val_labels, rescale(val_probabilities, temperature))
+    log.info(
+        "calibration %s: temperature %.3f, validation ECE %.4f -> %.4f, Brier %.4f -> %.4f",
+        params.calibration,
+        temperature,
+        before["ece"],
+        after["ece"],
+        before["brier"],
+        after["brier"],
+    )
+    return {
+        "temperature": temperature,
+        **{f"validation_{name}_uncalibrated": value for name, value in before.items()},
+        **{f"validation_{name}": value for name, value in after.items()},
+    }
+
+
 def run_training(params: Params, manifest_path: Path, outputs: TrainOutputs) -> dict:
     """Train on the train split, validate on val, track it all in one MLflow run; write outputs.
 
@@ -305,12 +335,17 @@ def run_training(params: Params, manifest_path: Path, outputs: TrainOutputs) -> 
         # Figures of the saved weights on the validation split: what params are chosen on,
         # since only `evaluate` reads the test split.
         val_probabilities = model.predict(val_ds, verbose=0)
+        summary["calibration"] = calibrate(model, train, val_labels, val_probabilities)
+        if train.calibration != "none":
+            val_probabilities = model.predict(val_ds, verbose=0)
         summary["validation"] = validation_figures(val_labels, val_probabilities)
         mlflow.log_metrics(
             {
                 "best_val_accuracy": summary["best"]["val_accuracy"],
                 "seconds_per_epoch": summary["seconds_per_epoch"],
                 "images_per_second": summary["images_per_second"],
+                "temperature": summary["calibration"]["temperature"],
+                "validation_ece": summary["calibration"]["validation_ece"],
             }
             | {
                 f"validation_{name}": value
@@ -330,6 +365,7 @@ def run_training(params: Params, manifest_path: Path, outputs: TrainOutputs) -> 
         "tracking_uri": mlflow.get_tracking_uri(),
         "labels": list(LABELS),
         "image_size": train.image_size,
+        "temperature": summary["calibration"]["temperature"],
     }
     for path in vars(outputs).values():
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,33 +1,39 @@
-"""Score the trained model on the held-out test split, log it all to its MLflow run, and
-register it, promoting it to `champion` if it beats the current one on the same test data."""
+"""Score the trained model on the test split and every external set, choose the melanoma alert
+threshold, log it all to its MLflow run, and register the model, promoting it to `champion` only
+if it beats the current one, beyond noise, on the same images."""
 
 import json
 import logging
+import tempfile
 from functools import partial
 from pathlib import Path
 
 import keras
 import mlflow
+import numpy as np
 
-from melanoma.config import flatten, load_params
-from melanoma.dataset import split_rows
-from melanoma.logs import setup_logging
-from melanoma.manifest import AUGMENTED_COLUMNS, file_sha256, read_manifest
-from melanoma.metrics import (
-    HEADLINE_METRICS,
-    images_sha256,
-    metrics_report,
-    plot_confusion_matrix,
-    plot_melanoma_roc,
-    predictions_table,
+from melanoma.config import Params, flatten, load_params
+from melanoma.evaluation import (
+    TEST,
+    EvaluationSet,
+    choose_operating_point,
+    evaluation_report,
+    external_set,
+    test_set,
+    tracked_metrics,
 )
+from melanoma.external import FILE_COLUMNS, check_folder, read_external_set
+from melanoma.logs import setup_logging
+from melanoma.manifest import AUGMENTED_COLUMNS, INGEST_COLUMNS, file_sha256, read_manifest
+from melanoma.metrics import images_sha256, read_predictions
 from melanoma.predict import predict_split
 from melanoma.registry import (
     KEPT,
     PROMOTED,
+    ScoredImages,
+    champion_probabilities,
     read_run_info,
     register_and_decide,
-    score_model,
     source_run,
     version_description,
     version_tags,
@@ -37,67 +43,110 @@ from melanoma.tracking import configure_tracking, git_commit
 log = logging.getLogger(__name__)
 
 MANIFEST = Path("data/augmented/manifest.csv")
+INGESTED_MANIFEST = Path("data/ingested/manifest.csv")
 MODEL_FILE = Path("models/model.keras")
 RUN_FILE = Path("models/run.json")
+VALIDATION_PREDICTIONS = Path("reports/validation_predictions.csv")
 METRICS_FILE = Path("reports/metrics.json")
 PREDICTIONS_FILE = Path("reports/predictions.csv")
-CONFUSION_FILE = Path("reports/confusion_matrix.png")
-ROC_FILE = Path("reports/roc_curve.png")
+EXTERNAL_DIR = Path("reports/external")
+PLOTS_DIR = Path("reports/plots")
 
 
 def main() -> None:
     setup_logging()
     params = load_params()
-    threshold, metric = params.evaluate.melanoma_threshold, params.registry.primary_metric
+    evaluate = params.evaluate
+    for index, external in enumerate(evaluate.external_sets):
+        check_folder(external, index)  # a missing folder stops before any work
     run_info = read_run_info(RUN_FILE)
-    paths, true = split_rows(read_manifest(MANIFEST, AUGMENTED_COLUMNS), "test", MANIFEST)
-    probabilities = predict_split(
-        keras.saving.load_model(MODEL_FILE), paths, true, params.train.batch_size
-    )
+    temperature = float(run_info.get("temperature", 1.0))
+    model = keras.saving.load_model(MODEL_FILE)
 
-    report = metrics_report(
-        true, probabilities, threshold, params.evaluate.bootstrap_samples, params.evaluate.seed
-    )
-    METRICS_FILE.parent.mkdir(parents=True, exist_ok=True)
-    METRICS_FILE.write_text(json.dumps(report, indent=2) + "\n")
-    predictions_table(paths, true, probabilities, threshold).to_csv(PREDICTIONS_FILE, index=False)
-    plot_confusion_matrix(true, probabilities, CONFUSION_FILE)
-    plot_melanoma_roc(true, probabilities, threshold, ROC_FILE)
-    log.info(
-        "test split, %d images: %s",
-        len(paths),
-        ", ".join(
-            f"{name} {'undefined' if report[name] is None else f'{report[name]:.3f}'}"
-            for name in HEADLINE_METRICS
-        ),
-    )
+    # External images are ingested into a scratch folder that lives as long as they are read.
+    with tempfile.TemporaryDirectory(prefix="external-") as scratch:
+        sets = [
+            test_set(read_manifest(MANIFEST, AUGMENTED_COLUMNS), MANIFEST),
+            *external_sets(params, Path(scratch)),
+        ]
+        probabilities = {
+            s.name: predict_split(model, s.paths, s.true, params.train.batch_size) for s in sets
+        }
+        choice = choose_operating_point(
+            evaluate.operating_point,
+            evaluate.seed,
+            read_predictions(VALIDATION_PREDICTIONS),
+            sets,
+            probabilities,
+        )
+        report, written = evaluation_report(
+            sets, probabilities, choice, temperature, evaluate, predictions_file, PLOTS_DIR
+        )
+        METRICS_FILE.write_text(json.dumps(report, indent=2) + "\n")
+        track_and_register(params, run_info, report, [METRICS_FILE, *written], sets, probabilities)
 
+
+def external_sets(params: Params, scratch: Path) -> list[EvaluationSet]:
+    """Each external set read (reports/external/<name>/files.csv accounts for its files)."""
+    collection = read_manifest(INGESTED_MANIFEST, INGEST_COLUMNS)
+    sets = []
+    for external in params.evaluate.external_sets:
+        images = read_external_set(external, params.ingest, collection, scratch / external.name)
+        files = EXTERNAL_DIR / external.name / "files.csv"
+        files.parent.mkdir(parents=True, exist_ok=True)
+        images.files[FILE_COLUMNS].to_csv(files, index=False)
+        sets.append(external_set(images))
+    return sets
+
+
+def predictions_file(set_name: str) -> Path:
+    return PREDICTIONS_FILE if set_name == TEST else EXTERNAL_DIR / set_name / "predictions.csv"
+
+
+def track_and_register(
+    params: Params,
+    run_info: dict,
+    report: dict,
+    artifacts: list[Path],
+    sets: list[EvaluationSet],
+    probabilities: dict[str, np.ndarray],
+) -> None:
+    """Log the report to the training run; register the model; re-score the champion on the
+    same images and move the alias if the new version is better beyond noise."""
     experiment_id = configure_tracking(params.mlflow)
-    run_id, model_uri = source_run(run_info, experiment_id, MODEL_FILE, paths[0])
+    test = sets[0]
+    run_id, model_uri = source_run(run_info, experiment_id, MODEL_FILE, test.paths[0])
     with mlflow.start_run(run_id=run_id):
         # Tags, not params: evaluate may run again on the same training run with other values.
         mlflow.set_tags(
-            flatten(params.evaluate, "evaluate.") | flatten(params.registry, "registry.")
+            flatten(params.evaluate, "evaluate.")
+            | flatten(params.registry, "registry.")
+            | {"evaluate.warnings": "; ".join(report["warnings"]) or "none"}
         )
-        mlflow.log_metrics(
-            {f"test_{name}": value for name, value in report.items() if value is not None}
-        )
-        for path in (METRICS_FILE, PREDICTIONS_FILE, CONFUSION_FILE, ROC_FILE):
+        mlflow.log_metrics(tracked_metrics(report))
+        for path in artifacts:
             mlflow.log_artifact(str(path), artifact_path="evaluation")
+        scored = ScoredImages(
+            true=np.concatenate([s.true for s in sets]),
+            probabilities=np.concatenate([probabilities[s.name] for s in sets]),
+            sets=np.concatenate([[s.name] * len(s.true) for s in sets]),
+        )
         version, decision = register_and_decide(
             model_uri,
             params.registry,
-            report[metric],
             version_description(report, run_id, run_info["image_size"]),
             version_tags(
-                report, run_id, images_sha256(paths, true), file_sha256(MANIFEST), git_commit()
+                report,
+                run_id,
+                images_sha256(test.paths, test.true),
+                file_sha256(MANIFEST),
+                git_commit(),
             ),
+            scored,
             partial(
-                score_model,
-                paths=paths,
-                true=true,
-                threshold=threshold,
-                metric=metric,
+                champion_probabilities,
+                paths=[path for s in sets for path in s.paths],
+                true=scored.true,
                 batch_size=params.train.batch_size,
             ),
         )

@@ -17,7 +17,7 @@ from PIL import Image
 
 from bench.project import command_env, copy_project
 from melanoma.labels import LABELS
-from melanoma.manifest import AUGMENTED_COLUMNS, VALIDATED_COLUMNS
+from melanoma.manifest import AUGMENTED_COLUMNS, INGEST_COLUMNS, VALIDATED_COLUMNS
 
 # --- tiny ISIC-like sources (ingest, validate, pipeline tests) ---------------------------------
 
@@ -98,8 +98,35 @@ TINY_SIZE = 32
 PARAMS_YAML = Path(__file__).resolve().parents[1] / "params.yaml"
 
 
+EXTERNAL_LABELS = ("melanoma", "nevus", "basal_cell_carcinoma")
+
+
+def write_external_set(root: Path, per_label: int = 6) -> Path:
+    """A tiny external set at `root`, laid out like the shared ISIC 2018 one: for each of
+    EXTERNAL_LABELS `per_label` TINY_SIZE px JPEGs ISIC_99<label><n>.jpg (a class colour plus
+    noise) in folders with spaces, and beside them a labels.csv (outside the class folders).
+    Returns root."""
+    rng = np.random.default_rng(2)
+    for index, label in enumerate(EXTERNAL_LABELS):
+        colour = np.array([index * 80, 255 - index * 80, 128])
+        for n in range(per_label):
+            path = root / label.replace("_", " ") / f"ISIC_99{index:02d}{n:03d}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            noise = rng.integers(-40, 40, (TINY_SIZE, TINY_SIZE, 3))
+            Image.fromarray(np.clip(colour + noise, 0, 255).astype(np.uint8)).save(path)
+    (root / "labels.csv").write_text("file,label\n")
+    return root
+
+
+@pytest.fixture
+def external_folder(tmp_path: Path) -> Path:
+    """write_external_set(tmp_path / "external"): 6 JPEGs for each of EXTERNAL_LABELS."""
+    return write_external_set(tmp_path / "external")
+
+
 def _tiny_params() -> dict:
-    """params.yaml with the sizes cut down so that training takes seconds."""
+    """params.yaml with the sizes cut down so that training takes seconds. The external set
+    keeps the default's relative path: tests that evaluate point it at a write_external_set."""
     raw = yaml.safe_load(PARAMS_YAML.read_text())
     raw["ingest"]["image_size"] = TINY_SIZE
     raw["augment"].update(val_fraction=0.25, target_per_class=8)
@@ -239,7 +266,9 @@ def mlflow_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _empty_mlflo
     """A project directory, made the cwd, with MLflow pointed at a new SQLite store in it.
 
     Writes ./params.yaml (the tiny params with train.image_size=MODEL_SIZE, 20 bootstrap
-    samples, registry.model_name "melanoma-test") and returns it parsed (melanoma.config.Params).
+    samples, registry.model_name "melanoma-test", 200 promotion bootstrap samples, one external
+    set "tinyext" (write_external_set at ./external) that chooses the threshold) and returns it
+    parsed (melanoma.config.Params).
     """
     import mlflow
 
@@ -254,7 +283,12 @@ def mlflow_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _empty_mlflo
     raw = _tiny_params()
     raw["train"]["image_size"] = MODEL_SIZE
     raw["evaluate"]["bootstrap_samples"] = 20
+    raw["evaluate"]["external_sets"] = [
+        {"name": "tinyext", "path": str(write_external_set(tmp_path / "external"))}
+    ]
+    raw["evaluate"]["operating_point"]["choose_on"] = "tinyext"
     raw["registry"]["model_name"] = "melanoma-test"
+    raw["registry"]["promotion"]["bootstrap_samples"] = 200
     Path("params.yaml").write_text(yaml.safe_dump(raw))
     yield parse_params(raw)
     while mlflow.active_run():
@@ -312,20 +346,40 @@ def evaluation_project(mlflow_project, image_bytes) -> tuple[list[str], np.ndarr
     """Test images as the augment stage leaves them, in the mlflow_project directory.
 
     Two TINY_SIZE px PNGs per label under data/ingested/images/test/<label>/, listed with
-    split "test" in data/augmented/manifest.csv (plus one "train" row that must be ignored).
+    split "test" in data/augmented/manifest.csv (plus one "train" row that must be ignored) and
+    in data/ingested/manifest.csv (the training collection, which the external set is checked
+    against). reports/validation_predictions.csv holds made-up validation probabilities.
     Returns (image paths, label indices) of the test rows.
     """
-    rows = []
+    from melanoma.images import pixel_sha256
+    from melanoma.metrics import predictions_table
+
+    rows, ingested = [], []
     for index, label in enumerate(LABELS):
         for n in range(2):
             path = Path(f"data/ingested/images/test/{label}/ISIC_{index}{n}.png")
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(image_bytes(10 * index + n, (TINY_SIZE, TINY_SIZE), "PNG"))
             rows.append({"image_path": path.as_posix(), "label": label, "split": "test"})
+            ingested.append(
+                {
+                    "source_path": f"Test/{label}/ISIC_{index}{n}.jpg",
+                    "pixel_sha256": pixel_sha256(Image.open(path)),
+                    "status": "accepted",
+                }
+            )
     rows.append({"image_path": rows[0]["image_path"], "label": LABELS[1], "split": "train"})
     manifest = pd.DataFrame(rows).reindex(columns=AUGMENTED_COLUMNS, fill_value="")
     Path("data/augmented").mkdir(parents=True)
     manifest.to_csv("data/augmented/manifest.csv", index=False)
+    ingested_manifest = pd.DataFrame(ingested).reindex(columns=INGEST_COLUMNS, fill_value="")
+    ingested_manifest.to_csv("data/ingested/manifest.csv", index=False)
+    true = np.repeat(np.arange(len(LABELS)), 4)
+    noisy = np.random.default_rng(3).dirichlet(np.ones(len(LABELS)), len(true))
+    Path("reports").mkdir()
+    predictions_table([f"v{i}.png" for i in range(len(true))], true, noisy).to_csv(
+        "reports/validation_predictions.csv", index=False
+    )
     test_rows = manifest[manifest["split"] == "test"]
     return test_rows["image_path"].tolist(), test_rows["label"].map(LABELS.index).to_numpy()
 
@@ -392,10 +446,11 @@ def pipeline_repo(tmp_path_factory: pytest.TempPathFactory) -> PipelineRepo:
 
     The repository has a copy of dvc.yaml, stages/, melanoma/, .gitignore, .dvcignore and
     .dvc/config (so the project's default DVC remote, relative to the repository), and the
-    tiny params: _tiny_params() with 1 epoch, 20 bootstrap samples and data.source a generated
-    source beside it (per label 4 Train + 1 Test TINY_SIZE px JPEGs). `dvc repro` ran with
-    MLflow in <tmp>/mlflow.db (outside the repository); then `git add -A`, commit: git holds
-    dvc.lock and the uncached outputs (models/run.json, reports/*), DVC's cache the data.
+    tiny params: _tiny_params() with 1 epoch, 20 bootstrap samples, data.source a generated
+    source beside it (per label 4 Train + 1 Test TINY_SIZE px JPEGs) and one external set
+    "tinyext" (write_external_set) beside it, which chooses the alert threshold. `dvc repro`
+    ran with MLflow in <tmp>/mlflow.db (outside the repository); then `git add -A`, commit: git
+    holds dvc.lock and the uncached outputs (models/run.json, reports/*), DVC's cache the data.
     """
     base = tmp_path_factory.mktemp("pipeline")
     source = base / "source"
@@ -408,6 +463,10 @@ def pipeline_repo(tmp_path_factory: pytest.TempPathFactory) -> PipelineRepo:
     )
     params["train"]["epochs"] = 1
     params["evaluate"]["bootstrap_samples"] = 20
+    params["evaluate"]["external_sets"] = [
+        {"name": "tinyext", "path": str(write_external_set(base / "external"))}
+    ]
+    params["evaluate"]["operating_point"]["choose_on"] = "tinyext"
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     repo = PipelineRepo(root, f"sqlite:///{base / 'mlflow.db'}")

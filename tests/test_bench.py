@@ -25,9 +25,20 @@ WITH_INTERVALS = {
     "clean_test_accuracy",
     "clean_test_balanced_accuracy",
     "clean_test_melanoma_auc",
-    "clean_test_melanoma_sensitivity",
-    "clean_test_melanoma_specificity",
 }
+# Ours only, with a bootstrap interval and a spread over seeds, for every evaluation set.
+SET_FIGURES = {
+    f"{set_name}_{figure}"
+    for set_name in ("test", "isic2018")
+    for figure in (
+        "accuracy",
+        "balanced_accuracy",
+        "melanoma_auc",
+        "melanoma_sensitivity",
+        "melanoma_specificity",
+    )
+}
+CALIBRATION = {"test_ece", "isic2018_ece"}
 OURS_ONLY = {
     "images_per_second_ratio",
     "full_repro_seconds",
@@ -35,6 +46,7 @@ OURS_ONLY = {
     "predict_p50_ms",
     "predict_p95_ms",
     "predict_peak_rss_mib",
+    "melanoma_threshold",
 }
 
 
@@ -42,11 +54,11 @@ def _finite(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def test_quick_benchmark_reports_every_figure(tmp_path):
+def test_quick_benchmark_reports_every_figure_and_its_spread_over_seeds(tmp_path):
     out = tmp_path / "bench.json"
 
     done = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--quick", "--out", str(out)],
+        [sys.executable, "-m", "bench.run", "--quick", "--seeds", "2", "--out", str(out)],
         cwd=PROJECT,
         capture_output=True,
         text=True,
@@ -56,7 +68,8 @@ def test_quick_benchmark_reports_every_figure(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(out.read_text())
     rows = {row["key"]: row for row in results["table"]}
-    assert set(rows) == BOTH_SIDES | WITH_INTERVALS | OURS_ONLY | {"reproducible"}
+    yes_no = {"reproducible", "champion_kept_over_seeds"}
+    assert set(rows) == BOTH_SIDES | WITH_INTERVALS | OURS_ONLY | SET_FIGURES | CALIBRATION | yes_no
     for key in BOTH_SIDES | WITH_INTERVALS:
         assert _finite(rows[key]["reference"]) and _finite(rows[key]["ours"]), rows[key]
     for key in WITH_INTERVALS:
@@ -68,10 +81,24 @@ def test_quick_benchmark_reports_every_figure(tmp_path):
     ratio = rows["images_per_second"]["ours"] / rows["images_per_second"]["reference"]
     assert results["images_per_second_ratio"] == pytest.approx(ratio, rel=1e-12)
     assert rows["images_per_second_ratio"]["ours"] == results["images_per_second_ratio"]
+    for key in SET_FIGURES:
+        assert rows[key]["reference"] is None and rows[key]["ours_ci"] is not None, rows[key]
+        spread = rows[key]["spread"]
+        assert spread["n"] == 2 and spread["min"] <= spread["mean"] <= spread["max"], rows[key]
+    assert results["seeds"]["seeds"] == [42, 43]
+    (extra,) = results["seeds"]["runs"]  # the first seed is the pipeline's own run
+    auc = [
+        results["ours"]["report"]["test"]["melanoma_auc"],
+        extra["metrics"]["test"]["melanoma_auc"],
+    ]
+    assert rows["test_melanoma_auc"]["spread"]["min"] == min(auc)
+    assert rows["champion_kept_over_seeds"]["ours"] == (extra["decision"] == "kept")
     # Same params, same machine: the forced second train + evaluate scores exactly the same.
     assert rows["reproducible"]["ours"] is True, results["ours"]["reproducibility_differences"]
     assert results["ours"]["noop_repro_stages_run"] == []
-    assert results["data"]["clean_test_images"] == results["ours"]["clean_test"]["test_images"]
+    assert results["data"]["clean_test_images"] == results["ours"]["clean_test"]["images"]
+    # Quick mode: 4 files of each of the 4 class folders; isic2018 chooses with half of them.
+    assert results["data"]["external_images"] == {"isic2018": 8}
     for row in results["table"]:
         assert row["figure"] in done.stdout
 

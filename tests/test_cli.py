@@ -5,10 +5,9 @@ from pathlib import Path
 
 import mlflow
 import pytest
-import yaml
 
 from melanoma.cli import CANNOT_RUN, OK, SOME_FILES_FAILED, main
-from melanoma.registry import Decision, record_decision
+from melanoma.registry import THRESHOLD_TAG, Decision, record_decision
 
 ROOT = Path(__file__).resolve().parents[1]
 CONSTANT = [0.05, 0.05, 0.05, 0.5, 0.1, 0.1, 0.05, 0.05, 0.05]  # P(melanoma) = 0.5
@@ -62,27 +61,46 @@ def test_predict_prints_each_image_and_fails_for_the_bad_one(photos, keras_file,
     assert out[2].startswith("notes.jpg: ERROR not_an_image:")
 
 
-def test_predict_json_uses_the_params_threshold(photos, keras_file, capsys):
+def test_predict_json_with_a_model_file_needs_a_threshold(photos, keras_file, capsys, caplog):
     good, bad = photos
-    params = yaml.safe_load(Path("params.yaml").read_text())
-    params["evaluate"]["melanoma_threshold"] = 0.42
-    Path("params.yaml").write_text(yaml.safe_dump(params))
-    assert main(["predict", str(good), "--model", keras_file, "--json"]) == OK
-    output = json.loads(capsys.readouterr().out)
+    assert main(["predict", str(good), "--model", keras_file, "--json"]) == CANNOT_RUN
+    assert "model.keras carries no alert threshold" in caplog.text and "--threshold" in caplog.text
 
+    assert (
+        main(["predict", str(good), "--model", keras_file, "--json", "--threshold", "0.42"]) == OK
+    )
+    output = json.loads(capsys.readouterr().out)
     assert output["melanoma_threshold"] == 0.42
     (prediction,) = output["predictions"]
     assert prediction["top_label"] == "melanoma" and prediction["melanoma_alert"] is True
     assert sum(prediction["probabilities"].values()) == pytest.approx(1)
 
-    assert main(["predict", str(bad), "--model", keras_file, "--json"]) == SOME_FILES_FAILED
+    code = main(["predict", str(bad), "--model", keras_file, "--json", "--threshold", "0.4"])
+    assert code == SOME_FILES_FAILED
     (failure,) = json.loads(capsys.readouterr().out)["predictions"]
     assert failure["reason"] == "not_an_image" and failure["path"] == "notes.jpg"
 
 
-def test_predict_loads_the_champion_by_default(photos, champion, capsys):
+def test_predict_uses_the_threshold_of_the_registered_version(photos, champion, capsys):
+    client = mlflow.MlflowClient()
+    client.set_model_version_tag("melanoma-test", "1", THRESHOLD_TAG, "0.6")
+    client.set_model_version_tag("melanoma-test", "2", THRESHOLD_TAG, "0.3")
+
     assert main(["predict", str(photos[0]), "--json"]) == OK
-    assert json.loads(capsys.readouterr().out)["model"] == "models:/melanoma-test@champion"
+    output = json.loads(capsys.readouterr().out)
+    assert output["model"] == "models:/melanoma-test@champion"
+    # params.yaml has no say: the champion (v1) alerts at its own 0.6, so P = 0.5 raises none.
+    assert output["melanoma_threshold"] == 0.6
+    assert output["predictions"][0]["melanoma_alert"] is False
+
+    assert main(["predict", str(photos[0]), "--json", "--model", "models:/melanoma-test/2"]) == OK
+    output = json.loads(capsys.readouterr().out)
+    assert output["melanoma_threshold"] == 0.3 and output["predictions"][0]["melanoma_alert"]
+
+
+def test_predict_refuses_a_version_without_a_threshold(photos, champion, caplog):
+    assert main(["predict", str(photos[0])]) == CANNOT_RUN
+    assert "melanoma-test v1 has no melanoma_threshold tag" in caplog.text
 
 
 def test_predict_without_a_model_cannot_run(photos, caplog):
@@ -94,7 +112,7 @@ def test_bad_arguments_and_params_are_refused(photos, keras_file):
     with pytest.raises(SystemExit) as usage:
         main(["predict", "photo.jpg", "--threshold", "1.5"])
     assert usage.value.code == 2
-    Path("params.yaml").write_text("evaluate: {melanoma_threshold: 2}\n")
+    Path("params.yaml").write_text("evaluate: {bootstrap_samples: -1}\n")
     assert main(["predict", "photo.jpg", "--model", keras_file]) == CANNOT_RUN
 
 

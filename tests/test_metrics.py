@@ -1,4 +1,5 @@
 import json
+import logging
 import math
 
 import numpy as np
@@ -13,6 +14,7 @@ from melanoma.metrics import (
     plot_confusion_matrix,
     plot_melanoma_roc,
     predictions_table,
+    read_predictions,
 )
 
 BCC, NEVUS = LABELS.index("basal_cell_carcinoma"), LABELS.index("nevus")
@@ -110,7 +112,7 @@ def test_report_is_strict_json_with_intervals_next_to_each_figure():
     report = metrics_report(TRUE, PROBABILITIES, 0.3, bootstrap_samples=30, seed=0)
 
     assert json.loads(json.dumps(report, allow_nan=False)) == report
-    assert report["test_images"] == 8 and report["melanoma_threshold"] == 0.3
+    assert report["images"] == 8
     assert report["accuracy"] == pytest.approx(0.5)
     assert report["accuracy_ci_low"] <= 0.5 <= report["accuracy_ci_high"]
     assert report["dermatofibroma_recall"] is None
@@ -123,10 +125,28 @@ def test_report_is_strict_json_with_intervals_next_to_each_figure():
 
 
 def test_report_without_bootstrap_has_no_intervals_and_names_absent_classes(caplog):
+    caplog.set_level(logging.INFO)
     report = metrics_report(TRUE, PROBABILITIES, 0.3, bootstrap_samples=0, seed=0)
     assert not [key for key in report if "_ci_" in key]
-    assert "no test images of actinic_keratosis, dermatofibroma, " in caplog.text
-    assert "averages the other 3 classes" in caplog.text
+    assert "test: no images of actinic_keratosis, dermatofibroma, " in caplog.text
+    assert "average the other 3 classes" in caplog.text
+
+
+def test_multi_class_figures_average_the_classes_present_only():
+    # Predicting a class that no image has must not drag macro F1 down with a class of F1 0.
+    true = np.array([MEL, MEL, NEVUS, NEVUS])
+    probabilities = np.eye(len(LABELS))[[MEL, BCC, NEVUS, NEVUS]]
+    figures = evaluation_metrics(true, probabilities, threshold=0.5)
+    assert figures["macro_f1"] == pytest.approx((2 / 3 + 1) / 2)  # not (2/3 + 1 + 0) / 3
+    assert figures["balanced_accuracy"] == pytest.approx((1 / 2 + 1) / 2)
+
+
+def test_predictions_round_trip_through_their_table(tmp_path):
+    paths = [f"img{i}.png" for i in range(len(TRUE))]
+    predictions_table(paths, TRUE, PROBABILITIES).to_csv(tmp_path / "p.csv", index=False)
+    true, probabilities = read_predictions(tmp_path / "p.csv")
+    np.testing.assert_array_equal(true, TRUE)
+    np.testing.assert_allclose(probabilities, PROBABILITIES, atol=1e-6)
 
 
 def test_predictions_table_names_labels_and_flags_alerts():

@@ -3,8 +3,11 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
+import pytest
+import yaml
 from mlflow import MlflowClient
 
+from melanoma.external import ExternalSetError
 from melanoma.labels import LABELS
 from melanoma.registry import (
     DECISION_TAG,
@@ -12,41 +15,68 @@ from melanoma.registry import (
     PROMOTED,
     REASON_TAG,
     SOURCE_RUN_TAG,
+    THRESHOLD_TAG,
     champion_version,
 )
 from stages import evaluate
 
 
-def _train_outputs(model, run_id: str, model_uri: str) -> None:
+def _train_outputs(model, run_id: str, model_uri: str, temperature: float = 1.0) -> None:
     """models/ as the train stage leaves it."""
     Path("models").mkdir()
     model.save(evaluate.MODEL_FILE)
     evaluate.RUN_FILE.write_text(
-        json.dumps({"run_id": run_id, "model_uri": model_uri, "image_size": 16})
+        json.dumps(
+            {"run_id": run_id, "model_uri": model_uri, "image_size": 16, "temperature": temperature}
+        )
     )
 
 
-def test_evaluate_reports_logs_registers_and_defends_the_champion(
+def test_evaluate_reports_every_set_logs_registers_and_defends_the_champion(
     evaluation_project, tiny_classifier, log_model
 ):
     paths, _ = evaluation_project
     model = tiny_classifier()
     run_id, model_uri = log_model(model)
-    _train_outputs(model, run_id, model_uri)
+    _train_outputs(model, run_id, model_uri, temperature=1.5)
 
     evaluate.main()
 
     report = json.loads(evaluate.METRICS_FILE.read_text())
-    assert report["test_images"] == len(paths) == 2 * len(LABELS)
-    assert report["accuracy_ci_low"] <= report["accuracy"] <= report["accuracy_ci_high"]
+    test, external = report["test"], report["external"]["tinyext"]
+    assert test["images"] == len(paths) == 2 * len(LABELS)
+    assert test["accuracy_ci_low"] <= test["accuracy"] <= test["accuracy_ci_high"]
+    assert {"ece", "brier", "ece_uncalibrated", "brier_uncalibrated"} <= set(test)
     predictions = pd.read_csv(evaluate.PREDICTIONS_FILE)
     assert predictions["image_path"].tolist() == paths
-    assert evaluate.CONFUSION_FILE.stat().st_size > 0 and evaluate.ROC_FILE.stat().st_size > 0
+
+    # The external set: 18 images, half chose the threshold, the other half reports.
+    operating_point = report["operating_point"]
+    assert operating_point["chosen_on"] == "the choosing half of tinyext (9 images)"
+    assert operating_point["melanomas"] == 3 and not operating_point["target_reachable"]
+    assert external["images"] == 9 and external["melanomas"] == 3
+    external_predictions = pd.read_csv("reports/external/tinyext/predictions.csv")
+    assert external_predictions["role"].value_counts().to_dict() == {"choose": 9, "report": 9}
+    chooser = external_predictions[external_predictions["role"] == "choose"]
+    assert chooser.loc[chooser["label"] == "melanoma", "p_melanoma"].min() == pytest.approx(
+        operating_point["threshold"], abs=1e-6
+    )
+    files = pd.read_csv("reports/external/tinyext/files.csv")
+    assert len(files) == 19 and files.loc[
+        files["status"] == "rejected", "source_path"
+    ].tolist() == ["labels.csv"]
+    for name in ("test", "tinyext"):
+        for plot in ("confusion_matrix", "roc_curve", "reliability"):
+            assert (evaluate.PLOTS_DIR / f"{name}_{plot}.png").stat().st_size > 0
 
     training_run = mlflow.get_run(run_id)
-    assert training_run.data.metrics["test_accuracy"] == report["accuracy"]
+    metrics = training_run.data.metrics
+    assert metrics["test_accuracy"] == test["accuracy"]
+    assert metrics["tinyext_melanoma_auc"] == external["melanoma_auc"]
+    assert metrics["melanoma_threshold"] == operating_point["threshold"]
+    assert len(metrics) <= 15  # the headline figures only: the rest is in metrics.json
     artifacts = {a.path for a in MlflowClient().list_artifacts(run_id, "evaluation")}
-    assert "evaluation/metrics.json" in artifacts and "evaluation/roc_curve.png" in artifacts
+    assert {"evaluation/metrics.json", "evaluation/tinyext_reliability.png"} <= artifacts
     assert training_run.data.tags["registry.version"] == "1"
 
     client = MlflowClient()
@@ -54,10 +84,13 @@ def test_evaluate_reports_logs_registers_and_defends_the_champion(
     first = client.get_model_version("melanoma-test", "1")
     assert first.tags[DECISION_TAG] == PROMOTED
     assert first.tags["test_data_sha256"] and first.tags["git_commit"]
-    assert first.tags["test_balanced_accuracy"] == str(report["balanced_accuracy"])
+    assert first.tags["test_balanced_accuracy"] == str(test["balanced_accuracy"])
+    assert first.tags["tinyext_melanoma_auc"] == str(external["melanoma_auc"])
+    assert first.tags[THRESHOLD_TAG] == str(operating_point["threshold"])
 
     # Train restored from DVC's run cache: run.json names a run this store never saw. The same
-    # model comes back as version 2; re-scored on the same images, v1 ties, so it stays champion.
+    # model comes back as version 2; re-scored on the same images it ties with v1, whose
+    # champion alias stays.
     missing_run = {"run_id": "f" * 32, "model_uri": "models:/m-gone", "image_size": 16}
     evaluate.RUN_FILE.write_text(json.dumps(missing_run))
 
@@ -66,5 +99,15 @@ def test_evaluate_reports_logs_registers_and_defends_the_champion(
     second = client.get_model_version("melanoma-test", "2")
     assert mlflow.get_run(second.run_id).data.tags[SOURCE_RUN_TAG] == "f" * 32
     assert second.tags[DECISION_TAG] == KEPT
-    assert "vs champion v1" in second.tags[REASON_TAG] and "gain +0.0000" in second.tags[REASON_TAG]
+    reason = second.tags[REASON_TAG]
+    assert "difference vs champion v1 +0.0000" in reason and "on 36 images" in reason
     assert champion_version(client, "melanoma-test") == "1"
+
+
+def test_evaluate_stops_on_a_missing_external_folder_before_any_work(evaluation_project):
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    params["evaluate"]["external_sets"][0]["path"] = "nowhere"
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(ExternalSetError, match=r"external_sets\[0\]\.path \(tinyext\): nowhere"):
+        evaluate.main()
+    assert not evaluate.METRICS_FILE.exists()

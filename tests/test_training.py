@@ -9,6 +9,7 @@ import pytest
 from mlflow import MlflowClient
 
 from melanoma.augmentation import augmented_manifest, plan_augmentation, write_copies
+from melanoma.calibration import negative_log_likelihood, rescale
 from melanoma.config import TrainParams, parse_params
 from melanoma.labels import LABELS
 from melanoma.manifest import (
@@ -18,9 +19,11 @@ from melanoma.manifest import (
     read_manifest,
     write_manifest,
 )
+from melanoma.metrics import read_predictions
 from melanoma.training import (
     HISTORY_COLUMNS,
     TrainOutputs,
+    calibrate,
     class_weight_map,
     learning_rate,
     make_optimizer,
@@ -126,6 +129,28 @@ def augmented_project(tiny_project) -> dict:
     return tiny_project
 
 
+@pytest.mark.parametrize("calibration", ["none", "temperature"])
+def test_calibrate_folds_the_fitted_temperature_into_the_model_or_leaves_it(calibration):
+    inputs = keras.Input((3,))
+    model = keras.Model(
+        inputs, keras.layers.Dense(len(LABELS), activation="softmax", name="probabilities")(inputs)
+    )
+    x = np.random.default_rng(0).normal(size=(60, 3)).astype("float32") * 5
+    true = np.random.default_rng(1).integers(0, len(LABELS), 60)  # unrelated: overconfident
+    before = model.predict(x, verbose=0)
+    params = _train_params(calibration=calibration)
+
+    figures = calibrate(model, params, true, before)
+
+    after = model.predict(x, verbose=0)
+    if calibration == "none":
+        assert figures["temperature"] == 1.0 and np.array_equal(after, before)
+    else:
+        assert figures["temperature"] > 1.0
+        np.testing.assert_allclose(after, rescale(before, figures["temperature"]), atol=1e-5)
+    assert figures["validation_ece"] <= figures["validation_ece_uncalibrated"] + 1e-12
+
+
 def test_training_run_is_tracked_per_epoch_and_reproducible(augmented_project, tmp_path):
     # With the random levers on: seeded, they must not break reproducibility.
     augmented_project["train"].update(
@@ -187,6 +212,14 @@ def test_training_run_is_tracked_per_epoch_and_reproducible(augmented_project, t
     assert sorted(val_predictions["image_path"]) == sorted(val_rows["image_path"])
     accuracy = (val_predictions["label"] == val_predictions["predicted"]).mean()
     assert accuracy == pytest.approx(validation["accuracy"])
+    # Calibrated (the default): T is fitted on these predictions and folded into the model, so
+    # the saved validation probabilities are the calibrated ones, at least as likely as before.
+    temperature = metrics["calibration"]["temperature"]
+    assert run_info["temperature"] == temperature != 1.0
+    assert run.data.metrics["temperature"] == pytest.approx(temperature)
+    true, calibrated = read_predictions(first.validation_predictions)
+    uncalibrated = rescale(calibrated, 1 / temperature)
+    assert negative_log_likelihood(true, calibrated) <= negative_log_likelihood(true, uncalibrated)
 
     # The saved model's contract, and the logged model is the same model.
     model = keras.saving.load_model(first.model)

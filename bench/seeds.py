@@ -1,0 +1,82 @@
+"""Training seeds: the same params trained again with other `train.seed` values, in the copy the
+benchmark already ran, and the spread of every quality figure over them."""
+
+import json
+import logging
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+from mlflow import MlflowClient
+
+from bench.pipeline import TEST_METRICS
+from bench.process import run_command
+from bench.project import override_params
+
+log = logging.getLogger(__name__)
+
+RUN_FILE = Path("models/run.json")
+# (figure, as the table names it) of each evaluation set whose spread is reported.
+SEED_FIGURES = [
+    ("accuracy", "accuracy"),
+    ("balanced_accuracy", "balanced accuracy"),
+    ("melanoma_auc", "melanoma-vs-rest ROC AUC"),
+    ("melanoma_sensitivity", "melanoma sensitivity at its threshold"),
+    ("melanoma_specificity", "melanoma specificity at its threshold"),
+    ("ece", "expected calibration error"),
+]
+
+
+def registry_decision(copy: Path, tracking_uri: str) -> str:
+    """What evaluate decided for the model trained last in `copy` (promoted | kept)."""
+    run_id = json.loads((copy / RUN_FILE).read_text())["run_id"]
+    return MlflowClient(tracking_uri=tracking_uri).get_run(run_id).data.tags["registry.decision"]
+
+
+def train_more_seeds(
+    copy: Path, env: Mapping[str, str], logs: Path, seeds: list[int], tracking_uri: str
+) -> list[dict]:
+    """For each seed: set train.seed, `dvc repro` (train and evaluate run again), and keep the
+    report and the registry's decision. Returns one {seed, metrics, decision} per seed."""
+    runs = []
+    for seed in seeds:
+        override_params(copy / "params.yaml", {"train.seed": seed})
+        run_command(["dvc", "repro"], copy, env, logs / f"dvc_repro_seed_{seed}.log")
+        runs.append(
+            {
+                "seed": seed,
+                "metrics": json.loads((copy / TEST_METRICS).read_text()),
+                "decision": registry_decision(copy, tracking_uri),
+            }
+        )
+        log.info("seed %d: champion %s", seed, runs[-1]["decision"])
+    return runs
+
+
+def spread(values: list[float | None]) -> dict:
+    """Mean, sample standard deviation and range of the defined values."""
+    defined = [v for v in values if v is not None and not math.isnan(v)]
+    if not defined:
+        return {"n": 0, "mean": None, "std": None, "min": None, "max": None}
+    return {
+        "n": len(defined),
+        "mean": float(np.mean(defined)),
+        "std": float(np.std(defined, ddof=1)) if len(defined) > 1 else 0.0,
+        "min": float(min(defined)),
+        "max": float(max(defined)),
+    }
+
+
+def seed_spread(reports: list[dict]) -> dict[str, dict]:
+    """`<set>_<figure>` -> spread over the reports (reports/metrics.json of each seed), for every
+    set (test, then each external set) and SEED_FIGURES, and the alert threshold."""
+    sets = ["test", *reports[0]["external"]]
+    table = {"melanoma_threshold": spread([r["operating_point"]["threshold"] for r in reports])}
+    for set_name in sets:
+        for figure, _ in SEED_FIGURES:
+            sections = [
+                r["test"] if set_name == "test" else r["external"][set_name] for r in reports
+            ]
+            table[f"{set_name}_{figure}"] = spread([s.get(figure) for s in sections])
+    return table
