@@ -11,6 +11,7 @@ import mlflow
 
 from melanoma.config import flatten, load_params
 from melanoma.dataset import split_rows
+from melanoma.explain import write_gallery
 from melanoma.logs import setup_logging
 from melanoma.manifest import AUGMENTED_COLUMNS, file_sha256, read_manifest
 from melanoma.metrics import (
@@ -43,6 +44,7 @@ METRICS_FILE = Path("reports/metrics.json")
 PREDICTIONS_FILE = Path("reports/predictions.csv")
 CONFUSION_FILE = Path("reports/confusion_matrix.png")
 ROC_FILE = Path("reports/roc_curve.png")
+GALLERY_FILE = Path("reports/melanoma_gallery.png")
 
 
 def main() -> None:
@@ -51,9 +53,8 @@ def main() -> None:
     threshold, metric = params.evaluate.melanoma_threshold, params.registry.primary_metric
     run_info = read_run_info(RUN_FILE)
     paths, true = split_rows(read_manifest(MANIFEST, AUGMENTED_COLUMNS), "test", MANIFEST)
-    probabilities = predict_split(
-        keras.saving.load_model(MODEL_FILE), paths, true, params.train.batch_size
-    )
+    model = keras.saving.load_model(MODEL_FILE)
+    probabilities = predict_split(model, paths, true, params.train.batch_size)
 
     report = metrics_report(
         true, probabilities, threshold, params.evaluate.bootstrap_samples, params.evaluate.seed
@@ -63,6 +64,7 @@ def main() -> None:
     predictions_table(paths, true, probabilities, threshold).to_csv(PREDICTIONS_FILE, index=False)
     plot_confusion_matrix(true, probabilities, CONFUSION_FILE)
     plot_melanoma_roc(true, probabilities, threshold, ROC_FILE)
+    write_gallery(model, paths, true, probabilities, threshold, GALLERY_FILE)
     log.info(
         "test split, %d images: %s",
         len(paths),
@@ -82,7 +84,7 @@ def main() -> None:
         mlflow.log_metrics(
             {f"test_{name}": value for name, value in report.items() if value is not None}
         )
-        for path in (METRICS_FILE, PREDICTIONS_FILE, CONFUSION_FILE, ROC_FILE):
+        for path in (METRICS_FILE, PREDICTIONS_FILE, CONFUSION_FILE, ROC_FILE, GALLERY_FILE):
             mlflow.log_artifact(str(path), artifact_path="evaluation")
         version, decision = register_and_decide(
             model_uri,

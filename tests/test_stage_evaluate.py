@@ -42,11 +42,13 @@ def test_evaluate_reports_logs_registers_and_defends_the_champion(
     predictions = pd.read_csv(evaluate.PREDICTIONS_FILE)
     assert predictions["image_path"].tolist() == paths
     assert evaluate.CONFUSION_FILE.stat().st_size > 0 and evaluate.ROC_FILE.stat().st_size > 0
+    assert evaluate.GALLERY_FILE.stat().st_size > 0
 
     training_run = mlflow.get_run(run_id)
     assert training_run.data.metrics["test_accuracy"] == report["accuracy"]
     artifacts = {a.path for a in MlflowClient().list_artifacts(run_id, "evaluation")}
     assert "evaluation/metrics.json" in artifacts and "evaluation/roc_curve.png" in artifacts
+    assert "evaluation/melanoma_gallery.png" in artifacts
     assert training_run.data.tags["registry.version"] == "1"
 
     client = MlflowClient()
