@@ -75,6 +75,14 @@ def _parser() -> argparse.ArgumentParser:
     _model_argument(predict)
     predict.add_argument("--json", action="store_true", help="machine-readable output")
     predict.add_argument(
+        "--explain",
+        type=Path,
+        metavar="DIR",
+        help="also write, per image, DIR/<name>_gradcam.png: the image, its Grad-CAM heat maps "
+        "(last convolutional block) for melanoma and for the top class, and the probabilities "
+        "(created if missing; checked writable before anything else)",
+    )
+    predict.add_argument(
         "--threshold",
         type=_probability,
         help="raise the melanoma alert when P(melanoma) >= this (default: the threshold "
@@ -153,6 +161,9 @@ def _predict(args: argparse.Namespace, params: Params) -> int:
     from melanoma.predict import predict_files
     from melanoma.registry import RegistryError, registered_threshold
 
+    # The output folder first: a typo in it should not cost a model load and the predictions.
+    if args.explain is not None and not _explain_folder_ok(args.explain):
+        return CANNOT_RUN
     loaded = _images_and_model(args, params)
     if isinstance(loaded, int):
         return loaded
@@ -172,22 +183,63 @@ def _predict(args: argparse.Namespace, params: Params) -> int:
             )
             return CANNOT_RUN
         log.info("melanoma alert threshold %s, from the registered version's tag", threshold)
+    explainer = _explainer(model) if args.explain is not None else None
+    if isinstance(explainer, int):
+        return explainer
     predictions = predict_files(
         model, files, params.ingest.image_size, params.ingest.max_image_pixels
     )
+    overlays: list[str | None] = [None] * len(predictions)
+    if explainer is not None:
+        from melanoma.explain import write_overlays
+
+        size, max_pixels = params.ingest.image_size, params.ingest.max_image_pixels
+        overlays = write_overlays(explainer, predictions, size, max_pixels, threshold, args.explain)
     if args.json:
-        print(json.dumps(_json_output(reference, threshold, predictions), indent=2))
+        output = _json_output(reference, threshold, predictions)
+        if explainer is not None:
+            pairs = zip(output["predictions"], predictions, overlays, strict=True)
+            for item, prediction, overlay in pairs:
+                if prediction.ok:
+                    item["overlay"] = overlay
+        print(json.dumps(output, indent=2))
     else:
-        for prediction in predictions:
-            print(_text_output(prediction, threshold))
+        for prediction, overlay in zip(predictions, overlays, strict=True):
+            print(_text_output(prediction, threshold, overlay))
     failed = sum(not p.ok for p in predictions)
     if failed:
         log.error("%d of %d files could not be predicted", failed, len(predictions))
-        return SOME_FILES_FAILED
-    return OK
+    no_overlay = sum(p.ok and o is None for p, o in zip(predictions, overlays, strict=True))
+    if explainer is not None and no_overlay:
+        log.error("%d of %d overlays could not be written", no_overlay, len(predictions))
+    return SOME_FILES_FAILED if failed or (explainer is not None and no_overlay) else OK
 
 
-def _text_output(prediction: "ImagePrediction", threshold: float) -> str:
+def _explain_folder_ok(folder: Path) -> bool:
+    from melanoma.explain import ExplainError, check_output_dir
+
+    try:
+        check_output_dir(folder)
+    except ExplainError as error:
+        log.error("%s", error)
+        return False
+    return True
+
+
+def _explainer(model):
+    """Grad-CAM for the model, or CANNOT_RUN if it has no convolutional block to explain."""
+    from melanoma.explain import ExplainError, grad_cam
+
+    try:
+        return grad_cam(model)
+    except ExplainError as error:
+        log.error("%s", error)
+        return CANNOT_RUN
+
+
+def _text_output(
+    prediction: "ImagePrediction", threshold: float, overlay: str | None = None
+) -> str:
     if not prediction.ok:
         return f"{prediction.path}: ERROR {prediction.reason}: {prediction.error}"
     ranked = sorted(prediction.probabilities.items(), key=lambda item: -item[1])
@@ -196,7 +248,8 @@ def _text_output(prediction: "ImagePrediction", threshold: float) -> str:
         line += (
             f"  MELANOMA ALERT: P(melanoma) {prediction.melanoma_probability:.3f} >= {threshold}"
         )
-    return line + "\n  " + ", ".join(f"{label} {p:.3f}" for label, p in ranked)
+    line += "\n  " + ", ".join(f"{label} {p:.3f}" for label, p in ranked)
+    return line + (f"\n  overlay: {overlay}" if overlay else "")
 
 
 def _json_output(reference: str, threshold: float, predictions: list["ImagePrediction"]) -> dict:

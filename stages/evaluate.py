@@ -22,6 +22,7 @@ from melanoma.evaluation import (
     test_set,
     tracked_metrics,
 )
+from melanoma.explain import write_gallery
 from melanoma.external import FILE_COLUMNS, check_folder, read_external_set
 from melanoma.logs import setup_logging
 from melanoma.manifest import AUGMENTED_COLUMNS, INGEST_COLUMNS, file_sha256, read_manifest
@@ -51,6 +52,7 @@ METRICS_FILE = Path("reports/metrics.json")
 PREDICTIONS_FILE = Path("reports/predictions.csv")
 EXTERNAL_DIR = Path("reports/external")
 PLOTS_DIR = Path("reports/plots")
+GALLERY_FILE = Path("reports/melanoma_gallery.png")
 
 
 def main() -> None:
@@ -83,7 +85,18 @@ def main() -> None:
             sets, probabilities, choice, temperature, evaluate, predictions_file, PLOTS_DIR
         )
         METRICS_FILE.write_text(json.dumps(report, indent=2) + "\n")
-        track_and_register(params, run_info, report, [METRICS_FILE, *written], sets, probabilities)
+        test = sets[0]
+        write_gallery(
+            model,
+            test.paths,
+            test.true,
+            probabilities[TEST],
+            choice.threshold.value,
+            GALLERY_FILE,
+        )
+        track_and_register(
+            params, run_info, report, [METRICS_FILE, GALLERY_FILE, *written], sets, probabilities
+        )
 
 
 def external_sets(params: Params, scratch: Path) -> list[EvaluationSet]:

@@ -11,6 +11,7 @@ from melanoma.registry import THRESHOLD_TAG, Decision, record_decision
 
 ROOT = Path(__file__).resolve().parents[1]
 CONSTANT = [0.05, 0.05, 0.05, 0.5, 0.1, 0.1, 0.05, 0.05, 0.05]  # P(melanoma) = 0.5
+EXPLAIN = ["--explain", "overlays"]
 
 
 @pytest.fixture
@@ -30,10 +31,11 @@ def keras_file(tiny_classifier) -> str:
 
 @pytest.fixture
 def champion(tiny_classifier, log_model) -> None:
-    """Versions 1 and 2 of melanoma-test registered, version 1 the champion."""
+    """Versions 1 and 2 of melanoma-test registered, each with alert threshold 0.45, version 1
+    the champion."""
     _, uri = log_model(tiny_classifier(CONSTANT))
     for _ in range(2):
-        mlflow.register_model(uri, "melanoma-test")
+        mlflow.register_model(uri, "melanoma-test", tags={THRESHOLD_TAG: "0.45"})
     record_decision(mlflow.MlflowClient(), "melanoma-test", "1", Decision(True, "first"))
 
 
@@ -99,6 +101,7 @@ def test_predict_uses_the_threshold_of_the_registered_version(photos, champion, 
 
 
 def test_predict_refuses_a_version_without_a_threshold(photos, champion, caplog):
+    mlflow.MlflowClient().delete_model_version_tag("melanoma-test", "1", THRESHOLD_TAG)
     assert main(["predict", str(photos[0])]) == CANNOT_RUN
     assert "melanoma-test v1 has no melanoma_threshold tag" in caplog.text
 
@@ -131,3 +134,41 @@ def test_promote_and_rollback_by_hand(champion, capsys):
     assert capsys.readouterr().out.strip() == "melanoma-test: champion v2 -> v1"
     assert main(["rollback"]) == CANNOT_RUN
     assert main(["promote", "5"]) == CANNOT_RUN
+
+
+def test_predict_explain_names_each_overlay_and_skips_the_bad_file(photos, keras_file, capsys):
+    good, bad = photos
+    code = main(
+        ["predict", str(good), str(bad), "--model", keras_file, "--json", "--threshold", "0.4"]
+        + EXPLAIN
+    )
+    output = json.loads(capsys.readouterr().out)
+
+    assert code == SOME_FILES_FAILED
+    predicted, failed = output["predictions"]
+    assert predicted["overlay"] == "overlays/photo_gradcam.png"
+    assert Path(predicted["overlay"]).stat().st_size > 0
+    assert "overlay" not in failed and failed["reason"] == "not_an_image"
+    assert sorted(p.name for p in Path("overlays").iterdir()) == ["photo_gradcam.png"]
+
+
+def test_predict_explain_prints_the_overlay_of_the_registry_model(photos, champion, capsys):
+    assert main(["predict", str(photos[0])] + EXPLAIN) == OK
+    assert capsys.readouterr().out.splitlines()[-1] == "  overlay: overlays/photo_gradcam.png"
+    assert Path("overlays/photo_gradcam.png").is_file()
+
+
+def test_predict_explain_into_an_unwritable_folder_stops_before_any_work(photos, caplog):
+    # A file in the way: unwritable even for root, who may write into a read-only mode folder.
+    target = photos[1] / "overlays"
+    code = main(["predict", str(photos[0]), "--model", "nowhere.keras", "--explain", str(target)])
+
+    assert code == CANNOT_RUN
+    assert f"--explain {target}: cannot write there" in caplog.text
+    assert "nowhere.keras" not in caplog.text  # the model was not even looked for
+
+
+def test_predict_help_shows_explain(capsys):
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    assert "--explain DIR" in capsys.readouterr().out

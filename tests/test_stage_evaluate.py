@@ -68,6 +68,7 @@ def test_evaluate_reports_every_set_logs_registers_and_defends_the_champion(
     for name in ("test", "tinyext"):
         for plot in ("confusion_matrix", "roc_curve", "reliability"):
             assert (evaluate.PLOTS_DIR / f"{name}_{plot}.png").stat().st_size > 0
+    assert evaluate.GALLERY_FILE.stat().st_size > 0
 
     training_run = mlflow.get_run(run_id)
     metrics = training_run.data.metrics
@@ -76,7 +77,11 @@ def test_evaluate_reports_every_set_logs_registers_and_defends_the_champion(
     assert metrics["melanoma_threshold"] == operating_point["threshold"]
     assert len(metrics) <= 15  # the headline figures only: the rest is in metrics.json
     artifacts = {a.path for a in MlflowClient().list_artifacts(run_id, "evaluation")}
-    assert {"evaluation/metrics.json", "evaluation/tinyext_reliability.png"} <= artifacts
+    assert {
+        "evaluation/metrics.json",
+        "evaluation/tinyext_reliability.png",
+        "evaluation/melanoma_gallery.png",
+    } <= artifacts
     assert training_run.data.tags["registry.version"] == "1"
 
     client = MlflowClient()
