@@ -58,7 +58,9 @@ GROUP_ID_LENGTH = 12  # hex digits of the pixel hash that name a group in the ma
 @dataclass(frozen=True)
 class ContentChecks:
     manifest: pd.DataFrame  # every input row, with decision, decision_reason, duplicate_group
-    label_conflicts: list[dict]  # one entry per group, with its files and their decisions
+    # one entry per group, with its files, their decisions and the label the reference gives
+    # the group (`reference_decides`, None if it cannot decide)
+    label_conflicts: list[dict]
     leaks: list[dict]
     duplicates: list[dict]  # one entry per group, label and split
     policy_failures: list[str]
@@ -107,8 +109,8 @@ def resolve_content(
     leaks = [rows for rows in groups.values() if decided.loc[rows, "split"].nunique() > 1]
     verdicts = [decide_conflict(decided.loc[rows], reference) for rows in conflicts]
 
+    _apply_reference_to_conflicts(decided, conflicts, verdicts)
     failures = [
-        *_apply_reference_to_conflicts(decided, conflicts, verdicts),
         *_apply_conflict_policy(
             decided,
             [rows for rows, verdict in zip(conflicts, verdicts, strict=True) if verdict is None],
@@ -148,12 +150,12 @@ def _drop(decided: pd.DataFrame, rows: pd.Index, reason: str) -> None:
 
 def _apply_reference_to_conflicts(
     decided: pd.DataFrame, conflicts: list[pd.Index], verdicts: list[str | None]
-) -> list[str]:
+) -> None:
+    # Conflicts go first, so every group is still wholly in use here.
     for rows, verdict in zip(conflicts, verdicts, strict=True):
         if verdict is not None:
             other = rows[decided.loc[rows, "folder_label"] != verdict]
             _drop(decided, other, LABEL_CONFLICT_BY_REFERENCE)
-    return []
 
 
 def _apply_disagreement_policy(
@@ -186,7 +188,7 @@ def _apply_disagreement_policy(
 def _apply_conflict_policy(
     decided: pd.DataFrame, conflicts: list[pd.Index], action: str
 ) -> list[str]:
-    # Conflicts go first, so every group is still wholly in use here.
+    # Only the conflicts the reference left undecided come here, each still wholly in use.
     if action == "drop":
         for rows in conflicts:
             _drop(decided, rows, LABEL_CONFLICT)
