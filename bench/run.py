@@ -148,14 +148,12 @@ def benchmark(source: Path, settings: Settings, work: Path, logs: Path, seeds: i
     if settings.tiny_source:
         source = tiny_source(collection, work / "source", settings.tiny_source)
     test_folder = split_folder(source, "test")
-    copy = copy_project(
-        work / "project",
-        {
-            "data.source": str(source),
-            "evaluate.external_sets": external_sets(settings, work),
-            **settings.overrides,
-        },
-    )
+    pinned = {
+        "data.source": str(source),
+        "evaluate.external_sets": external_sets(settings, work),
+        **project_reference_labels(),
+    }
+    copy = copy_project(work / "project", {**pinned, **settings.overrides})
     tracking_uri = f"sqlite:///{work / 'mlflow.db'}"
     env = command_env(MLFLOW_TRACKING_URI=tracking_uri)
 
@@ -211,6 +209,15 @@ def run_json(module: str, arguments: list, out: Path, env: dict[str, str], logs:
     command = [sys.executable, "-m", module, *map(str, arguments), "--out", str(out)]
     run_command(command, PROJECT, env, logs / f"{module.removeprefix('bench.')}.log")
     return json.loads(out.read_text())
+
+
+def project_reference_labels() -> dict[str, str]:
+    """validate.reference_labels of the project as an absolute path: relative to the project,
+    it would point nowhere from the copy. Empty if the check is off."""
+    reference = load_params(PROJECT / "params.yaml").validate_.reference_labels
+    if reference is None:
+        return {}
+    return {"validate.reference_labels": str((PROJECT / reference).resolve())}
 
 
 def clean_test_labels(validated_manifest: Path) -> dict[str, int]:

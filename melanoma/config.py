@@ -37,6 +37,21 @@ class IngestParams(_Section):
     )
 
 
+# The shared reference's README: ISIC 2019 ground-truth columns for the nine folder labels.
+# BKL covers both keratoses, so the reference cannot tell those two apart.
+DEFAULT_REFERENCE_CLASSES = {
+    "actinic_keratosis": "AK",
+    "basal_cell_carcinoma": "BCC",
+    "dermatofibroma": "DF",
+    "melanoma": "MEL",
+    "nevus": "NV",
+    "pigmented_benign_keratosis": "BKL",
+    "seborrheic_keratosis": "BKL",
+    "squamous_cell_carcinoma": "SCC",
+    "vascular_lesion": "VASC",
+}
+
+
 class ValidateParams(_Section):
     min_width: int = Field(ge=1)
     min_height: int = Field(ge=1)
@@ -44,6 +59,43 @@ class ValidateParams(_Section):
     on_label_conflict: Literal["drop", "keep", "fail"] = "drop"
     on_leak: Literal["drop_from_train", "drop_from_test", "keep", "fail"] = "drop_from_train"
     on_duplicate: Literal["keep_first", "keep_all", "fail"] = "keep_first"
+    # ISIC's own diagnosis (a one-hot ground-truth CSV): checks the folder labels, decides
+    # label conflicts. None switches the check off.
+    reference_labels: Path | None = None
+    reference_classes: dict[str, str] = Field(
+        default_factory=lambda: dict(DEFAULT_REFERENCE_CLASSES),
+        description="each of the nine folder labels -> the reference column that diagnoses it",
+    )
+    reference_other_classes: list[str] = Field(
+        default_factory=lambda: ["UNK"],
+        description="reference columns that name none of the nine labels",
+    )
+    on_reference_disagreement: Literal["relabel", "drop", "keep", "fail"] = "relabel"
+
+    @field_validator("reference_classes")
+    @classmethod
+    def _every_label_mapped(cls, mapping: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(mapping) - set(LABELS))
+        missing = [label for label in LABELS if label not in mapping]
+        if unknown or missing:
+            raise ValueError(
+                f"give a reference column for each of the nine labels {list(LABELS)}"
+                + (f"; unknown: {unknown}" if unknown else "")
+                + (f"; missing: {missing}" if missing else "")
+            )
+        if any(not column.strip() or column == "image" for column in mapping.values()):
+            raise ValueError("a reference column must be a non-empty name other than 'image'")
+        return mapping
+
+    @model_validator(mode="after")
+    def _other_classes_are_not_mapped(self) -> "ValidateParams":
+        both = sorted(set(self.reference_other_classes) & set(self.reference_classes.values()))
+        if both:
+            raise ValueError(
+                f"reference_other_classes {both} are also in reference_classes: a column "
+                "either names some of the nine labels or none"
+            )
+        return self
 
     @field_validator("min_images_per_class")
     @classmethod

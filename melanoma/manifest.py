@@ -32,8 +32,18 @@ INGEST_COLUMNS = [
 ]
 ACCEPTED, REJECTED = "accepted", "rejected"
 
-# data/validated/manifest.csv adds the validate stage's decision for every row.
-VALIDATED_COLUMNS = [*INGEST_COLUMNS, "decision", "decision_reason", "duplicate_group"]
+# data/validated/manifest.csv adds the validate stage's decision for every row. There `label`
+# is the label used, which the reference may have changed; the folder's stays in folder_label.
+VALIDATED_COLUMNS = [
+    *INGEST_COLUMNS,
+    "decision",  # use | drop
+    "decision_reason",  # why dropped: label_conflict, leak, duplicate, ingest:<reason>, ...
+    "duplicate_group",  # the pixel hash shared with other images, empty if none
+    "folder_label",  # the label of the class folder (ingest's label)
+    "label_source",  # folder | reference: where `label` came from (empty if rejected at ingest)
+    "reference_class",  # the class ISIC's ground truth gives the image, empty if none
+    "reference_check",  # agrees | disagrees | not_in_reference | no_isic_id | ambiguous_id | off
+]
 USE, DROP = "use", "drop"
 
 # data/augmented/manifest.csv: every image the model sees, with its lineage.

@@ -16,9 +16,10 @@ from pathlib import Path
 import pandas as pd
 
 from melanoma.config import ValidateParams
-from melanoma.duplicates import ContentChecks
+from melanoma.duplicates import LABEL_CONFLICT_BY_REFERENCE, REFERENCE_DISAGREEMENT, ContentChecks
 from melanoma.labels import LABELS
 from melanoma.manifest import ACCEPTED, INGEST_COLUMNS, USE
+from melanoma.reference_labels import DISAGREES, REFERENCE, ReferenceLabels
 
 SUITE_FILE = Path(__file__).parent / "expectations" / "manifest_suite.json"
 SPLITS = ("train", "test")
@@ -71,21 +72,31 @@ def typed_for_gx(manifest: pd.DataFrame) -> pd.DataFrame:
 
 
 def class_counts(manifest: pd.DataFrame) -> pd.DataFrame:
-    """Images accepted at ingest and images used after the decisions, per label and split.
+    """Images accepted at ingest (by folder label) and images used after the decisions (by the
+    label used), per label and split.
 
     Every one of the 9 x 2 pairs is present (0 if none), so a missing class shows as a zero.
+    A class whose images the reference relabels all is present in the source (accepted) but
+    not used: a warning, not the critical "missing class".
     """
     every_pair = pd.MultiIndex.from_product([LABELS, SPLITS], names=["label", "split"])
 
-    def count(rows: pd.DataFrame) -> pd.Series:
-        return rows.groupby(["label", "split"]).size().reindex(every_pair, fill_value=0)
+    def count(rows: pd.DataFrame, label: str) -> pd.Series:
+        return rows.groupby([label, "split"]).size().reindex(every_pair, fill_value=0)
 
     return pd.DataFrame(
         {
-            "accepted": count(manifest[manifest["status"] == ACCEPTED]),
-            "used": count(manifest[manifest["decision"] == USE]),
+            "accepted": count(manifest[manifest["status"] == ACCEPTED], "folder_label"),
+            "used": count(manifest[manifest["decision"] == USE], "label"),
         }
     ).reset_index()
+
+
+def too_few_to_learn(counts: pd.DataFrame, policy: ValidateParams) -> dict[str, int]:
+    """Labels with fewer training images in use than validate.min_images_per_class.train."""
+    train = counts[counts["split"] == "train"]
+    short = train[train["used"] < policy.min_images_per_class["train"]]
+    return {row.label: int(row.used) for row in short.itertuples()}
 
 
 def counts_by_label(counts: pd.DataFrame, column: str) -> dict[str, dict[str, int]]:
@@ -195,7 +206,10 @@ def critical_failures(expectations: list[ExpectationResult]) -> list[str]:
 
 
 def build_report(
-    expectations: list[ExpectationResult], checks: ContentChecks, policy: ValidateParams
+    expectations: list[ExpectationResult],
+    checks: ContentChecks,
+    policy: ValidateParams,
+    reference: ReferenceLabels | None = None,
 ) -> dict:
     manifest = checks.manifest
     dropped = manifest[manifest["decision"] != USE]
@@ -208,11 +222,17 @@ def build_report(
             "on_label_conflict": policy.on_label_conflict,
             "on_leak": policy.on_leak,
             "on_duplicate": policy.on_duplicate,
+            "on_reference_disagreement": policy.on_reference_disagreement,
         },
         "expectations": [asdict(e) for e in expectations],
         "class_counts": {
             column: counts_by_label(counts, column) for column in ("accepted", "used")
         },
+        "too_few_training_images": {
+            "threshold": policy.min_images_per_class["train"],
+            "labels": too_few_to_learn(counts, policy),
+        },
+        "reference_labels": reference_report(checks, reference),
         "label_conflicts": checks.label_conflicts,
         "leaks": checks.leaks,
         "duplicates": checks.duplicates,
@@ -222,6 +242,71 @@ def build_report(
             for k, v in dropped["decision_reason"].value_counts().sort_index().items()
         },
     }
+
+
+def reference_report(checks: ContentChecks, reference: ReferenceLabels | None) -> dict:
+    """What the reference check found and did: counts, every disagreement, label pairs."""
+    manifest = checks.manifest
+    if reference is None:
+        return {"file": None}
+    accepted = manifest[manifest["status"] == ACCEPTED]
+    disagreements = accepted[accepted["reference_check"] == DISAGREES].assign(
+        reference_label=lambda d: d["reference_class"].map(reference.named_label),
+        action=lambda d: [_action(row) for row in d.itertuples()],
+    )
+    pairs = (
+        disagreements.groupby(["folder_label", "reference_class", "reference_label"])
+        .agg(images=("action", "size"), actions=("action", lambda a: a.value_counts().to_dict()))
+        .reset_index()
+    )
+    decided = [c for c in checks.label_conflicts if c["reference_decides"]]
+    recovered = pd.DataFrame(
+        [f for c in decided for f in c["files"] if f["decision"] == USE],
+        columns=["label", "split"],
+    )
+    return {
+        "file": str(reference.path),
+        "sha256": reference.sha256,
+        "rows": reference.rows,
+        "ambiguous_ids": reference.ambiguous,
+        "images": {
+            str(k): int(v)
+            for k, v in accepted["reference_check"].value_counts().sort_index().items()
+        },
+        "relabelled": int((accepted["label_source"] == REFERENCE).sum()),
+        "label_conflicts_decided": len(decided),
+        "label_conflicts_undecided": len(checks.label_conflicts) - len(decided),
+        "recovered_from_conflicts": {
+            label: {split: int((rows["split"] == split).sum()) for split in SPLITS}
+            for label, rows in recovered.groupby("label")
+        },
+        "disagreement_pairs": pairs.to_dict("records"),
+        "disagreements": disagreements[
+            [
+                "source_path",
+                "split",
+                "folder_label",
+                "reference_class",
+                "reference_label",
+                "label",
+                "action",
+                "decision",
+                "decision_reason",
+            ]
+        ].to_dict("records"),
+    }
+
+
+def _action(row) -> str:
+    """What the reference check did to one disagreeing image (later policies may still drop it:
+    its decision and decision_reason say)."""
+    if row.decision_reason == LABEL_CONFLICT_BY_REFERENCE:
+        return "dropped_conflicting_copy"
+    if row.decision_reason == REFERENCE_DISAGREEMENT:
+        return "dropped"
+    if row.label_source == REFERENCE:
+        return "relabelled"
+    return "kept_folder_label"
 
 
 def write_report(report: dict, path: Path) -> None:
@@ -239,6 +324,7 @@ def summary_lines(report: dict) -> list[str]:
         ),
         f"label conflicts: {len(report['label_conflicts'])} groups, leaks: "
         f"{len(report['leaks'])} groups, within-label duplicates: {len(report['duplicates'])}",
+        *_reference_lines(report["reference_labels"]),
         "decisions: " + ", ".join(f"{k} {v}" for k, v in sorted(report["decisions"].items())),
         *(f"  dropped ({reason}): {n}" for reason, n in report["removed"].items()),
         "images used per class (train/test): "
@@ -246,4 +332,34 @@ def summary_lines(report: dict) -> list[str]:
             f"{label} {c['train']}/{c['test']}"
             for label, c in report["class_counts"]["used"].items()
         ),
+    ]
+
+
+def _reference_lines(found: dict) -> list[str]:
+    if found["file"] is None:
+        return ["reference labels: off (validate.reference_labels is null)"]
+    return [
+        f"reference labels ({found['file']}): "
+        + ", ".join(f"{k} {v}" for k, v in found["images"].items())
+        + f"; relabelled {found['relabelled']}; label conflicts decided "
+        f"{found['label_conflicts_decided']}, undecided {found['label_conflicts_undecided']}",
+        *(
+            f"  {p['folder_label']} folder, reference {p['reference_class']}: {p['images']} "
+            f"({', '.join(f'{k} {v}' for k, v in sorted(p['actions'].items()))})"
+            for p in found["disagreement_pairs"]
+        ),
+        *(
+            f"  id {i} has two labels in the reference ({'/'.join(c)}): left unchecked"
+            for i, c in found["ambiguous_ids"].items()
+        ),
+    ]
+
+
+def too_few_warnings(report: dict) -> list[str]:
+    """One line per class with too few training images left to learn from."""
+    short = report["too_few_training_images"]
+    return [
+        f"class {label} has {n} training image(s) in use after the decisions, below "
+        f"validate.min_images_per_class.train={short['threshold']}: too few to learn it"
+        for label, n in short["labels"].items()
     ]

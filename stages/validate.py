@@ -1,8 +1,9 @@
-"""DVC stage `validate`: data/ingested/manifest.csv -> data/validated/manifest.csv,
+"""DVC stage `validate`: data/ingested/manifest.csv (+ the reference labels of
+params.yaml `validate.reference_labels`) -> data/validated/manifest.csv,
 reports/validation.json and GX Data Docs in reports/data_docs/.
 
-Exits non-zero after writing everything when a critical expectation fails or a policy of
-`fail` meets a case.
+Exits non-zero, before any work, when the reference file is missing or malformed; and after
+writing everything when a critical expectation fails or a policy of `fail` meets a case.
 """
 
 import logging
@@ -13,7 +14,14 @@ from melanoma.config import load_params
 from melanoma.duplicates import resolve_content
 from melanoma.logs import setup_logging
 from melanoma.manifest import INGEST_COLUMNS, VALIDATED_COLUMNS, read_manifest, write_manifest
-from melanoma.validation import build_report, run_expectations, summary_lines, write_report
+from melanoma.reference_labels import ReferenceLabelsError, load_reference_labels
+from melanoma.validation import (
+    build_report,
+    run_expectations,
+    summary_lines,
+    too_few_warnings,
+    write_report,
+)
 
 INGESTED_MANIFEST = Path("data/ingested/manifest.csv")
 VALIDATED_MANIFEST = Path("data/validated/manifest.csv")
@@ -26,14 +34,23 @@ log = logging.getLogger("stages.validate")
 def main() -> None:
     setup_logging()
     policy = load_params().validate_
+    reference = None
+    if policy.reference_labels is not None:
+        try:
+            reference = load_reference_labels(policy.reference_labels, policy)
+        except ReferenceLabelsError as error:
+            log.error("%s", error)
+            sys.exit(1)
     manifest = read_manifest(INGESTED_MANIFEST, INGEST_COLUMNS)
-    checks = resolve_content(manifest, policy)
+    checks = resolve_content(manifest, policy, reference)
     expectations = run_expectations(checks.manifest, policy, DATA_DOCS)
-    report = build_report(expectations, checks, policy)
+    report = build_report(expectations, checks, policy, reference)
     write_manifest(checks.manifest, VALIDATED_MANIFEST, VALIDATED_COLUMNS)
     write_report(report, REPORT)
     for line in summary_lines(report):
         log.info("%s", line)
+    for warning in too_few_warnings(report):
+        log.warning("%s", warning)
     log.info("report: %s, data docs: %s", REPORT, DATA_DOCS / "index.html")
     if report["failures"]:
         for failure in report["failures"]:

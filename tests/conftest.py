@@ -245,6 +245,39 @@ def ingest_manifest() -> Callable[..., pd.DataFrame]:
     return build
 
 
+# --- reference labels in ISIC's ground-truth format (validate tests) ---------------------------
+
+REFERENCE_COLUMNS = ["image", "MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK"]
+
+
+def write_reference_csv(
+    path: Path, labels: dict[str, str], columns: list[str] | None = None
+) -> Path:
+    """Write `labels` ({image: class column}) as a one-hot CSV like ISIC's 2019 ground truth
+    (values "0.0"/"1.0", columns REFERENCE_COLUMNS unless given) and return `path`."""
+    columns = columns or REFERENCE_COLUMNS
+    rows = [
+        {"image": image, **{c: "1.0" if c == marked else "0.0" for c in columns[1:]}}
+        for image, marked in labels.items()
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows, columns=columns).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture
+def reference_csv(tmp_path: Path) -> Callable[..., Path]:
+    """reference_csv(labels, columns=None, name="reference.csv") -> path of a tiny reference
+    file in tmp_path: write_reference_csv with {image: class column}."""
+
+    def write(
+        labels: dict[str, str], columns: list[str] | None = None, name: str = "reference.csv"
+    ) -> Path:
+        return write_reference_csv(tmp_path / name, labels, columns)
+
+    return write
+
+
 # --- tiny models and an MLflow registry (evaluate, registry, predict, cli, serve tests) -------
 
 MODEL_SIZE = 16  # input side of the tiny models: smaller than TINY_SIZE, so images get resized
@@ -447,8 +480,9 @@ def pipeline_repo(tmp_path_factory: pytest.TempPathFactory) -> PipelineRepo:
     The repository has a copy of dvc.yaml, stages/, melanoma/, .gitignore, .dvcignore and
     .dvc/config (so the project's default DVC remote, relative to the repository), and the
     tiny params: _tiny_params() with 1 epoch, 20 bootstrap samples, data.source a generated
-    source beside it (per label 4 Train + 1 Test TINY_SIZE px JPEGs) and one external set
-    "tinyext" (write_external_set) beside it, which chooses the alert threshold. `dvc repro`
+    source beside it (per label 4 Train + 1 Test TINY_SIZE px JPEGs),
+    validate.reference_labels a one-row reference_labels.csv in the repository, and one external
+    set "tinyext" (write_external_set) beside it, which chooses the alert threshold. `dvc repro`
     ran with MLflow in <tmp>/mlflow.db (outside the repository); then `git add -A`, commit: git
     holds dvc.lock and the uncached outputs (models/run.json, reports/*), DVC's cache the data.
     """
@@ -458,8 +492,14 @@ def pipeline_repo(tmp_path_factory: pytest.TempPathFactory) -> PipelineRepo:
     root = copy_project(base / "repo")
     params = _tiny_params()
     params["data"]["source"] = str(source)
+    # A reference in the repository (committed, so clones have it). The tiny images' names
+    # hold no 7-digit ISIC id: the check runs and finds nothing to compare.
+    write_reference_csv(root / "reference_labels.csv", {"ISIC_0000001": "MEL"})
     params["validate"].update(
-        min_width=TINY_SIZE, min_height=TINY_SIZE, min_images_per_class={"train": 2, "test": 1}
+        min_width=TINY_SIZE,
+        min_height=TINY_SIZE,
+        min_images_per_class={"train": 2, "test": 1},
+        reference_labels="reference_labels.csv",
     )
     params["train"]["epochs"] = 1
     params["evaluate"]["bootstrap_samples"] = 20

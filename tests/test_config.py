@@ -58,6 +58,19 @@ def test_the_project_params_are_valid():
             {"lr_schedule": "cosine", "reduce_lr_patience": 0, "warmup_epochs": 3, "epochs": 3},
             "warmup_epochs=3 must be below epochs",
         ),
+        ("validate", {"on_reference_disagreement": "vote"}, "validate.on_reference_disagreement"),
+        (
+            "validate",
+            {"reference_classes": {"melanoma": "MEL"}},
+            r"validate.reference_classes: .*missing: \['actinic_keratosis'",
+        ),
+        (
+            "validate",
+            {"reference_classes": {"freckle": "NV"}},
+            r"validate.reference_classes: .*unknown: \['freckle'\]",
+        ),
+        ("validate", {"reference_other_classes": ["UNK", "NV"]}, r"\['NV'\] are also in"),
+        ("validate", {"reference_labels": 3}, "validate.reference_labels"),
         ("augment", {"max_copies_per_image": -1}, "augment.max_copies_per_image"),
         ("augment", {"val_fraction": 0}, "augment.val_fraction"),
         ("augment", {"target_per_class": 0}, "augment.target_per_class"),
@@ -82,3 +95,21 @@ def test_pretrained_weights_must_be_an_existing_file(raw, tmp_path):
         parse_params(backbone)
     missing.write_bytes(b"")
     assert parse_params(backbone).train.pretrained_weights == missing
+
+
+def test_reference_mapping_must_name_a_column(raw):
+    mapping = {**raw["validate"]["reference_classes"], "nevus": " "}
+    with pytest.raises(ParamsError, match="validate.reference_classes: .*non-empty name"):
+        parse_params(_with(raw, "validate", reference_classes=mapping))
+
+
+def test_reference_labels_default_to_the_shared_file_and_can_be_switched_off(raw):
+    params = load_params(PARAMS_YAML)
+    assert params.validate_.reference_labels == Path(
+        "../shared/reference/ISIC_2019_Training_GroundTruth.csv"
+    )
+    assert params.validate_.on_reference_disagreement == "relabel"
+    assert (
+        parse_params(_with(raw, "validate", reference_labels=None)).validate_.reference_labels
+        is None
+    )

@@ -208,20 +208,24 @@ def test_missing_column_fails_the_required_columns(ingest_manifest, tmp_path):
 
 
 def test_class_counts_cover_every_label_and_split():
+    # Accepted counts by folder label, used by the label used: the last accepted nevus was
+    # relabelled melanoma.
     rows = pd.DataFrame(
         {
-            "label": ["nevus", "nevus", "melanoma", "nevus"],
-            "split": ["train", "train", "test", "train"],
-            "status": ["accepted", "accepted", "accepted", "rejected"],
-            "decision": ["use", "drop", "use", "drop"],
+            "folder_label": ["nevus", "nevus", "melanoma", "nevus", "nevus"],
+            "label": ["nevus", "nevus", "melanoma", "nevus", "melanoma"],
+            "split": ["train", "train", "test", "train", "test"],
+            "status": ["accepted", "accepted", "accepted", "rejected", "accepted"],
+            "decision": ["use", "drop", "use", "drop", "use"],
         }
     )
     counts = class_counts(rows).set_index(["label", "split"])
 
     assert len(counts) == 2 * len(LABELS)
     assert counts.loc[("nevus", "train")].to_dict() == {"accepted": 2, "used": 1}
-    assert counts.loc[("melanoma", "test")].to_dict() == {"accepted": 1, "used": 1}
-    assert counts["accepted"].sum() == 3
+    assert counts.loc[("melanoma", "test")].to_dict() == {"accepted": 1, "used": 2}
+    assert counts.loc[("nevus", "test")].to_dict() == {"accepted": 1, "used": 0}
+    assert counts["accepted"].sum() == 4
 
 
 def test_every_expectation_in_the_suite_file_has_a_name_and_a_severity():
