@@ -261,12 +261,12 @@ def calibrate(
 
     Returns T (1.0: uncalibrated) and the validation ECE and Brier score before and after.
     """
-    before = calibration_figures(val_labels, val_probabilities)
+    before = after = calibration_figures(val_labels, val_probabilities)
     temperature = 1.0
     if params.calibration == "temperature":
         temperature = fit_temperature(val_labels, val_probabilities)
         fold_temperature(model, temperature)
-    after = calibration_figures(val_labels, rescale(val_probabilities, temperature))
+        after = calibration_figures(val_labels, rescale(val_probabilities, temperature))
     log.info(
         "calibration %s: temperature %.3f, validation ECE %.4f -> %.4f, Brier %.4f -> %.4f",
         params.calibration,
