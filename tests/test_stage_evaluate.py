@@ -9,6 +9,7 @@ from mlflow import MlflowClient
 
 from melanoma.external import ExternalSetError
 from melanoma.labels import LABELS
+from melanoma.model_card import DESCRIPTION_LIMIT, LINEAGE_HEADING, with_interval
 from melanoma.registry import (
     DECISION_TAG,
     KEPT,
@@ -75,13 +76,23 @@ def test_evaluate_reports_every_set_logs_registers_and_defends_the_champion(
     assert metrics["test_accuracy"] == test["accuracy"]
     assert metrics["tinyext_melanoma_auc"] == external["melanoma_auc"]
     assert metrics["melanoma_threshold"] == operating_point["threshold"]
-    assert len(metrics) <= 15  # the headline figures only: the rest is in metrics.json
+    # The headline figures only (threshold + 5 per set): the rest is in metrics.json and in
+    # one table artifact.
+    assert len(metrics) == 11 and "test_melanoma_recall" not in metrics
     artifacts = {a.path for a in MlflowClient().list_artifacts(run_id, "evaluation")}
     assert {
         "evaluation/metrics.json",
         "evaluation/tinyext_reliability.png",
         "evaluation/melanoma_gallery.png",
+        "evaluation/model_card.md",
+        evaluate.FIGURES_TABLE_ARTIFACT,
     } <= artifacts
+    table = mlflow.artifacts.load_dict(
+        f"{training_run.info.artifact_uri}/{evaluate.FIGURES_TABLE_ARTIFACT}"
+    )
+    rows = pd.DataFrame(table["data"], columns=table["columns"]).set_index(["set", "figure"])
+    assert rows.loc[("test", "melanoma_recall"), "ci_high"] == test["melanoma_recall_ci_high"]
+    assert rows.loc[("tinyext", "ece_uncalibrated"), "value"] == external["ece_uncalibrated"]
     assert training_run.data.tags["registry.version"] == "1"
 
     client = MlflowClient()
@@ -92,6 +103,15 @@ def test_evaluate_reports_every_set_logs_registers_and_defends_the_champion(
     assert first.tags["test_balanced_accuracy"] == str(test["balanced_accuracy"])
     assert first.tags["tinyext_melanoma_auc"] == str(external["melanoma_auc"])
     assert first.tags[THRESHOLD_TAG] == str(operating_point["threshold"])
+    # The model card: written from the report, logged, and the version's description (whole,
+    # or without its params table when it is longer than the registry's column).
+    card = evaluate.MODEL_CARD.read_text()
+    assert f"MLflow run `{run_id}`" in card
+    assert f"| accuracy | {with_interval(test, 'accuracy')} | " in card
+    assert f"P(melanoma) >= {operating_point['threshold']:.4f}" in card
+    assert "Unknown: reports/validation.json was not available." in card
+    assert len(first.description) <= DESCRIPTION_LIMIT
+    assert first.description.split(LINEAGE_HEADING)[0] == card.split(LINEAGE_HEADING)[0]
 
     # Train restored from DVC's run cache: run.json names a run this store never saw. The same
     # model comes back as version 2; re-scored on the same images it ties with v1, whose
@@ -116,3 +136,38 @@ def test_evaluate_stops_on_a_missing_external_folder_before_any_work(evaluation_
     with pytest.raises(ExternalSetError, match=r"external_sets\[0\]\.path \(tinyext\): nowhere"):
         evaluate.main()
     assert not evaluate.METRICS_FILE.exists()
+
+
+def test_one_pipeline_run_holds_at_most_25_metrics_and_the_card_of_its_facts(pipeline_repo):
+    """`dvc repro` on tiny data: train and evaluate log into one run, which keeps to the curves
+    and the headline figures; the card is a declared output, written from the run's reports,
+    and the registered version's description."""
+    root = pipeline_repo.root
+    run_info = json.loads((root / "models/run.json").read_text())
+    report = json.loads((root / "reports/metrics.json").read_text())
+    client = MlflowClient(pipeline_repo.tracking_uri)
+    run = client.get_run(run_info["run_id"])
+
+    assert len(run.data.metrics) <= 25, sorted(run.data.metrics)
+    assert {"val_loss", "val_accuracy", "learning_rate", "test_melanoma_auc"} <= set(
+        run.data.metrics
+    )
+    assert run.data.metrics["test_accuracy"] == report["test"]["accuracy"]
+
+    card = (root / "reports/model_card.md").read_text()
+    params = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]["evaluate"]
+    assert {"reports/model_card.md": {"cache": False}} in params["outs"]
+    assert f"MLflow run `{run.info.run_id}`" in card
+    # Facts of the other stages: validate's decisions and train's validation figures.
+    validation = json.loads((root / "reports/validation.json").read_text())
+    assert (
+        "Decisions per image: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(validation["decisions"].items()))
+        in card
+    )
+    training = json.loads((root / "reports/train_metrics.json").read_text())
+    assert f"Melanoma AUC: validation {training['validation']['melanoma_auc']:.3f}" in card
+    for name, section in (("test", report["test"]), ("tinyext", report["external"]["tinyext"])):
+        assert f"| {name} | {section['melanomas']} | " in card
+    version = client.search_model_versions(f"run_id='{run.info.run_id}'")[0]
+    assert version.description.split(LINEAGE_HEADING)[0] == card.split(LINEAGE_HEADING)[0]

@@ -1,0 +1,285 @@
+"""The model card: every figure comes from the facts (reports/metrics.json first of all), a
+missing fact is said to be missing, and the registry gets a card that fits its column."""
+
+import copy
+import json
+import re
+from functools import cache
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from melanoma.config import OperatingPoint
+from melanoma.evaluation import (
+    EvaluationSet,
+    OperatingPointChoice,
+    evaluation_sections,
+    set_section,
+)
+from melanoma.labels import LABELS, MELANOMA_INDEX
+from melanoma.model_card import (
+    CARD_FIGURES,
+    FEW_IMAGES,
+    FIGURE_NAMES,
+    LINEAGE_HEADING,
+    OLD_ARCHIVE_IDS_BELOW,
+    CardFacts,
+    figures_table,
+    registry_description,
+    render_card,
+)
+from melanoma.operating_point import choose_threshold
+
+NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w])")
+CELL = re.compile(r"^(\S+)(?: \((\S+)–(\S+)\))?$")
+
+
+def _report() -> dict:
+    return copy.deepcopy(_made_up_report())
+
+
+@cache
+def _made_up_report(seed: int = 0) -> dict:
+    """reports/metrics.json as evaluation_report writes it, from made-up probabilities: the
+    test split (every class) and one external set (three classes, so some figures undefined),
+    calibrated with temperature 1.3."""
+    rng = np.random.default_rng(seed)
+    params = OperatingPoint(choose_on="validation")
+    chooser_true = np.repeat(np.arange(len(LABELS)), 6)
+    chooser = rng.dirichlet(np.ones(len(LABELS)), len(chooser_true))
+    threshold = choose_threshold(chooser_true, chooser, 0.85, 0.95)
+    choice = OperatingPointChoice(threshold, "the validation split (54 images)", {})
+    report = {
+        "operating_point": choice.describe(params),
+        "temperature": 1.3,
+        "bootstrap_samples": 30,
+        "test": {},
+        "external": {},
+        "warnings": ["test: a made-up warning with 1 figure 0.123"],
+    }
+    for name, labels in (("test", np.arange(len(LABELS))), ("ext2018", np.array([3, 4, 1]))):
+        true = np.repeat(labels, 5)
+        probabilities = rng.dirichlet(np.ones(len(LABELS)) * 0.5, len(true))
+        probabilities[true == MELANOMA_INDEX, MELANOMA_INDEX] += 0.5
+        probabilities /= probabilities.sum(axis=1, keepdims=True)
+        images = EvaluationSet(name, [f"{i}.png" for i in range(len(true))], [], true)
+        section = set_section(images, probabilities, threshold.value, 1.3, params, 30, seed)
+        if name == "test":
+            report["test"] = section
+        else:
+            report["external"][name] = section
+    return json.loads(json.dumps(report))  # as read back from the file: no numpy types
+
+
+def _images() -> pd.DataFrame:
+    """An augmented manifest: per label 20 train / 5 val / 4 test originals, ids from the old
+    archive for the test melanomas and nevi only, and 3 augmented copies per label in train."""
+    rows = []
+    n = 5000
+    for label in LABELS:
+        for split, count in (("train", 20), ("val", 5), ("test", 4)):
+            for _ in range(count):
+                old = split == "test" and label in ("melanoma", "nevus")
+                image_id = f"ISIC_{(n % 900) if old else n:07d}"
+                rows.append((label, split, image_id, False))
+                n += 1
+        rows += [(label, "train", f"ISIC_{n:07d}", True)] * 3
+    return pd.DataFrame(rows, columns=["label", "split", "source_image_id", "augmented"])
+
+
+def _facts(**changes) -> CardFacts:
+    facts = {
+        "report": _report(),
+        "run_info": {"run_id": "a" * 32, "model_uri": "models:/m-1", "image_size": 64},
+        "params": {"train.architecture": "resnet", "train.epochs": 20, "data.source": "isic"},
+        "lineage": {"git commit": "c" * 40, "test images sha256": "d" * 64},
+        "training": {
+            "validation": {"accuracy": 0.68, "balanced_accuracy": 0.59, "melanoma_auc": 0.94},
+            "calibration": {
+                "temperature": 1.3,
+                "validation_ece": 0.04,
+                "validation_ece_uncalibrated": 0.09,
+                "validation_brier": 0.41,
+                "validation_brier_uncalibrated": 0.45,
+            },
+        },
+        "validation": {
+            "policy": {"on_label_conflict": "drop"},
+            "label_conflicts": [{}, {}],
+            "leaks": [{}],
+            "duplicates": [],
+            "decisions": {"use": 2045, "drop": 316},
+            "removed": {"duplicate": 4, "label_conflict": 310},
+        },
+        "images": _images(),
+        "model_name": "melanoma-cnn",
+    }
+    return CardFacts(**(facts | changes))
+
+
+def _section(card: str, heading: str) -> str:
+    start = card.index(heading)
+    end = card.find("\n## ", start + 1)
+    return card[start : end if end >= 0 else None]
+
+
+def _table(text: str) -> tuple[list[str], list[list[str]]]:
+    """The first Markdown table in text: (header, rows of cells)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip().startswith("|")]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+    return cells[0], cells[2:]
+
+
+def _assert_cell(cell: str, section: dict, name: str) -> None:
+    """A card cell `v (low–high)` holds the report's figure and interval, to its 3 decimals."""
+    value, low, high = CELL.match(cell).groups()
+    for shown, key in ((value, name), (low, f"{name}_ci_low"), (high, f"{name}_ci_high")):
+        if shown is None:
+            assert section.get(key) is None, (cell, key)
+        elif shown == "undefined":
+            assert section[key] is None, (cell, key)
+        else:
+            assert float(shown) == pytest.approx(section[key], abs=5e-4), (cell, key)
+
+
+def test_every_figure_of_the_evaluation_and_alert_tables_is_the_reports():
+    facts = _facts()
+    card = render_card(facts)
+    sections = dict(evaluation_sections(facts.report))
+
+    header, rows = _table(_section(card, "## Evaluation"))
+    assert header[1:] == ["test", "ext2018"]
+    by_name = {row[0]: row[1:] for row in rows}
+    assert set(by_name) == {"images", "melanomas", *(FIGURE_NAMES[f] for f in CARD_FIGURES)}
+    for column, set_name in enumerate(header[1:]):
+        section = sections[set_name]
+        assert int(by_name["images"][column]) == section["images"]
+        assert int(by_name["melanomas"][column]) == section["melanomas"]
+        for figure in CARD_FIGURES:
+            _assert_cell(by_name[FIGURE_NAMES[figure]][column], section, figure)
+    # The external set has three classes: its macro figures exist, some per-class ones do not.
+    assert sections["ext2018"]["seborrheic_keratosis_recall"] is None
+
+    alert = _section(card, "## Melanoma alert")
+    threshold = facts.report["operating_point"]["threshold"]
+    assert f"P(melanoma) >= {threshold:.4f}" in alert
+    header, rows = _table(alert)
+    assert header == ["set", "melanomas", "sensitivity", "specificity", "below target"]
+    for set_name, melanomas, sensitivity, specificity, below in rows:
+        section = sections[set_name]
+        assert int(melanomas) == section["melanomas"]
+        _assert_cell(sensitivity, section, "melanoma_sensitivity")
+        _assert_cell(specificity, section, "melanoma_specificity")
+        assert below == ("yes" if section["alert_below_target"] else "no")
+
+    header, rows = _table(_section(card, "## Calibration"))
+    assert [row[0] for row in rows] == ["validation", "test", "ext2018"]
+    for set_name, *shown in rows[1:]:
+        section = sections[set_name]
+        keys = ("ece_uncalibrated", "ece", "brier_uncalibrated", "brier")
+        assert [float(v) for v in shown] == pytest.approx([section[k] for k in keys], abs=5e-4)
+    assert "Temperature 1.300" in card
+
+
+def _fact_numbers(value: object, found: set[float]) -> None:
+    """Every number in a JSON-like fact: numeric leaves, and numbers written in strings and
+    keys (a warning's figures, `ext2018`)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _fact_numbers(key, found)
+            _fact_numbers(item, found)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _fact_numbers(item, found)
+    elif isinstance(value, bool) or value is None:
+        return
+    elif isinstance(value, int | float | np.integer | np.floating):
+        found.add(float(value))
+    elif isinstance(value, str):
+        found.update(float(n) for n in NUMBER.findall(value))
+
+
+def test_every_number_in_the_card_is_a_fact_not_a_hand_written_one():
+    facts = _facts()
+    card = render_card(facts)
+    images = facts.images
+    originals = images[~images["augmented"]]
+    known: set[float] = set()
+    for fact in (facts.report, facts.training, facts.validation, facts.run_info, facts.params):
+        _fact_numbers(fact, known)
+    # Counts the card derives from the manifest, and the card's own two cut-offs.
+    counts = originals.groupby(["label", "split"]).size().tolist()
+    counts += images[images["augmented"]].groupby("label").size().tolist()
+    _fact_numbers(
+        counts + [len(v) for v in facts.validation.values() if isinstance(v, list)], known
+    )
+    known |= {0.0, float(OLD_ARCHIVE_IDS_BELOW), float(FEW_IMAGES)}
+    # Validation confidence 0.95 is printed as a fact; "95%" of the bootstrap is its percentage.
+    known.add(95.0)
+
+    body = card[: card.index(LINEAGE_HEADING)]
+    for shown in NUMBER.findall(body):
+        decimals = len(shown.split(".")[1]) if "." in shown else 0
+        tolerance = 0.5 * 10**-decimals + 1e-12
+        assert any(abs(float(shown) - fact) <= tolerance for fact in known), shown
+
+
+def test_the_card_shows_validate_findings_archive_mix_and_thin_classes():
+    facts = _facts(
+        validation=_facts().validation
+        | {"label_references": [{"image_id": "ISIC_1"}] * 3, "decisions": {"relabel": 7}}
+    )
+    card = render_card(facts)
+    assert "2 label-conflict groups" in card and "1 leak groups" in card
+    assert "| label_conflict | 310 |" in card
+    assert "relabel 7" in card
+    # A field a newer validate adds is listed, not dropped.
+    assert "`label_references`: 3 entries" in card
+    header, rows = _table(_section(card, "## Known limitations"))
+    assert header[0] == "split"
+    assert {row[0]: row[1:] for row in rows}["test"] == ["4", "0", "4", "0"]
+    assert {row[0]: row[1:] for row in rows}["train"] == ["0", "20", "0", "20"]
+    # Validation melanoma AUC against the test one: the gap the archive shift makes.
+    assert "Melanoma AUC: validation 0.940, test " in card
+    assert "Classes with too few images" in card and "actinic_keratosis (val 5, test 4)" in card
+    assert "- Warning: test: a made-up warning" in card
+    _, rows = _table(_section(card, "## Training data"))
+    assert ["melanoma", "20", "5", "4", "3"] in rows
+
+
+def test_missing_facts_are_said_to_be_missing_and_the_card_still_renders():
+    card = render_card(_facts(training={}, validation={}, images=None, lineage={}))
+    assert "Unknown: reports/validation.json was not available." in card
+    assert "Image counts per class: unknown" in card
+    assert "## Evaluation" in card and "Classes with too few images" not in card
+    assert "| validation |" not in card  # no calibration row without train_metrics.json
+
+
+def test_the_registry_gets_the_whole_card_or_one_without_its_params():
+    params = {f"train.knob_{i}": i for i in range(300)}
+    facts = _facts(params=params)
+    whole = render_card(facts)
+    assert registry_description(facts, limit=len(whole)) == whole
+    short = registry_description(facts, limit=len(whole) - 1)
+    assert "train.knob_299" not in short and "evaluation/model_card.md" in short
+    assert short.split(LINEAGE_HEADING)[0] == whole.split(LINEAGE_HEADING)[0]
+
+
+def test_the_figures_table_holds_every_figure_with_its_interval():
+    report = _report()
+    table = figures_table(report)
+    for set_name, section in evaluation_sections(report):
+        rows = table[table["set"] == set_name].set_index("figure")
+        figures = [
+            k
+            for k, v in section.items()
+            if not k.endswith(("_ci_low", "_ci_high")) and not isinstance(v, bool | str)
+        ]
+        assert sorted(rows.index) == sorted(figures)
+        for name in figures:
+            assert rows.loc[name, "value"] == section[name] or section[name] is None
+            assert rows.loc[name, "ci_low"] == section.get(f"{name}_ci_low") or (
+                section.get(f"{name}_ci_low") is None
+            )
+    assert {"melanoma_recall", "ece_uncalibrated", "images"} <= set(table["figure"])
