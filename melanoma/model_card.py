@@ -80,7 +80,9 @@ def number(value: object, digits: int = 3) -> str:
         return "yes" if value else "no"
     if isinstance(value, int):
         return str(value)
-    return f"{float(value):.{digits}f}"
+    if not isinstance(value, float):
+        return str(value)  # a field of another shape (a newer validate): shown as it is
+    return f"{value:.{digits}f}"
 
 
 def with_interval(section: dict, name: str) -> str:
@@ -429,33 +431,56 @@ def lineage(facts: CardFacts, with_params: bool) -> list[str]:
     return lines
 
 
+def card_parts(facts: CardFacts, *, with_params: bool = True) -> dict[str, list[str]]:
+    """The card's sections, in order, each a list of Markdown lines."""
+    return {
+        "title": [
+            f"# Model card: {facts.model_name or 'melanoma classifier'}",
+            "",
+            f"MLflow run `{facts.run_info.get('run_id', 'unknown')}`.",
+        ],
+        "intended_use": intended_use(facts),
+        "training_data": training_data(facts),
+        "evaluation": evaluation(facts.report, facts.training),
+        "alert": alert(facts.report),
+        "calibration": calibration(facts.report, facts.training),
+        "limitations": limitations(facts),
+        "lineage": lineage(facts, with_params),
+    }
+
+
+def _join(parts: dict[str, list[str]]) -> str:
+    return "\n\n".join("\n".join(lines) for lines in parts.values()) + "\n"
+
+
 def render_card(facts: CardFacts, *, with_params: bool = True) -> str:
     """reports/model_card.md: Markdown, every figure from `facts`."""
-    title = f"# Model card: {facts.model_name or 'melanoma classifier'}"
-    parts = [
-        [title, "", f"MLflow run `{facts.run_info.get('run_id', 'unknown')}`."],
-        intended_use(facts),
-        training_data(facts),
-        evaluation(facts.report, facts.training),
-        alert(facts.report),
-        calibration(facts.report, facts.training),
-        limitations(facts),
-        lineage(facts, with_params),
-    ]
-    return "\n\n".join("\n".join(part) for part in parts) + "\n"
+    return _join(card_parts(facts, with_params=with_params))
+
+
+# Sections the registry's copy loses first when the card is over its limit, each down to its
+# heading and a pointer to the whole card.
+SHORTENED_FIRST = ("training_data", "calibration", "limitations", "alert", "evaluation")
 
 
 def registry_description(facts: CardFacts, limit: int = DESCRIPTION_LIMIT) -> str:
-    """The card for the registered version's description: whole if it fits in `limit`
-    characters, else without its params table (the run has them)."""
+    """The card for the registered version's description, within `limit` characters: whole if
+    it fits; else without its params table (the run has them); else with the sections of
+    SHORTENED_FIRST, in that order, cut to their heading and a pointer to the whole card (the
+    run's artifact evaluation/model_card.md)."""
     card = render_card(facts)
     if len(card) <= limit:
         return card
-    short = render_card(facts, with_params=False)
-    if len(short) > limit:
-        log.warning(
-            "the model card without params is %d characters, over the registry's %d",
-            len(short),
-            limit,
-        )
-    return short
+    parts = card_parts(facts, with_params=False)
+    pointer = (
+        "Left out here for the registry's size limit: see the whole card, the artifact "
+        f"`evaluation/model_card.md` of run `{facts.run_info.get('run_id', 'unknown')}`."
+    )
+    for name in SHORTENED_FIRST:
+        if len(_join(parts)) <= limit:
+            break
+        parts[name] = [parts[name][0], "", pointer]
+    description = _join(parts)
+    if len(description) > limit:
+        log.warning("the model card is %d characters even shortened", len(description))
+    return description

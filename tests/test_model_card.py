@@ -264,6 +264,13 @@ def test_the_registry_gets_the_whole_card_or_one_without_its_params():
     short = registry_description(facts, limit=len(whole) - 1)
     assert "train.knob_299" not in short and "evaluation/model_card.md" in short
     assert short.split(LINEAGE_HEADING)[0] == whole.split(LINEAGE_HEADING)[0]
+    # Tighter still: the training data section goes first, down to its heading and a pointer;
+    # the evaluation figures stay.
+    shorter = registry_description(facts, limit=len(short) - 1)
+    assert len(shorter) <= len(short) - 1
+    assert "| melanoma | 20 |" in whole and "| melanoma | 20 |" not in shorter
+    assert "## Training data\n\nLeft out here for the registry's size limit" in shorter
+    assert _section(shorter, "## Evaluation") == _section(whole, "## Evaluation")
 
 
 def test_the_figures_table_holds_every_figure_with_its_interval():

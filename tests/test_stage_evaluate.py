@@ -9,7 +9,7 @@ from mlflow import MlflowClient
 
 from melanoma.external import ExternalSetError
 from melanoma.labels import LABELS
-from melanoma.model_card import DESCRIPTION_LIMIT, LINEAGE_HEADING, with_interval
+from melanoma.model_card import DESCRIPTION_LIMIT, with_interval
 from melanoma.registry import (
     DECISION_TAG,
     KEPT,
@@ -111,7 +111,7 @@ def test_evaluate_reports_every_set_logs_registers_and_defends_the_champion(
     assert f"P(melanoma) >= {operating_point['threshold']:.4f}" in card
     assert "Unknown: reports/validation.json was not available." in card
     assert len(first.description) <= DESCRIPTION_LIMIT
-    assert first.description.split(LINEAGE_HEADING)[0] == card.split(LINEAGE_HEADING)[0]
+    assert first.description.split("## Evaluation")[0] == card.split("## Evaluation")[0]
 
     # Train restored from DVC's run cache: run.json names a run this store never saw. The same
     # model comes back as version 2; re-scored on the same images it ties with v1, whose
@@ -170,4 +170,6 @@ def test_one_pipeline_run_holds_at_most_25_metrics_and_the_card_of_its_facts(pip
     for name, section in (("test", report["test"]), ("tinyext", report["external"]["tinyext"])):
         assert f"| {name} | {section['melanomas']} | " in card
     version = client.search_model_versions(f"run_id='{run.info.run_id}'")[0]
-    assert version.description.split(LINEAGE_HEADING)[0] == card.split(LINEAGE_HEADING)[0]
+    assert len(version.description) <= DESCRIPTION_LIMIT
+    assert version.description.split("## Training data")[0] == card.split("## Training data")[0]
+    assert "## Evaluation" in version.description
