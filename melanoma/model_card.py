@@ -93,10 +93,14 @@ def with_interval(section: dict, name: str) -> str:
     return f"{number(section.get(name))} ({number(low)}–{number(high)})"
 
 
-def figures_table(report: dict) -> pd.DataFrame:
+TABLE_COLUMNS = ["set", "figure", "value", "ci_low", "ci_high"]
+
+
+def figures_table(report: dict) -> dict[str, list]:
     """Every figure of every evaluation set in reports/metrics.json, one row each: set, figure,
-    value, ci_low, ci_high (None where the report has no interval). The per-class figures and
-    interval bounds go to MLflow as this one table, not as metrics."""
+    value, ci_low, ci_high (None where undefined or without an interval), in the layout
+    `mlflow.log_table` writes ({"columns": [...], "data": [[...], ...]}). The per-class figures
+    and interval bounds go to MLflow as this one table, not as metrics."""
     rows = []
     for set_name, section in evaluation_sections(report):
         for name, value in section.items():
@@ -104,16 +108,9 @@ def figures_table(report: dict) -> pd.DataFrame:
                 continue
             if value is not None and not isinstance(value, int | float):
                 continue  # a note
-            rows.append(
-                {
-                    "set": set_name,
-                    "figure": name,
-                    "value": value,
-                    "ci_low": section.get(f"{name}_ci_low"),
-                    "ci_high": section.get(f"{name}_ci_high"),
-                }
-            )
-    return pd.DataFrame(rows, columns=["set", "figure", "value", "ci_low", "ci_high"])
+            low, high = section.get(f"{name}_ci_low"), section.get(f"{name}_ci_high")
+            rows.append([set_name, name, value, low, high])
+    return {"columns": TABLE_COLUMNS, "data": rows}
 
 
 def image_counts(images: pd.DataFrame) -> pd.DataFrame:

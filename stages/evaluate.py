@@ -167,9 +167,7 @@ def track_and_register(
         mlflow.log_metrics(tracked_metrics(report))
         # log_dict, not log_table: log_table appends to an existing file, and evaluate may run
         # again on the same run. The content is log_table's: {"columns": [...], "data": [...]}.
-        mlflow.log_dict(
-            figures_table(report).to_dict(orient="split", index=False), FIGURES_TABLE_ARTIFACT
-        )
+        mlflow.log_dict(figures_table(report), FIGURES_TABLE_ARTIFACT)
         for path in [*artifacts, MODEL_CARD]:
             mlflow.log_artifact(str(path), artifact_path="evaluation")
         scored = ScoredImages(

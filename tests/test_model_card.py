@@ -276,17 +276,19 @@ def test_the_registry_gets_the_whole_card_or_one_without_its_params():
 def test_the_figures_table_holds_every_figure_with_its_interval():
     report = _report()
     table = figures_table(report)
+    # Strict JSON (no NaN): undefined figures stay null, as in reports/metrics.json.
+    assert json.loads(json.dumps(table, allow_nan=False)) == table
+    rows = {(r[0], r[1]): r[2:] for r in table["data"]}
+    assert table["columns"] == ["set", "figure", "value", "ci_low", "ci_high"]
     for set_name, section in evaluation_sections(report):
-        rows = table[table["set"] == set_name].set_index("figure")
         figures = [
             k
             for k, v in section.items()
             if not k.endswith(("_ci_low", "_ci_high")) and not isinstance(v, bool | str)
         ]
-        assert sorted(rows.index) == sorted(figures)
+        assert sorted(f for s, f in rows if s == set_name) == sorted(figures)
         for name in figures:
-            assert rows.loc[name, "value"] == section[name] or section[name] is None
-            assert rows.loc[name, "ci_low"] == section.get(f"{name}_ci_low") or (
-                section.get(f"{name}_ci_low") is None
-            )
-    assert {"melanoma_recall", "ece_uncalibrated", "images"} <= set(table["figure"])
+            low, high = section.get(f"{name}_ci_low"), section.get(f"{name}_ci_high")
+            assert rows[(set_name, name)] == [section[name], low, high]
+    assert rows[("ext2018", "seborrheic_keratosis_recall")] == [None, None, None]
+    assert {"melanoma_recall", "ece_uncalibrated", "images"} <= {f for _, f in rows}
