@@ -9,8 +9,10 @@ from functools import cache
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
+from mlflow import MlflowClient
 
-from melanoma.config import OperatingPoint
+from melanoma.config import OperatingPoint, flatten, parse_params
 from melanoma.evaluation import (
     EvaluationSet,
     OperatingPointChoice,
@@ -18,10 +20,13 @@ from melanoma.evaluation import (
     set_section,
 )
 from melanoma.labels import LABELS, MELANOMA_INDEX
+from melanoma.manifest import AUGMENTED_COLUMNS, read_manifest
 from melanoma.model_card import (
     CARD_FIGURES,
+    DESCRIPTION_LIMIT,
     FEW_IMAGES,
     FIGURE_NAMES,
+    LIMITATIONS_HEADING,
     LINEAGE_HEADING,
     OLD_ARCHIVE_IDS_BELOW,
     CardFacts,
@@ -143,13 +148,13 @@ def _assert_cell(cell: str, section: dict, name: str) -> None:
             assert float(shown) == pytest.approx(section[key], abs=5e-4), (cell, key)
 
 
-def test_every_figure_of_the_evaluation_and_alert_tables_is_the_reports():
-    facts = _facts()
-    card = render_card(facts)
-    sections = dict(evaluation_sections(facts.report))
+def assert_tables_match_report(card: str, report: dict) -> None:
+    """Every cell of the card's evaluation, alert and calibration tables holds the figure of
+    reports/metrics.json for its set (column or row) and figure (row or column)."""
+    sections = dict(evaluation_sections(report))
 
     header, rows = _table(_section(card, "## Evaluation"))
-    assert header[1:] == ["test", "ext2018"]
+    assert header[1:] == list(sections)
     by_name = {row[0]: row[1:] for row in rows}
     assert set(by_name) == {"images", "melanomas", *(FIGURE_NAMES[f] for f in CARD_FIGURES)}
     for column, set_name in enumerate(header[1:]):
@@ -158,14 +163,12 @@ def test_every_figure_of_the_evaluation_and_alert_tables_is_the_reports():
         assert int(by_name["melanomas"][column]) == section["melanomas"]
         for figure in CARD_FIGURES:
             _assert_cell(by_name[FIGURE_NAMES[figure]][column], section, figure)
-    # The external set has three classes: its macro figures exist, some per-class ones do not.
-    assert sections["ext2018"]["seborrheic_keratosis_recall"] is None
 
     alert = _section(card, "## Melanoma alert")
-    threshold = facts.report["operating_point"]["threshold"]
-    assert f"P(melanoma) >= {threshold:.4f}" in alert
+    assert f"P(melanoma) >= {report['operating_point']['threshold']:.4f}" in alert
     header, rows = _table(alert)
     assert header == ["set", "melanomas", "sensitivity", "specificity", "below target"]
+    assert [row[0] for row in rows] == list(sections)
     for set_name, melanomas, sensitivity, specificity, below in rows:
         section = sections[set_name]
         assert int(melanomas) == section["melanomas"]
@@ -173,13 +176,25 @@ def test_every_figure_of_the_evaluation_and_alert_tables_is_the_reports():
         _assert_cell(specificity, section, "melanoma_specificity")
         assert below == ("yes" if section["alert_below_target"] else "no")
 
-    header, rows = _table(_section(card, "## Calibration"))
-    assert [row[0] for row in rows] == ["validation", "test", "ext2018"]
-    for set_name, *shown in rows[1:]:
+    _, rows = _table(_section(card, "## Calibration"))
+    calibrated = [row for row in rows if row[0] in sections]
+    assert [row[0] for row in calibrated] == list(sections)
+    for set_name, *shown in calibrated:
         section = sections[set_name]
         keys = ("ece_uncalibrated", "ece", "brier_uncalibrated", "brier")
-        assert [float(v) for v in shown] == pytest.approx([section[k] for k in keys], abs=5e-4)
-    assert "Temperature 1.300" in card
+        expected = [section.get(k, section[k.removesuffix("_uncalibrated")]) for k in keys]
+        assert [float(v) for v in shown] == pytest.approx(expected, abs=5e-4)
+    assert f"Temperature {report['temperature']:.3f}" in card
+
+
+def test_every_figure_of_the_evaluation_alert_and_calibration_tables_is_the_reports():
+    facts = _facts()
+    card = render_card(facts)
+    assert_tables_match_report(card, facts.report)
+    # The external set has three classes: its macro figures exist, some per-class ones do not.
+    assert facts.report["external"]["ext2018"]["seborrheic_keratosis_recall"] is None
+    _, rows = _table(_section(card, "## Calibration"))
+    assert rows[0] == ["validation", "0.090", "0.040", "0.450", "0.410"]
 
 
 def _fact_numbers(value: object, found: set[float]) -> None:
@@ -200,29 +215,38 @@ def _fact_numbers(value: object, found: set[float]) -> None:
         found.update(float(n) for n in NUMBER.findall(value))
 
 
-def test_every_number_in_the_card_is_a_fact_not_a_hand_written_one():
-    facts = _facts()
-    card = render_card(facts)
-    images = facts.images
-    originals = images[~images["augmented"]]
+def assert_every_number_is_a_fact(card: str, facts: CardFacts) -> None:
+    """Every number in the card before its lineage (which is hashes and params) is, to the
+    decimals shown, a number of the facts, a count of the manifest, or one of the card's two
+    cut-offs: no hand-written figure."""
     known: set[float] = set()
     for fact in (facts.report, facts.training, facts.validation, facts.run_info, facts.params):
         _fact_numbers(fact, known)
-    # Counts the card derives from the manifest, and the card's own two cut-offs.
-    counts = originals.groupby(["label", "split"]).size().tolist()
-    counts += images[images["augmented"]].groupby("label").size().tolist()
-    _fact_numbers(
-        counts + [len(v) for v in facts.validation.values() if isinstance(v, list)], known
-    )
+    if facts.images is not None:
+        augmented = facts.images["augmented"].astype(str).str.lower() == "true"
+        counts = facts.images[~augmented].groupby(["label", "split"]).size().tolist()
+        counts += facts.images[augmented].groupby("label").size().tolist()
+        _fact_numbers(counts, known)
+    _fact_numbers([len(v) for v in facts.validation.values() if isinstance(v, list)], known)
     known |= {0.0, float(OLD_ARCHIVE_IDS_BELOW), float(FEW_IMAGES)}
-    # Validation confidence 0.95 is printed as a fact; "95%" of the bootstrap is its percentage.
-    known.add(95.0)
+    known.add(95.0)  # "95% bootstrap intervals": melanoma.metrics' confidence, as a percentage
 
     body = card[: card.index(LINEAGE_HEADING)]
     for shown in NUMBER.findall(body):
         decimals = len(shown.split(".")[1]) if "." in shown else 0
         tolerance = 0.5 * 10**-decimals + 1e-12
         assert any(abs(float(shown) - fact) <= tolerance for fact in known), shown
+
+
+def test_every_number_in_the_card_is_a_fact_not_a_hand_written_one():
+    facts = _facts()
+    assert_every_number_is_a_fact(render_card(facts), facts)
+    # The check bites: a number the facts do not hold is caught.
+    with pytest.raises(AssertionError, match="0.777"):
+        planted = render_card(facts).replace(
+            LIMITATIONS_HEADING, f"about 0.777 better\n\n{LIMITATIONS_HEADING}"
+        )
+        assert_every_number_is_a_fact(planted, facts)
 
 
 def test_the_card_shows_validate_findings_archive_mix_and_thin_classes():
@@ -292,3 +316,49 @@ def test_the_figures_table_holds_every_figure_with_its_interval():
             assert rows[(set_name, name)] == [section[name], low, high]
     assert rows[("ext2018", "seborrheic_keratosis_recall")] == [None, None, None]
     assert {"melanoma_recall", "ece_uncalibrated", "images"} <= {f for _, f in rows}
+
+
+def test_one_pipeline_run_holds_at_most_25_metrics_and_the_card_of_its_facts(pipeline_repo):
+    """`dvc repro` on tiny data: train and evaluate log into one run, which keeps to the curves
+    and the headline figures; the card is a declared output, written from the run's reports,
+    and the registered version's description."""
+    root = pipeline_repo.root
+    run_info = json.loads((root / "models/run.json").read_text())
+    report = json.loads((root / "reports/metrics.json").read_text())
+    client = MlflowClient(pipeline_repo.tracking_uri)
+    run = client.get_run(run_info["run_id"])
+
+    assert len(run.data.metrics) <= 25, sorted(run.data.metrics)
+    assert {"val_loss", "val_accuracy", "learning_rate", "test_melanoma_auc"} <= set(
+        run.data.metrics
+    )
+    assert run.data.metrics["test_accuracy"] == report["test"]["accuracy"]
+
+    card = (root / "reports/model_card.md").read_text()
+    stage = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]["evaluate"]
+    assert {"reports/model_card.md": {"cache": False}} in stage["outs"]
+    assert f"MLflow run `{run.info.run_id}`" in card
+    # Facts of the other stages: validate's decisions and train's validation figures.
+    validation = json.loads((root / "reports/validation.json").read_text())
+    assert (
+        "Decisions per image: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(validation["decisions"].items()))
+        in card
+    )
+    training = json.loads((root / "reports/train_metrics.json").read_text())
+    assert f"Melanoma AUC: validation {training['validation']['melanoma_auc']:.3f}" in card
+    # Every figure the card shows is the report's, every number a fact of the pipeline.
+    assert_tables_match_report(card, report)
+    facts = CardFacts(
+        report=report,
+        run_info=run_info,
+        params=flatten(parse_params(yaml.safe_load((root / "params.yaml").read_text()))),
+        training=training,
+        validation=validation,
+        images=read_manifest(root / "data/augmented/manifest.csv", AUGMENTED_COLUMNS),
+    )
+    assert_every_number_is_a_fact(card, facts)
+    version = client.search_model_versions(f"run_id='{run.info.run_id}'")[0]
+    assert len(version.description) <= DESCRIPTION_LIMIT
+    assert version.description.split("## Training data")[0] == card.split("## Training data")[0]
+    assert "## Evaluation" in version.description
