@@ -216,7 +216,7 @@ def validation_findings(validation: dict) -> list[str]:
         return [*lines, "Unknown: reports/validation.json was not available."]
     policy = validation.get("policy", {})
     if policy:
-        lines.append("Policy: " + ", ".join(f"{k} `{v}`" for k, v in policy.items()) + ".")
+        lines.append("- Policy: " + ", ".join(f"{k} `{v}`" for k, v in policy.items()) + ".")
     groups = [
         f"{len(validation[key])} {what}"
         for key, what in (
@@ -227,23 +227,28 @@ def validation_findings(validation: dict) -> list[str]:
         if isinstance(validation.get(key), list)
     ]
     if groups:
-        lines.append("Found: " + ", ".join(groups) + ".")
+        lines.append("- Found: " + ", ".join(groups) + ".")
     decisions = validation.get("decisions", {})
     if decisions:
         lines.append(
-            "Decisions per image: "
+            "- Decisions per image: "
             + ", ".join(f"{k} {number(v)}" for k, v in sorted(decisions.items()))
             + "."
         )
-    removed = validation.get("removed", {})
-    if removed:
-        lines += ["", *_table(["reason", "images"], [[k, number(v)] for k, v in removed.items()])]
     for key in sorted(set(validation) - _KNOWN_VALIDATION_KEYS):
         value = validation[key]
         if isinstance(value, list | dict):
             lines.append(f"- `{key}`: {number(len(value))} entries (see reports/validation.json)")
     for failure in validation.get("failures", []):
         lines.append(f"- failure: {failure}")
+    removed = validation.get("removed", {})
+    if removed:
+        lines += [
+            "",
+            "Images removed, by reason:",
+            "",
+            *_table(["reason", "images"], [[k, number(v)] for k, v in removed.items()]),
+        ]
     return lines
 
 
