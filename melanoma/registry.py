@@ -214,29 +214,6 @@ def version_tags(
     return tags
 
 
-def version_description(report: dict, run_id: str, image_size: int) -> str:
-    def figure(figures: dict, name: str) -> str:
-        value = figures[name]
-        return "undefined" if value is None else f"{value:.3f}"
-
-    threshold = report["operating_point"]["threshold"]
-    parts = [
-        f"Keras CNN, {image_size} px RGB in, 9 ISIC diagnosis probabilities out. "
-        f"Melanoma alert at P(melanoma) >= {threshold:.4f} "
-        f"(chosen on {report['operating_point']['chosen_on']})."
-    ]
-    for set_name, figures in evaluation_sections(report):
-        parts.append(
-            f"{set_name} ({figures['images']} images): accuracy {figure(figures, 'accuracy')}, "
-            f"balanced accuracy {figure(figures, 'balanced_accuracy')}, melanoma AUC "
-            f"{figure(figures, 'melanoma_auc')}, sensitivity "
-            f"{figure(figures, 'melanoma_sensitivity')} / specificity "
-            f"{figure(figures, 'melanoma_specificity')} at the threshold."
-        )
-    parts.append(f"MLflow run {run_id}.")
-    return " ".join(parts)
-
-
 def register_and_decide(
     model_uri: str,
     params: RegistryParams,

@@ -27,6 +27,13 @@ from melanoma.external import FILE_COLUMNS, check_folder, read_external_set
 from melanoma.logs import setup_logging
 from melanoma.manifest import AUGMENTED_COLUMNS, INGEST_COLUMNS, file_sha256, read_manifest
 from melanoma.metrics import images_sha256, read_predictions
+from melanoma.model_card import (
+    CardFacts,
+    figures_table,
+    read_json_or_empty,
+    registry_description,
+    render_card,
+)
 from melanoma.predict import predict_split
 from melanoma.registry import (
     KEPT,
@@ -36,7 +43,6 @@ from melanoma.registry import (
     read_run_info,
     register_and_decide,
     source_run,
-    version_description,
     version_tags,
 )
 from melanoma.tracking import configure_tracking, git_commit
@@ -53,6 +59,11 @@ PREDICTIONS_FILE = Path("reports/predictions.csv")
 EXTERNAL_DIR = Path("reports/external")
 PLOTS_DIR = Path("reports/plots")
 GALLERY_FILE = Path("reports/melanoma_gallery.png")
+MODEL_CARD = Path("reports/model_card.md")
+TRAIN_METRICS_FILE = Path("reports/train_metrics.json")
+VALIDATION_REPORT = Path("reports/validation.json")
+# The per-class figures and interval bounds of every set, one table (not metrics) in the run.
+FIGURES_TABLE_ARTIFACT = "evaluation/figures.json"
 
 
 def main() -> None:
@@ -124,11 +135,28 @@ def track_and_register(
     sets: list[EvaluationSet],
     probabilities: dict[str, np.ndarray],
 ) -> None:
-    """Log the report to the training run; register the model; re-score the champion on the
-    same images and move the alias if the new version is better beyond noise."""
+    """Log the report to the training run; write the model card; register the model with the
+    card as its description; re-score the champion on the same images and move the alias if the
+    new version is better beyond noise."""
     experiment_id = configure_tracking(params.mlflow)
     test = sets[0]
     run_id, model_uri = source_run(run_info, experiment_id, MODEL_FILE, test.paths[0])
+    lineage = {
+        "git commit": git_commit(),
+        "test images sha256": images_sha256(test.paths, test.true),
+        "augmented manifest sha256": file_sha256(MANIFEST),
+    }
+    card = CardFacts(
+        report=report,
+        run_info=run_info | {"run_id": run_id, "model_uri": model_uri},
+        params=flatten(params),
+        lineage=lineage,
+        training=read_json_or_empty(TRAIN_METRICS_FILE),
+        validation=read_json_or_empty(VALIDATION_REPORT),
+        images=read_manifest(MANIFEST, AUGMENTED_COLUMNS),
+        model_name=params.registry.model_name,
+    )
+    MODEL_CARD.write_text(render_card(card))
     with mlflow.start_run(run_id=run_id):
         # Tags, not params: evaluate may run again on the same training run with other values.
         mlflow.set_tags(
@@ -137,7 +165,10 @@ def track_and_register(
             | {"evaluate.warnings": "; ".join(report["warnings"]) or "none"}
         )
         mlflow.log_metrics(tracked_metrics(report))
-        for path in artifacts:
+        # log_dict, not log_table: log_table appends to an existing file, and evaluate may run
+        # again on the same run. The content is log_table's: {"columns": [...], "data": [...]}.
+        mlflow.log_dict(figures_table(report), FIGURES_TABLE_ARTIFACT)
+        for path in [*artifacts, MODEL_CARD]:
             mlflow.log_artifact(str(path), artifact_path="evaluation")
         scored = ScoredImages(
             true=np.concatenate([s.true for s in sets]),
@@ -147,13 +178,13 @@ def track_and_register(
         version, decision = register_and_decide(
             model_uri,
             params.registry,
-            version_description(report, run_id, run_info["image_size"]),
+            registry_description(card),
             version_tags(
                 report,
                 run_id,
-                images_sha256(test.paths, test.true),
-                file_sha256(MANIFEST),
-                git_commit(),
+                lineage["test images sha256"],
+                lineage["augmented manifest sha256"],
+                lineage["git commit"],
             ),
             scored,
             partial(

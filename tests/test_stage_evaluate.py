@@ -9,6 +9,7 @@ from mlflow import MlflowClient
 
 from melanoma.external import ExternalSetError
 from melanoma.labels import LABELS
+from melanoma.model_card import DESCRIPTION_LIMIT, with_interval
 from melanoma.registry import (
     DECISION_TAG,
     KEPT,
@@ -75,13 +76,23 @@ def test_evaluate_reports_every_set_logs_registers_and_defends_the_champion(
     assert metrics["test_accuracy"] == test["accuracy"]
     assert metrics["tinyext_melanoma_auc"] == external["melanoma_auc"]
     assert metrics["melanoma_threshold"] == operating_point["threshold"]
-    assert len(metrics) <= 15  # the headline figures only: the rest is in metrics.json
+    # The headline figures only (threshold + 5 per set): the rest is in metrics.json and in
+    # one table artifact.
+    assert len(metrics) == 11 and "test_melanoma_recall" not in metrics
     artifacts = {a.path for a in MlflowClient().list_artifacts(run_id, "evaluation")}
     assert {
         "evaluation/metrics.json",
         "evaluation/tinyext_reliability.png",
         "evaluation/melanoma_gallery.png",
+        "evaluation/model_card.md",
+        evaluate.FIGURES_TABLE_ARTIFACT,
     } <= artifacts
+    table = mlflow.artifacts.load_dict(
+        f"{training_run.info.artifact_uri}/{evaluate.FIGURES_TABLE_ARTIFACT}"
+    )
+    rows = {(row[0], row[1]): row[2:] for row in table["data"]}
+    assert rows[("test", "melanoma_recall")][2] == test["melanoma_recall_ci_high"]
+    assert rows[("tinyext", "ece_uncalibrated")][0] == external["ece_uncalibrated"]
     assert training_run.data.tags["registry.version"] == "1"
 
     client = MlflowClient()
@@ -92,6 +103,15 @@ def test_evaluate_reports_every_set_logs_registers_and_defends_the_champion(
     assert first.tags["test_balanced_accuracy"] == str(test["balanced_accuracy"])
     assert first.tags["tinyext_melanoma_auc"] == str(external["melanoma_auc"])
     assert first.tags[THRESHOLD_TAG] == str(operating_point["threshold"])
+    # The model card: written from the report, logged, and the version's description (whole,
+    # or without its params table when it is longer than the registry's column).
+    card = evaluate.MODEL_CARD.read_text()
+    assert f"MLflow run `{run_id}`" in card
+    assert f"| accuracy | {with_interval(test, 'accuracy')} | " in card
+    assert f"P(melanoma) >= {operating_point['threshold']:.4f}" in card
+    assert "Unknown: reports/validation.json was not available." in card
+    assert len(first.description) <= DESCRIPTION_LIMIT
+    assert first.description.split("## Evaluation")[0] == card.split("## Evaluation")[0]
 
     # Train restored from DVC's run cache: run.json names a run this store never saw. The same
     # model comes back as version 2; re-scored on the same images it ties with v1, whose
