@@ -161,7 +161,8 @@ def inference_copy(model: keras.Model) -> keras.Model:
     """An uncompiled copy of a trained model with the same weights: what is saved, so the
     saved file names no optimizer class of this package (MLflow's server and any Keras load
     it as is)."""
-    copy = keras.models.clone_model(model)
+    # From the layer graph's config only: clone_model would also copy the compile config.
+    copy = keras.Model.from_config(model.get_config())
     copy.set_weights(model.get_weights())
     return copy
 
