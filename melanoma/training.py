@@ -25,7 +25,7 @@ from mlflow.models.model import ModelInfo
 
 from melanoma.config import Params, TrainParams, flatten
 from melanoma.dataset import make_dataset, split_rows
-from melanoma.features import read_feature_cache
+from melanoma.features import FEATURES_DIR, read_feature_cache
 from melanoma.labels import LABELS
 from melanoma.manifest import AUGMENTED_COLUMNS, file_sha256, read_manifest
 from melanoma.metrics import predictions_table, validation_figures
@@ -114,37 +114,38 @@ def make_optimizer(
     return _with_backbone_rate(cls)(rate, backbone_variables, factor, **kwargs)
 
 
-def _with_backbone_rate(optimizer_class: type) -> type:
-    """`optimizer_class` stepping the given backbone variables at `factor` times the rate.
+class BackboneRate:
+    """Mixin for a Keras optimizer class: the given backbone variables step at `factor` times
+    the rate.
 
     Keras has no per-variable learning rate; its update_step receives the rate for each
-    variable, so the subclass scales it there, and does the backbone's decoupled weight decay
+    variable, so the mixin scales it there, and does the backbone's decoupled weight decay
     itself at the same scale. A model compiled with it is saved through `inference_copy`.
     """
 
-    class BackboneRate(optimizer_class):
-        def __init__(self, rate, backbone_variables, factor, **kwargs):
-            super().__init__(rate, **kwargs)
-            self._backbone_factor = factor
-            self._backbone_keys = {self._var_key(v) for v in backbone_variables}
+    def __init__(self, rate, backbone_variables, factor, **kwargs):
+        super().__init__(rate, **kwargs)
+        self._backbone_factor = factor
+        self._backbone_keys = {self._var_key(v) for v in backbone_variables}
 
-        def _is_backbone(self, variable) -> bool:
-            return self._var_key(variable) in self._backbone_keys
+    def _is_backbone(self, variable) -> bool:
+        return self._var_key(variable) in self._backbone_keys
 
-        def _use_weight_decay(self, variable):
-            return not self._is_backbone(variable) and super()._use_weight_decay(variable)
+    def _use_weight_decay(self, variable):
+        return not self._is_backbone(variable) and super()._use_weight_decay(variable)
 
-        def update_step(self, gradient, variable, learning_rate):
-            if self._is_backbone(variable):
-                learning_rate = keras.ops.cast(learning_rate, variable.dtype)
-                learning_rate = learning_rate * self._backbone_factor
-                if self.weight_decay:
-                    decay = keras.ops.cast(self.weight_decay, variable.dtype) * learning_rate
-                    variable.assign(variable - variable * decay)
-            return super().update_step(gradient, variable, learning_rate)
+    def update_step(self, gradient, variable, learning_rate):
+        if self._is_backbone(variable):
+            learning_rate = keras.ops.cast(learning_rate, variable.dtype)
+            learning_rate = learning_rate * self._backbone_factor
+            if self.weight_decay:
+                decay = keras.ops.cast(self.weight_decay, variable.dtype) * learning_rate
+                variable.assign(variable - variable * decay)
+        return super().update_step(gradient, variable, learning_rate)
 
-    BackboneRate.__name__ = f"{optimizer_class.__name__}BackboneRate"
-    return BackboneRate
+
+def _with_backbone_rate(optimizer_class: type) -> type:
+    return type(f"{optimizer_class.__name__}BackboneRate", (BackboneRate, optimizer_class), {})
 
 
 def backbone_variables(model: keras.Model) -> list:
@@ -340,13 +341,18 @@ def saved_model(model: keras.Model, fitted: keras.Model) -> keras.Model:
     if fitted is not model:
         model.get_layer(OUTPUT_NAME).set_weights(fitted.get_layer(OUTPUT_NAME).get_weights())
         return model
-    if model.optimizer is not None and "BackboneRate" in type(model.optimizer).__name__:
+    if isinstance(model.optimizer, BackboneRate):
         return inference_copy(model)
     return model
 
 
-def run_training(params: Params, manifest_path: Path, outputs: TrainOutputs) -> dict:
+def run_training(
+    params: Params, manifest_path: Path, outputs: TrainOutputs, features_dir: Path = FEATURES_DIR
+) -> dict:
     """Train on the train split, validate on val, track it all in one MLflow run; write outputs.
+
+    With a frozen backbone (`train.freeze: all`) the head trains on the features cached in
+    `features_dir` (stage `features`).
 
     Returns the run info also written to `outputs.run_info`.
     """
@@ -365,7 +371,7 @@ def run_training(params: Params, manifest_path: Path, outputs: TrainOutputs) -> 
     model = build_model(train)
     if train.caches_features:
         # Frozen backbone: only the head trains, on the features stage `features` cached.
-        cached = read_feature_cache(train, {"train": train_paths, "val": val_paths})
+        cached = read_feature_cache(train, {"train": train_paths, "val": val_paths}, features_dir)
         train_ds = feature_dataset(
             cached["train"], train_labels, train.batch_size, shuffle_seed=train.seed
         )
