@@ -56,6 +56,20 @@ CONFIGS: dict[str, dict] = {
         "pretrained": False,
         "epochs": 5,
     },
+    "lite0_full_180": {
+        "architecture": "efficientnet_lite0",
+        "image_size": 180,
+        "freeze": "none",
+        "backbone_learning_rate": 0.0001,
+        "epochs": 8,
+    },
+    "lite0_top3_180": {
+        "architecture": "efficientnet_lite0",
+        "image_size": 180,
+        "freeze": 3,
+        "backbone_learning_rate": 0.0001,
+        "epochs": 8,
+    },
     "resnet_default": {},
 }
 
@@ -66,6 +80,19 @@ def external_set() -> tuple[list[Path], np.ndarray]:
     table = pd.read_csv(EXTERNAL / "labels.csv")
     labels = table["label"].str.replace(" ", "_").map(LABELS.index).to_numpy()
     return [EXTERNAL / f for f in table["file"]], labels
+
+
+def old_archive_auc(predictions: pd.DataFrame) -> float:
+    """Melanoma-vs-rest AUC on the validation images of the oldest archive (ISIC ids < 1000:
+    melanomas and nevi only, the test split's mix; bench/ABLATION.md says why)."""
+    from sklearn.metrics import roc_auc_score
+
+    from melanoma.labels import MELANOMA
+    from melanoma.metrics import probability_column
+
+    ids = predictions["image_path"].str.extract(r"ISIC_(\d+)")[0].astype(int)
+    old = predictions[ids < 1000]
+    return float(roc_auc_score(old["label"] == MELANOMA, old[probability_column(MELANOMA)]))
 
 
 def run(name: str) -> dict:
@@ -103,8 +130,10 @@ def run(name: str) -> dict:
         model, paths, params.ingest.image_size, params.ingest.max_image_pixels
     )
     probabilities = np.array([[p.probabilities[label] for label in LABELS] for p in predicted])
+    val_predictions = pd.read_csv(outputs.validation_predictions)
     row = {
         "name": name,
+        "old_archive_validation_melanoma_auc": old_archive_auc(val_predictions),
         "overrides": CONFIGS[name],
         "validation": metrics["validation"],
         "external": validation_figures(labels, probabilities),
