@@ -32,6 +32,10 @@ BACKBONE_NAME = "efficientnet_lite0_backbone"
 BN_EPSILON = 1e-3  # TensorFlow's, which the ImageNet weights were trained with
 # PyTorch's momentum 0.01 is Keras' 0.99 (Keras weighs the old running value).
 BN_MOMENTUM = 0.99
+# From scratch the statistics must be learnt in a few hundred steps: 0.99 is too slow for that
+# (see melanoma.model._batch_norm; a 5-epoch from-scratch Lite0 with 0.99 predicted one class
+# for every validation image, bench/ABLATION.md).
+BN_MOMENTUM_FROM_SCRATCH = 0.9
 
 
 @dataclass(frozen=True)
@@ -71,24 +75,26 @@ def block_specs() -> list[BlockSpec]:
 N_BLOCKS = len(block_specs())
 
 
-def _conv_bn(x, filters: int, kernel: int, name: str, strides: int = 1, activation=True):
+def _conv_bn(
+    x, filters: int, kernel: int, name: str, momentum: float, strides: int = 1, activation=True
+):
     x = layers.Conv2D(
         filters, kernel, strides=strides, padding="same", use_bias=False, name=f"{name}_conv"
     )(x)
-    x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
+    x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=momentum, name=f"{name}_bn")(x)
     return layers.ReLU(6.0, name=f"{name}_relu6")(x) if activation else x
 
 
-def backbone(image_size: int) -> keras.Model:
+def backbone(image_size: int, bn_momentum: float = BN_MOMENTUM) -> keras.Model:
     """EfficientNet-Lite0 without its classifier: float RGB scaled to (x - 127) / 128 in,
     the 1280 globally average-pooled features out. Layer names follow `weight_map`."""
     inputs = keras.Input((image_size, image_size, 3), name="scaled_image")
-    x = _conv_bn(inputs, STEM_FILTERS, 3, "stem", strides=2)
+    x = _conv_bn(inputs, STEM_FILTERS, 3, "stem", bn_momentum, strides=2)
     for index, spec in enumerate(block_specs()):
         name = f"block{index}"
         shortcut = x
         if spec.expand != 1:
-            x = _conv_bn(x, spec.filters_in * spec.expand, 1, f"{name}_expand")
+            x = _conv_bn(x, spec.filters_in * spec.expand, 1, f"{name}_expand", bn_momentum)
         x = layers.DepthwiseConv2D(
             spec.kernel,
             strides=spec.stride,
@@ -97,13 +103,13 @@ def backbone(image_size: int) -> keras.Model:
             name=f"{name}_depthwise_conv",
         )(x)
         x = layers.BatchNormalization(
-            epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=f"{name}_depthwise_bn"
+            epsilon=BN_EPSILON, momentum=bn_momentum, name=f"{name}_depthwise_bn"
         )(x)
         x = layers.ReLU(6.0, name=f"{name}_depthwise_relu6")(x)
-        x = _conv_bn(x, spec.filters_out, 1, f"{name}_project", activation=False)
+        x = _conv_bn(x, spec.filters_out, 1, f"{name}_project", bn_momentum, activation=False)
         if spec.stride == 1 and spec.filters_in == spec.filters_out:
             x = layers.Add(name=f"{name}_add")([x, shortcut])
-    x = _conv_bn(x, FEATURES, 1, "head")
+    x = _conv_bn(x, FEATURES, 1, "head", bn_momentum)
     features = layers.GlobalAveragePooling2D(name="avg_pool")(x)
     return keras.Model(inputs, features, name=BACKBONE_NAME)
 

@@ -126,7 +126,9 @@ def lite0_backbone(params: TrainParams) -> keras.Model:
             params.image_size, params.pretrained_weights
         )
     else:
-        backbone = efficientnet_lite.backbone(params.image_size)
+        backbone = efficientnet_lite.backbone(
+            params.image_size, efficientnet_lite.BN_MOMENTUM_FROM_SCRATCH
+        )
     efficientnet_lite.set_trainable(backbone, params.freeze, params.pretrained)
     return backbone
 

@@ -91,3 +91,17 @@ def test_pretrained_false_starts_from_random_weights():
     assert not np.array_equal(
         first, scratch.get_layer(name).get_layer("stem_conv").get_weights()[0]
     )
+
+
+def test_batch_norms_learnt_from_scratch_follow_their_batches_faster():
+    momentum = {
+        pretrained: {
+            layer.momentum
+            for layer in build_model(_params(pretrained=pretrained))
+            .get_layer(efficientnet_lite.BACKBONE_NAME)
+            .layers
+            if isinstance(layer, keras.layers.BatchNormalization)
+        }
+        for pretrained in (True, False)
+    }
+    assert momentum == {True: {0.99}, False: {0.9}}
