@@ -4,6 +4,7 @@ declarations."""
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 from mlflow import MlflowClient
 
@@ -35,3 +36,17 @@ def test_augment_features_then_train_write_every_declared_output(tiny_project):
     run = MlflowClient(run_info["tracking_uri"]).get_run(run_info["run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.params["train.epochs"] == str(tiny_project["train"]["epochs"])
+
+
+def test_train_stops_with_the_path_of_a_wrong_weights_file(tiny_project, tmp_path, caplog):
+    fake = tmp_path / "efficientnet-lite0.pth"
+    fake.write_bytes(b"not the weights")
+    tiny_project["train"].update(architecture="efficientnet_lite0", pretrained_weights=str(fake))
+    Path("params.yaml").write_text(yaml.safe_dump(tiny_project))
+    augment.main()
+
+    with pytest.raises(SystemExit) as stopped:
+        train.main()
+    assert stopped.value.code == 1
+    assert f"{fake}: sha256 mismatch" in caplog.text
+    assert not Path("models/model.keras").exists()
