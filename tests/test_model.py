@@ -37,6 +37,8 @@ def _random_images(n: int) -> np.ndarray:
         {"architecture": "resnet", "mixed_precision": True},
         {"architecture": "mobilenetv3small"},
         {"architecture": "efficientnetb0"},
+        {"architecture": "efficientnet_lite0"},
+        {"architecture": "efficientnet_lite0", "pretrained": False, "random_flip": True},
     ],
 )
 def test_model_takes_uint8_images_and_returns_probabilities_over_the_labels(overrides):

@@ -239,3 +239,115 @@ def test_training_run_is_tracked_per_epoch_and_reproducible(augmented_project, t
     rerun = run_training(params, AUGMENTED, second)
     assert rerun["run_id"] != run_info["run_id"]
     pd.testing.assert_frame_equal(pd.read_csv(second.history), history)
+
+
+def _one_step_changes(backbone_learning_rate: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """How much one AdamW step (weight decay on) moves the backbone and the head of a tiny
+    model with a nested backbone, from the same start."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4,))
+    inner_in = keras.Input((4,))
+    backbone = keras.Model(inner_in, keras.layers.Dense(3)(inner_in), name="backbone")
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(backbone(inputs)))
+    params = _train_params(
+        optimizer="adamw",
+        weight_decay=0.1,
+        learning_rate=0.01,
+        backbone_learning_rate=backbone_learning_rate,
+        architecture="efficientnet_lite0",
+    )
+    from melanoma.training import compile_model
+
+    compile_model(model, params, steps_per_epoch=1)
+    before = [w.copy() for w in model.get_weights()]
+    x = np.random.default_rng(1).normal(size=(8, 4)).astype(np.float32)
+    y = np.eye(2, dtype=np.float32)[np.arange(8) % 2]
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    change = [np.abs(a - b) for a, b in zip(model.get_weights(), before, strict=True)]
+    return change[0], change[2]  # backbone kernel, head kernel
+
+
+def test_the_backbone_steps_at_its_own_learning_rate():
+    backbone_same, head_same = _one_step_changes(None)
+    backbone_slow, head_slow = _one_step_changes(0.001)
+    assert backbone_same.max() > 0
+    # Adam's first step and the decoupled decay are both proportional to the rate.
+    np.testing.assert_allclose(backbone_slow, backbone_same / 10, rtol=1e-3, atol=1e-9)
+    np.testing.assert_allclose(head_slow, head_same, rtol=1e-6)
+
+
+def test_a_frozen_backbone_trains_its_head_on_cached_features_and_saves_the_whole_model(
+    augmented_project, tmp_path
+):
+    from melanoma.dataset import load_image
+    from melanoma.efficientnet_lite import BACKBONE_NAME, pretrained_backbone
+    from melanoma.features import FeatureCacheError, read_feature_cache, write_feature_cache
+    from melanoma.metrics import probability_column
+
+    augmented_project["train"].update(
+        architecture="efficientnet_lite0", freeze="all", random_flip=False, learning_rate=0.01
+    )
+    params = parse_params(augmented_project)
+    outputs = TrainOutputs(**{k: tmp_path / v.name for k, v in vars(TrainOutputs()).items()})
+    with pytest.raises(FeatureCacheError, match="no feature cache; run `dvc repro features`"):
+        run_training(params, AUGMENTED, outputs)
+
+    write_feature_cache(params.train, AUGMENTED)
+    run_training(params, AUGMENTED, outputs)
+
+    model = keras.saving.load_model(outputs.model)
+    assert model.inputs[0].dtype == "uint8"
+    # The saved end-to-end model gives, from the image files, the probabilities the head gave
+    # from the cached features: the head's weights are in it, the features are its own.
+    predictions = pd.read_csv(outputs.validation_predictions)
+    images = np.stack(
+        [load_image(path, params.train.image_size).numpy() for path in predictions["image_path"]]
+    )
+    expected = predictions[[probability_column(label) for label in LABELS]].to_numpy()
+    np.testing.assert_allclose(model.predict(images, verbose=0), expected, atol=1e-5)
+    # Only the head trained: the backbone still has the ImageNet weights.
+    pretrained = pretrained_backbone(params.train.image_size).get_weights()
+    saved = model.get_layer(BACKBONE_NAME).get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(saved, pretrained, strict=True))
+
+    # Features made for another input size are not silently reused.
+    other = params.train.model_copy(update={"image_size": 48})
+    with pytest.raises(FeatureCacheError, match="'image_size': 32.*'image_size': 48"):
+        read_feature_cache(other, {"train": [], "val": []})
+
+
+def test_fine_tuning_trains_the_top_blocks_only_and_saves_a_plain_keras_model(
+    augmented_project, tmp_path
+):
+    from melanoma.efficientnet_lite import BACKBONE_NAME, pretrained_backbone
+
+    augmented_project["train"].update(
+        architecture="efficientnet_lite0", freeze=1, backbone_learning_rate=0.0001, epochs=1
+    )
+    params = parse_params(augmented_project)
+    outputs = TrainOutputs(**{k: tmp_path / v.name for k, v in vars(TrainOutputs()).items()})
+    run_info = run_training(params, AUGMENTED, outputs)
+
+    # Saved without the per-backbone-rate optimizer: plain Keras and MLflow load it.
+    model = keras.saving.load_model(outputs.model)
+    assert getattr(model, "optimizer", None) is None
+    logged = mlflow.keras.load_model(run_info["model_uri"])
+    images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    np.testing.assert_allclose(
+        logged.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-6
+    )
+    reference = pretrained_backbone(params.train.image_size)
+    saved = model.get_layer(BACKBONE_NAME)
+    for layer in reference.layers:
+        if not layer.weights:
+            continue
+        same = all(
+            np.array_equal(a, b)
+            for a, b in zip(
+                layer.get_weights(), saved.get_layer(layer.name).get_weights(), strict=True
+            )
+        )
+        # The top block's and the head's convolutions moved; the rest, and every (pretrained)
+        # batch norm, kept the ImageNet weights.
+        moves = layer.name.startswith(("block15_", "head_")) and layer.name.endswith("_conv")
+        assert same is not moves, layer.name
