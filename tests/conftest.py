@@ -131,8 +131,17 @@ def _tiny_params() -> dict:
     raw["ingest"]["image_size"] = TINY_SIZE
     raw["augment"].update(val_fraction=0.25, target_per_class=8)
     # No warm-up: some tests train for a single epoch.
+    # A small resnet from scratch, whatever the default architecture: the tests exercise the
+    # pipeline's mechanics; tests/test_efficientnet_lite.py covers the pretrained network.
     raw["train"].update(
-        image_size=TINY_SIZE, filters=[8, 16], batch_size=8, epochs=2, warmup_epochs=0
+        architecture="resnet",
+        freeze="none",
+        learning_rate=0.001,
+        image_size=TINY_SIZE,
+        filters=[8, 16],
+        batch_size=8,
+        epochs=2,
+        warmup_epochs=0,
     )
     return raw
 

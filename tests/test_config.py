@@ -13,7 +13,11 @@ PARAMS_YAML = Path(__file__).resolve().parents[1] / "params.yaml"
 
 @pytest.fixture
 def raw() -> dict:
-    return yaml.safe_load(PARAMS_YAML.read_text())
+    """The project's params with a resnet from scratch, which the cases below are written for
+    (the default is a frozen, pretrained efficientnet_lite0)."""
+    raw = yaml.safe_load(PARAMS_YAML.read_text())
+    raw["train"].update(architecture="resnet", image_size=64, freeze="none")
+    return raw
 
 
 def _with(raw: dict, section: str, **values) -> dict:
