@@ -35,7 +35,8 @@ SCORED, EXCLUDED = "scored", "excluded"
 IN_TRAINING_COLLECTION = "in_training_collection"
 ISIC_ID = re.compile(r"ISIC_\d{7}")
 SPLIT = "external"
-FILE_COLUMNS = ["source_path", "label", "status", "reason", "detail", "image_path"]
+# Columns of the set's file table in the reports (the scratch image paths are not kept).
+FILE_COLUMNS = ["source_path", "label", "status", "reason", "detail"]
 
 
 class ExternalSetError(ValueError):
@@ -47,7 +48,7 @@ class ExternalImages:
     """One external set: every file with its status, and the scored images."""
 
     name: str
-    files: pd.DataFrame  # FILE_COLUMNS, one row per file of the folder
+    files: pd.DataFrame  # FILE_COLUMNS and image_path (scratch), one row per file of the folder
 
     @property
     def scored(self) -> pd.DataFrame:

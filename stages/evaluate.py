@@ -69,6 +69,8 @@ FIGURES_TABLE_ARTIFACT = "evaluation/figures.json"
 def main() -> None:
     setup_logging()
     params = load_params()
+    # Before any output is rewritten: a rewritten tracked report must not make the tree "dirty".
+    commit = git_commit()
     evaluate = params.evaluate
     for index, external in enumerate(evaluate.external_sets):
         check_folder(external, index)  # a missing folder stops before any work
@@ -106,7 +108,13 @@ def main() -> None:
             GALLERY_FILE,
         )
         track_and_register(
-            params, run_info, report, [METRICS_FILE, GALLERY_FILE, *written], sets, probabilities
+            params,
+            run_info,
+            report,
+            [METRICS_FILE, GALLERY_FILE, *written],
+            sets,
+            probabilities,
+            commit,
         )
 
 
@@ -134,6 +142,7 @@ def track_and_register(
     artifacts: list[Path],
     sets: list[EvaluationSet],
     probabilities: dict[str, np.ndarray],
+    commit: str,
 ) -> None:
     """Log the report to the training run; write the model card; register the model with the
     card as its description; re-score the champion on the same images and move the alias if the
@@ -142,7 +151,7 @@ def track_and_register(
     test = sets[0]
     run_id, model_uri = source_run(run_info, experiment_id, MODEL_FILE, test.paths[0])
     lineage = {
-        "git commit": git_commit(),
+        "git commit": commit,
         "test images sha256": images_sha256(test.paths, test.true),
         "augmented manifest sha256": file_sha256(MANIFEST),
     }
