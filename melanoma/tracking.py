@@ -11,6 +11,8 @@ from melanoma.config import MlflowParams
 
 log = logging.getLogger(__name__)
 
+PIPELINE_OUTPUTS = ("reports", "models", "dvc.lock")
+
 
 def configure_tracking(params: MlflowParams) -> str:
     """Point MLflow at the store and experiment of params; return the experiment id.
@@ -52,13 +54,24 @@ def experiment_run_tags() -> dict[str, str]:
 
 
 def git_commit() -> str:
-    """The commit the code ran from ('-dirty' if the tree had changes; 'unknown' outside git)."""
+    """The commit the code ran from ('-dirty' if code, params or data pointers had changes;
+    'unknown' outside git)."""
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
         ).stdout.strip()
+        # The pipeline's own outputs are left out: DVC deletes a stage's tracked outputs
+        # (reports/, models/run.json) before running it, and rewrites dvc.lock after.
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            [
+                "git",
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ".",
+                *(f":!{output}" for output in PIPELINE_OUTPUTS),
+            ],
             capture_output=True,
             text=True,
             check=True,

@@ -1,0 +1,33 @@
+import subprocess
+from pathlib import Path
+
+from melanoma.tracking import git_commit
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout
+
+
+def test_commit_is_dirty_for_code_changes_not_for_pipeline_outputs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _git("init", "-q")
+    for path in ("params.yaml", "reports/metrics.json", "models/run.json", "dvc.lock"):
+        Path(path).parent.mkdir(exist_ok=True)
+        Path(path).write_text("1\n")
+    _git("add", "-A")
+    _git("-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-qm", "c")
+    head = _git("rev-parse", "HEAD").strip()
+
+    # What DVC does to a stage's outputs around a run: not a change of the code.
+    Path("reports/metrics.json").unlink()
+    Path("models/run.json").write_text("2\n")
+    Path("dvc.lock").write_text("2\n")
+    assert git_commit() == head
+
+    Path("params.yaml").write_text("2\n")
+    assert git_commit() == f"{head}-dirty"
+
+
+def test_outside_git_the_commit_is_unknown(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert git_commit() == "unknown"
