@@ -245,9 +245,8 @@ def _text_output(
     ranked = sorted(prediction.probabilities.items(), key=lambda item: -item[1])
     line = f"{prediction.path}: {prediction.top_label} {ranked[0][1]:.3f}"
     if prediction.melanoma_alert(threshold):
-        line += (
-            f"  MELANOMA ALERT: P(melanoma) {prediction.melanoma_probability:.3f} >= {threshold}"
-        )
+        probability = prediction.melanoma_probability
+        line += f"  MELANOMA ALERT: P(melanoma) {probability:.3f} >= {threshold:.4g}"
     line += "\n  " + ", ".join(f"{label} {p:.3f}" for label, p in ranked)
     return line + (f"\n  overlay: {overlay}" if overlay else "")
 

@@ -238,7 +238,7 @@ def write_overlays(
             prediction = predictions[n]
             maps = {MELANOMA: melanoma_maps[k], prediction.top_label: top_maps[k]}
             try:
-                title = f"{prediction.path}  (heat maps of {explainer.layer})"
+                title = f"{Path(prediction.path).name}  (heat maps of {explainer.layer})"
                 plot_explanation(
                     pixels[k], prediction.probabilities, maps, threshold, targets[n], title
                 )
@@ -266,7 +266,9 @@ def plot_explanation(
         _show(axes, image, heat_map, f"Grad-CAM: {label}\nP = {probabilities[label]:.3f}")
     _plot_probabilities(panels[-1], probabilities, threshold)
     alert = probabilities[MELANOMA] >= threshold
-    verdict = f"MELANOMA ALERT (P >= {threshold})" if alert else f"no alert (P < {threshold})"
+    verdict = (
+        f"MELANOMA ALERT (P >= {threshold:.4g})" if alert else f"no alert (P < {threshold:.4g})"
+    )
     figure.suptitle(f"{title}\n{verdict}", color="firebrick" if alert else "black")
     _save(figure, path)
 
@@ -285,7 +287,9 @@ def _plot_probabilities(axes, probabilities: dict[str, float], threshold: float)
     labels = list(probabilities)
     colours = ["firebrick" if label == MELANOMA else "steelblue" for label in labels]
     axes.barh(labels, [probabilities[label] for label in labels], color=colours)
-    axes.axvline(threshold, color="firebrick", linestyle=":", label=f"alert threshold {threshold}")
+    axes.axvline(
+        threshold, color="firebrick", linestyle=":", label=f"alert threshold {threshold:.4g}"
+    )
     axes.set_xlim(0, 1)
     axes.invert_yaxis()  # LABELS order, top to bottom
     axes.tick_params(labelsize=8)
@@ -343,7 +347,7 @@ def write_gallery(
     found = sum(kind == "found" for _, kind in cases)
     figure.suptitle(
         f"Test melanomas ({found} of {melanomas} found) and the highest-scoring false alarms; "
-        f"alert at P(melanoma) >= {threshold}; Grad-CAM of P(melanoma)"
+        f"alert at P(melanoma) >= {threshold:.4g}; Grad-CAM of P(melanoma)"
     )
     _save(figure, output)
     log.info("wrote %s: %d images", output, len(cases))
