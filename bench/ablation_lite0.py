@@ -6,9 +6,9 @@ Run from the project root after `dvc repro augment` (it reads data/augmented):
     python -m bench.ablation_lite0 lite0_frozen_180 lite0_frozen_180_lr01 ...
 
 Each configuration is params.yaml plus its overrides (CONFIGS). It trains with the pipeline's
-own code (melanoma.features, melanoma.training) into bench/results/lite0/<name>/, MLflow in a
-store of its own there, then predicts the external set with the project's predict path. One
-JSON line per configuration is appended to bench/results/lite0/results.jsonl.
+own code (melanoma.model.features, melanoma.model.training) into bench/results/lite0/<name>/,
+MLflow in a store of its own there, then predicts the external set with the project's predict
+path. One JSON line per configuration is appended to bench/results/lite0/results.jsonl.
 """
 
 import argparse
@@ -87,8 +87,8 @@ def old_archive_auc(predictions: pd.DataFrame) -> float:
     melanomas and nevi only, the test split's mix; bench/ABLATION.md says why)."""
     from sklearn.metrics import roc_auc_score
 
+    from melanoma.evaluation.metrics import probability_column
     from melanoma.labels import MELANOMA
-    from melanoma.metrics import probability_column
 
     ids = predictions["image_path"].str.extract(r"ISIC_(\d+)")[0].astype(int)
     old = predictions[ids < 1000]
@@ -98,10 +98,10 @@ def old_archive_auc(predictions: pd.DataFrame) -> float:
 def run(name: str) -> dict:
     import keras
 
-    from melanoma.features import write_feature_cache
-    from melanoma.metrics import validation_figures
-    from melanoma.predict import predict_files
-    from melanoma.training import TrainOutputs, run_training
+    from melanoma.evaluation.metrics import validation_figures
+    from melanoma.model.features import write_feature_cache
+    from melanoma.model.predict import predict_files
+    from melanoma.model.training import TrainOutputs, run_training
 
     raw = yaml.safe_load(PARAMS_FILE.read_text())
     raw["train"].update(CONFIGS[name])

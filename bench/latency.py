@@ -1,4 +1,4 @@
-"""Single-image predict latency through the project's predict code path (melanoma.predict).
+"""Single-image predict latency through the project's predict code path (melanoma.model.predict).
 
 The model is loaded once; then each image is one `predict_files` call, as a user asking about
 one file at a time: read, decode, crop/resize, model call. The first call also traces the model,
@@ -19,7 +19,7 @@ from bench.process import peak_rss_mib
 from melanoma.config import load_params
 from melanoma.labels import LABELS
 from melanoma.logs import setup_logging
-from melanoma.predict import ImagePrediction, find_images, load_model, predict_files
+from melanoma.model.predict import ImagePrediction, find_images, load_model, predict_files
 
 log = logging.getLogger(__name__)
 

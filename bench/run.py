@@ -35,10 +35,10 @@ from bench.project import PROJECT, command_env, copy_project
 from bench.seeds import SEED_FIGURES, seed_spread, train_more_seeds
 from bench.source import label_index, split_folder, tiny_external_set, tiny_source
 from melanoma.config import Params, load_params
+from melanoma.data.manifest import USE, VALIDATED_COLUMNS, read_manifest
+from melanoma.evaluation.metrics import metrics_report
 from melanoma.labels import LABELS
 from melanoma.logs import setup_logging
-from melanoma.manifest import USE, VALIDATED_COLUMNS, read_manifest
-from melanoma.metrics import metrics_report
 
 log = logging.getLogger(__name__)
 
@@ -236,8 +236,9 @@ def split_report(
     bootstrap_samples: int,
     labels: dict[str, int] | None = None,
 ) -> dict:
-    """melanoma.metrics.metrics_report of predictions on the images of `labels` (source_path ->
-    label index), or on every predicted image, labelled by its class folder, if `labels` is None.
+    """melanoma.evaluation.metrics.metrics_report of predictions on the images of `labels`
+    (source_path -> label index), or on every predicted image, labelled by its class folder, if
+    `labels` is None.
     """
     predicted = dict(zip(source_path, probabilities, strict=True))
     if labels is None:

@@ -5,8 +5,8 @@ import logging
 from collections import Counter
 from pathlib import Path, PurePosixPath
 
+from melanoma.data.sources import open_source
 from melanoma.labels import LABELS, canonical_label
-from melanoma.sources import open_source
 
 log = logging.getLogger(__name__)
 

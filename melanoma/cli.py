@@ -17,7 +17,7 @@ from melanoma.config import PARAMS_FILE, Params, ParamsError, load_params
 from melanoma.logs import setup_logging
 
 if TYPE_CHECKING:
-    from melanoma.predict import ImagePrediction
+    from melanoma.model.predict import ImagePrediction
 
 log = logging.getLogger("melanoma")
 
@@ -129,7 +129,7 @@ def _probability(text: str) -> float:
 
 
 def _load_model(reference: str | None, params: Params):
-    from melanoma.predict import is_mlflow_uri, load_model
+    from melanoma.model.predict import is_mlflow_uri, load_model
     from melanoma.tracking import configure_tracking
 
     reference = reference or f"models:/{params.registry.model_name}@champion"
@@ -142,7 +142,7 @@ def _load_model(reference: str | None, params: Params):
 def _images_and_model(args: argparse.Namespace, params: Params) -> tuple | int:
     """(image files, model reference, model) for `args.paths` and `args.model`, or the exit
     code if there is no image or no model."""
-    from melanoma.predict import ModelLoadError, find_images, model_input_size
+    from melanoma.model.predict import ModelLoadError, find_images, model_input_size
 
     files = find_images(args.paths)
     if not files:
@@ -158,8 +158,8 @@ def _images_and_model(args: argparse.Namespace, params: Params) -> tuple | int:
 
 
 def _predict(args: argparse.Namespace, params: Params) -> int:
-    from melanoma.predict import predict_files
-    from melanoma.registry import RegistryError, registered_threshold
+    from melanoma.model.predict import predict_files
+    from melanoma.registry.promotion import RegistryError, registered_threshold
 
     # The output folder first: a typo in it should not cost a model load and the predictions.
     if args.explain is not None and not _explain_folder_ok(args.explain):
@@ -191,7 +191,7 @@ def _predict(args: argparse.Namespace, params: Params) -> int:
     )
     overlays: list[str | None] = [None] * len(predictions)
     if explainer is not None:
-        from melanoma.explain import write_overlays
+        from melanoma.evaluation.explain import write_overlays
 
         size, max_pixels = params.ingest.image_size, params.ingest.max_image_pixels
         overlays = write_overlays(explainer, predictions, size, max_pixels, threshold, args.explain)
@@ -216,7 +216,7 @@ def _predict(args: argparse.Namespace, params: Params) -> int:
 
 
 def _explain_folder_ok(folder: Path) -> bool:
-    from melanoma.explain import ExplainError, check_output_dir
+    from melanoma.evaluation.explain import ExplainError, check_output_dir
 
     try:
         check_output_dir(folder)
@@ -228,7 +228,7 @@ def _explain_folder_ok(folder: Path) -> bool:
 
 def _explainer(model):
     """Grad-CAM for the model, or CANNOT_RUN if it has no convolutional block to explain."""
-    from melanoma.explain import ExplainError, grad_cam
+    from melanoma.evaluation.explain import ExplainError, grad_cam
 
     try:
         return grad_cam(model)
@@ -272,8 +272,8 @@ def _json_output(reference: str, threshold: float, predictions: list["ImagePredi
 
 
 def _request(args: argparse.Namespace, params: Params) -> int:
-    from melanoma.images import ImageRejected
-    from melanoma.predict import model_input_size, serving_request
+    from melanoma.data.images import ImageRejected
+    from melanoma.model.predict import model_input_size, serving_request
 
     loaded = _images_and_model(args, params)
     if isinstance(loaded, int):
@@ -293,7 +293,7 @@ def _request(args: argparse.Namespace, params: Params) -> int:
 def _promote(args: argparse.Namespace, params: Params) -> int:
     from mlflow import MlflowClient
 
-    from melanoma.registry import RegistryError, promote_by_hand
+    from melanoma.registry.promotion import RegistryError, promote_by_hand
     from melanoma.tracking import configure_tracking
 
     configure_tracking(params.mlflow)
@@ -310,7 +310,7 @@ def _promote(args: argparse.Namespace, params: Params) -> int:
 def _rollback(args: argparse.Namespace, params: Params) -> int:
     from mlflow import MlflowClient
 
-    from melanoma.registry import RegistryError, rollback
+    from melanoma.registry.promotion import RegistryError, rollback
     from melanoma.tracking import configure_tracking
 
     configure_tracking(params.mlflow)

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from melanoma.labels import LABELS
 
 PARAMS_FILE = Path("params.yaml")
-# MBConv blocks of EfficientNet-Lite0 (melanoma.efficientnet_lite, not imported here: it
+# MBConv blocks of EfficientNet-Lite0 (melanoma.model.efficientnet_lite, not imported here: it
 # imports Keras, which every stage would then pay for before its params are even checked).
 LITE0_BLOCKS = 16
 # Architectures without any pretrained weights, and those whose weights are a local Keras file.
@@ -309,7 +309,7 @@ class ExternalSet(_Section):
 
 
 class OperatingPoint(_Section):
-    """How the melanoma alert threshold is chosen (melanoma.operating_point)."""
+    """How the melanoma alert threshold is chosen (melanoma.evaluation.operating_point)."""
 
     target_sensitivity: float = Field(0.85, gt=0, lt=1)
     confidence: float = Field(0.95, gt=0.5, lt=1)

@@ -4,10 +4,20 @@ import logging
 import shutil
 from pathlib import Path
 
-from melanoma.augmentation import augmented_manifest, log_counts, plan_augmentation, write_copies
 from melanoma.config import load_params
+from melanoma.data.augmentation import (
+    augmented_manifest,
+    log_counts,
+    plan_augmentation,
+    write_copies,
+)
+from melanoma.data.manifest import (
+    AUGMENTED_COLUMNS,
+    VALIDATED_COLUMNS,
+    read_manifest,
+    write_manifest,
+)
 from melanoma.logs import setup_logging
-from melanoma.manifest import AUGMENTED_COLUMNS, VALIDATED_COLUMNS, read_manifest, write_manifest
 
 VALIDATED_MANIFEST = Path("data/validated/manifest.csv")
 AUGMENTED_DIR = Path("data/augmented")

@@ -13,7 +13,18 @@ import mlflow
 import numpy as np
 
 from melanoma.config import Params, flatten, load_params
-from melanoma.evaluation import (
+from melanoma.data.manifest import AUGMENTED_COLUMNS, INGEST_COLUMNS, file_sha256, read_manifest
+from melanoma.evaluation.explain import write_gallery
+from melanoma.evaluation.external import FILE_COLUMNS, check_folder, read_external_set
+from melanoma.evaluation.metrics import images_sha256, read_predictions
+from melanoma.evaluation.model_card import (
+    CardFacts,
+    figures_table,
+    read_json_or_empty,
+    registry_description,
+    render_card,
+)
+from melanoma.evaluation.report import (
     TEST,
     EvaluationSet,
     choose_operating_point,
@@ -22,20 +33,9 @@ from melanoma.evaluation import (
     test_set,
     tracked_metrics,
 )
-from melanoma.explain import write_gallery
-from melanoma.external import FILE_COLUMNS, check_folder, read_external_set
 from melanoma.logs import setup_logging
-from melanoma.manifest import AUGMENTED_COLUMNS, INGEST_COLUMNS, file_sha256, read_manifest
-from melanoma.metrics import images_sha256, read_predictions
-from melanoma.model_card import (
-    CardFacts,
-    figures_table,
-    read_json_or_empty,
-    registry_description,
-    render_card,
-)
-from melanoma.predict import predict_split
-from melanoma.registry import (
+from melanoma.model.predict import predict_split
+from melanoma.registry.promotion import (
     KEPT,
     PROMOTED,
     ScoredImages,

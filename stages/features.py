@@ -6,9 +6,9 @@ import sys
 from pathlib import Path
 
 from melanoma.config import load_params
-from melanoma.features import FEATURES_DIR, write_feature_cache
 from melanoma.logs import setup_logging
-from melanoma.torch_legacy import WeightsFileError
+from melanoma.model.features import FEATURES_DIR, write_feature_cache
+from melanoma.model.torch_legacy import WeightsFileError
 
 AUGMENTED_MANIFEST = Path("data/augmented/manifest.csv")
 

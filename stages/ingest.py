@@ -5,9 +5,9 @@ import sys
 from pathlib import Path
 
 from melanoma.config import load_params
-from melanoma.ingest import count_lines, ingest
+from melanoma.data.ingest import count_lines, ingest
+from melanoma.data.sources import SourceError
 from melanoma.logs import setup_logging
-from melanoma.sources import SourceError
 
 OUTPUT_DIR = Path("data/ingested")
 

@@ -5,10 +5,10 @@ import sys
 from pathlib import Path
 
 from melanoma.config import load_params
-from melanoma.features import FeatureCacheError
 from melanoma.logs import setup_logging
-from melanoma.torch_legacy import WeightsFileError
-from melanoma.training import TrainOutputs, run_training
+from melanoma.model.features import FeatureCacheError
+from melanoma.model.torch_legacy import WeightsFileError
+from melanoma.model.training import TrainOutputs, run_training
 
 AUGMENTED_MANIFEST = Path("data/augmented/manifest.csv")
 

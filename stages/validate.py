@@ -11,17 +11,17 @@ import sys
 from pathlib import Path
 
 from melanoma.config import load_params
-from melanoma.duplicates import resolve_content
-from melanoma.logs import setup_logging
-from melanoma.manifest import INGEST_COLUMNS, VALIDATED_COLUMNS, read_manifest, write_manifest
-from melanoma.reference_labels import ReferenceLabelsError, load_reference_labels
-from melanoma.validation import (
+from melanoma.data.duplicates import resolve_content
+from melanoma.data.manifest import INGEST_COLUMNS, VALIDATED_COLUMNS, read_manifest, write_manifest
+from melanoma.data.reference_labels import ReferenceLabelsError, load_reference_labels
+from melanoma.data.validation import (
     build_report,
     run_expectations,
     summary_lines,
     too_few_warnings,
     write_report,
 )
+from melanoma.logs import setup_logging
 
 INGESTED_MANIFEST = Path("data/ingested/manifest.csv")
 VALIDATED_MANIFEST = Path("data/validated/manifest.csv")

@@ -16,8 +16,8 @@ import yaml
 from PIL import Image
 
 from bench.project import command_env, copy_project
+from melanoma.data.manifest import AUGMENTED_COLUMNS, INGEST_COLUMNS, VALIDATED_COLUMNS
 from melanoma.labels import LABELS
-from melanoma.manifest import AUGMENTED_COLUMNS, INGEST_COLUMNS, VALIDATED_COLUMNS
 
 # --- tiny ISIC-like sources (ingest, validate, pipeline tests) ---------------------------------
 
@@ -132,7 +132,7 @@ def _tiny_params() -> dict:
     raw["augment"].update(val_fraction=0.25, target_per_class=8)
     # No warm-up: some tests train for a single epoch.
     # A small resnet from scratch, whatever the default architecture: the tests exercise the
-    # pipeline's mechanics; tests/test_efficientnet_lite.py covers the pretrained network.
+    # pipeline's mechanics; tests/model/test_efficientnet_lite.py covers the pretrained network.
     raw["train"].update(
         architecture="resnet",
         freeze="none",
@@ -368,11 +368,11 @@ def tiny_classifier() -> Callable:
 @pytest.fixture
 def log_model(mlflow_project) -> Callable:
     """log_model(model) -> (run id, model URI): the model logged as the train stage logs it
-    (melanoma.training.log_keras_model), in a new run of the mlflow_project store."""
+    (melanoma.model.training.log_keras_model), in a new run of the mlflow_project store."""
     import mlflow
 
+    from melanoma.model.training import log_keras_model
     from melanoma.tracking import configure_tracking
-    from melanoma.training import log_keras_model
 
     def log(model) -> tuple[str, str]:
         experiment_id = configure_tracking(mlflow_project.mlflow)
@@ -393,8 +393,8 @@ def evaluation_project(mlflow_project, image_bytes) -> tuple[list[str], np.ndarr
     against). reports/validation_predictions.csv holds made-up validation probabilities.
     Returns (image paths, label indices) of the test rows.
     """
-    from melanoma.images import pixel_sha256
-    from melanoma.metrics import predictions_table
+    from melanoma.data.images import pixel_sha256
+    from melanoma.evaluation.metrics import predictions_table
 
     rows, ingested = [], []
     for index, label in enumerate(LABELS):

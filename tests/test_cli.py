@@ -7,7 +7,7 @@ import mlflow
 import pytest
 
 from melanoma.cli import CANNOT_RUN, OK, SOME_FILES_FAILED, main
-from melanoma.registry import THRESHOLD_TAG, Decision, record_decision
+from melanoma.registry.promotion import THRESHOLD_TAG, Decision, record_decision
 
 ROOT = Path(__file__).resolve().parents[1]
 CONSTANT = [0.05, 0.05, 0.05, 0.5, 0.1, 0.1, 0.05, 0.05, 0.05]  # P(melanoma) = 0.5

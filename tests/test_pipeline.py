@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bench.project import command_env, copy_project, override_params
-from melanoma.manifest import VALIDATED_COLUMNS, read_manifest
+from melanoma.data.manifest import VALIDATED_COLUMNS, read_manifest
 
 
 def run(command: list[str], cwd: Path) -> str:

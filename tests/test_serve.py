@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from melanoma.labels import LABELS
-from melanoma.predict import serving_request
-from melanoma.registry import Decision, record_decision
+from melanoma.model.predict import serving_request
+from melanoma.registry.promotion import Decision, record_decision
 
 STARTUP_SECONDS = 90
 

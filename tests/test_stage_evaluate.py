@@ -7,10 +7,10 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from melanoma.external import ExternalSetError
+from melanoma.evaluation.external import ExternalSetError
+from melanoma.evaluation.model_card import DESCRIPTION_LIMIT, with_interval
 from melanoma.labels import LABELS
-from melanoma.model_card import DESCRIPTION_LIMIT, with_interval
-from melanoma.registry import (
+from melanoma.registry.promotion import (
     DECISION_TAG,
     KEPT,
     PROMOTED,

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from melanoma.manifest import INGEST_COLUMNS, read_manifest
+from melanoma.data.manifest import INGEST_COLUMNS, read_manifest
 from stages import ingest as stage
 
 PROJECT_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"

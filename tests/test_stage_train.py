@@ -8,7 +8,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from melanoma.manifest import AUGMENTED_COLUMNS, read_manifest
+from melanoma.data.manifest import AUGMENTED_COLUMNS, read_manifest
 from stages import augment, features, train
 
 DVC_YAML = Path(__file__).resolve().parents[1] / "dvc.yaml"

@@ -1,0 +1,1 @@
+"""Data: reading the collection, ingest, validate, augment, and the tf.data input."""

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, evaluation sets, the alert threshold, explanations, the card."""

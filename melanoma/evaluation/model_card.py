@@ -1,0 +1,521 @@
+"""The model card of an evaluated model: reports/model_card.md.
+
+`evaluate` writes it from the facts the pipeline recorded (reports/metrics.json, reports/
+train_metrics.json, reports/validation.json, models/run.json, the params, the git commit and
+the data hashes), never a hand-written number, logs it with the MLflow run and makes it the
+registered version's description (MLflow renders Markdown there). Every figure goes through
+`number` or `with_interval`, so a test can hold each cell against the JSON it came from.
+A fact that is missing (an older validation.json, no train_metrics.json) is said to be missing;
+the card is still written.
+"""
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from melanoma.evaluation.metrics import HEADLINE_METRICS
+from melanoma.evaluation.report import evaluation_sections
+from melanoma.labels import LABELS
+
+log = logging.getLogger(__name__)
+
+# The model version description column of MLflow's SQL stores is VARCHAR(5000) (SQLite does not
+# enforce it, other databases do): a longer card goes to the registry without its params table.
+DESCRIPTION_LIMIT = 5000
+# ISIC image ids grow with the archive's age; the ablation found the test split's melanomas and
+# nevi all below this id, the training ones mostly above it (bench/ABLATION.md).
+OLD_ARCHIVE_IDS_BELOW = 1000
+# A class with fewer original images than this in a split has per-class figures that are noise.
+FEW_IMAGES = 10
+SPLITS = ("train", "val", "test")
+FIGURE_NAMES = {
+    "accuracy": "accuracy",
+    "balanced_accuracy": "balanced accuracy",
+    "macro_f1": "macro F1",
+    "melanoma_auc": "melanoma-vs-rest ROC AUC",
+    "melanoma_sensitivity": "melanoma sensitivity at the threshold",
+    "melanoma_specificity": "melanoma specificity at the threshold",
+}
+CARD_FIGURES = HEADLINE_METRICS
+LIMITATIONS_HEADING = "## Known limitations"
+LINEAGE_HEADING = "## Lineage"
+ISIC_ID = re.compile(r"ISIC_(\d+)")
+
+
+@dataclass(frozen=True)
+class CardFacts:
+    """What the card is written from. Only `report`, `run_info` and `params` are required."""
+
+    report: dict  # reports/metrics.json
+    run_info: dict  # models/run.json, with the run id evaluate logged into
+    params: dict[str, object]  # flattened params (melanoma.config.flatten)
+    lineage: dict[str, str] = field(default_factory=dict)  # git commit, data hashes
+    training: dict = field(default_factory=dict)  # reports/train_metrics.json
+    validation: dict = field(default_factory=dict)  # reports/validation.json
+    # data/augmented/manifest.csv (label, split, source_image_id, augmented); None if unknown
+    images: pd.DataFrame | None = None
+    model_name: str = ""
+
+
+def read_json_or_empty(path: Path) -> dict:
+    """The JSON object in `path`, or {} (with a warning) if it is absent or unreadable: the card
+    then says the fact is unknown instead of failing the stage."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        log.warning("model card: %s not read (%s): its facts are left out", path, error)
+        return {}
+
+
+def number(value: object, digits: int = 3) -> str:
+    """The one way the card writes a figure: `digits` decimals, ints as they are, None as
+    "undefined"."""
+    if value is None:
+        return "undefined"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return str(value)
+    if not isinstance(value, float):
+        return str(value)  # a field of another shape (a newer validate): shown as it is
+    return f"{value:.{digits}f}"
+
+
+def with_interval(section: dict, name: str) -> str:
+    """`0.530 (0.440–0.640)`: the figure and its bootstrap interval, if the report has one."""
+    low, high = section.get(f"{name}_ci_low"), section.get(f"{name}_ci_high")
+    if low is None or high is None:
+        return number(section.get(name))
+    return f"{number(section.get(name))} ({number(low)}–{number(high)})"
+
+
+TABLE_COLUMNS = ["set", "figure", "value", "ci_low", "ci_high"]
+
+
+def figures_table(report: dict) -> dict[str, list]:
+    """Every figure of every evaluation set in reports/metrics.json, one row each: set, figure,
+    value, ci_low, ci_high (None where undefined or without an interval), in the layout
+    `mlflow.log_table` writes ({"columns": [...], "data": [[...], ...]}). The per-class figures
+    and interval bounds go to MLflow as this one table, not as metrics."""
+    rows = []
+    for set_name, section in evaluation_sections(report):
+        for name, value in section.items():
+            if name.endswith(("_ci_low", "_ci_high")) or isinstance(value, bool):
+                continue
+            if value is not None and not isinstance(value, int | float):
+                continue  # a note
+            low, high = section.get(f"{name}_ci_low"), section.get(f"{name}_ci_high")
+            rows.append([set_name, name, value, low, high])
+    return {"columns": TABLE_COLUMNS, "data": rows}
+
+
+def image_counts(images: pd.DataFrame) -> pd.DataFrame:
+    """Original images per label (rows, every label) and split (train, val, test), plus the
+    augmented copies added to train."""
+    original = images[~images["augmented"].astype(str).str.lower().eq("true")]
+    counts = (
+        original.groupby(["label", "split"])
+        .size()
+        .unstack(fill_value=0)
+        .reindex(index=list(LABELS), columns=list(SPLITS), fill_value=0)
+    )
+    copies = images[images["augmented"].astype(str).str.lower().eq("true")]
+    counts["train_augmented_copies"] = (
+        copies.groupby("label").size().reindex(list(LABELS), fill_value=0)
+    )
+    return counts.astype(int)
+
+
+def archive_mix(images: pd.DataFrame) -> pd.DataFrame:
+    """Per split, original melanomas and nevi with an ISIC id below OLD_ARCHIVE_IDS_BELOW (the
+    oldest archive) and above it: where the test split's mix differs from training's, a network
+    can learn the archive instead of the lesion."""
+    original = images[~images["augmented"].astype(str).str.lower().eq("true")]
+    ids = original["source_image_id"].astype(str).str.extract(ISIC_ID, expand=False)
+    old = pd.to_numeric(ids, errors="coerce") < OLD_ARCHIVE_IDS_BELOW
+    table = pd.DataFrame(index=list(SPLITS))
+    for label in ("melanoma", "nevus"):
+        of_label = original["label"] == label
+        for column, rows in ((f"{label}_old", of_label & old), (f"{label}_later", of_label & ~old)):
+            table[column] = original[rows].groupby("split").size().reindex(SPLITS, fill_value=0)
+    return table.astype(int)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
+
+
+def intended_use(facts: CardFacts) -> list[str]:
+    params = facts.params
+    return [
+        "## Intended use",
+        "",
+        "Decision support for dermatologists: it flags dermoscopic images that may show a "
+        "melanoma (**MELANOMA ALERT**) and gives the probability of each of the nine ISIC "
+        "diagnoses, so that a specialist looks again. It is **not a diagnosis**, not for use "
+        "by patients or without a dermatologist, and not for clinical (non-dermoscopic) "
+        "photographs or lesions outside the nine classes.",
+        "",
+        f"Model: `{params.get('train.architecture', 'unknown')}` architecture, "
+        f"{number(facts.run_info.get('image_size'))} px RGB input, nine softmax probabilities "
+        f"({', '.join(LABELS)}).",
+    ]
+
+
+def training_data(facts: CardFacts) -> list[str]:
+    lines = [
+        "## Training data",
+        "",
+        f"Source: `{facts.params.get('data.source', 'unknown')}` (the ISIC collection of nine "
+        "diagnoses, its Train and Test folders). The augment stage split Train into train and "
+        "validation and balanced train with augmented copies; Test is the test split.",
+        "",
+    ]
+    if facts.images is None:
+        lines.append("Image counts per class: unknown (no augmented manifest).")
+    else:
+        counts = image_counts(facts.images)
+        lines += _table(
+            ["class", "train", "validation", "test", "augmented copies in train"],
+            [
+                [label, *(number(int(v)) for v in row)]
+                for label, row in zip(counts.index, counts.to_numpy(), strict=True)
+            ],
+        )
+    return [*lines, "", *validation_findings(facts.validation)]
+
+
+# Keys of reports/validation.json rendered in their own lines; any other list or dict field
+# (a newer validate) is listed generically, so the card never hides what validate found.
+_KNOWN_VALIDATION_KEYS = {
+    "success",
+    "failures",
+    "policy",
+    "expectations",
+    "class_counts",
+    "label_conflicts",
+    "leaks",
+    "duplicates",
+    "decisions",
+    "removed",
+    "reference_labels",
+    "too_few_training_images",
+}
+
+
+def reference_label_findings(reference: dict) -> list[str]:
+    """The check of folder labels against ISIC's ground truth: agreement, and each kind of
+    disagreement with what was done about it."""
+    if not reference:
+        return []
+    images = reference.get("images", {})
+    lines = [
+        "- Folder labels checked against ISIC's ground truth (`validate.reference_labels`): "
+        + ", ".join(f"{k.replace('_', ' ')} {number(v)}" for k, v in images.items())
+        + "."
+    ]
+    for pair in reference.get("disagreement_pairs", []):
+        actions = ", ".join(
+            f"{k.replace('_', ' ')} {number(v)}" for k, v in pair.get("actions", {}).items()
+        )
+        lines.append(
+            f"  - folder `{pair['folder_label']}`, ISIC says {pair['reference_class']} "
+            f"({pair['reference_label']}): {number(pair['images'])} images ({actions})."
+        )
+    return lines
+
+
+def validation_findings(validation: dict) -> list[str]:
+    """What validate dropped or relabelled and why, from reports/validation.json."""
+    lines = ["### What validate removed or changed", ""]
+    if not validation:
+        return [*lines, "Unknown: reports/validation.json was not available."]
+    policy = validation.get("policy", {})
+    if policy:
+        lines.append("- Policy: " + ", ".join(f"{k} `{v}`" for k, v in policy.items()) + ".")
+    groups = [
+        f"{len(validation[key])} {what}"
+        for key, what in (
+            ("label_conflicts", "label-conflict groups (the same pixels under two labels)"),
+            ("leaks", "leak groups (a test image also in train)"),
+            ("duplicates", "within-label duplicate groups"),
+        )
+        if isinstance(validation.get(key), list)
+    ]
+    if groups:
+        lines.append("- Found: " + ", ".join(groups) + ".")
+    decisions = validation.get("decisions", {})
+    if decisions:
+        lines.append(
+            "- Decisions per image: "
+            + ", ".join(f"{k} {number(v)}" for k, v in sorted(decisions.items()))
+            + "."
+        )
+    lines += reference_label_findings(validation.get("reference_labels") or {})
+    thin = (validation.get("too_few_training_images") or {}).get("labels", {})
+    if thin:
+        lines.append(
+            "- Classes with fewer than "
+            f"{number(validation['too_few_training_images']['threshold'])} training images: "
+            + ", ".join(f"{label} {number(n)}" for label, n in sorted(thin.items()))
+            + "."
+        )
+    for key in sorted(set(validation) - _KNOWN_VALIDATION_KEYS):
+        value = validation[key]
+        if isinstance(value, list | dict):
+            lines.append(f"- `{key}`: {number(len(value))} entries (see reports/validation.json)")
+    for failure in validation.get("failures", []):
+        lines.append(f"- failure: {failure}")
+    removed = validation.get("removed", {})
+    if removed:
+        lines += [
+            "",
+            "Images removed, by reason:",
+            "",
+            *_table(["reason", "images"], [[k, number(v)] for k, v in removed.items()]),
+        ]
+    return lines
+
+
+def evaluation(report: dict, training: dict) -> list[str]:
+    """Every evaluation set as a column, every headline figure as a row, with intervals."""
+    sections = evaluation_sections(report)
+    header = ["figure", *(name for name, _ in sections)]
+    rows = [
+        ["images", *(number(s.get("images")) for _, s in sections)],
+        ["melanomas", *(number(s.get("melanomas")) for _, s in sections)],
+        *(
+            [FIGURE_NAMES[name], *(with_interval(s, name) for _, s in sections)]
+            for name in CARD_FIGURES
+        ),
+    ]
+    lines = [
+        "## Evaluation",
+        "",
+        f"Figures with their 95% bootstrap intervals ({number(report.get('bootstrap_samples'))} "
+        "samples). An external set that chose the alert threshold reports on its other half "
+        "only.",
+        "",
+        *_table(header, rows),
+    ]
+    validation = training.get("validation")
+    if validation:
+        lines += [
+            "",
+            "On the validation split (train's own held-out part, no intervals): "
+            + ", ".join(
+                f"{FIGURE_NAMES[name]} {number(validation.get(name))}"
+                for name in CARD_FIGURES
+                if name in validation
+            )
+            + ".",
+        ]
+    return lines
+
+
+def alert(report: dict) -> list[str]:
+    point = report["operating_point"]
+    sections = evaluation_sections(report)
+    lines = [
+        "## Melanoma alert",
+        "",
+        f"**MELANOMA ALERT** when P(melanoma) >= {number(point['threshold'], 4)}, chosen on "
+        f"{point['chosen_on']}: the highest threshold whose lower confidence bound of "
+        f"sensitivity reaches {number(point['target_sensitivity'])} at confidence "
+        f"{number(point['confidence'])} ({number(point['caught'])} of "
+        f"{number(point['melanomas'])} melanomas caught there, lower bound "
+        f"{number(point['sensitivity_lower_bound'])}; target reachable: "
+        f"{number(point['target_reachable'])}).",
+        "",
+    ]
+    rows = [
+        [
+            name,
+            number(s.get("melanomas")),
+            with_interval(s, "melanoma_sensitivity"),
+            with_interval(s, "melanoma_specificity"),
+            number(s.get("alert_below_target")) if "alert_below_target" in s else "n/a",
+        ]
+        for name, s in sections
+    ]
+    return lines + _table(["set", "melanomas", "sensitivity", "specificity", "below target"], rows)
+
+
+def calibration(report: dict, training: dict) -> list[str]:
+    lines = [
+        "## Calibration",
+        "",
+        f"Temperature {number(report.get('temperature'))} (fitted on the validation split and "
+        "folded into the model; a temperature of one means uncalibrated). Expected "
+        "calibration error (ECE) and Brier score before and after:",
+        "",
+    ]
+    rows = []
+    fitted = training.get("calibration", {})
+    if "validation_ece" in fitted:
+        rows.append(
+            [
+                "validation",
+                number(fitted.get("validation_ece_uncalibrated")),
+                number(fitted["validation_ece"]),
+                number(fitted.get("validation_brier_uncalibrated")),
+                number(fitted.get("validation_brier")),
+            ]
+        )
+    for name, s in evaluation_sections(report):
+        rows.append(
+            [
+                name,
+                number(s.get("ece_uncalibrated", s.get("ece"))),
+                number(s.get("ece")),
+                number(s.get("brier_uncalibrated", s.get("brier"))),
+                number(s.get("brier")),
+            ]
+        )
+    return lines + _table(["set", "ECE before", "ECE after", "Brier before", "Brier after"], rows)
+
+
+def limitations(facts: CardFacts) -> list[str]:
+    report, lines = facts.report, [LIMITATIONS_HEADING, ""]
+    test = report.get("test", {})
+    validation = facts.training.get("validation", {})
+    shift = (
+        "- **Archive shift.** ISIC image ids grow with the archive's age; where the test "
+        "split's melanomas and nevi come from another archive than the training ones, the "
+        "network can learn the archive instead of the lesion, and validation figures "
+        "overstate the test figures (bench/ABLATION.md)."
+    )
+    if "melanoma_auc" in validation:
+        shift += (
+            f" Melanoma AUC: validation {number(validation['melanoma_auc'])}, test "
+            f"{with_interval(test, 'melanoma_auc')}; accuracy: validation "
+            f"{number(validation.get('accuracy'))}, test {with_interval(test, 'accuracy')}."
+        )
+    lines.append(shift)
+    if facts.images is not None:
+        mix = archive_mix(facts.images)
+        lines += [
+            "",
+            f"  Original melanomas and nevi by ISIC id (below {OLD_ARCHIVE_IDS_BELOW}: the "
+            "oldest archive):",
+            "",
+            *(
+                "  " + line
+                for line in _table(
+                    ["split", "melanoma, old", "melanoma, later", "nevus, old", "nevus, later"],
+                    [[split, *(number(int(v)) for v in row)] for split, row in mix.iterrows()],
+                )
+            ),
+            "",
+        ]
+        counts = image_counts(facts.images)[list(SPLITS)]
+        few = [
+            f"{label} ("
+            + ", ".join(f"{split} {number(int(n))}" for split, n in row.items() if n < FEW_IMAGES)
+            + ")"
+            for label, row in counts.iterrows()
+            if (row < FEW_IMAGES).any()
+        ]
+        if few:
+            lines.append(
+                f"- **Classes with too few images** (fewer than {FEW_IMAGES} originals in a "
+                "split; their per-class figures are noise and the model has seen little of "
+                "them): " + "; ".join(few) + "."
+            )
+    for name, s in evaluation_sections(report):
+        if s.get("melanomas") == 0:
+            lines.append(f"- {name}: {s.get('note', 'no melanoma in this set')}.")
+    if not report["operating_point"].get("target_reachable", True):
+        point = report["operating_point"]
+        lines.append(
+            f"- The {number(point['melanomas'])} melanomas the threshold was chosen on are too "
+            f"few to show sensitivity >= {number(point['target_sensitivity'])}: the threshold "
+            "catches all of them."
+        )
+    lines += [f"- Warning: {warning}" for warning in report.get("warnings", [])]
+    return lines
+
+
+def lineage(facts: CardFacts, with_params: bool) -> list[str]:
+    info = facts.run_info
+    rows = [
+        ["MLflow run", f"`{info.get('run_id', 'unknown')}`"],
+        ["logged model", f"`{info.get('model_uri', 'unknown')}`"],
+        *([name, f"`{value}`"] for name, value in facts.lineage.items()),
+    ]
+    lines = [LINEAGE_HEADING, "", *_table(["what", "value"], rows), ""]
+    if with_params:
+        lines += [
+            "Params (params.yaml):",
+            "",
+            *_table(["param", "value"], [[k, f"`{v}`"] for k, v in facts.params.items()]),
+        ]
+    else:
+        lines.append(
+            "Params: the MLflow run's params; the whole card is the run's artifact "
+            "`evaluation/model_card.md`."
+        )
+    return lines
+
+
+def card_parts(facts: CardFacts, *, with_params: bool = True) -> dict[str, list[str]]:
+    """The card's sections, in order, each a list of Markdown lines."""
+    return {
+        "title": [
+            f"# Model card: {facts.model_name or 'melanoma classifier'}",
+            "",
+            f"MLflow run `{facts.run_info.get('run_id', 'unknown')}`.",
+        ],
+        "intended_use": intended_use(facts),
+        "training_data": training_data(facts),
+        "evaluation": evaluation(facts.report, facts.training),
+        "alert": alert(facts.report),
+        "calibration": calibration(facts.report, facts.training),
+        "limitations": limitations(facts),
+        "lineage": lineage(facts, with_params),
+    }
+
+
+def _join(parts: dict[str, list[str]]) -> str:
+    return "\n\n".join("\n".join(lines) for lines in parts.values()) + "\n"
+
+
+def render_card(facts: CardFacts, *, with_params: bool = True) -> str:
+    """reports/model_card.md: Markdown, every figure from `facts`."""
+    return _join(card_parts(facts, with_params=with_params))
+
+
+# Sections the registry's copy loses first when the card is over its limit, each down to its
+# heading and a pointer to the whole card.
+SHORTENED_FIRST = ("training_data", "calibration", "limitations", "alert", "evaluation")
+
+
+def registry_description(facts: CardFacts, limit: int = DESCRIPTION_LIMIT) -> str:
+    """The card for the registered version's description, within `limit` characters: whole if
+    it fits; else without its params table (the run has them); else with the sections of
+    SHORTENED_FIRST, in that order, cut to their heading and a pointer to the whole card (the
+    run's artifact evaluation/model_card.md)."""
+    card = render_card(facts)
+    if len(card) <= limit:
+        return card
+    parts = card_parts(facts, with_params=False)
+    pointer = (
+        "Left out here for the registry's size limit: see the whole card, the artifact "
+        f"`evaluation/model_card.md` of run `{facts.run_info.get('run_id', 'unknown')}`."
+    )
+    for name in SHORTENED_FIRST:
+        if len(_join(parts)) <= limit:
+            break
+        parts[name] = [parts[name][0], "", pointer]
+    description = _join(parts)
+    if len(description) > limit:
+        log.warning("the model card is %d characters even shortened", len(description))
+    return description

@@ -1,0 +1,298 @@
+"""The evaluate stage's logic: the evaluation sets, the alert threshold, and each set's report.
+
+Evaluation sets are the test split and every external set of `evaluate.external_sets`. The
+alert threshold is chosen on the validation split or on an external set (melanoma.
+operating_point); a set that chooses it reports on its other half only.
+"""
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from melanoma.config import EvaluateParams, OperatingPoint
+from melanoma.data.dataset import split_rows
+from melanoma.evaluation.external import ExternalImages
+from melanoma.evaluation.metrics import (
+    melanoma_alerts,
+    metrics_report,
+    plot_confusion_matrix,
+    plot_melanoma_roc,
+    predictions_table,
+    save_figure,
+)
+from melanoma.evaluation.operating_point import (
+    Threshold,
+    choose_threshold,
+    sensitivity_upper_bound,
+    split_halves,
+)
+from melanoma.labels import MELANOMA_INDEX
+from melanoma.model.calibration import calibration_figures, plot_reliability, rescale
+
+log = logging.getLogger(__name__)
+
+VALIDATION, TEST = "validation", "test"
+CHOOSE, REPORT = "choose", "report"
+# Figures of each set that go to MLflow as metrics: with train's curves and summary, about 25
+# per run (issue 12). All of them, intervals and per-class figures too, are in
+# reports/metrics.json and in the run's table artifact evaluation/figures.json.
+TRACKED_FIGURES = (
+    "accuracy",
+    "balanced_accuracy",
+    "melanoma_auc",
+    "melanoma_sensitivity",
+    "melanoma_specificity",
+)
+
+
+@dataclass(frozen=True)
+class EvaluationSet:
+    """Images with labels: `paths` as the model reads them, `names` as the reports list them."""
+
+    name: str
+    paths: list[str]
+    names: list[str]
+    true: np.ndarray
+
+    def rows(self, rows: np.ndarray) -> "EvaluationSet":
+        return replace(
+            self,
+            paths=[self.paths[i] for i in rows],
+            names=[self.names[i] for i in rows],
+            true=self.true[rows],
+        )
+
+
+def test_set(manifest: pd.DataFrame, manifest_path: Path) -> EvaluationSet:
+    paths, true = split_rows(manifest, "test", manifest_path)
+    return EvaluationSet(TEST, paths, paths, true)
+
+
+def external_set(images: ExternalImages) -> EvaluationSet:
+    return EvaluationSet(images.name, images.paths, images.source_paths, images.true)
+
+
+@dataclass(frozen=True)
+class OperatingPointChoice:
+    threshold: Threshold
+    chosen_on: str  # in words, with the number of images
+    # Per set name, the role of each image: CHOOSE (chose the threshold, not reported) or REPORT.
+    roles: dict[str, np.ndarray]
+
+    def describe(self, params: OperatingPoint) -> dict:
+        t = self.threshold
+        return {
+            "threshold": t.value,
+            "chosen_on": self.chosen_on,
+            "target_sensitivity": params.target_sensitivity,
+            "confidence": params.confidence,
+            "melanomas": t.melanomas,
+            "caught": t.caught,
+            "sensitivity_lower_bound": t.sensitivity_lower_bound,
+            "target_reachable": t.target_reachable,
+        }
+
+
+def choose_operating_point(
+    params: OperatingPoint,
+    seed: int,
+    validation: tuple[np.ndarray, np.ndarray],
+    sets: list[EvaluationSet],
+    probabilities: dict[str, np.ndarray],
+) -> OperatingPointChoice:
+    """The threshold from `params.choose_on`: the validation split's (true, probabilities), or
+    the choosing half of the external set of that name, split by `split_halves(true, seed)`."""
+    roles = {s.name: np.full(len(s.true), REPORT) for s in sets}
+    if params.choose_on == VALIDATION:
+        true, chooser = validation
+        chosen_on = f"the validation split ({len(true)} images)"
+    else:
+        chooser_set = next(s for s in sets if s.name == params.choose_on)
+        choose_rows, _ = split_halves(chooser_set.true, seed)
+        roles[chooser_set.name][choose_rows] = CHOOSE
+        true = chooser_set.true[choose_rows]
+        chooser = probabilities[chooser_set.name][choose_rows]
+        chosen_on = f"the choosing half of {chooser_set.name} ({len(true)} images)"
+    threshold = choose_threshold(true, chooser, params.target_sensitivity, params.confidence)
+    log.info(
+        "melanoma alert threshold %.4f, chosen on %s: %d of %d melanomas caught, sensitivity "
+        "lower bound %.3f (target %.2f at %.0f%% confidence)",
+        threshold.value,
+        chosen_on,
+        threshold.caught,
+        threshold.melanomas,
+        threshold.sensitivity_lower_bound,
+        params.target_sensitivity,
+        params.confidence * 100,
+    )
+    if not threshold.target_reachable:
+        log.warning(
+            "%d melanomas are too few to show sensitivity >= %.2f at %.0f%% confidence: the "
+            "threshold catches all of them",
+            threshold.melanomas,
+            params.target_sensitivity,
+            params.confidence * 100,
+        )
+    return OperatingPointChoice(threshold, chosen_on, roles)
+
+
+def set_section(
+    evaluation_set: EvaluationSet,
+    probabilities: np.ndarray,
+    threshold: float,
+    temperature: float,
+    params: OperatingPoint,
+    bootstrap_samples: int,
+    seed: int,
+) -> dict:
+    """A set's section of reports/metrics.json: metrics_report, calibration (and, when the
+    model was calibrated, the uncalibrated figures too), and whether the alert can still meet
+    the target sensitivity there."""
+    true = evaluation_set.true
+    section = metrics_report(
+        true, probabilities, threshold, bootstrap_samples, seed, evaluation_set.name
+    )
+    section |= calibration_figures(true, probabilities)
+    if temperature != 1.0:
+        uncalibrated = rescale(probabilities, 1 / temperature)
+        section |= {
+            f"{name}_uncalibrated": value
+            for name, value in calibration_figures(true, uncalibrated).items()
+        }
+    is_melanoma = true == MELANOMA_INDEX
+    melanomas = int(is_melanoma.sum())
+    section["melanomas"] = melanomas
+    if melanomas == 0:
+        section["note"] = "no melanoma in this set: melanoma-vs-rest figures are undefined"
+        return section
+    caught = int(melanoma_alerts(probabilities, threshold)[is_melanoma].sum())
+    upper = sensitivity_upper_bound(caught, melanomas, params.confidence)
+    section["melanoma_sensitivity_upper_bound"] = upper
+    section["alert_below_target"] = upper < params.target_sensitivity
+    return section
+
+
+def below_target_warning(name: str, section: dict, params: OperatingPoint) -> str | None:
+    if not section.get("alert_below_target"):
+        return None
+    return (
+        f"{name}: the melanoma alert misses its target here: sensitivity "
+        f"{section['melanoma_sensitivity']:.3f}, upper {params.confidence:.0%} bound "
+        f"{section['melanoma_sensitivity_upper_bound']:.3f} < target {params.target_sensitivity}"
+    )
+
+
+def write_set_outputs(
+    evaluation_set: EvaluationSet,
+    probabilities: np.ndarray,
+    roles: np.ndarray,
+    threshold: float,
+    temperature: float,
+    predictions_file: Path,
+    plots_dir: Path,
+) -> list[Path]:
+    """The set's predictions CSV (every image, with its role) and its plots (of the reporting
+    images); returns the paths written."""
+    table = predictions_table(evaluation_set.names, evaluation_set.true, probabilities, threshold)
+    table["role"] = roles
+    predictions_file.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(predictions_file, index=False)
+    reporting = roles == REPORT
+    name, true, probabilities = (
+        evaluation_set.name,
+        evaluation_set.true[reporting],
+        probabilities[reporting],
+    )
+    confusion = plots_dir / f"{name}_confusion_matrix.png"
+    roc = plots_dir / f"{name}_roc_curve.png"
+    reliability = plots_dir / f"{name}_reliability.png"
+    plot_confusion_matrix(true, probabilities, confusion, name)
+    plot_melanoma_roc(true, probabilities, threshold, roc, name)
+    uncalibrated = rescale(probabilities, 1 / temperature) if temperature != 1.0 else None
+    save_figure(
+        plot_reliability(true, probabilities, uncalibrated, f"Reliability, {name}"), reliability
+    )
+    return [predictions_file, confusion, roc, reliability]
+
+
+def evaluation_report(
+    sets: list[EvaluationSet],
+    probabilities: dict[str, np.ndarray],
+    choice: OperatingPointChoice,
+    temperature: float,
+    params: EvaluateParams,
+    predictions_file: Callable[[str], Path],
+    plots_dir: Path,
+) -> tuple[dict, list[Path]]:
+    """reports/metrics.json's content (operating point, then a section per set: `test` and
+    `external.<name>`, then warnings), and the per-set files written (predictions CSV at
+    `predictions_file(set name)`, plots in plots_dir)."""
+    report = {
+        "operating_point": choice.describe(params.operating_point),
+        "temperature": temperature,
+        "bootstrap_samples": params.bootstrap_samples,
+        "test": {},
+        "external": {},
+        "warnings": [],
+    }
+    written: list[Path] = []
+    threshold = choice.threshold.value
+    for evaluation_set in sets:
+        name, roles = evaluation_set.name, choice.roles[evaluation_set.name]
+        reporting = np.flatnonzero(roles == REPORT)
+        section = set_section(
+            evaluation_set.rows(reporting),
+            probabilities[name][reporting],
+            threshold,
+            temperature,
+            params.operating_point,
+            params.bootstrap_samples,
+            params.seed,
+        )
+        if name == TEST:
+            report[TEST] = section
+        else:
+            report["external"][name] = section
+        warning = below_target_warning(name, section, params.operating_point)
+        if warning:
+            log.warning("%s", warning)
+            report["warnings"].append(warning)
+        log.info("%s: %s", name, headline(section))
+        written += write_set_outputs(
+            evaluation_set,
+            probabilities[name],
+            roles,
+            threshold,
+            temperature,
+            predictions_file(name),
+            plots_dir,
+        )
+    return report, written
+
+
+def headline(section: dict) -> str:
+    figures = [f"{section['images']} images"]
+    for name in (*TRACKED_FIGURES, "ece"):
+        value = section.get(name)
+        figures.append(f"{name} {'undefined' if value is None else f'{value:.3f}'}")
+    return ", ".join(figures)
+
+
+def tracked_metrics(report: dict) -> dict[str, float]:
+    """The few figures a person compares runs on, `<set>_<figure>`; the rest is in the report
+    (logged as evaluation/metrics.json)."""
+    metrics = {"melanoma_threshold": report["operating_point"]["threshold"]}
+    for set_name, section in evaluation_sections(report):
+        for name in TRACKED_FIGURES:
+            if section.get(name) is not None:
+                metrics[f"{set_name}_{name}"] = section[name]
+    return metrics
+
+
+def evaluation_sections(report: dict) -> list[tuple[str, dict]]:
+    """(set name, figures) of reports/metrics.json: the test split, then each external set."""
+    return [(TEST, report[TEST]), *report["external"].items()]

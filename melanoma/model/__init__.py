@@ -1,0 +1,1 @@
+"""The model: architectures, pretrained weights, training, calibration, prediction."""

@@ -1,0 +1,189 @@
+"""Asking a trained model about image files: loading it, preparing images, batching predictions.
+
+An image goes through exactly the steps a training image went through: `melanoma.data.images`
+decodes it to RGB and crops/resizes it to a square at the ingest size (what the ingest stage
+writes), then it is resized to the model's input size by `melanoma.data.dataset.resize_uint8`, as in
+training and evaluation. So a file from data/ingested gets the same probabilities
+here as in the evaluate stage.
+"""
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+from tqdm import tqdm
+
+from melanoma.data.dataset import make_dataset, resize_uint8
+from melanoma.data.images import ImageRejected, decode_rgb, square_resize
+from melanoma.labels import LABELS, MELANOMA
+
+log = logging.getLogger(__name__)
+
+# Extensions picked up when a folder is given; a file named explicitly is tried whatever its name.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+UNREADABLE = "unreadable"
+BATCH_SIZE = 32  # images per model call: bounds memory, whatever the number of files
+
+
+class ModelLoadError(Exception):
+    """The model reference names nothing loadable; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class ImagePrediction:
+    """The model's answer for one file, or why there is none (`reason` is a short code)."""
+
+    path: str
+    probabilities: dict[str, float] | None = None
+    reason: str | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.probabilities is not None
+
+    @property
+    def top_label(self) -> str:
+        return max(self.probabilities, key=self.probabilities.get)
+
+    @property
+    def melanoma_probability(self) -> float:
+        return self.probabilities[MELANOMA]
+
+    def melanoma_alert(self, threshold: float) -> bool:
+        return self.melanoma_probability >= threshold
+
+
+def is_mlflow_uri(reference: str) -> bool:
+    return "://" in reference or reference.startswith(("models:/", "runs:/"))
+
+
+def load_model(reference: str) -> keras.Model:
+    """A Keras model from an MLflow URI (models:/name@alias, models:/name/3, runs:/id/model),
+    a .keras file, or a directory holding an MLflow model."""
+    local = not is_mlflow_uri(reference)
+    if local and not Path(reference).exists():
+        raise ModelLoadError(f"model {reference}: no such file, and not an MLflow model URI")
+    try:
+        if local and Path(reference).is_file():
+            return keras.saving.load_model(reference)
+        return mlflow.keras.load_model(reference)
+    except Exception as error:  # MLflow, Keras and h5py each raise their own kinds
+        raise ModelLoadError(f"model {reference} cannot be loaded: {error}") from error
+
+
+def model_input_size(model: keras.Model) -> int:
+    """Side of the square images the model takes (its input is (None, size, size, 3))."""
+    _, height, width, channels = model.input_shape
+    if height != width or channels != 3 or height is None:
+        raise ModelLoadError(
+            f"model input shape {model.input_shape} is not (None, size, size, 3) RGB images"
+        )
+    return height
+
+
+def find_images(paths: Sequence[str | Path]) -> list[Path]:
+    """Files in the order given, each folder replaced by its image files (recursively, sorted).
+
+    A path that does not exist is kept, so that it gets its own error instead of vanishing.
+    """
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found.extend(
+                sorted(
+                    p
+                    for p in path.rglob("*")
+                    if p.is_file()
+                    and p.suffix.lower() in IMAGE_SUFFIXES
+                    and not p.name.startswith(".")
+                )
+            )
+        else:
+            found.append(path)
+    return found
+
+
+def read_image(path: Path, ingest_size: int, max_pixels: int) -> np.ndarray:
+    """The file as the ingest stage would have written it: uint8 (ingest_size, ingest_size, 3).
+
+    Raises ImageRejected (with its reason code) if the file is not a usable image.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise ImageRejected(UNREADABLE, f"cannot be read: {error.strerror or error}") from None
+    return np.asarray(square_resize(decode_rgb(data, max_pixels), ingest_size))
+
+
+def to_model_size(images: np.ndarray, size: int) -> np.ndarray:
+    """Resize a uint8 batch (n, s, s, 3) to (n, size, size, 3) as the training input pipeline
+    does."""
+    if images.shape[1:3] == (size, size):
+        return images
+    return resize_uint8(images, size).numpy()
+
+
+def predict_files(
+    model: keras.Model, paths: Sequence[Path], ingest_size: int, max_pixels: int
+) -> list[ImagePrediction]:
+    """One ImagePrediction per path, in order; unusable files get an error, the rest are
+    predicted in batches of BATCH_SIZE."""
+    size = model_input_size(model)
+    results: dict[int, ImagePrediction] = {}
+    batches = _batches(list(enumerate(paths)), BATCH_SIZE)
+    total = -(-len(paths) // BATCH_SIZE)
+    for batch in tqdm(
+        batches, desc="predict", total=total, unit="batch", leave=False, disable=total < 2
+    ):
+        readable: list[tuple[int, np.ndarray]] = []
+        for position, path in batch:
+            try:
+                readable.append((position, read_image(path, ingest_size, max_pixels)))
+            except ImageRejected as rejected:
+                log.warning("%s: %s (%s)", path, rejected, rejected.reason)
+                results[position] = ImagePrediction(
+                    str(path), reason=rejected.reason, error=str(rejected)
+                )
+        if not readable:
+            continue
+        images = to_model_size(np.stack([image for _, image in readable]), size)
+        probabilities = np.asarray(model.predict_on_batch(images), dtype=np.float64)
+        for (position, _), row in zip(readable, probabilities, strict=True):
+            results[position] = ImagePrediction(
+                str(paths[position]),
+                probabilities={label: float(p) for label, p in zip(LABELS, row, strict=True)},
+            )
+    return [results[position] for position in range(len(paths))]
+
+
+def predict_split(
+    model: keras.Model, paths: Sequence[str], label_indices: np.ndarray, batch_size: int
+) -> np.ndarray:
+    """Class probabilities (n, 9) of manifest images, read by the training input pipeline."""
+    dataset = make_dataset(list(paths), label_indices, model_input_size(model), batch_size)
+    images_only = dataset.map(lambda images, _labels: images)
+    return np.asarray(model.predict(images_only, verbose=0), dtype=np.float64)
+
+
+def serving_request(
+    paths: Sequence[Path], ingest_size: int, model_size: int, max_pixels: int
+) -> dict[str, list]:
+    """The JSON body for `mlflow models serve`: {"inputs": n images as (size, size, 3) uint8
+    nested lists}. Raises ImageRejected naming the first unusable file."""
+    images = []
+    for path in paths:
+        try:
+            images.append(read_image(path, ingest_size, max_pixels))
+        except ImageRejected as rejected:
+            raise ImageRejected(rejected.reason, f"{path}: {rejected}") from None
+    return {"inputs": to_model_size(np.stack(images), model_size).tolist()}
+
+
+def _batches(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -1,0 +1,512 @@
+"""Fit the model on the augmented manifest, with every epoch tracked in one MLflow run.
+
+The run id travels in models/run.json (a DVC output), never as "the latest run": DVC may
+restore `train` from its run cache without running it, and then no new MLflow run exists.
+"""
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+from types import SimpleNamespace
+
+import keras
+import mlflow
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+from keras.optimizers.schedules import LearningRateSchedule
+from matplotlib.figure import Figure
+from mlflow.models import Model, ModelSignature, infer_signature
+from mlflow.models.model import ModelInfo
+
+from melanoma.config import Params, TrainParams, flatten
+from melanoma.data.dataset import make_dataset, split_rows
+from melanoma.data.manifest import AUGMENTED_COLUMNS, file_sha256, read_manifest
+from melanoma.evaluation.metrics import predictions_table, validation_figures
+from melanoma.labels import LABELS
+from melanoma.model.architectures import OUTPUT_NAME, build_head, build_model
+from melanoma.model.calibration import (
+    calibration_figures,
+    fit_temperature,
+    fold_temperature,
+    rescale,
+)
+from melanoma.model.features import FEATURES_DIR, read_feature_cache
+from melanoma.tracking import configure_tracking, experiment_run_tags, git_commit
+
+log = logging.getLogger(__name__)
+
+HISTORY_COLUMNS = ["epoch", "accuracy", "val_accuracy", "loss", "val_loss", "learning_rate"]
+# What Keras reports each epoch and we track; the learning rate is read from the optimizer.
+EPOCH_METRICS = ["loss", "accuracy", "val_loss", "val_accuracy"]
+MODEL_ARTIFACT = "model"
+
+
+@dataclass(frozen=True)
+class TrainOutputs:
+    """Where the train stage writes (the outs, metrics and plots of dvc.yaml)."""
+
+    model: Path = Path("models/model.keras")
+    run_info: Path = Path("models/run.json")
+    metrics: Path = Path("reports/train_metrics.json")
+    history: Path = Path("reports/train_history.csv")
+    # Per-image validation probabilities: where an operating threshold is chosen.
+    validation_predictions: Path = Path("reports/validation_predictions.csv")
+
+
+def set_determinism(seed: int) -> None:
+    """Seed Python, NumPy and TensorFlow, and make TensorFlow ops deterministic."""
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+def class_weight_map(label_indices: np.ndarray, params: TrainParams) -> dict[int, float] | None:
+    """Keras `class_weight`, or None when every class weighs 1.
+
+    With `class_weights` on, a class weighs n_images / (n_classes_present * n_images_of_class);
+    an entry of `class_weight_overrides` then replaces the weight of its label.
+    """
+    if not params.class_weights and not params.class_weight_overrides:
+        return None
+    counts = np.bincount(label_indices, minlength=len(LABELS))
+    present = int(np.count_nonzero(counts))
+    weights = {}
+    for index, label in enumerate(LABELS):
+        balanced = len(label_indices) / (present * counts[index]) if counts[index] else 1.0
+        default = balanced if params.class_weights else 1.0
+        weights[index] = float(params.class_weight_overrides.get(label, default))
+    return weights
+
+
+def learning_rate(params: TrainParams, steps_per_epoch: int) -> float | LearningRateSchedule:
+    """The constant starting rate (lr_schedule=plateau: ReduceLROnPlateau lowers it), or a
+    per-step cosine decay to zero over the whole run, after `warmup_epochs` of linear warm-up."""
+    if params.lr_schedule == "plateau":
+        return params.learning_rate
+    warmup_steps = params.warmup_epochs * steps_per_epoch
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if warmup_steps else params.learning_rate,
+        decay_steps=params.epochs * steps_per_epoch - warmup_steps,
+        warmup_target=params.learning_rate if warmup_steps else None,
+        warmup_steps=warmup_steps,
+    )
+
+
+def make_optimizer(
+    params: TrainParams, steps_per_epoch: int, backbone_variables: list | tuple = ()
+) -> keras.optimizers.Optimizer:
+    """The optimizer of params; weight decay is decoupled (AdamW-style) for all three.
+
+    sgd uses Nesterov momentum 0.9: plain SGD is too slow to be a useful choice.
+    With `backbone_variables` and a `backbone_learning_rate` other than `learning_rate`, those
+    variables step (and decay) at backbone_learning_rate / learning_rate of the rate, schedule
+    included: fine-tuning must not wash out the pretrained features.
+    """
+    rate = learning_rate(params, steps_per_epoch)
+    if params.optimizer == "adam":
+        cls, kwargs = keras.optimizers.Adam, {"weight_decay": params.weight_decay or None}
+    elif params.optimizer == "adamw":
+        cls, kwargs = keras.optimizers.AdamW, {"weight_decay": params.weight_decay}
+    else:
+        cls = keras.optimizers.SGD
+        kwargs = {"momentum": 0.9, "nesterov": True, "weight_decay": params.weight_decay or None}
+    factor = (params.backbone_learning_rate or params.learning_rate) / params.learning_rate
+    if factor == 1.0 or not backbone_variables:
+        return cls(rate, **kwargs)
+    return _with_backbone_rate(cls)(rate, backbone_variables, factor, **kwargs)
+
+
+class BackboneRate:
+    """Mixin for a Keras optimizer class: the given backbone variables step at `factor` times
+    the rate.
+
+    Keras has no per-variable learning rate; its update_step receives the rate for each
+    variable, so the mixin scales it there, and does the backbone's decoupled weight decay
+    itself at the same scale. A model compiled with it is saved through `inference_copy`.
+    """
+
+    def __init__(self, rate, backbone_variables, factor, **kwargs):
+        super().__init__(rate, **kwargs)
+        self._backbone_factor = factor
+        self._backbone_keys = {self._var_key(v) for v in backbone_variables}
+
+    def _is_backbone(self, variable) -> bool:
+        return self._var_key(variable) in self._backbone_keys
+
+    def _use_weight_decay(self, variable):
+        return not self._is_backbone(variable) and super()._use_weight_decay(variable)
+
+    def update_step(self, gradient, variable, learning_rate):
+        if self._is_backbone(variable):
+            learning_rate = keras.ops.cast(learning_rate, variable.dtype)
+            learning_rate = learning_rate * self._backbone_factor
+            if self.weight_decay:
+                decay = keras.ops.cast(self.weight_decay, variable.dtype) * learning_rate
+                variable.assign(variable - variable * decay)
+        return super().update_step(gradient, variable, learning_rate)
+
+
+def _with_backbone_rate(optimizer_class: type) -> type:
+    return type(f"{optimizer_class.__name__}BackboneRate", (BackboneRate, optimizer_class), {})
+
+
+def backbone_variables(model: keras.Model) -> list:
+    """The trainable variables of the nested backbone model(s) of `model`."""
+    return [
+        variable
+        for layer in model.layers
+        if isinstance(layer, keras.Model)
+        for variable in layer.trainable_variables
+    ]
+
+
+def inference_copy(model: keras.Model) -> keras.Model:
+    """An uncompiled copy of a trained model with the same weights: what is saved, so the
+    saved file names no optimizer class of this package (MLflow's server and any Keras load
+    it as is)."""
+    # From the layer graph's config only: clone_model would also copy the compile config.
+    copy = keras.Model.from_config(model.get_config())
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def compile_model(model: keras.Model, params: TrainParams, steps_per_epoch: int) -> None:
+    model.compile(
+        optimizer=make_optimizer(params, steps_per_epoch, backbone_variables(model)),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=params.label_smoothing),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+    )
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Wall seconds of each epoch, training and validation pass together."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seconds: list[float] = []
+        self._started = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._started = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.seconds.append(time.perf_counter() - self._started)
+
+
+class EpochTracker(EpochTimer):
+    """Logs each epoch's curves to the active MLflow run with step=epoch (1-based) and keeps them.
+
+    It must come before ReduceLROnPlateau in the callback list, so that the learning rate it
+    records is the one the epoch was trained with.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[dict[str, float]] = []
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        super().on_epoch_end(epoch, logs)
+        learning_rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        row = {name: float(logs[name]) for name in EPOCH_METRICS}
+        row["learning_rate"] = learning_rate
+        mlflow.log_metrics(row, step=epoch + 1)
+        self.rows.append({"epoch": epoch + 1, **row})
+        log.info(
+            "epoch %d: loss %.4f accuracy %.4f val_loss %.4f val_accuracy %.4f lr %.2g (%.1f s)",
+            epoch + 1,
+            row["loss"],
+            row["accuracy"],
+            row["val_loss"],
+            row["val_accuracy"],
+            learning_rate,
+            self.seconds[-1],
+        )
+
+
+def make_callbacks(params: TrainParams, tracker: EpochTracker) -> list[keras.callbacks.Callback]:
+    callbacks: list[keras.callbacks.Callback] = [tracker]
+    if params.early_stopping_patience:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss",
+                patience=params.early_stopping_patience,
+                restore_best_weights=True,
+            )
+        )
+    if params.reduce_lr_patience:
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor="val_loss",
+                factor=params.reduce_lr_factor,
+                patience=params.reduce_lr_patience,
+            )
+        )
+    return callbacks
+
+
+def training_summary(
+    history: pd.DataFrame, seconds: list[float], train_images: int, early_stopping: bool
+) -> dict:
+    """Final and best-epoch (lowest val_loss) metrics and the speed, for reports/train_metrics.json.
+
+    The first epoch also traces the graph and fills the decoded-image cache, so the steady-state
+    speed comes from the later epochs when there are any.
+    """
+    best = history.loc[history["val_loss"].idxmin()]
+    final = history.iloc[-1]
+    steady = seconds[1:] or seconds
+    seconds_per_epoch = float(np.mean(steady))
+    return {
+        "epochs_run": len(history),
+        "final": {name: float(final[name]) for name in EPOCH_METRICS},
+        "best_epoch": int(best["epoch"]),
+        "best": {name: float(best[name]) for name in EPOCH_METRICS},
+        # EarlyStopping(restore_best_weights=True) puts the best epoch's weights back at the end.
+        "saved_model_epoch": int(best["epoch"]) if early_stopping else int(final["epoch"]),
+        "train_images": train_images,
+        "first_epoch_seconds": seconds[0],
+        "seconds_per_epoch": seconds_per_epoch,
+        "images_per_second": train_images / seconds_per_epoch,
+        "training_seconds": float(np.sum(seconds)),
+    }
+
+
+# The validation figures logged as metrics; the rest of reports/train_metrics.json (macro F1,
+# the best epoch, seconds per epoch, Brier scores) stays in the file: with the curves and
+# evaluate's figures, a run keeps to about 25 metrics (issue 12).
+TRACKED_VALIDATION_FIGURES = ("accuracy", "balanced_accuracy", "melanoma_auc")
+
+
+def summary_metrics(summary: dict) -> dict[str, float]:
+    """The run's one-value metrics from training_summary (+ calibration, validation)."""
+    return {
+        "images_per_second": summary["images_per_second"],
+        "temperature": summary["calibration"]["temperature"],
+        "validation_ece": summary["calibration"]["validation_ece"],
+    } | {
+        f"validation_{name}": summary["validation"][name]
+        for name in TRACKED_VALIDATION_FIGURES
+        if summary["validation"].get(name) is not None
+    }
+
+
+def plot_curves(history: pd.DataFrame) -> Figure:
+    figure = Figure(figsize=(10, 4), layout="constrained")
+    loss_axes, accuracy_axes = figure.subplots(1, 2)
+    for axes, metric in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
+        axes.plot(history["epoch"], history[metric], marker="o", label=f"train {metric}")
+        axes.plot(history["epoch"], history[f"val_{metric}"], marker="o", label=f"val {metric}")
+        axes.set_xlabel("epoch")
+        axes.set_ylabel(metric)
+        axes.legend()
+    return figure
+
+
+def _save_keras_model(path: str, **kwargs) -> None:
+    # mlflow.keras.save_model writes the input example before it creates `path`, so log_model
+    # with an input example fails (mlflow/mlflow#16183, still open in 3.17); creating the
+    # directory first is the fix proposed there.
+    os.makedirs(path)
+    mlflow.keras.save_model(path=path, **kwargs)
+
+
+# mlflow.keras with the directory fix above; MLflow names the flavor after __name__.
+_KERAS_FLAVOR = SimpleNamespace(__name__="mlflow.keras", save_model=_save_keras_model)
+
+
+def log_keras_model(model: keras.Model, example: np.ndarray) -> ModelInfo:
+    """Log the model (keras flavor) with its uint8-image -> probabilities signature and example.
+
+    This is `mlflow.keras.log_model(model, name=..., signature=..., input_example=...)`, which
+    cannot be called as is with an input example (see _save_keras_model).
+    """
+    signature: ModelSignature = infer_signature(example, model.predict(example, verbose=0))
+    return Model.log(
+        artifact_path=None,
+        name=MODEL_ARTIFACT,
+        flavor=_KERAS_FLAVOR,
+        model=model,
+        signature=signature,
+        input_example=example,
+        # Listing them skips MLflow's requirement inference, which reloads the model in a
+        # subprocess (tens of seconds).
+        pip_requirements=[
+            f"keras=={keras.__version__}",
+            f"tensorflow-cpu=={version('tensorflow-cpu')}",
+            f"mlflow=={mlflow.__version__}",
+        ],
+    )
+
+
+def calibrate(
+    model: keras.Model, params: TrainParams, val_labels: np.ndarray, val_probabilities: np.ndarray
+) -> dict[str, float]:
+    """With calibration=temperature, fit T on the validation split and fold it into the model.
+
+    Returns T (1.0: uncalibrated) and the validation ECE and Brier score before and after.
+    """
+    before = after = calibration_figures(val_labels, val_probabilities)
+    temperature = 1.0
+    if params.calibration == "temperature":
+        temperature = fit_temperature(val_labels, val_probabilities)
+        fold_temperature(model, temperature)
+        after = calibration_figures(val_labels, rescale(val_probabilities, temperature))
+    log.info(
+        "calibration %s: temperature %.3f, validation ECE %.4f -> %.4f, Brier %.4f -> %.4f",
+        params.calibration,
+        temperature,
+        before["ece"],
+        after["ece"],
+        before["brier"],
+        after["brier"],
+    )
+    return {
+        "temperature": temperature,
+        **{f"validation_{name}_uncalibrated": value for name, value in before.items()},
+        **{f"validation_{name}": value for name, value in after.items()},
+    }
+
+
+def feature_dataset(
+    features: np.ndarray,
+    label_indices: np.ndarray,
+    batch_size: int,
+    shuffle_seed: int | None = None,
+) -> tf.data.Dataset:
+    """Batches of (cached features, one-hot labels), shuffled as make_dataset shuffles images."""
+    labels = tf.one_hot(label_indices, len(LABELS), dtype=tf.float32)
+    dataset = tf.data.Dataset.from_tensor_slices((features, labels))
+    if shuffle_seed is not None:
+        dataset = dataset.shuffle(len(features), seed=shuffle_seed, reshuffle_each_iteration=True)
+    return dataset.batch(batch_size, drop_remainder=shuffle_seed is not None).prefetch(2)
+
+
+def saved_model(model: keras.Model, fitted: keras.Model) -> keras.Model:
+    """The end-to-end model to save (uint8 image in, probabilities out).
+
+    `fitted` is either `model` itself or the head trained on cached features, whose weights then
+    go into the model's classifier. A model compiled with a per-backbone learning rate is saved
+    uncompiled (inference_copy).
+    """
+    if fitted is not model:
+        model.get_layer(OUTPUT_NAME).set_weights(fitted.get_layer(OUTPUT_NAME).get_weights())
+        return model
+    if isinstance(model.optimizer, BackboneRate):
+        return inference_copy(model)
+    return model
+
+
+def run_training(
+    params: Params, manifest_path: Path, outputs: TrainOutputs, features_dir: Path = FEATURES_DIR
+) -> dict:
+    """Train on the train split, validate on val, track it all in one MLflow run; write outputs.
+
+    With a frozen backbone (`train.freeze: all`) the head trains on the features cached in
+    `features_dir` (stage `features`).
+
+    Returns the run info also written to `outputs.run_info`.
+    """
+    train = params.train
+    set_determinism(train.seed)
+    manifest = read_manifest(manifest_path, AUGMENTED_COLUMNS)
+    train_paths, train_labels = split_rows(manifest, "train", manifest_path)
+    val_paths, val_labels = split_rows(manifest, "val", manifest_path)
+    log.info("%d training and %d validation images", len(train_paths), len(val_paths))
+    if len(train_paths) < train.batch_size:
+        # Training batches are full batches only: there would be nothing to train on.
+        raise ValueError(
+            f"train.batch_size={train.batch_size} is larger than the {len(train_paths)} "
+            f"training images of {manifest_path}"
+        )
+    model = build_model(train)
+    if train.caches_features:
+        # Frozen backbone: only the head trains, on the features stage `features` cached.
+        cached = read_feature_cache(train, {"train": train_paths, "val": val_paths}, features_dir)
+        train_ds = feature_dataset(
+            cached["train"], train_labels, train.batch_size, shuffle_seed=train.seed
+        )
+        val_ds = feature_dataset(cached["val"], val_labels, train.batch_size)
+        fitted = build_head(train, cached["train"].shape[1])
+    else:
+        train_ds = make_dataset(
+            train_paths, train_labels, train.image_size, train.batch_size, shuffle_seed=train.seed
+        )
+        val_ds = make_dataset(val_paths, val_labels, train.image_size, train.batch_size)
+        fitted = model
+    compile_model(fitted, train, steps_per_epoch=len(train_paths) // train.batch_size)
+    experiment_id = configure_tracking(params.mlflow)
+    with mlflow.start_run(experiment_id=experiment_id) as run:
+        mlflow.log_params(flatten(params))
+        mlflow.set_tags(
+            {
+                "stage": "train",
+                "git_commit": git_commit(),
+                "data_manifest_sha256": file_sha256(manifest_path),
+            }
+            | experiment_run_tags()
+        )
+        tracker = EpochTracker()
+        fitted.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=train.epochs,
+            shuffle=False,  # the dataset reshuffles itself, with the seed
+            class_weight=class_weight_map(train_labels, train),
+            callbacks=make_callbacks(train, tracker),
+            verbose=0,
+        )
+        history = pd.DataFrame(tracker.rows, columns=HISTORY_COLUMNS)
+        summary = training_summary(
+            history, tracker.seconds, len(train_paths), bool(train.early_stopping_patience)
+        )
+        # Figures of the saved weights on the validation split: what params are chosen on,
+        # since only `evaluate` reads the test split.
+        val_probabilities = fitted.predict(val_ds, verbose=0)
+        model = saved_model(model, fitted)
+        summary["calibration"] = calibrate(model, train, val_labels, val_probabilities)
+        temperature = summary["calibration"]["temperature"]
+        if temperature != 1.0:
+            # What the calibrated model now gives (val_ds may hold cached features, not images).
+            val_probabilities = rescale(val_probabilities, temperature)
+        summary["validation"] = validation_figures(val_labels, val_probabilities)
+        mlflow.log_metrics(summary_metrics(summary))
+        mlflow.log_figure(plot_curves(history), "training_curves.png")
+        mlflow.log_dict({"labels": list(LABELS)}, "labels.json")
+        example = next(iter(make_dataset(val_paths[:1], val_labels[:1], train.image_size, 1)))
+        example = example[0].numpy()
+        model_info = log_keras_model(model, example)
+
+    run_info = {
+        "run_id": run.info.run_id,
+        "experiment_id": experiment_id,
+        "model_uri": model_info.model_uri,
+        "tracking_uri": mlflow.get_tracking_uri(),
+        "labels": list(LABELS),
+        "image_size": train.image_size,
+        "temperature": summary["calibration"]["temperature"],
+    }
+    for path in vars(outputs).values():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(outputs.model)
+    outputs.run_info.write_text(json.dumps(run_info, indent=2) + "\n")
+    outputs.metrics.write_text(json.dumps(summary, indent=2) + "\n")
+    history.to_csv(outputs.history, index=False)
+    predictions_table(val_paths, val_labels, val_probabilities).to_csv(
+        outputs.validation_predictions, index=False
+    )
+    log.info(
+        "run %s: val accuracy %.4f, balanced accuracy %.4f, melanoma AUC %s (saved epoch %d), "
+        "%.1f s/epoch, %.0f images/s",
+        run.info.run_id,
+        summary["validation"]["accuracy"],
+        summary["validation"]["balanced_accuracy"],
+        summary["validation"]["melanoma_auc"],
+        summary["saved_model_epoch"],
+        summary["seconds_per_epoch"],
+        summary["images_per_second"],
+    )
+    return run_info

@@ -1,0 +1,353 @@
+import json
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from melanoma.config import TrainParams, parse_params
+from melanoma.data.augmentation import augmented_manifest, plan_augmentation, write_copies
+from melanoma.data.manifest import (
+    AUGMENTED_COLUMNS,
+    VALIDATED_COLUMNS,
+    file_sha256,
+    read_manifest,
+    write_manifest,
+)
+from melanoma.evaluation.metrics import read_predictions
+from melanoma.labels import LABELS
+from melanoma.model.calibration import negative_log_likelihood, rescale
+from melanoma.model.training import (
+    HISTORY_COLUMNS,
+    TrainOutputs,
+    calibrate,
+    class_weight_map,
+    learning_rate,
+    make_optimizer,
+    run_training,
+    training_summary,
+)
+
+AUGMENTED = Path("data/augmented/manifest.csv")
+
+
+def _train_params(**overrides) -> TrainParams:
+    values = {
+        "architecture": "simple_cnn",
+        "image_size": 32,
+        "filters": [4],
+        "dropout": 0.0,
+        "learning_rate": 0.01,
+        "batch_size": 4,
+        "epochs": 1,
+        "early_stopping_patience": 0,
+        "reduce_lr_patience": 0,
+    }
+    return TrainParams(**{**values, **overrides})
+
+
+def test_no_class_weights_unless_asked():
+    assert class_weight_map(np.array([0, 0, 1]), _train_params()) is None
+
+
+def test_balanced_class_weights_then_overrides_replace_one_label():
+    labels = np.array([0, 0, 0, 1])  # three actinic_keratosis, one basal_cell_carcinoma
+    weights = class_weight_map(labels, _train_params(class_weights=True))
+    assert weights[0] == pytest.approx(4 / (2 * 3))
+    assert weights[1] == pytest.approx(4 / (2 * 1))
+    assert weights[LABELS.index("melanoma")] == 1.0  # absent from training
+
+    overridden = _train_params(class_weights=True, class_weight_overrides={"melanoma": 3.0})
+    weights = class_weight_map(labels, overridden)
+    assert weights[LABELS.index("melanoma")] == 3.0
+    assert weights[1] == pytest.approx(2.0)
+
+    only_overrides = _train_params(class_weight_overrides={"basal_cell_carcinoma": 5.0})
+    assert class_weight_map(labels, only_overrides) == {
+        i: (5.0 if i == 1 else 1.0) for i in range(len(LABELS))
+    }
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("adam", keras.optimizers.Adam),
+        ("adamw", keras.optimizers.AdamW),
+        ("sgd", keras.optimizers.SGD),
+    ],
+)
+def test_optimizer_and_weight_decay_come_from_params(name, expected):
+    optimizer = make_optimizer(
+        _train_params(optimizer=name, weight_decay=0.01, learning_rate=0.005), steps_per_epoch=10
+    )
+    assert type(optimizer) is expected
+    assert optimizer.weight_decay == 0.01
+    assert float(optimizer.learning_rate) == pytest.approx(0.005)
+
+
+def test_cosine_schedule_warms_up_linearly_then_decays_to_zero_at_the_last_step():
+    params = _train_params(lr_schedule="cosine", learning_rate=0.01, epochs=5, warmup_epochs=1)
+    schedule = learning_rate(params, steps_per_epoch=10)
+    rate = [float(schedule(step)) for step in (0, 5, 10, 30, 50)]
+    assert rate[:3] == pytest.approx([0.0, 0.005, 0.01])
+    assert rate[3] == pytest.approx(0.005)  # halfway through the 40 decay steps
+    assert rate[4] == pytest.approx(0.0, abs=1e-9)
+    assert learning_rate(_train_params(learning_rate=0.01), steps_per_epoch=10) == 0.01
+
+
+def test_speed_leaves_out_the_first_epoch_and_best_epoch_has_the_lowest_val_loss():
+    history = pd.DataFrame(
+        {
+            "epoch": [1, 2, 3],
+            "accuracy": [0.3, 0.5, 0.6],
+            "val_accuracy": [0.2, 0.4, 0.3],
+            "loss": [2.0, 1.5, 1.2],
+            "val_loss": [2.1, 1.7, 1.9],
+            "learning_rate": [0.001] * 3,
+        }
+    )
+    summary = training_summary(history, [10.0, 2.0, 4.0], train_images=300, early_stopping=True)
+    assert summary["seconds_per_epoch"] == 3.0
+    assert summary["images_per_second"] == 100.0
+    assert summary["best_epoch"] == 2 and summary["best"]["val_accuracy"] == 0.4
+    assert summary["final"]["val_accuracy"] == 0.3
+    assert summary["saved_model_epoch"] == 2
+
+
+@pytest.fixture
+def augmented_project(tiny_project) -> dict:
+    """tiny_project after the augment step: data/augmented/manifest.csv and its images."""
+    params = parse_params(tiny_project)
+    validated_path = Path("data/validated/manifest.csv")
+    validated = read_manifest(validated_path, VALIDATED_COLUMNS)
+    plan = plan_augmentation(validated, params.augment, validated_path, AUGMENTED.parent / "images")
+    write_copies(plan.copies, params.augment)
+    write_manifest(augmented_manifest(plan), AUGMENTED, AUGMENTED_COLUMNS)
+    return tiny_project
+
+
+@pytest.mark.parametrize("calibration", ["none", "temperature"])
+def test_calibrate_folds_the_fitted_temperature_into_the_model_or_leaves_it(calibration):
+    inputs = keras.Input((3,))
+    model = keras.Model(
+        inputs, keras.layers.Dense(len(LABELS), activation="softmax", name="probabilities")(inputs)
+    )
+    x = np.random.default_rng(0).normal(size=(60, 3)).astype("float32") * 5
+    true = np.random.default_rng(1).integers(0, len(LABELS), 60)  # unrelated: overconfident
+    before = model.predict(x, verbose=0)
+    params = _train_params(calibration=calibration)
+
+    figures = calibrate(model, params, true, before)
+
+    after = model.predict(x, verbose=0)
+    if calibration == "none":
+        assert figures["temperature"] == 1.0 and np.array_equal(after, before)
+    else:
+        assert figures["temperature"] > 1.0
+        np.testing.assert_allclose(after, rescale(before, figures["temperature"]), atol=1e-5)
+    assert figures["validation_ece"] <= figures["validation_ece_uncalibrated"] + 1e-12
+
+
+def test_training_run_is_tracked_per_epoch_and_reproducible(augmented_project, tmp_path):
+    # With the random levers on: seeded, they must not break reproducibility.
+    augmented_project["train"].update(
+        random_flip=True,
+        random_rotation_degrees=90,
+        optimizer="adamw",
+        weight_decay=0.05,
+        lr_schedule="cosine",
+        reduce_lr_patience=0,
+    )
+    params = parse_params(augmented_project)
+    epochs = params.train.epochs
+    first = TrainOutputs(
+        model=tmp_path / "a/model.keras",
+        run_info=tmp_path / "a/run.json",
+        metrics=tmp_path / "a/metrics.json",
+        history=tmp_path / "a/history.csv",
+        validation_predictions=tmp_path / "a/validation_predictions.csv",
+    )
+    run_info = run_training(params, AUGMENTED, first)
+
+    assert json.loads(first.run_info.read_text()) == run_info
+    assert run_info["labels"] == list(LABELS)
+    assert run_info["image_size"] == params.train.image_size
+    assert run_info["tracking_uri"] == f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+    client = MlflowClient(run_info["tracking_uri"])
+    run = client.get_run(run_info["run_id"])
+    assert run.info.experiment_id == run_info["experiment_id"]
+    assert client.get_experiment(run.info.experiment_id).name == params.mlflow.experiment
+    assert run.data.params["train.epochs"] == str(epochs)
+    assert run.data.params["augment.target_per_class"] == "8"
+    assert run.data.tags["stage"] == "train"
+    assert run.data.tags["data_manifest_sha256"] == file_sha256(AUGMENTED)
+    assert run.data.tags["git_commit"]
+    for curve in ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"):
+        points = client.get_metric_history(run.info.run_id, curve)
+        assert sorted(p.step for p in points) == list(range(1, epochs + 1)), curve
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"training_curves.png", "labels.json"} <= artifacts
+
+    history = pd.read_csv(first.history)
+    assert list(history.columns) == HISTORY_COLUMNS
+    assert history["epoch"].tolist() == list(range(1, epochs + 1))
+    metrics = json.loads(first.metrics.read_text())
+    assert metrics["epochs_run"] == epochs
+    assert metrics["images_per_second"] > 0
+    train_rows = read_manifest(AUGMENTED, AUGMENTED_COLUMNS).query("split == 'train'")
+    assert metrics["train_images"] == len(train_rows)
+    # The threshold-free headline figures on the validation split, in the file and the run.
+    validation = metrics["validation"]
+    assert 0 <= validation["accuracy"] <= 1 and 0 <= validation["balanced_accuracy"] <= 1
+    assert run.data.metrics["validation_accuracy"] == pytest.approx(validation["accuracy"])
+    assert run.data.metrics["validation_balanced_accuracy"] == pytest.approx(
+        validation["balanced_accuracy"]
+    )
+    val_rows = read_manifest(AUGMENTED, AUGMENTED_COLUMNS).query("split == 'val'")
+    val_predictions = pd.read_csv(first.validation_predictions)
+    assert sorted(val_predictions["image_path"]) == sorted(val_rows["image_path"])
+    accuracy = (val_predictions["label"] == val_predictions["predicted"]).mean()
+    assert accuracy == pytest.approx(validation["accuracy"])
+    # Calibrated (the default): T is fitted on these predictions and folded into the model, so
+    # the saved validation probabilities are the calibrated ones, at least as likely as before.
+    temperature = metrics["calibration"]["temperature"]
+    assert run_info["temperature"] == temperature != 1.0
+    assert run.data.metrics["temperature"] == pytest.approx(temperature)
+    true, calibrated = read_predictions(first.validation_predictions)
+    uncalibrated = rescale(calibrated, 1 / temperature)
+    assert negative_log_likelihood(true, calibrated) <= negative_log_likelihood(true, uncalibrated)
+
+    # The saved model's contract, and the logged model is the same model.
+    model = keras.saving.load_model(first.model)
+    assert model.inputs[0].dtype == "uint8"
+    assert tuple(model.inputs[0].shape) == (None, 32, 32, 3)
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    probabilities = model.predict(images, verbose=0)
+    assert probabilities.shape == (3, len(LABELS))
+    assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
+    logged = mlflow.keras.load_model(run_info["model_uri"])
+    assert np.allclose(logged.predict(images, verbose=0), probabilities, atol=1e-6)
+    signature = mlflow.models.get_model_info(run_info["model_uri"]).signature
+    assert signature.inputs.inputs[0].type == np.dtype("uint8")
+
+    # Same params, same data: the same curves, to the last bit.
+    second = TrainOutputs(**{k: tmp_path / "b" / v.name for k, v in vars(first).items()})
+    rerun = run_training(params, AUGMENTED, second)
+    assert rerun["run_id"] != run_info["run_id"]
+    pd.testing.assert_frame_equal(pd.read_csv(second.history), history)
+
+
+def _one_step_changes(backbone_learning_rate: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """How much one AdamW step (weight decay on) moves the backbone and the head of a tiny
+    model with a nested backbone, from the same start."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4,))
+    inner_in = keras.Input((4,))
+    backbone = keras.Model(inner_in, keras.layers.Dense(3)(inner_in), name="backbone")
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(backbone(inputs)))
+    params = _train_params(
+        optimizer="adamw",
+        weight_decay=0.1,
+        learning_rate=0.01,
+        backbone_learning_rate=backbone_learning_rate,
+        architecture="efficientnet_lite0",
+    )
+    from melanoma.model.training import compile_model
+
+    compile_model(model, params, steps_per_epoch=1)
+    before = [w.copy() for w in model.get_weights()]
+    x = np.random.default_rng(1).normal(size=(8, 4)).astype(np.float32)
+    y = np.eye(2, dtype=np.float32)[np.arange(8) % 2]
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    change = [np.abs(a - b) for a, b in zip(model.get_weights(), before, strict=True)]
+    return change[0], change[2]  # backbone kernel, head kernel
+
+
+def test_the_backbone_steps_at_its_own_learning_rate():
+    backbone_same, head_same = _one_step_changes(None)
+    backbone_slow, head_slow = _one_step_changes(0.001)
+    assert backbone_same.max() > 0
+    # Adam's first step and the decoupled decay are both proportional to the rate.
+    np.testing.assert_allclose(backbone_slow, backbone_same / 10, rtol=1e-3, atol=1e-9)
+    np.testing.assert_allclose(head_slow, head_same, rtol=1e-6)
+
+
+def test_a_frozen_backbone_trains_its_head_on_cached_features_and_saves_the_whole_model(
+    augmented_project, tmp_path
+):
+    from melanoma.data.dataset import load_image
+    from melanoma.evaluation.metrics import probability_column
+    from melanoma.model.efficientnet_lite import BACKBONE_NAME, pretrained_backbone
+    from melanoma.model.features import FeatureCacheError, read_feature_cache, write_feature_cache
+
+    augmented_project["train"].update(
+        architecture="efficientnet_lite0", freeze="all", random_flip=False, learning_rate=0.01
+    )
+    params = parse_params(augmented_project)
+    outputs = TrainOutputs(**{k: tmp_path / v.name for k, v in vars(TrainOutputs()).items()})
+    with pytest.raises(FeatureCacheError, match="no feature cache; run `dvc repro features`"):
+        run_training(params, AUGMENTED, outputs)
+
+    write_feature_cache(params.train, AUGMENTED)
+    run_training(params, AUGMENTED, outputs)
+
+    model = keras.saving.load_model(outputs.model)
+    assert model.inputs[0].dtype == "uint8"
+    # The saved end-to-end model gives, from the image files, the probabilities the head gave
+    # from the cached features: the head's weights are in it, the features are its own.
+    predictions = pd.read_csv(outputs.validation_predictions)
+    images = np.stack(
+        [load_image(path, params.train.image_size).numpy() for path in predictions["image_path"]]
+    )
+    expected = predictions[[probability_column(label) for label in LABELS]].to_numpy()
+    np.testing.assert_allclose(model.predict(images, verbose=0), expected, atol=1e-5)
+    # Only the head trained: the backbone still has the ImageNet weights.
+    pretrained = pretrained_backbone(params.train.image_size).get_weights()
+    saved = model.get_layer(BACKBONE_NAME).get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(saved, pretrained, strict=True))
+
+    # Features made for another input size are not silently reused.
+    other = params.train.model_copy(update={"image_size": 48})
+    with pytest.raises(FeatureCacheError, match="'image_size': 32.*'image_size': 48"):
+        read_feature_cache(other, {"train": [], "val": []})
+
+
+def test_fine_tuning_trains_the_top_blocks_only_and_saves_a_plain_keras_model(
+    augmented_project, tmp_path
+):
+    from melanoma.model.efficientnet_lite import BACKBONE_NAME, pretrained_backbone
+
+    augmented_project["train"].update(
+        architecture="efficientnet_lite0", freeze=1, backbone_learning_rate=0.0001, epochs=1
+    )
+    params = parse_params(augmented_project)
+    outputs = TrainOutputs(**{k: tmp_path / v.name for k, v in vars(TrainOutputs()).items()})
+    run_info = run_training(params, AUGMENTED, outputs)
+
+    # Saved without the per-backbone-rate optimizer: plain Keras and MLflow load it.
+    model = keras.saving.load_model(outputs.model)
+    assert getattr(model, "optimizer", None) is None
+    logged = mlflow.keras.load_model(run_info["model_uri"])
+    images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    np.testing.assert_allclose(
+        logged.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-6
+    )
+    reference = pretrained_backbone(params.train.image_size)
+    saved = model.get_layer(BACKBONE_NAME)
+    for layer in reference.layers:
+        if not layer.weights:
+            continue
+        same = all(
+            np.array_equal(a, b)
+            for a, b in zip(
+                layer.get_weights(), saved.get_layer(layer.name).get_weights(), strict=True
+            )
+        )
+        # The top block's and the head's convolutions moved; the rest, and every (pretrained)
+        # batch norm, kept the ImageNet weights.
+        moves = layer.name.startswith(("block15_", "head_")) and layer.name.endswith("_conv")
+        assert same is not moves, layer.name
