@@ -9,6 +9,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 from types import SimpleNamespace
@@ -439,7 +440,11 @@ def run_training(
         fitted = model
     compile_model(fitted, train, steps_per_epoch=len(train_paths) // train.batch_size)
     experiment_id = configure_tracking(params.mlflow)
-    with mlflow.start_run(experiment_id=experiment_id) as run:
+    # A name of its own: MLflow draws its random names from Python's generator, which the seed
+    # fixes, so every run of the same params would be called alike in the UI.
+    started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
+    run_name = f"{train.architecture} seed {train.seed} {started}"
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
         mlflow.log_params(flatten(params))
         mlflow.set_tags(
             {

@@ -184,6 +184,7 @@ def test_training_run_is_tracked_per_epoch_and_reproducible(augmented_project, t
     assert run.data.params["train.epochs"] == str(epochs)
     assert run.data.params["augment.target_per_class"] == "8"
     assert run.data.tags["stage"] == "train"
+    assert run.info.run_name.startswith(f"{params.train.architecture} seed {params.train.seed} ")
     assert run.data.tags["data_manifest_sha256"] == file_sha256(AUGMENTED)
     assert run.data.tags["git_commit"]
     for curve in ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"):
