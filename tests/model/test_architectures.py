@@ -1,27 +1,17 @@
+from functools import partial
+
 import keras
 import numpy as np
 import pytest
 
-from melanoma.config import TrainParams
 from melanoma.labels import LABELS
 from melanoma.model.architectures import build_model
+from tests.helpers import train_params
 
 SIZE = 32
 
 
-def _params(**overrides) -> TrainParams:
-    values = {
-        "architecture": "simple_cnn",
-        "image_size": SIZE,
-        "filters": [4, 8],
-        "dropout": 0.2,
-        "learning_rate": 0.001,
-        "batch_size": 4,
-        "epochs": 1,
-        "early_stopping_patience": 0,
-        "reduce_lr_patience": 0,
-    }
-    return TrainParams(**{**values, **overrides})
+_params = partial(train_params, image_size=SIZE, filters=[4, 8], dropout=0.2, learning_rate=0.001)
 
 
 def _random_images(n: int) -> np.ndarray:

@@ -1,14 +1,16 @@
 """EfficientNet-Lite0: the port against the reference outputs, and which blocks train."""
 
+from functools import partial
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 
-from melanoma.config import LITE0_BLOCKS, TrainParams
+from melanoma.config import LITE0_BLOCKS
 from melanoma.model import efficientnet_lite
 from melanoma.model.architectures import build_model, feature_extractor
+from tests.helpers import train_params
 
 # CI clones the repository beside a copy of shared/: the same relative path works there.
 REFERENCE = (
@@ -16,19 +18,9 @@ REFERENCE = (
 )
 
 
-def _params(**overrides) -> TrainParams:
-    values = {
-        "architecture": "efficientnet_lite0",
-        "image_size": 32,
-        "filters": [8],
-        "dropout": 0.2,
-        "learning_rate": 0.001,
-        "batch_size": 4,
-        "epochs": 1,
-        "early_stopping_patience": 0,
-        "reduce_lr_patience": 0,
-    }
-    return TrainParams(**{**values, **overrides})
+_params = partial(
+    train_params, architecture="efficientnet_lite0", filters=[8], dropout=0.2, learning_rate=0.001
+)
 
 
 def test_port_matches_the_reference_features_and_imagenet_logits():

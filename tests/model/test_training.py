@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from melanoma.config import TrainParams, parse_params
+from melanoma.config import parse_params
 from melanoma.data.augmentation import augmented_manifest, plan_augmentation, write_copies
 from melanoma.data.manifest import (
     AUGMENTED_COLUMNS,
@@ -30,42 +30,28 @@ from melanoma.model.training import (
     run_training,
     training_summary,
 )
+from tests.helpers import train_params
 
 AUGMENTED = Path("data/augmented/manifest.csv")
 
 
-def _train_params(**overrides) -> TrainParams:
-    values = {
-        "architecture": "simple_cnn",
-        "image_size": 32,
-        "filters": [4],
-        "dropout": 0.0,
-        "learning_rate": 0.01,
-        "batch_size": 4,
-        "epochs": 1,
-        "early_stopping_patience": 0,
-        "reduce_lr_patience": 0,
-    }
-    return TrainParams(**{**values, **overrides})
-
-
 def test_no_class_weights_unless_asked():
-    assert class_weight_map(np.array([0, 0, 1]), _train_params()) is None
+    assert class_weight_map(np.array([0, 0, 1]), train_params()) is None
 
 
 def test_balanced_class_weights_then_overrides_replace_one_label():
     labels = np.array([0, 0, 0, 1])  # three actinic_keratosis, one basal_cell_carcinoma
-    weights = class_weight_map(labels, _train_params(class_weights=True))
+    weights = class_weight_map(labels, train_params(class_weights=True))
     assert weights[0] == pytest.approx(4 / (2 * 3))
     assert weights[1] == pytest.approx(4 / (2 * 1))
     assert weights[LABELS.index("melanoma")] == 1.0  # absent from training
 
-    overridden = _train_params(class_weights=True, class_weight_overrides={"melanoma": 3.0})
+    overridden = train_params(class_weights=True, class_weight_overrides={"melanoma": 3.0})
     weights = class_weight_map(labels, overridden)
     assert weights[LABELS.index("melanoma")] == 3.0
     assert weights[1] == pytest.approx(2.0)
 
-    only_overrides = _train_params(class_weight_overrides={"basal_cell_carcinoma": 5.0})
+    only_overrides = train_params(class_weight_overrides={"basal_cell_carcinoma": 5.0})
     assert class_weight_map(labels, only_overrides) == {
         i: (5.0 if i == 1 else 1.0) for i in range(len(LABELS))
     }
@@ -81,7 +67,7 @@ def test_balanced_class_weights_then_overrides_replace_one_label():
 )
 def test_optimizer_and_weight_decay_come_from_params(name, expected):
     optimizer = make_optimizer(
-        _train_params(optimizer=name, weight_decay=0.01, learning_rate=0.005), steps_per_epoch=10
+        train_params(optimizer=name, weight_decay=0.01, learning_rate=0.005), steps_per_epoch=10
     )
     assert type(optimizer) is expected
     assert optimizer.weight_decay == 0.01
@@ -89,13 +75,13 @@ def test_optimizer_and_weight_decay_come_from_params(name, expected):
 
 
 def test_cosine_schedule_warms_up_linearly_then_decays_to_zero_at_the_last_step():
-    params = _train_params(lr_schedule="cosine", learning_rate=0.01, epochs=5, warmup_epochs=1)
+    params = train_params(lr_schedule="cosine", learning_rate=0.01, epochs=5, warmup_epochs=1)
     schedule = learning_rate(params, steps_per_epoch=10)
     rate = [float(schedule(step)) for step in (0, 5, 10, 30, 50)]
     assert rate[:3] == pytest.approx([0.0, 0.005, 0.01])
     assert rate[3] == pytest.approx(0.005)  # halfway through the 40 decay steps
     assert rate[4] == pytest.approx(0.0, abs=1e-9)
-    assert learning_rate(_train_params(learning_rate=0.01), steps_per_epoch=10) == 0.01
+    assert learning_rate(train_params(learning_rate=0.01), steps_per_epoch=10) == 0.01
 
 
 def test_speed_leaves_out_the_first_epoch_and_best_epoch_has_the_lowest_val_loss():
@@ -138,7 +124,7 @@ def test_calibrate_folds_the_fitted_temperature_into_the_model_or_leaves_it(cali
     x = np.random.default_rng(0).normal(size=(60, 3)).astype("float32") * 5
     true = np.random.default_rng(1).integers(0, len(LABELS), 60)  # unrelated: overconfident
     before = model.predict(x, verbose=0)
-    params = _train_params(calibration=calibration)
+    params = train_params(calibration=calibration)
 
     figures = calibrate(model, params, true, before)
 
@@ -250,7 +236,7 @@ def _one_step_changes(backbone_learning_rate: float | None) -> tuple[np.ndarray,
     inner_in = keras.Input((4,))
     backbone = keras.Model(inner_in, keras.layers.Dense(3)(inner_in), name="backbone")
     model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(backbone(inputs)))
-    params = _train_params(
+    params = train_params(
         optimizer="adamw",
         weight_decay=0.1,
         learning_rate=0.01,
