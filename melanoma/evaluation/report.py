@@ -31,7 +31,7 @@ from melanoma.evaluation.operating_point import (
     split_halves,
 )
 from melanoma.labels import MELANOMA_INDEX
-from melanoma.model.calibration import calibration_figures, plot_reliability, rescale
+from melanoma.model.calibration import calibration_figures, plot_reliability, uncalibrated
 
 log = logging.getLogger(__name__)
 
@@ -157,11 +157,11 @@ def set_section(
         true, probabilities, threshold, bootstrap_samples, seed, evaluation_set.name
     )
     section |= calibration_figures(true, probabilities)
-    if temperature != 1.0:
-        uncalibrated = rescale(probabilities, 1 / temperature)
+    before = uncalibrated(probabilities, temperature)
+    if before is not None:
         section |= {
             f"{name}_uncalibrated": value
-            for name, value in calibration_figures(true, uncalibrated).items()
+            for name, value in calibration_figures(true, before).items()
         }
     is_melanoma = true == MELANOMA_INDEX
     melanomas = int(is_melanoma.sum())
@@ -212,10 +212,8 @@ def write_set_outputs(
     reliability = plots_dir / f"{name}_reliability.png"
     plot_confusion_matrix(true, probabilities, confusion, name)
     plot_melanoma_roc(true, probabilities, threshold, roc, name)
-    uncalibrated = rescale(probabilities, 1 / temperature) if temperature != 1.0 else None
-    save_figure(
-        plot_reliability(true, probabilities, uncalibrated, f"Reliability, {name}"), reliability
-    )
+    before = uncalibrated(probabilities, temperature)
+    save_figure(plot_reliability(true, probabilities, before, f"Reliability, {name}"), reliability)
     return [predictions_file, confusion, roc, reliability]
 
 

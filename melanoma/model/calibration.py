@@ -30,6 +30,12 @@ def rescale(probabilities: np.ndarray, temperature: float) -> np.ndarray:
     return exp / exp.sum(axis=1, keepdims=True)
 
 
+def uncalibrated(probabilities: np.ndarray, temperature: float) -> np.ndarray | None:
+    """What a model with temperature T folded in gave before it; None if it was never
+    calibrated (T = 1)."""
+    return None if temperature == 1.0 else rescale(probabilities, 1 / temperature)
+
+
 def negative_log_likelihood(true: np.ndarray, probabilities: np.ndarray) -> float:
     picked = probabilities[np.arange(len(true)), true]
     return float(-np.mean(np.log(np.clip(picked, _FLOOR, 1.0))))

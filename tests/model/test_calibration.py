@@ -12,6 +12,7 @@ from melanoma.model.calibration import (
     plot_reliability,
     reliability_table,
     rescale,
+    uncalibrated,
 )
 
 
@@ -31,6 +32,8 @@ def test_rescale_keeps_the_ranking_and_can_be_undone():
     assert np.array_equal(softened.argmax(axis=1), probabilities.argmax(axis=1))
     assert (softened.max(axis=1) < probabilities.max(axis=1)).all()
     np.testing.assert_allclose(rescale(softened, 0.5), probabilities, atol=1e-9)
+    np.testing.assert_allclose(uncalibrated(softened, 2.0), probabilities, atol=1e-9)
+    assert uncalibrated(probabilities, 1.0) is None
 
 
 def test_fitted_temperature_recovers_the_overconfidence_and_lowers_ece():
