@@ -5,6 +5,7 @@ models or MLflow store; the pipeline tests use it the same way on tiny data.
 """
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -69,3 +70,20 @@ def override_params(path: Path, overrides: Mapping[str, object]) -> dict:
         section[name] = value
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return raw
+
+
+SOURCE_DEP = re.compile(r"^\s*- \$\{data\.sources\[(\d+)\]\.path\}\s*$")
+
+
+def pin_source_deps(dvc_yaml: Path, sources: int) -> None:
+    """Make the ingest stage of the dvc.yaml at `dvc_yaml` depend on exactly the first `sources`
+    entries of data.sources: one `${data.sources[i].path}` line each (DVC cannot expand a list
+    into deps, so dvc.yaml names each source by its index)."""
+    lines = dvc_yaml.read_text().splitlines(keepends=True)
+    places = [i for i, line in enumerate(lines) if SOURCE_DEP.match(line)]
+    if not places:
+        raise ValueError(f"{dvc_yaml}: no `- ${{data.sources[i].path}}` dependency to adjust")
+    indent = lines[places[0]][: len(lines[places[0]]) - len(lines[places[0]].lstrip())]
+    wanted = [f"{indent}- ${{data.sources[{i}].path}}\n" for i in range(sources)]
+    lines[places[0] : places[-1] + 1] = wanted
+    dvc_yaml.write_text("".join(lines))

@@ -1,18 +1,19 @@
 """Benchmark: the common notebook recipe against our pipeline, same data, same machine, one run.
 
-In a temporary directory: our pipeline runs in a clean copy of the project (whole `dvc repro`,
-then a no-op `dvc repro`, then a forced second train + evaluate to check that the test metrics
-reproduce), the trained model's single-image predict latency is measured, and the reference
-recipe (bench/reference.py) trains on the same source. With --seeds N, the same params are then
+In a temporary directory: our pipeline runs in a clean copy of the project (every stage of a
+clean `dvc repro`, timed one by one, then a no-op `dvc repro`, a head-only change, and a forced
+second train + evaluate to check that the test metrics reproduce), the trained model's
+single-image predict latency is measured, and the reference recipe (bench/reference.py) trains
+on the first `folders` source (the collection). With --seeds N, the same params are then
 trained again with N - 1 other train.seed values, and every quality figure of the test split and
 the external sets is reported as mean, standard deviation and range over the N seeds, with
 whether any of those trainings moved the registry's champion. One table is printed and written
 as JSON.
 
-    python -m bench.run [--quick] [--seeds N] [--out PATH] [--source PATH]
+    python -m bench.run [--quick] [--seeds N] [--out PATH] [--sources NAME ...]
 
-The full run takes about 16 minutes (default params) on 2 CPU cores, plus about 6 minutes per
-extra seed; --quick takes a minute or two.
+--sources keeps only the named sources of params.yaml (say, the collection alone, to see how
+each stage's time grows with the data).
 """
 
 import argparse
@@ -31,10 +32,10 @@ import numpy as np
 
 from bench.pipeline import run_pipeline
 from bench.process import run_command
-from bench.project import PROJECT, command_env, copy_project
+from bench.project import PROJECT, command_env, copy_project, pin_source_deps
 from bench.seeds import SEED_FIGURES, seed_spread, train_more_seeds
-from bench.source import label_index, split_folder, tiny_external_set, tiny_source
-from melanoma.config import Params, load_params
+from bench.source import label_index, split_folder, tiny_external_set, tiny_sources
+from melanoma.config import DataSource, FolderSource, Params, load_params
 from melanoma.data.manifest import USE, VALIDATED_COLUMNS, read_manifest
 from melanoma.evaluation.metrics import metrics_report
 from melanoma.labels import LABELS
@@ -122,9 +123,10 @@ def main(argv: list[str] | None = None) -> None:
         "--out", type=Path, default=DEFAULT_OUT, help=f"JSON file to write (default {DEFAULT_OUT})"
     )
     parser.add_argument(
-        "--source",
-        type=Path,
-        help="directory of the ISIC collection (default: data.source of params.yaml)",
+        "--sources",
+        nargs="+",
+        metavar="NAME",
+        help="only these sources of params.yaml data.sources (default: all of them)",
     )
     args = parser.parse_args(argv)
     if args.seeds < 1:
@@ -132,28 +134,41 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging()
 
     settings = QUICK if args.quick else FULL
-    source = (args.source or PROJECT / load_params(PROJECT / "params.yaml").data.source).resolve()
+    everything = load_params(PROJECT / "params.yaml").data.sources
+    names = args.sources or [source.name for source in everything]
+    unknown = sorted(set(names) - {source.name for source in everything})
+    if unknown:
+        parser.error(f"no source {unknown} in params.yaml data.sources")
+    chosen = [
+        source.model_copy(update={"path": (PROJECT / source.path).resolve()})
+        for source in everything
+        if source.name in names
+    ]
     logs = args.out.parent / "logs" / settings.mode
     with tempfile.TemporaryDirectory(prefix="melanoma-bench-") as work:
-        results = benchmark(source, settings, Path(work), logs, args.seeds)
+        results = benchmark(chosen, settings, Path(work), logs, args.seeds)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2, allow_nan=False) + "\n")
     print(format_table(results))
     log.info("wrote %s (command output in %s)", args.out, logs)
 
 
-def benchmark(source: Path, settings: Settings, work: Path, logs: Path, seeds: int = 1) -> dict:
+def benchmark(
+    data_sources: list[DataSource], settings: Settings, work: Path, logs: Path, seeds: int = 1
+) -> dict:
     """Run both sides in `work` and return the results (see `assemble`)."""
-    collection = source
     if settings.tiny_source:
-        source = tiny_source(collection, work / "source", settings.tiny_source)
+        data_sources = tiny_sources(data_sources, work / "sources", settings.tiny_source)
+    # The recipe reads class folders: it trains on the first folders source, the collection.
+    source = next(s.path for s in data_sources if isinstance(s, FolderSource))
     test_folder = split_folder(source, "test")
     pinned = {
-        "data.source": str(source),
+        "data.sources": [s.model_dump(mode="json") for s in data_sources],
         "evaluate.external_sets": external_sets(settings, work),
         **project_reference_labels(),
     }
     copy = copy_project(work / "project", {**pinned, **settings.overrides})
+    pin_source_deps(copy / "dvc.yaml", len(data_sources))
     tracking_uri = f"sqlite:///{work / 'mlflow.db'}"
     env = command_env(MLFLOW_TRACKING_URI=tracking_uri)
 
@@ -188,7 +203,7 @@ def benchmark(source: Path, settings: Settings, work: Path, logs: Path, seeds: i
     # After the latency and the recipe: they use the model of the params' own seed.
     more_seeds = [params.train.seed + n for n in range(1, seeds)]
     seed_runs = train_more_seeds(copy, env, logs, more_seeds, tracking_uri)
-    return assemble(settings, collection, ours, latency, reference, clean_test, params, seed_runs)
+    return assemble(settings, data_sources, ours, latency, reference, clean_test, params, seed_runs)
 
 
 def external_sets(settings: Settings, work: Path) -> list[dict]:
@@ -264,7 +279,7 @@ def saved_model_val_accuracy(summary: dict) -> float:
 
 def assemble(
     settings: Settings,
-    collection: Path,
+    data_sources: list[DataSource],
     ours: dict,
     latency: dict,
     reference: dict,
@@ -316,7 +331,7 @@ def assemble(
     }
     return {
         "mode": settings.mode,
-        "source": str(collection),
+        "sources": {s.name: str(s.path) for s in data_sources},
         "machine": {
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
@@ -378,6 +393,20 @@ def table_rows(reference: dict, ours: dict, ratio: float, seeds: dict) -> list[d
             spread=spread["melanoma_threshold"],
         )
     )
+    for rule, delivered in report["threshold_rules"].items():
+        for set_name, figures in delivered["reporting_halves"].items():
+            for name in ("sensitivity", "specificity"):
+                key = f"rule_{rule}_{set_name}_{name}"
+                rows.append(
+                    _row(
+                        key,
+                        f"threshold chosen on {rule}: {name} on {set_name}'s reporting half",
+                        "",
+                        None,
+                        figures[name],
+                        spread=spread[key],
+                    )
+                )
     sections = [("test", report["test"]), *report["external"].items()]
     for set_name, section in sections:
         for name, figure in SEED_FIGURES:
@@ -395,12 +424,23 @@ def table_rows(reference: dict, ours: dict, ratio: float, seeds: dict) -> list[d
             )
     predict = ours["predict"]
     rows += [
+        *(
+            _row(f"stage_seconds_{stage}", f"stage {stage}, clean workspace", "s", None, seconds)
+            for stage, seconds in ours["stage_seconds"].items()
+        ),
         _row(
             "full_repro_seconds",
-            "whole dvc repro, clean workspace",
+            "whole dvc repro, clean workspace (the stages above, summed)",
             "s",
             None,
             ours["full_repro_seconds"],
+        ),
+        _row(
+            "head_only_repro_seconds",
+            f"dvc repro after a head-only change (ran {', '.join(ours['head_only_stages_run'])})",
+            "s",
+            None,
+            ours["head_only_repro_seconds"],
         ),
         _row(
             "noop_repro_seconds",
@@ -521,7 +561,7 @@ def format_table(results: dict) -> str:
     lines.insert(1, "-+-".join("-" * width for width in widths))
     tiny = results["data"]["tiny_source_files_per_class"]
     title = (
-        f"Benchmark ({results['mode']}) on {results['source']}"
+        f"Benchmark ({results['mode']}) on {', '.join(results['sources'])}"
         + (f" (tiny subset, files per class: {tiny})" if tiny else "")
         + f", {results['machine']['cpus']} CPUs"
     )

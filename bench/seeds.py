@@ -79,4 +79,14 @@ def seed_spread(reports: list[dict]) -> dict[str, dict]:
                 r["test"] if set_name == "test" else r["external"][set_name] for r in reports
             ]
             table[f"{set_name}_{figure}"] = spread([s.get(figure) for s in sections])
+    # What each threshold rule delivered on the reporting halves of the external sets.
+    for rule, delivered in reports[0]["threshold_rules"].items():
+        for set_name in delivered["reporting_halves"]:
+            for name in ("sensitivity", "specificity"):
+                table[f"rule_{rule}_{set_name}_{name}"] = spread(
+                    [
+                        r["threshold_rules"][rule]["reporting_halves"][set_name][name]
+                        for r in reports
+                    ]
+                )
     return table

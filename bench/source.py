@@ -1,11 +1,16 @@
-"""The benchmark's view of the source collection: its Train/Test folders, labels, a tiny subset."""
+"""The benchmark's view of the data sources: the collection's Train/Test folders and labels,
+tiny subsets of each source."""
 
 import hashlib
 import logging
 from collections import Counter
 from pathlib import Path, PurePosixPath
 
+import pandas as pd
+
+from melanoma.config import DataSource, FolderSource, TableSource
 from melanoma.data.sources import open_source
+from melanoma.data.table_sources import read_label_table
 from melanoma.labels import LABELS, canonical_label
 
 log = logging.getLogger(__name__)
@@ -77,3 +82,39 @@ def tiny_external_set(folder: Path, destination: Path, per_class: int) -> Path:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(path.read_bytes())
     return destination
+
+
+def tiny_table_source(source: TableSource, destination: Path, per_label: int) -> TableSource:
+    """Copy the first `per_label` usable rows per label of a table source (in table order, one
+    image per lesion so that nothing is grouped away) and their images into `destination`, laid
+    out as the source is; return the copy's params."""
+    rows = read_label_table(source, source.name)
+    usable = rows[rows["problem"] == ""].drop_duplicates("lesion_id")
+    chosen = usable.groupby("label", sort=False).head(per_label)
+    table = pd.read_csv(source.path / source.table, dtype=str, keep_default_na=False)
+    (destination / source.table).parent.mkdir(parents=True, exist_ok=True)
+    table.iloc[chosen.index].to_csv(destination / source.table, index=False)
+    images = destination / source.images
+    images.mkdir(parents=True, exist_ok=True)
+    for image_id in chosen["image_id"]:
+        [path] = (source.path / source.images).glob(f"{image_id}.*")
+        (images / path.name).write_bytes(path.read_bytes())
+    log.info("tiny table source: %d images copied to %s", len(chosen), destination)
+    return source.model_copy(update={"path": destination})
+
+
+def tiny_sources(
+    data_sources: list[DataSource], destination: Path, per_split: dict[str, int]
+) -> list[DataSource]:
+    """A tiny copy of each source in destination/<name>: `per_split` files per label and split
+    of a folders source, per_split["train"] images per label of a table source."""
+    tiny = []
+    for source in data_sources:
+        folder = destination / source.name
+        if isinstance(source, FolderSource):
+            tiny.append(
+                source.model_copy(update={"path": tiny_source(source.path, folder, per_split)})
+            )
+        else:
+            tiny.append(tiny_table_source(source, folder, per_split["train"]))
+    return tiny

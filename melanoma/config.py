@@ -5,7 +5,7 @@ with the dotted name of the param in the message (for example `train.epochs`).
 """
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from melanoma.labels import LABELS
 
 PARAMS_FILE = Path("params.yaml")
+# A source's name prefixes its image folder and MLflow params: lower case, digits, underscores.
+SOURCE_NAME = r"^[a-z][a-z0-9_]*$"
 # MBConv blocks of EfficientNet-Lite0 (melanoma.model.efficientnet_lite, not imported here: it
 # imports Keras, which every stage would then pay for before its params are even checked).
 LITE0_BLOCKS = 16
@@ -30,8 +32,62 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class FolderSource(_Section):
+    """Images laid out `<split>/<class>/<file>` (Train/Test), a directory or its .zip archive."""
+
+    name: str = Field(pattern=SOURCE_NAME, description="names the source in manifests and runs")
+    kind: Literal["folders"]
+    path: Path
+
+
+class TableSource(_Section):
+    """An image folder and a CSV table that labels it, as ISIC publishes its sets.
+
+    The label is either one column whose values `labels` maps onto the nine labels
+    (HAM10000's `dx`), or one-hot columns that `labels` maps (ISIC's `image,MEL,NV,...`).
+    A source without a split of its own is training data.
+    """
+
+    name: str = Field(pattern=SOURCE_NAME, description="names the source in manifests and runs")
+    kind: Literal["table"]
+    path: Path = Field(description="the source's folder: its images and its table")
+    images: Path = Field(
+        Path("."), description="the image folder within path; files named <image id>.<suffix>"
+    )
+    table: Path = Field(description="the CSV file within path, one row per image")
+    id_column: str = Field(min_length=1, description="the image id: the file name without suffix")
+    label_column: str | None = Field(None, description="a column of label values; null: one-hot")
+    labels: dict[str, str] = Field(
+        min_length=1,
+        description="label value (or one-hot column) -> one of the nine labels",
+    )
+    lesion_column: str | None = Field(None, description="the lesion id: images of one lesion")
+    split: Literal["train", "test"] = "train"
+
+    @field_validator("labels")
+    @classmethod
+    def _onto_the_nine(cls, labels: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(labels.values()) - set(LABELS))
+        if unknown:
+            raise ValueError(f"{unknown} are not among the nine labels {list(LABELS)}")
+        return labels
+
+
+DataSource = Annotated[FolderSource | TableSource, Field(discriminator="kind")]
+
+
 class DataParams(_Section):
-    source: Path = Field(description="ISIC collection: a directory or a .zip archive")
+    sources: list[DataSource] = Field(min_length=1, description="where the images come from")
+
+    @field_validator("sources")
+    @classmethod
+    def _unique_names(cls, sources: list) -> list:
+        # Whether the paths exist is checked by ingest, the one stage that reads them.
+        names = [s.name for s in sources]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"source name(s) {twice} used twice: each source needs its own")
+        return sources
 
 
 class IngestParams(_Section):
@@ -77,6 +133,12 @@ class ValidateParams(_Section):
         description="reference columns that name none of the nine labels",
     )
     on_reference_disagreement: Literal["relabel", "drop", "keep", "fail"] = "relabel"
+    near_duplicate_distance: int | None = Field(
+        None,
+        ge=0,
+        le=64,
+        description="pHash bits within which two images are near-duplicates; null: off",
+    )
 
     @field_validator("reference_classes")
     @classmethod
@@ -416,5 +478,20 @@ def _flatten_into(flat: dict[str, object], key: str, value: object) -> None:
     if isinstance(value, dict) and value:
         for k, v in value.items():
             _flatten_into(flat, f"{key}.{k}", v)
+    elif _named_items(value):
+        # A list of named sections (data sources, external sets): one key per name and field,
+        # so that adding one shows as new params, not as one long changed value.
+        for item in value:
+            _flatten_into(
+                flat, f"{key}.{item['name']}", {k: v for k, v in item.items() if k != "name"}
+            )
     else:
         flat[key] = str(value) if isinstance(value, Path) else value
+
+
+def _named_items(value: object) -> bool:
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(item, dict) and "name" in item for item in value)
+    )

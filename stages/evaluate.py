@@ -13,7 +13,14 @@ import mlflow
 import numpy as np
 
 from melanoma.config import Params, flatten, load_params
-from melanoma.data.manifest import AUGMENTED_COLUMNS, INGEST_COLUMNS, file_sha256, read_manifest
+from melanoma.data.manifest import (
+    AUGMENTED_COLUMNS,
+    INGEST_COLUMNS,
+    SOURCES_SUMMARY,
+    file_sha256,
+    read_manifest,
+    read_sources_summary,
+)
 from melanoma.evaluation.explain import write_gallery
 from melanoma.evaluation.external import FILE_COLUMNS, check_folder, read_external_set
 from melanoma.evaluation.metrics import images_sha256, read_predictions
@@ -31,6 +38,7 @@ from melanoma.evaluation.report import (
     evaluation_report,
     external_set,
     test_set,
+    threshold_rules,
     tracked_metrics,
 )
 from melanoma.logs import setup_logging
@@ -87,15 +95,15 @@ def main() -> None:
         probabilities = {
             s.name: predict_split(model, s.paths, s.true, params.train.batch_size) for s in sets
         }
+        validation = read_predictions(VALIDATION_PREDICTIONS)
         choice = choose_operating_point(
-            evaluate.operating_point,
-            evaluate.seed,
-            read_predictions(VALIDATION_PREDICTIONS),
-            sets,
-            probabilities,
+            evaluate.operating_point, evaluate.seed, validation, sets, probabilities
         )
         report, written = evaluation_report(
             sets, probabilities, choice, temperature, evaluate, predictions_file, PLOTS_DIR
+        )
+        report["threshold_rules"] = threshold_rules(
+            evaluate.operating_point, evaluate.seed, validation, sets, probabilities
         )
         METRICS_FILE.write_text(json.dumps(report, indent=2) + "\n")
         test = sets[0]
@@ -163,6 +171,7 @@ def track_and_register(
         training=read_json_or_empty(TRAIN_METRICS_FILE),
         validation=read_json_or_empty(VALIDATION_REPORT),
         images=read_manifest(MANIFEST, AUGMENTED_COLUMNS),
+        sources=read_sources_summary(SOURCES_SUMMARY),
         model_name=params.registry.model_name,
     )
     MODEL_CARD.write_text(render_card(card))

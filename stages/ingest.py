@@ -1,4 +1,5 @@
-"""DVC stage `ingest`: the source named by data.source -> data/ingested/{images/,manifest.csv}."""
+"""DVC stage `ingest`: every source of data.sources -> data/ingested/{images/,manifest.csv,
+sources.json}."""
 
 import logging
 import sys
@@ -18,7 +19,7 @@ def main() -> None:
     setup_logging()
     params = load_params()
     try:
-        manifest = ingest(params.data.source, OUTPUT_DIR, params.ingest)
+        manifest = ingest(params.data.sources, OUTPUT_DIR, params.ingest)
     except SourceError as error:
         log.error("%s", error)
         sys.exit(1)

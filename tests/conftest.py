@@ -2,6 +2,7 @@
 
 import hashlib
 import io
+import json
 import shutil
 import subprocess
 import zipfile
@@ -18,6 +19,7 @@ from PIL import Image
 from bench.project import command_env, copy_project
 from melanoma.data.manifest import AUGMENTED_COLUMNS, INGEST_COLUMNS, VALIDATED_COLUMNS
 from melanoma.labels import LABELS
+from tests.helpers import HAM_LABELS, table_source_params, write_table_source
 
 # --- tiny ISIC-like sources (ingest, validate, pipeline tests) ---------------------------------
 
@@ -146,6 +148,23 @@ def _tiny_params() -> dict:
     return raw
 
 
+def write_sources_summary(files: int) -> None:
+    """data/ingested/sources.json as ingest writes it, for one source `isic` of `files` files."""
+    summary = [
+        {
+            "name": "isic",
+            "kind": "folders",
+            "path": "source",
+            "sha256": hashlib.sha256(str(files).encode()).hexdigest(),
+            "files": files,
+            "accepted": files,
+            "rejected": {},
+        }
+    ]
+    Path("data/ingested").mkdir(parents=True, exist_ok=True)
+    Path("data/ingested/sources.json").write_text(json.dumps(summary))
+
+
 @pytest.fixture
 def tiny_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
     """A project directory, made the cwd, holding data/validated/manifest.csv and its images.
@@ -167,10 +186,12 @@ def tiny_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
         Image.fromarray(pixels, "RGB").save(path)
         rows.append(
             {
+                "source": "isic",
                 "image_id": image_id,
                 "split": split,
                 "label": label,
                 "pixel_sha256": hashlib.sha256(pixels.tobytes()).hexdigest(),
+                "group": hashlib.sha256(pixels.tobytes()).hexdigest()[:12],
                 "image_path": path.as_posix(),
                 "status": "accepted",
                 "decision": decision,
@@ -195,6 +216,7 @@ def tiny_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
     manifest = pd.DataFrame(rows).reindex(columns=VALIDATED_COLUMNS, fill_value="")
     Path("data/validated").mkdir(parents=True)
     manifest.to_csv("data/validated/manifest.csv", index=False)
+    write_sources_summary(len(manifest))
     params = _tiny_params()
     Path("params.yaml").write_text(yaml.safe_dump(params))
     return params
@@ -206,10 +228,12 @@ def tiny_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
 def _ingest_row(n: int, split: str, label: str, **fields: str) -> dict[str, str]:
     source_path = fields.pop("source_path", f"{split.title()}/{label}/ISIC_{n:07d}.jpg")
     row = {
+        "source": "isic",
         "image_id": Path(source_path).stem,
         "split": split,
         "label": label,
         "source_path": source_path,
+        "lesion_id": "",
         "source_format": "JPEG",
         "source_mode": "RGB",
         "source_width": "180",
@@ -217,7 +241,9 @@ def _ingest_row(n: int, split: str, label: str, **fields: str) -> dict[str, str]
         "source_bytes": "5000",
         "file_sha256": f"{n:064x}",
         "pixel_sha256": f"{n:064x}",
-        "image_path": f"data/ingested/images/{split}/{label}/ISIC_{n:07d}.png",
+        # n's bits spread over the hash: distinct images are far apart
+        "perceptual_hash": f"{(n * 0x9E3779B97F4A7C15) % 2**64:016x}",
+        "image_path": f"data/ingested/images/isic/{split}/{label}/ISIC_{n:07d}.png",
         "width": "180",
         "height": "180",
         "channels": "3",
@@ -416,6 +442,7 @@ def evaluation_project(mlflow_project, image_bytes) -> tuple[list[str], np.ndarr
     manifest.to_csv("data/augmented/manifest.csv", index=False)
     ingested_manifest = pd.DataFrame(ingested).reindex(columns=INGEST_COLUMNS, fill_value="")
     ingested_manifest.to_csv("data/ingested/manifest.csv", index=False)
+    write_sources_summary(len(ingested_manifest))
     true = np.repeat(np.arange(len(LABELS)), 4)
     noisy = np.random.default_rng(3).dirichlet(np.ones(len(LABELS)), len(true))
     Path("reports").mkdir()
@@ -481,6 +508,33 @@ def _write_tiny_source(root: Path, train_per_label: int = 4) -> None:
             Image.fromarray(np.clip(colour + noise, 0, 255).astype(np.uint8)).save(path)
 
 
+def _write_tiny_table_source(root: Path) -> Path:
+    """A HAM10000-like table source: per diagnosis code two TINY_SIZE px JPEGs of one lesion
+    (a class colour plus noise), ISIC_9<n>.jpg, listed in metadata.csv."""
+    rng = np.random.default_rng(5)
+    rows, images = [], {}
+    for index, (code, label) in enumerate(HAM_LABELS.items()):
+        colour = np.array([LABELS.index(label) * 28, 255 - LABELS.index(label) * 28, 60])
+        for n in range(2):
+            image_id = f"ISIC_9{index}{n}"
+            noise = rng.integers(-40, 40, (TINY_SIZE, TINY_SIZE, 3))
+            pixels = np.clip(colour + noise, 0, 255).astype(np.uint8)
+            buffer = io.BytesIO()
+            Image.fromarray(pixels).save(buffer, "JPEG")
+            images[f"{image_id}.jpg"] = buffer.getvalue()
+            rows.append({"lesion_id": f"HAM_{index}", "image_id": image_id, "dx": code})
+    return write_table_source(root, rows, images)
+
+
+def tiny_sources(base: Path) -> list[dict]:
+    """data.sources of the tiny pipeline: the tiny collection at base/source (written by
+    _write_tiny_source) and a tiny table source written at base/ham."""
+    return [
+        {"name": "isic_collection", "kind": "folders", "path": str(base / "source")},
+        table_source_params(_write_tiny_table_source(base / "ham"), name="ham10000"),
+    ]
+
+
 @pytest.fixture(scope="session")
 def pipeline_repo(tmp_path_factory: pytest.TempPathFactory) -> PipelineRepo:
     """The project's whole DVC pipeline, run once on tiny data and committed, in a git + DVC
@@ -488,8 +542,9 @@ def pipeline_repo(tmp_path_factory: pytest.TempPathFactory) -> PipelineRepo:
 
     The repository has a copy of dvc.yaml, stages/, melanoma/, .gitignore, .dvcignore and
     .dvc/config (so the project's default DVC remote, relative to the repository), and the
-    tiny params: _tiny_params() with 1 epoch, 20 bootstrap samples, data.source a generated
-    source beside it (per label 4 Train + 1 Test TINY_SIZE px JPEGs),
+    tiny params: _tiny_params() with 1 epoch, 20 bootstrap samples, data.sources the
+    tiny_sources beside it (per label 4 Train + 1 Test TINY_SIZE px JPEGs, and a table source
+    of two images of one lesion per diagnosis code),
     validate.reference_labels a one-row reference_labels.csv in the repository, and one external
     set "tinyext" (write_external_set) beside it, which chooses the alert threshold. `dvc repro`
     ran with MLflow in <tmp>/mlflow.db (outside the repository); then `git add -A`, commit: git
@@ -500,7 +555,7 @@ def pipeline_repo(tmp_path_factory: pytest.TempPathFactory) -> PipelineRepo:
     _write_tiny_source(source)
     root = copy_project(base / "repo")
     params = _tiny_params()
-    params["data"]["source"] = str(source)
+    params["data"]["sources"] = tiny_sources(base)
     # A reference in the repository (committed, so clones have it). The tiny images' names
     # hold no 7-digit ISIC id: the check runs and finds nothing to compare.
     write_reference_csv(root / "reference_labels.csv", {"ISIC_0000001": "MEL"})

@@ -1,5 +1,9 @@
 """Helpers shared by test modules (fixtures live in conftest.py)."""
 
+from pathlib import Path
+
+import pandas as pd
+
 from melanoma.config import TrainParams
 
 
@@ -18,3 +22,48 @@ def train_params(**overrides) -> TrainParams:
         "reduce_lr_patience": 0,
     }
     return TrainParams(**{**values, **overrides})
+
+
+# HAM10000's diagnosis codes -> the nine labels, as params.yaml maps them.
+HAM_LABELS = {
+    "akiec": "actinic_keratosis",
+    "bcc": "basal_cell_carcinoma",
+    "bkl": "pigmented_benign_keratosis",
+    "df": "dermatofibroma",
+    "mel": "melanoma",
+    "nv": "nevus",
+    "vasc": "vascular_lesion",
+}
+
+
+def write_table_source(
+    root: Path, rows: list[dict[str, str]], images: dict[str, bytes], table: str | None = None
+) -> Path:
+    """A source laid out like HAM10000 at `root`: images/<name> holding `images` ({file name:
+    bytes}) and metadata.csv with `rows` (columns lesion_id, image_id, dx), or `table` as the
+    CSV text when given. Returns root."""
+    (root / "images").mkdir(parents=True)
+    for name, data in images.items():
+        (root / "images" / name).write_bytes(data)
+    csv = root / "metadata.csv"
+    if table is not None:
+        csv.write_text(table)
+    else:
+        pd.DataFrame(rows, columns=["lesion_id", "image_id", "dx"]).to_csv(csv, index=False)
+    return root
+
+
+def table_source_params(path: Path, name: str = "ham", **changes) -> dict:
+    """The params of a `table` source written by write_table_source, as in params.yaml."""
+    return {
+        "name": name,
+        "kind": "table",
+        "path": str(path),
+        "images": "images",
+        "table": "metadata.csv",
+        "id_column": "image_id",
+        "label_column": "dx",
+        "lesion_column": "lesion_id",
+        "labels": dict(HAM_LABELS),
+        **changes,
+    }

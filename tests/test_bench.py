@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from bench.pipeline import changed_metrics, stages_run
-from bench.project import PROJECT, copy_project, override_params
+from bench.project import PROJECT, copy_project, override_params, pin_source_deps
 
 BOTH_SIDES = {
     "epochs_run",
@@ -39,9 +39,18 @@ SET_FIGURES = {
     )
 }
 CALIBRATION = {"test_ece", "isic2018_ece"}
+STAGES = list(yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"])
+# What each threshold rule delivers on the external set's reporting half, over seeds.
+RULES = {
+    f"rule_{rule}_isic2018_{figure}"
+    for rule in ("validation", "isic2018")
+    for figure in ("sensitivity", "specificity")
+}
 OURS_ONLY = {
     "images_per_second_ratio",
+    *(f"stage_seconds_{stage}" for stage in STAGES),
     "full_repro_seconds",
+    "head_only_repro_seconds",
     "noop_repro_seconds",
     "predict_p50_ms",
     "predict_p95_ms",
@@ -69,7 +78,9 @@ def test_quick_benchmark_reports_every_figure_and_its_spread_over_seeds(tmp_path
     results = json.loads(out.read_text())
     rows = {row["key"]: row for row in results["table"]}
     yes_no = {"reproducible", "champion_kept_over_seeds"}
-    assert set(rows) == BOTH_SIDES | WITH_INTERVALS | OURS_ONLY | SET_FIGURES | CALIBRATION | yes_no
+    assert set(rows) == (
+        BOTH_SIDES | WITH_INTERVALS | OURS_ONLY | SET_FIGURES | CALIBRATION | RULES | yes_no
+    )
     for key in BOTH_SIDES | WITH_INTERVALS:
         assert _finite(rows[key]["reference"]) and _finite(rows[key]["ours"]), rows[key]
     for key in WITH_INTERVALS:
@@ -96,6 +107,15 @@ def test_quick_benchmark_reports_every_figure_and_its_spread_over_seeds(tmp_path
     # Same params, same machine: the forced second train + evaluate scores exactly the same.
     assert rows["reproducible"]["ours"] is True, results["ours"]["reproducibility_differences"]
     assert results["ours"]["noop_repro_stages_run"] == []
+    # A head-only change trains on the cached features: nothing before train runs again.
+    head_only = results["ours"]["head_only_stages_run"]
+    assert head_only[0] == "train" and "features" not in head_only
+    assert rows["full_repro_seconds"]["ours"] == pytest.approx(
+        sum(rows[f"stage_seconds_{stage}"]["ours"] for stage in STAGES)
+    )
+    for key in RULES:
+        spread = rows[key]["spread"]
+        assert spread["n"] == 2 and 0 <= spread["min"] <= spread["max"] <= 1, rows[key]
     assert results["data"]["clean_test_images"] == results["ours"]["clean_test"]["images"]
     # Quick mode: 4 files of each of the 4 class folders; isic2018 chooses with half of them.
     assert results["data"]["external_images"] == {"isic2018": 8}
@@ -104,10 +124,11 @@ def test_quick_benchmark_reports_every_figure_and_its_spread_over_seeds(tmp_path
 
 
 def test_override_params_sets_dotted_keys_in_a_copy(tmp_path):
-    copy = copy_project(tmp_path / "copy", {"train.epochs": 3, "data.source": "/elsewhere"})
+    sources = [{"name": "isic", "kind": "folders", "path": "/elsewhere"}]
+    copy = copy_project(tmp_path / "copy", {"train.epochs": 3, "data.sources": sources})
 
     params = yaml.safe_load((copy / "params.yaml").read_text())
-    assert params["train"]["epochs"] == 3 and params["data"]["source"] == "/elsewhere"
+    assert params["train"]["epochs"] == 3 and params["data"]["sources"] == sources
     assert (copy / "stages" / "train.py").is_file() and (copy / ".dvc" / "config").is_file()
     assert not (copy / "data").exists() and not (copy / "models").exists()
 
@@ -139,3 +160,19 @@ def test_changed_metrics_names_differing_and_missing_figures():
     after = {"accuracy": 0.5, "melanoma_auc": 0.81, "test_images": 10, "macro_f1": None}
 
     assert changed_metrics(before, after) == ["melanoma_auc", "test_images"]
+
+
+def test_pin_source_deps_makes_ingest_depend_on_each_source(tmp_path):
+    dvc_yaml = tmp_path / "dvc.yaml"
+    dvc_yaml.write_text((PROJECT / "dvc.yaml").read_text())
+
+    pin_source_deps(dvc_yaml, 3)
+
+    def ingest_deps(path):
+        deps = yaml.safe_load(path.read_text())["stages"]["ingest"]["deps"]
+        by_source = [d for d in deps if d.startswith("${data.sources")]
+        return by_source, [d for d in deps if d not in by_source]
+
+    sources, others = ingest_deps(dvc_yaml)
+    assert sources == [f"${{data.sources[{i}].path}}" for i in range(3)]
+    assert others == ingest_deps(PROJECT / "dvc.yaml")[1]

@@ -169,3 +169,37 @@ def test_a_frozen_lite0_caches_features_and_dvc_s_string_freeze_is_a_block_count
     # `dvc exp run -S train.freeze=4` writes 4; a quoted "4" means the same.
     partly = _with(raw, "train", architecture="efficientnet_lite0", freeze="4")
     assert parse_params(partly).train.freeze == 4
+
+
+def test_a_source_name_used_twice_stops_naming_the_param(raw):
+    again = copy.deepcopy(raw["data"]["sources"][0])
+    raw["data"]["sources"].append(again)
+    with pytest.raises(ParamsError) as caught:
+        parse_params(raw)
+    message = str(caught.value)
+    assert "data.sources" in message and "['isic_collection'] used twice" in message
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"kind": "sql"}, "data.sources.1"),
+        ({"labels": {"mel": "freckle"}}, "data.sources.1.table.labels"),
+        ({"name": "HAM 10000"}, "data.sources.1.table.name"),
+        ({"split": "val"}, "data.sources.1.table.split"),
+    ],
+)
+def test_a_bad_source_param_is_named(raw, change, named):
+    raw["data"]["sources"][1].update(change)
+    with pytest.raises(ParamsError, match=named.replace(".", r"\.")):
+        parse_params(raw)
+
+
+def test_sources_flatten_to_one_mlflow_param_per_source_and_field(raw):
+    from melanoma.config import flatten
+
+    flat = flatten(parse_params(raw))
+    assert flat["data.sources.ham10000.label_column"] == "dx"
+    assert flat["data.sources.ham10000.labels.mel"] == "melanoma"
+    assert flat["data.sources.isic_collection.kind"] == "folders"
+    assert not any(key.endswith(".name") for key in flat if key.startswith("data."))

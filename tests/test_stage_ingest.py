@@ -12,11 +12,11 @@ PROJECT_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """A scratch project root whose params.yaml is the real one with data.source set."""
+    """A scratch project root whose params.yaml is the real one with one `folders` source."""
 
     def with_source(source: Path) -> Path:
         params = yaml.safe_load(PROJECT_PARAMS.read_text())
-        params["data"]["source"] = str(source)
+        params["data"]["sources"] = [{"name": "isic", "kind": "folders", "path": str(source)}]
         root = tmp_path / "project"
         root.mkdir()
         (root / "params.yaml").write_text(yaml.safe_dump(params))
@@ -45,5 +45,5 @@ def test_stage_stops_with_exit_code_1_and_names_the_source(project, tmp_path, ca
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1
     assert str(missing) in errors[0].getMessage()
-    assert "data.source" in errors[0].getMessage()
+    assert "data.sources[0].path (isic)" in errors[0].getMessage()
     assert errors[0].exc_info is None  # a message, not a traceback

@@ -1,7 +1,7 @@
 """Train/validation split and class-balanced offline augmentation of the training images.
 
 Everything here is deterministic and independent of the row order of the input manifest:
-rows are sorted before use, the split shuffles sorted duplicate groups with a per-label RNG,
+rows are sorted before use, the split shuffles sorted image groups with a per-label RNG,
 and every augmented copy draws its transforms from an RNG seeded by (seed, source image id,
 copy number). The same params and input therefore give byte-identical images and manifest.
 """
@@ -35,7 +35,7 @@ class AugmentationPlan:
     train: pd.DataFrame
     val: pd.DataFrame
     test: pd.DataFrame
-    copies: pd.DataFrame  # source_image_id, source_image_path, label, copy_index, image_path
+    copies: pd.DataFrame  # source, source_image_id, source_image_path, label, copy_index, image_path
 
 
 def usable_images(
@@ -69,7 +69,7 @@ def usable_images(
             f"e.g. image {bad_label['image_id'].iloc[0]!r} with label "
             f"{bad_label['label'].iloc[0]!r}"
         )
-    for column in ("image_id", "image_path", "pixel_sha256"):
+    for column in ("image_id", "image_path", "group"):
         empty = used[used[column] == ""]
         if not empty.empty:
             raise ValueError(
@@ -81,24 +81,25 @@ def usable_images(
         raise FileNotFoundError(
             f"{manifest_path}: {len(missing)} image(s) it lists do not exist, e.g. {missing[0]}"
         )
-    used = used.sort_values(["label", "image_id", "image_path"], ignore_index=True)
+    used = used.sort_values(["label", "source", "image_id", "image_path"], ignore_index=True)
     return used[used["split"] == TRAIN], used[used["split"] == TEST]
 
 
 def split_train_val(
     train: pd.DataFrame, val_fraction: float, seed: int
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Stratified split of the training rows; rows with equal `pixel_sha256` stay on one side.
+    """Stratified split of the training rows; rows of one `group` (copies of one picture, images
+    of one lesion, near-duplicates: melanoma.data.groups) stay on one side.
 
-    Each duplicate group is assigned to the label most of its rows carry (ties: the first label
-    in alphabetical order). Per label, the groups are shuffled by an RNG seeded from `seed` and
+    Each group is assigned to the label most of its rows carry (ties: the first label in
+    alphabetical order). Per label, the groups are shuffled by an RNG seeded from `seed` and
     the label, then moved to validation until it holds round(val_fraction * images) images, so
     a change in one class never reshuffles another. A label always keeps at least one group
     for training and, if it has two or more, gives at least one to validation.
     """
     # Series.mode() lists the most frequent values sorted, so [0] breaks ties alphabetically.
-    group_label = train.groupby("pixel_sha256")["label"].agg(lambda labels: labels.mode()[0])
-    group_size = train["pixel_sha256"].value_counts()
+    group_label = train.groupby("group")["label"].agg(lambda labels: labels.mode()[0])
+    group_size = train["group"].value_counts()
     val_groups: set[str] = set()
     for label in sorted(group_label.unique()):
         groups = sorted(group_label.index[group_label == label])
@@ -117,7 +118,7 @@ def split_train_val(
             log.warning(
                 "label %s has %d image(s) in one group: none go to validation", label, images
             )
-    in_val = train["pixel_sha256"].isin(val_groups)
+    in_val = train["group"].isin(val_groups)
     return train[~in_val].reset_index(drop=True), train[in_val].reset_index(drop=True)
 
 
@@ -148,14 +149,22 @@ def plan_copies(
             name = f"{Path(source['image_path']).stem}_aug{copy_index}{AUGMENTED_SUFFIX}"
             rows.append(
                 {
+                    "source": source["source"],
                     "source_image_id": source["image_id"],
                     "source_image_path": source["image_path"],
                     "label": label,
                     "copy_index": copy_index,
-                    "image_path": (images_dir / label / name).as_posix(),
+                    "image_path": (images_dir / source["source"] / label / name).as_posix(),
                 }
             )
-    columns = ["source_image_id", "source_image_path", "label", "copy_index", "image_path"]
+    columns = [
+        "source",
+        "source_image_id",
+        "source_image_path",
+        "label",
+        "copy_index",
+        "image_path",
+    ]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -225,6 +234,7 @@ def augmented_manifest(plan: AugmentationPlan) -> pd.DataFrame:
                 "image_path": rows["image_path"],
                 "label": rows["label"],
                 "split": split,
+                "source": rows["source"],
                 "source_image_id": rows["image_id"],
                 "source_image_path": rows["image_path"],
                 "augmented": False,

@@ -23,6 +23,17 @@ still in use after the previous one:
 4. `on_leak`: `drop_from_train` / `drop_from_test` removes the group's images in that split.
 5. `on_duplicate`: `keep_first` keeps the first image by source_path in each label and split
    (labels as they are after step 3, so two relabelled copies count as duplicates).
+6. One image, one copy: the same ISIC id in two or more sources (at other sizes, so other
+   pixels) keeps one copy in use, `same_image_other_source` for the rest: the copy in the test
+   split if there is one (the test split stays whole), else the copy of the source listed
+   first in data.sources (the manifest's order).
+7. Groups (melanoma.data.groups): copies, photographs of one lesion and near-duplicates form
+   one group, whatever was dropped above (a dropped copy still links its lesion). `on_leak`
+   again, for the groups still in use in both splits: `drop_from_train` (the default) drops
+   their training images as `same_group_as_test`, so a lesion in the test split has no image
+   in training; `drop_from_test` drops their test images instead. The validated manifest
+   names each accepted image's group in `group`, which the train/validation split keeps
+   whole.
 `keep` / `keep_all` leave the images in use. `fail` records a policy failure when a case of its
 kind is still there at its turn; the images stay in use and the stage exits non-zero.
 
@@ -38,6 +49,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from melanoma.config import ValidateParams
+from melanoma.data.groups import GROUP_ID_LENGTH, image_groups, near_duplicate_pairs
 from melanoma.data.manifest import ACCEPTED, DROP, USE, VALIDATED_COLUMNS
 from melanoma.data.reference_labels import (
     DISAGREES,
@@ -46,13 +58,15 @@ from melanoma.data.reference_labels import (
     ReferenceLabels,
     check_labels,
     decide_conflict,
+    isic_id,
 )
 
 LABEL_CONFLICT, LEAK, DUPLICATE = "label_conflict", "leak", "duplicate"
 LABEL_CONFLICT_BY_REFERENCE = "label_conflict_by_reference"
 REFERENCE_DISAGREEMENT = "reference_disagreement"
+SAME_IMAGE_OTHER_SOURCE = "same_image_other_source"
+SAME_GROUP_AS_TEST = "same_group_as_test"
 INGEST_REJECTION_PREFIX = "ingest:"
-GROUP_ID_LENGTH = 12  # hex digits of the pixel hash that name a group in the manifest
 
 
 @dataclass(frozen=True)
@@ -64,6 +78,12 @@ class ContentChecks:
     leaks: list[dict]
     duplicates: list[dict]  # one entry per group, label and split
     policy_failures: list[str]
+    # one entry per ISIC id found in several sources: the copy kept and the copies dropped
+    same_image_copies: list[dict]
+    # pairs of images within validate.near_duplicate_distance that are not otherwise linked
+    near_duplicates: list[dict]
+    # training images dropped for sharing a group with a test image, with that image
+    test_group_exclusions: list[dict]
 
 
 def same_pixel_groups(manifest: pd.DataFrame) -> dict[str, pd.Index]:
@@ -93,6 +113,7 @@ def resolve_content(
         rejected, "reason"
     ].astype(str)
     decided["duplicate_group"] = ""
+    decided["group"] = ""
     decided["folder_label"] = decided["label"]
     decided["label_source"] = FOLDER
     decided[["reference_class", "reference_check"]] = check_labels(
@@ -127,6 +148,10 @@ def resolve_content(
         if len(subgroup) > 1
     ]
     failures += _apply_duplicate_policy(decided, duplicates, policy.on_duplicate)
+    same_image = _keep_one_copy_per_id(decided)
+    near = _group_images(decided, policy.near_duplicate_distance)
+    excluded, group_failures = _apply_group_leak_policy(decided, policy.on_leak, leaks)
+    failures += group_failures
     return ContentChecks(
         manifest=decided[VALIDATED_COLUMNS],
         label_conflicts=[
@@ -136,6 +161,9 @@ def resolve_content(
         leaks=[_case(decided, rows) for rows in leaks],
         duplicates=[_case(decided, rows) for rows in duplicates],
         policy_failures=failures,
+        same_image_copies=same_image,
+        near_duplicates=near,
+        test_group_exclusions=excluded,
     )
 
 
@@ -251,4 +279,98 @@ def _case(decided: pd.DataFrame, rows: pd.Index) -> dict:
                 "decision_reason",
             ]
         ].to_dict("records"),
+    }
+
+
+def _keep_one_copy_per_id(decided: pd.DataFrame) -> list[dict]:
+    """Step 6: one copy in use per ISIC id found in several sources; the cases, for the report."""
+    in_use = decided[decided["decision"] == USE]
+    ids = in_use["image_id"].map(isic_id)
+    source_rank = {name: rank for rank, name in enumerate(decided["source"].unique())}
+    cases = []
+    for image_id, rows in in_use.groupby(ids, sort=True):
+        if rows["source"].nunique() < 2:
+            continue
+        order = rows.assign(
+            not_test=rows["split"] != "test", rank=rows["source"].map(source_rank)
+        ).sort_values(["not_test", "rank", "source_path"])
+        kept, others = order.index[0], order.index[1:]
+        _drop(decided, others, SAME_IMAGE_OTHER_SOURCE)
+        cases.append(
+            {
+                "isic_id": image_id,
+                "kept": _file(decided, kept),
+                "dropped": [_file(decided, row) for row in others],
+            }
+        )
+    return cases
+
+
+def _group_images(decided: pd.DataFrame, max_distance: int | None) -> list[dict]:
+    """Step 7's groups, in the `group` column of the accepted rows; returns the near-duplicate
+    pairs that no other link (pixels, ISIC id, lesion) explains."""
+    accepted = decided[decided["status"] == ACCEPTED]
+    if accepted.empty:
+        return []
+    if max_distance is None:
+        pairs = pd.DataFrame({"first": [], "second": [], "distance": []})
+    else:
+        pairs = near_duplicate_pairs(accepted["perceptual_hash"], max_distance)
+    decided.loc[accepted.index, "group"] = image_groups(accepted, pairs)
+    first, second = decided.loc[pairs["first"]], decided.loc[pairs["second"]]
+    explained = (
+        (first["pixel_sha256"].to_numpy() == second["pixel_sha256"].to_numpy())
+        | (first["image_id"].map(isic_id).to_numpy() == second["image_id"].map(isic_id).to_numpy())
+        | (
+            (first["lesion_id"].to_numpy() != "")
+            & (first["source"].to_numpy() == second["source"].to_numpy())
+            & (first["lesion_id"].to_numpy() == second["lesion_id"].to_numpy())
+        )
+    )
+    return [
+        {
+            "distance": int(pair.distance),
+            "group": decided.at[pair.first, "group"],
+            "files": [_file(decided, pair.first), _file(decided, pair.second)],
+        }
+        for pair in pairs[~explained].itertuples()
+    ]
+
+
+def _apply_group_leak_policy(
+    decided: pd.DataFrame, action: str, pixel_leaks: list[pd.Index]
+) -> tuple[list[dict], list[str]]:
+    """Step 7: `on_leak` for groups with images in use in both splits. Returns the images
+    dropped (each with an image of its group in the other split) and any policy failure
+    (`fail` names only the groups that step 4 did not already report)."""
+    in_use = decided[decided["decision"] == USE]
+    name = in_use["source"] + "/" + in_use["source_path"]
+    by_split = {split: in_use[in_use["split"] == split] for split in ("train", "test")}
+    shared = set(by_split["train"]["group"]) & set(by_split["test"]["group"])
+    if not shared or action == "keep":
+        return [], []
+    if action == "fail":
+        shared -= {group for rows in pixel_leaks for group in decided.loc[rows, "group"]}
+        examples = sorted(shared)[:3]
+        return [], [
+            f"{len(shared)} group(s) of one lesion or picture with images in both train and "
+            f"test, and validate.on_leak is fail: groups {examples} (reports/validation.json "
+            "and the group column of the validated manifest name their files)"
+        ] if shared else []
+    split = action.removeprefix("drop_from_")
+    other = "test" if split == "train" else "train"
+    leaving = by_split[split][by_split[split]["group"].isin(shared)]
+    staying = name[in_use["split"] == other].groupby(in_use["group"]).first()
+    _drop(decided, leaving.index, SAME_GROUP_AS_TEST)
+    return [
+        {**_file(decided, row), f"{other}_image": staying[decided.at[row, "group"]]}
+        for row in leaving.index
+    ], []
+
+
+def _file(decided: pd.DataFrame, row) -> dict:
+    """A file as the report names it."""
+    return {
+        column: decided.at[row, column]
+        for column in ("source", "source_path", "split", "label", "lesion_id", "group")
     }

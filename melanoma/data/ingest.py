@@ -1,8 +1,11 @@
-"""The ingest stage: every source file decoded to one canonical RGB image, and one manifest row.
+"""The ingest stage: every file of every data source decoded to one canonical RGB image, and
+one manifest row.
 
 Output (under the output directory, wiped first):
-    images/<split>/<label>/<image_id>.<png|jpg>   accepted images, square, ingest.image_size px
-    manifest.csv                                   one row per source file (INGEST_COLUMNS)
+    images/<source>/<split>/<label>/<image_id>.<png|jpg>   accepted images, square,
+                                                           ingest.image_size px
+    manifest.csv        one row per file of every source (INGEST_COLUMNS), in source order
+    sources.json        per source: its params, file counts and a hash of its content
 
 `image_id` is the file's stem with any character outside `A-Z a-z 0-9 . _ - ( ) +` replaced by
 `_`. Two accepted files that would get the same name in one split/label folder (`x.jpg` and
@@ -24,31 +27,52 @@ Rejection codes in the `reason` column (the `detail` column explains each case):
     not_a_regular_file     symlink to a directory, dangling symlink, symlink inside a zip,
                            FIFO, socket or device (not read)
     unreadable             the bytes could not be read (permissions, bad zip data, encryption)
+A table source adds its own codes (melanoma.data.table_sources): not_in_table, unknown_label,
+conflicting_labels, missing_lesion_id, missing_image.
+
+Each accepted image also gets a perceptual hash (pHash of the canonical image), which validate
+uses to find resized or re-encoded copies of one picture.
 """
 
 import hashlib
+import json
 import logging
 import re
 import shutil
 import zipfile
 import zlib
 from collections import Counter
+from contextlib import ExitStack
 from pathlib import Path
 
+import imagehash
 import pandas as pd
 from tqdm import tqdm
 
+from melanoma.config import DataSource, FolderSource, IngestParams, TableSource
 from melanoma.data import images, sources
-from melanoma.config import IngestParams
-from melanoma.data.manifest import ACCEPTED, INGEST_COLUMNS, REJECTED, write_manifest
+from melanoma.data.manifest import (
+    ACCEPTED,
+    INGEST_COLUMNS,
+    REJECTED,
+    SOURCES_SUMMARY,
+    write_manifest,
+)
+from melanoma.data.table_sources import MISSING_IMAGE, open_table_source
 
 log = logging.getLogger(__name__)
 
 IMAGES_DIR = "images"
 MANIFEST_FILE = "manifest.csv"
+SOURCES_FILE = SOURCES_SUMMARY.name
 EXTENSIONS = {"png": "png", "jpeg": "jpg"}
 # Never read: refusing these is the point.
-NOT_READ = (sources.SYMLINK_OUTSIDE_SOURCE, sources.UNSAFE_ZIP_PATH, sources.NOT_A_REGULAR_FILE)
+NOT_READ = (
+    sources.SYMLINK_OUTSIDE_SOURCE,
+    sources.UNSAFE_ZIP_PATH,
+    sources.NOT_A_REGULAR_FILE,
+    MISSING_IMAGE,
+)
 # 16-bit RGBA, the widest pixel we decode, plus room for metadata.
 MAX_BYTES_PER_PIXEL, METADATA_BYTES = 8, 64 * 2**20
 READ_ERRORS = (OSError, zipfile.BadZipFile, RuntimeError, NotImplementedError, EOFError, zlib.error)
@@ -75,21 +99,83 @@ def safe_stem(stem: str) -> str:
     return cleaned or "image"
 
 
-def ingest(source_location: Path, output_dir: Path, params: IngestParams) -> pd.DataFrame:
-    """Ingest every file of the source into output_dir; return the manifest it wrote."""
-    with sources.open_source(source_location) as source:
-        _refuse_overlap(source_location, output_dir)
+def ingest(
+    data_sources: list[DataSource], output_dir: Path, params: IngestParams
+) -> pd.DataFrame:
+    """Ingest every file of every source into output_dir; return the manifest it wrote."""
+    check_source_paths(data_sources)
+    manifests = []
+    with ExitStack() as stack:
+        # Every source is opened (and its table checked) before the output is touched.
+        opened = [
+            stack.enter_context(open_data_source(data_source, f"data.sources[{index}]"))
+            for index, data_source in enumerate(data_sources)
+        ]
+        for data_source in data_sources:
+            _refuse_overlap(data_source.path, output_dir)
         if output_dir.exists():
             shutil.rmtree(output_dir)
-        names = OutputNames()
-        rows = [
-            ingest_file(source, file, output_dir, params, names)
-            for file in tqdm(source.files, desc="ingest", unit="file")
-        ]
-    # source.files is already in source_path order; the manifest keeps it.
-    manifest = pd.DataFrame(rows, columns=INGEST_COLUMNS)
+        for data_source, source in zip(data_sources, opened, strict=True):
+            images_dir = output_dir / IMAGES_DIR / data_source.name
+            names = OutputNames()
+            rows = [
+                ingest_file(source, file, images_dir, params, names)
+                for file in tqdm(source.files, desc=f"ingest {data_source.name}", unit="file")
+            ]
+            manifest = pd.DataFrame(rows, columns=INGEST_COLUMNS)
+            manifests.append(manifest.assign(source=data_source.name))
+    # Each source's files are already in source_path order; the manifest keeps it.
+    manifest = pd.concat(manifests, ignore_index=True)
     write_manifest(manifest, output_dir / MANIFEST_FILE, INGEST_COLUMNS)
+    summary = sources_summary(data_sources, manifest)
+    (output_dir / SOURCES_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     return manifest
+
+
+def check_source_paths(data_sources: list[DataSource]) -> None:
+    """Stop before any work if a path of data.sources does not exist, naming the param."""
+    for index, source in enumerate(data_sources):
+        paths = {"path": source.path}
+        if isinstance(source, TableSource):
+            paths |= {"images": source.path / source.images, "table": source.path / source.table}
+        for field, path in paths.items():
+            if not path.exists():
+                raise sources.SourceNotFoundError(
+                    f"data.sources[{index}].{field} ({source.name}): {path} does not exist "
+                    f"(resolved: {path.resolve()})"
+                )
+
+
+def open_data_source(data_source: DataSource, param: str) -> sources.Source:
+    """The source's files, each placed in its split and label or given its problem."""
+    if isinstance(data_source, FolderSource):
+        return sources.open_source(data_source.path)
+    return open_table_source(data_source, param)
+
+
+def sources_summary(data_sources: list[DataSource], manifest: pd.DataFrame) -> list[dict]:
+    """What each source is and what it gave: for the runs' provenance and the model card.
+
+    `sha256` hashes every file's path and content hash, so it changes exactly when a file of
+    the source is added, removed or altered.
+    """
+    summary = []
+    for data_source in data_sources:
+        rows = manifest[manifest["source"] == data_source.name].sort_values("source_path")
+        digest = hashlib.sha256()
+        for path, file_hash in zip(rows["source_path"], rows["file_sha256"], strict=True):
+            digest.update(f"{path}\t{file_hash}\n".encode())
+        rejected = rows[rows["status"] == REJECTED]
+        summary.append(
+            {
+                **data_source.model_dump(mode="json"),
+                "sha256": digest.hexdigest(),
+                "files": len(rows),
+                "accepted": int((rows["status"] == ACCEPTED).sum()),
+                "rejected": {str(k): int(v) for k, v in Counter(rejected["reason"]).items()},
+            }
+        )
+    return summary
 
 
 def _refuse_overlap(source_location: Path, output_dir: Path) -> None:
@@ -97,14 +183,15 @@ def _refuse_overlap(source_location: Path, output_dir: Path) -> None:
     if output.is_relative_to(source) or source.is_relative_to(output):
         raise sources.SourceError(
             f"the data source '{source_location}' and the output '{output_dir}' overlap: "
-            f"ingest would overwrite its own input. {sources.FIX_HINT}"
+            "ingest would overwrite its own input. Set the source's path in params.yaml "
+            "data.sources to a folder outside the project's data/ingested."
         )
 
 
 def ingest_file(
     source: sources.Source,
     file: sources.SourceFile,
-    output_dir: Path,
+    images_dir: Path,
     params: IngestParams,
     names: OutputNames,
 ) -> dict[str, object]:
@@ -116,6 +203,7 @@ def ingest_file(
         label=file.label,
         source_path=file.path,
         source_bytes="" if file.size is None else file.size,
+        lesion_id=file.lesion_id,
     )
     if file.problem in NOT_READ:
         return _rejected(row, file.problem, file.detail)
@@ -150,12 +238,13 @@ def ingest_file(
     canonical = images.square_resize(rgb, params.image_size)
     image_id = names.allocate(file.split, file.label, file.stem)
     extension = EXTENSIONS[params.image_format]
-    image_path = output_dir / IMAGES_DIR / file.split / file.label / f"{image_id}.{extension}"
+    image_path = images_dir / file.split / file.label / f"{image_id}.{extension}"
     image_path.parent.mkdir(parents=True, exist_ok=True)
     image_path.write_bytes(images.encode(canonical, params.image_format, params.jpeg_quality))
     row.update(
         image_id=image_id,
         pixel_sha256=images.pixel_sha256(rgb),
+        perceptual_hash=str(imagehash.phash(canonical)),
         image_path=image_path.as_posix(),
         width=canonical.width,
         height=canonical.height,
@@ -171,7 +260,8 @@ def _rejected(row: dict[str, object], reason: str, detail: str) -> dict[str, obj
 
 
 def count_lines(manifest: pd.DataFrame) -> list[str]:
-    """The counts a run reports: accepted, rejected by reason, accepted per split and label."""
+    """The counts a run reports: accepted, rejected by reason, accepted per source, split and
+    label."""
     status = Counter(manifest["status"])
     lines = [
         f"{len(manifest)} source files: {status[ACCEPTED]} accepted, {status[REJECTED]} rejected"
@@ -181,6 +271,8 @@ def count_lines(manifest: pd.DataFrame) -> list[str]:
         examples = ", ".join(rejected.loc[rejected["reason"] == reason, "source_path"].head(3))
         lines.append(f"  rejected {reason}: {count} (e.g. {examples})")
     accepted = manifest[manifest["status"] == ACCEPTED]
-    for (split, label), count in accepted.groupby(["split", "label"]).size().items():
-        lines.append(f"  accepted {split}/{label}: {count}")
+    for (source, split, label), count in (
+        accepted.groupby(["source", "split", "label"], sort=False).size().items()
+    ):
+        lines.append(f"  accepted {source} {split}/{label}: {count}")
     return lines

@@ -31,8 +31,8 @@ NOT_A_REGULAR_FILE = "not_a_regular_file"
 UNREADABLE = "unreadable"
 
 FIX_HINT = (
-    "Set data.source in params.yaml to a directory or .zip archive of the 9-class ISIC "
-    "collection, laid out as Train/<class>/<image> and Test/<class>/<image>."
+    "Set the path of this `folders` source in params.yaml data.sources to a directory or .zip "
+    "archive laid out as Train/<class>/<image> and Test/<class>/<image>."
 )
 
 
@@ -62,6 +62,7 @@ class SourceFile:
     label: str = ""  # canonical label, empty outside the layout
     problem: str = ""  # a rejection code when the file must not be (or need not be) decoded
     detail: str = ""
+    lesion_id: str = ""  # the lesion photographed, where the source says (table sources)
     # A zip may hold two members of one name: each row reads its own.
     member: zipfile.ZipInfo | None = field(default=None, compare=False, repr=False)
 

@@ -27,7 +27,9 @@ NUMERIC_COLUMNS = ("source_width", "source_height", "source_bytes", "width", "he
 # Failing rows named in the report per expectation; the counts are always complete.
 UNEXPECTED_SHOWN = 20
 # The columns that name a failing row in each suite's results.
-ROW_NAMES = {"manifest": ["source_path"], "class_counts": ["label", "split"]}
+ROW_NAMES = {"manifest": ["source", "source_path"], "class_counts": ["label", "split"]}
+# Copies of one image in two sources named in the report; the validated manifest names them all.
+EXAMPLES_LISTED = 20
 
 
 @dataclass(frozen=True)
@@ -236,12 +238,41 @@ def build_report(
         "label_conflicts": checks.label_conflicts,
         "leaks": checks.leaks,
         "duplicates": checks.duplicates,
+        "sources": source_report(manifest),
+        # Every copy is in the validated manifest (same_image_other_source): a few examples here.
+        "same_image_copies": {
+            "count": len(checks.same_image_copies),
+            "examples": checks.same_image_copies[:EXAMPLES_LISTED],
+        },
+        "near_duplicates": {
+            "max_distance": policy.near_duplicate_distance,
+            "count": len(checks.near_duplicates),
+            "pairs": checks.near_duplicates,
+        },
+        "same_group_as_test": {
+            "count": len(checks.test_group_exclusions),
+            "files": checks.test_group_exclusions,
+        },
         "decisions": {str(k): int(v) for k, v in manifest["decision"].value_counts().items()},
         "removed": {
             str(k): int(v)
             for k, v in dropped["decision_reason"].value_counts().sort_index().items()
         },
     }
+
+
+def source_report(manifest: pd.DataFrame) -> dict[str, dict]:
+    """Per source: its files, the images used per split, and what was removed, by reason."""
+    report = {}
+    for source, rows in manifest.groupby("source", sort=False):
+        used = rows[rows["decision"] == USE]
+        removed = rows.loc[rows["decision"] != USE, "decision_reason"].value_counts().sort_index()
+        report[str(source)] = {
+            "files": len(rows),
+            "used": {split: int((used["split"] == split).sum()) for split in SPLITS},
+            "removed": {str(k): int(v) for k, v in removed.items()},
+        }
+    return report
 
 
 def reference_report(checks: ContentChecks, reference: ReferenceLabels | None) -> dict:
@@ -325,8 +356,18 @@ def summary_lines(report: dict) -> list[str]:
         f"label conflicts: {len(report['label_conflicts'])} groups, leaks: "
         f"{len(report['leaks'])} groups, within-label duplicates: {len(report['duplicates'])}",
         *_reference_lines(report["reference_labels"]),
+        f"same ISIC id in several sources: {report['same_image_copies']['count']} (one copy "
+        f"kept each); near-duplicate pairs not otherwise linked: "
+        f"{report['near_duplicates']['count']}; training images sharing a group with a test "
+        f"image: {report['same_group_as_test']['count']}",
         "decisions: " + ", ".join(f"{k} {v}" for k, v in sorted(report["decisions"].items())),
         *(f"  dropped ({reason}): {n}" for reason, n in report["removed"].items()),
+        *(
+            f"  source {name}: {s['files']} files, used train {s['used']['train']} / test "
+            f"{s['used']['test']}, removed "
+            + (", ".join(f"{k} {v}" for k, v in s["removed"].items()) or "none")
+            for name, s in report["sources"].items()
+        ),
         "images used per class (train/test): "
         + ", ".join(
             f"{label} {c['train']}/{c['test']}"

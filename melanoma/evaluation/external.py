@@ -123,7 +123,7 @@ def read_external_set(
     files.sort(key=lambda f: f.path)
     names = OutputNames()
     with sources.Source(external.path, files, None) as source:
-        rows = [ingest_file(source, f, scratch, ingest_params, names) for f in files]
+        rows = [ingest_file(source, f, scratch / SPLIT, ingest_params, names) for f in files]
     ingested = pd.DataFrame(rows, columns=INGEST_COLUMNS)
     table = pd.DataFrame(
         {

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from melanoma.data.manifest import images_per_source
 from melanoma.evaluation.metrics import HEADLINE_METRICS
 from melanoma.evaluation.report import evaluation_sections
 from melanoma.labels import LABELS
@@ -56,8 +57,10 @@ class CardFacts:
     lineage: dict[str, str] = field(default_factory=dict)  # git commit, data hashes
     training: dict = field(default_factory=dict)  # reports/train_metrics.json
     validation: dict = field(default_factory=dict)  # reports/validation.json
-    # data/augmented/manifest.csv (label, split, source_image_id, augmented); None if unknown
+    # data/augmented/manifest.csv (source, label, split, source_image_id, augmented); None if
+    # unknown
     images: pd.DataFrame | None = None
+    sources: list[dict] = field(default_factory=list)  # data/ingested/sources.json
     model_name: str = ""
 
 
@@ -170,13 +173,56 @@ def intended_use(facts: CardFacts) -> list[str]:
     ]
 
 
+def data_sources(facts: CardFacts) -> list[str]:
+    """Each data source: what it is, its content hash, and the images it gave each split."""
+    if not facts.sources:
+        return ["Data sources: unknown (data/ingested/sources.json was not available)."]
+    used = (
+        images_per_source(facts.images).groupby(level="source").sum()
+        if facts.images is not None
+        else pd.DataFrame()
+    )
+    rows = []
+    for source in facts.sources:
+        counts = used.loc[source["name"]] if source["name"] in used.index else None
+        rows.append(
+            [
+                f"`{source['name']}`",
+                f"{source['kind']}: `{source['path']}`",
+                f"`{source['sha256'][:12]}`",
+                f"{number(source['files'])} / {number(source['accepted'])}",
+                *(
+                    ["unknown"] * 4
+                    if counts is None
+                    else [number(int(counts[c])) for c in (*SPLITS, "train_augmented_copies")]
+                ),
+            ]
+        )
+    return _table(
+        [
+            "source",
+            "where",
+            "content sha256",
+            "files / accepted",
+            "train",
+            "validation",
+            "test",
+            "augmented copies",
+        ],
+        rows,
+    )
+
+
 def training_data(facts: CardFacts) -> list[str]:
     lines = [
         "## Training data",
         "",
-        f"Source: `{facts.params.get('data.source', 'unknown')}` (the ISIC collection of nine "
-        "diagnoses, its Train and Test folders). The augment stage split Train into train and "
-        "validation and balanced train with augmented copies; Test is the test split.",
+        "Every source of `data.sources`, with the images each gave after validate's decisions "
+        "(one copy per ISIC id, no lesion on both sides of a split). The augment stage split "
+        "the training images into train and validation, whole lesions at a time, and balanced "
+        "train with augmented copies; the sources' test folders are the test split.",
+        "",
+        *data_sources(facts),
         "",
     ]
     if facts.images is None:
@@ -208,6 +254,10 @@ _KNOWN_VALIDATION_KEYS = {
     "removed",
     "reference_labels",
     "too_few_training_images",
+    "sources",
+    "same_image_copies",
+    "near_duplicates",
+    "same_group_as_test",
 }
 
 
@@ -231,6 +281,27 @@ def reference_label_findings(reference: dict) -> list[str]:
             f"({pair['reference_label']}): {number(pair['images'])} images ({actions})."
         )
     return lines
+
+
+def grouping_findings(validation: dict) -> list[str]:
+    """One image, one copy; lesions kept on one side of the test split."""
+    findings = [
+        (
+            "same_image_copies",
+            "images found in more than one source (one copy kept of each, the others removed)",
+        ),
+        ("near_duplicates", "near-duplicate pairs by perceptual hash (kept, grouped)"),
+        (
+            "same_group_as_test",
+            "training images removed as images of a lesion (or copies of a picture) in the test "
+            "split",
+        ),
+    ]
+    return [
+        f"- {number(validation[key]['count'])} {what}."
+        for key, what in findings
+        if isinstance(validation.get(key), dict)
+    ]
 
 
 def validation_findings(validation: dict) -> list[str]:
@@ -260,6 +331,7 @@ def validation_findings(validation: dict) -> list[str]:
             + "."
         )
     lines += reference_label_findings(validation.get("reference_labels") or {})
+    lines += grouping_findings(validation)
     thin = (validation.get("too_few_training_images") or {}).get("labels", {})
     if thin:
         lines.append(

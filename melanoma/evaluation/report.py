@@ -140,6 +140,46 @@ def choose_operating_point(
     return OperatingPointChoice(threshold, chosen_on, roles)
 
 
+def threshold_rules(
+    params: OperatingPoint,
+    seed: int,
+    validation: tuple[np.ndarray, np.ndarray],
+    sets: list[EvaluationSet],
+    probabilities: dict[str, np.ndarray],
+) -> dict[str, dict]:
+    """What each way of choosing the threshold delivers on images it never saw: the
+    reporting half of every external set with melanomas (`split_halves(true, seed)`).
+
+    Rules: `validation`, and `<set>` for the choosing half of each external set. Per rule, its
+    threshold and, per external set, the alert's sensitivity and specificity on that set's
+    reporting half; the default `choose_on` is the rule whose promise holds there.
+    """
+    by_name = {s.name: s for s in sets if s.name != TEST}
+    halves = {
+        name: split_halves(s.true, seed)
+        for name, s in by_name.items()
+        if (s.true == MELANOMA_INDEX).sum() >= 2
+    }
+    choosers = {VALIDATION: validation}
+    for name, (choose, _) in halves.items():
+        choosers[name] = (by_name[name].true[choose], probabilities[name][choose])
+    rules = {}
+    for rule, (true, chooser) in choosers.items():
+        threshold = choose_threshold(true, chooser, params.target_sensitivity, params.confidence)
+        delivered = {}
+        for name, (_, report_rows) in halves.items():
+            true_report = by_name[name].true[report_rows]
+            alerts = melanoma_alerts(probabilities[name][report_rows], threshold.value)
+            is_melanoma = true_report == MELANOMA_INDEX
+            delivered[name] = {
+                "melanomas": int(is_melanoma.sum()),
+                "sensitivity": float(alerts[is_melanoma].mean()),
+                "specificity": float(1 - alerts[~is_melanoma].mean()),
+            }
+        rules[rule] = {"threshold": threshold.value, "reporting_halves": delivered}
+    return rules
+
+
 def set_section(
     evaluation_set: EvaluationSet,
     probabilities: np.ndarray,

@@ -26,7 +26,14 @@ from mlflow.models.model import ModelInfo
 
 from melanoma.config import Params, TrainParams, flatten
 from melanoma.data.dataset import make_dataset, split_rows
-from melanoma.data.manifest import AUGMENTED_COLUMNS, file_sha256, read_manifest
+from melanoma.data.manifest import (
+    AUGMENTED_COLUMNS,
+    SOURCES_SUMMARY,
+    file_sha256,
+    images_per_source,
+    read_manifest,
+    read_sources_summary,
+)
 from melanoma.evaluation.metrics import predictions_table, validation_figures
 from melanoma.labels import LABELS
 from melanoma.model.architectures import OUTPUT_NAME, build_head, build_model
@@ -401,8 +408,22 @@ def saved_model(model: keras.Model, fitted: keras.Model) -> keras.Model:
     return model
 
 
+def source_tags(sources: list[dict]) -> dict[str, str]:
+    """MLflow tags naming what each data source held when the run trained: its content hash
+    and how many of its files ingest accepted."""
+    tags = {}
+    for source in sources:
+        tags[f"data.sources.{source['name']}.sha256"] = source["sha256"]
+        tags[f"data.sources.{source['name']}.accepted"] = str(source["accepted"])
+    return tags
+
+
 def run_training(
-    params: Params, manifest_path: Path, outputs: TrainOutputs, features_dir: Path = FEATURES_DIR
+    params: Params,
+    manifest_path: Path,
+    outputs: TrainOutputs,
+    features_dir: Path = FEATURES_DIR,
+    sources_file: Path = SOURCES_SUMMARY,
 ) -> dict:
     """Train on the train split, validate on val, track it all in one MLflow run; write outputs.
 
@@ -452,8 +473,11 @@ def run_training(
                 "git_commit": git_commit(),
                 "data_manifest_sha256": file_sha256(manifest_path),
             }
+            | source_tags(read_sources_summary(sources_file))
             | experiment_run_tags()
         )
+        counts = images_per_source(manifest).reset_index()
+        mlflow.log_table(counts, "data/images_per_source.json")
         tracker = EpochTracker()
         fitted.fit(
             train_ds,

@@ -147,6 +147,7 @@ def test_transforms_off_leave_the_image_unchanged_and_on_change_it():
 def test_max_copies_per_image_caps_a_tiny_class_below_the_target():
     train = pd.DataFrame(
         {
+            "source": ["isic", "isic", "isic"],
             "image_id": ["a1", "a2", "b1"],
             "image_path": ["a/1.png", "a/2.png", "b/1.png"],
             "label": ["nevus", "nevus", "melanoma"],

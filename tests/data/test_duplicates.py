@@ -239,3 +239,111 @@ def test_rows_rejected_at_ingest_are_carried_as_drops_with_their_reason(ingest_m
         "Train/nevus/bad.jpg": ("drop", "ingest:corrupt_image"),
     }
     assert checks.duplicates == []
+
+
+def two_sources(ingest_manifest, isic_first: bool = True) -> pd.DataFrame:
+    """The default collection rows (source isic, ISIC_0000000..26, 2 train + 1 test per label)
+    and a table source `ham` holding:
+    - ISIC_0000002, a test image of the collection, at another size (other pixels), lesion L2,
+      and ISIC_0100002, another photograph of lesion L2;
+    - ISIC_0000000, a training image of the collection, lesion L0, and ISIC_0100000 (L0 too);
+    - ISIC_0100009, a re-encoded copy of the collection's ISIC_0000003 (same pHash).
+    """
+    collection = ingest_manifest()
+    ham_rows = [
+        ("ISIC_0000002", "test", "L2"),
+        ("ISIC_0100002", "train", "L2"),
+        ("ISIC_0000000", "train", "L0"),
+        ("ISIC_0100000", "train", "L0"),
+        ("ISIC_0100009", "train", "L9"),
+    ]
+    ham = ingest_manifest(
+        per_split={"train": 0},
+        extra=tuple(
+            dict(
+                source="ham",
+                split="train",
+                label="actinic_keratosis",
+                source_path=f"images/{image_id}.jpg",
+                lesion_id=lesion,
+            )
+            for image_id, _, lesion in ham_rows
+        ),
+    )
+    # Numbered from 0 again: give them pixels and pHashes of their own.
+    ham["pixel_sha256"] = [f"{i:064x}".replace("0", "e") for i in range(len(ham))]
+    ham["perceptual_hash"] = [f"{i:016x}".replace("0", "e") for i in range(len(ham))]
+    near = collection.index[collection["image_id"] == "ISIC_0000003"][0]
+    ham.loc[ham["image_id"] == "ISIC_0100009", "perceptual_hash"] = collection.at[
+        near, "perceptual_hash"
+    ]
+    parts = [collection, ham] if isic_first else [ham, collection]
+    return pd.concat(parts, ignore_index=True)
+
+
+def test_one_copy_per_isic_id_and_no_lesion_on_both_sides_of_the_test_split(ingest_manifest):
+    checks = resolve_content(
+        two_sources(ingest_manifest), policy(on_leak="drop_from_train", near_duplicate_distance=0)
+    )
+    manifest = checks.manifest.set_index(["source", "source_path"])
+    decided = {
+        key: (row.decision, row.decision_reason)
+        for key, row in manifest.iterrows()
+        if row.decision != "use"
+    }
+    assert decided == {
+        # the test copy stays whole in the test split; the other source's copy goes
+        ("ham", "images/ISIC_0000002.jpg"): ("drop", "same_image_other_source"),
+        # the collection is listed first: its copy of a training image is the one kept
+        ("ham", "images/ISIC_0000000.jpg"): ("drop", "same_image_other_source"),
+        # another photograph of the lesion of a test image never reaches training
+        ("ham", "images/ISIC_0100002.jpg"): ("drop", "same_group_as_test"),
+    }
+    group = manifest["group"]
+    # Lesion L0 and the collection's copy of its image are one group, kept for training.
+    assert group["ham", "images/ISIC_0100000.jpg"] == group["isic", "Train/actinic_keratosis/ISIC_0000000.jpg"]
+    # The re-encoded copy is found by its pHash and grouped with its original.
+    assert group["ham", "images/ISIC_0100009.jpg"] == group["isic", manifest.index[3][1]]
+    [near] = checks.near_duplicates
+    assert {(f["source"], f["source_path"]) for f in near["files"]} == {
+        ("ham", "images/ISIC_0100009.jpg"),
+        ("isic", manifest.index[3][1]),
+    }
+    [copy] = [c for c in checks.same_image_copies if c["isic_id"] == "ISIC_0000002"]
+    assert copy["kept"]["source"] == "isic" and copy["kept"]["split"] == "test"
+    [excluded] = checks.test_group_exclusions
+    assert excluded["source_path"] == "images/ISIC_0100002.jpg"
+    assert excluded["test_image"] == "isic/Test/actinic_keratosis/ISIC_0000002.jpg"
+
+
+def test_the_test_copy_is_kept_whichever_source_comes_first(ingest_manifest):
+    manifest = resolve_content(
+        two_sources(ingest_manifest, isic_first=False), policy(on_leak="drop_from_train")
+    ).manifest.set_index(["source", "source_path"])
+    assert manifest.at[("isic", "Test/actinic_keratosis/ISIC_0000002.jpg"), "decision"] == "use"
+    # Without the test copy's source first, the training copy of the other id is the table's.
+    assert manifest.at[("ham", "images/ISIC_0000000.jpg"), "decision"] == "use"
+    assert (
+        manifest.at[("isic", "Train/actinic_keratosis/ISIC_0000000.jpg"), "decision_reason"]
+        == "same_image_other_source"
+    )
+
+
+@pytest.mark.parametrize(
+    ("on_leak", "dropped"),
+    [
+        ("keep", set()),
+        ("drop_from_test", {"isic/Test/actinic_keratosis/ISIC_0000002.jpg"}),
+    ],
+)
+def test_the_leak_policy_decides_for_lesion_groups_too(ingest_manifest, on_leak, dropped):
+    checks = resolve_content(two_sources(ingest_manifest), policy(on_leak=on_leak))
+    manifest = checks.manifest
+    lesion = manifest[manifest["decision_reason"] == "same_group_as_test"]
+    assert set(lesion["source"] + "/" + lesion["source_path"]) == dropped
+
+
+def test_a_lesion_leak_with_on_leak_fail_names_its_group(ingest_manifest):
+    checks = resolve_content(two_sources(ingest_manifest), policy(on_leak="fail"))
+    [failure] = checks.policy_failures
+    assert "both train and test" in failure and "validate.on_leak is fail" in failure

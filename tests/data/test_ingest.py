@@ -1,4 +1,5 @@
 import io
+import json
 import os
 from pathlib import Path
 
@@ -7,16 +8,22 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from melanoma.config import IngestParams
+from melanoma.config import FolderSource, IngestParams, TableSource
 from melanoma.data.images import decode_rgb, square_resize
 from melanoma.data.ingest import count_lines, ingest
 from melanoma.data.manifest import INGEST_COLUMNS, read_manifest
 from melanoma.data.sources import SourceError, SourceNotFoundError
+from tests.helpers import table_source_params, write_table_source
 
 OUTPUT = Path("data/ingested")
 PARAMS = IngestParams(
     image_size=32, image_format="png", jpeg_quality=95, max_image_pixels=1_000_000
 )
+
+
+def folders(path: Path) -> list[FolderSource]:
+    """One `folders` source named isic at path."""
+    return [FolderSource(name="isic", kind="folders", path=path)]
 
 
 @pytest.fixture(autouse=True)
@@ -54,7 +61,7 @@ def all_output_bytes() -> dict[str, bytes]:
 
 
 def test_clean_source_is_ingested_in_canonical_form(isic_source) -> None:
-    manifest = ingest(isic_source(), OUTPUT, PARAMS)
+    manifest = ingest(folders(isic_source()), OUTPUT, PARAMS)
     assert len(manifest) == 27
     assert (manifest["status"] == "accepted").all()
     assert manifest["source_path"].tolist() == sorted(manifest["source_path"])
@@ -62,7 +69,7 @@ def test_clean_source_is_ingested_in_canonical_form(isic_source) -> None:
         written = Image.open(accepted["image_path"])
         assert (written.format, written.mode, written.size) == ("PNG", "RGB", (32, 32))
         assert accepted["image_path"] == (
-            f"data/ingested/images/{accepted['split']}/{accepted['label']}/{accepted['image_id']}.png"
+            f"data/ingested/images/isic/{accepted['split']}/{accepted['label']}/{accepted['image_id']}.png"
         )
     first = row(manifest, "Train/actinic keratosis/ISIC_0000000.jpg")
     assert (first["source_format"], first["source_mode"]) == ("JPEG", "RGB")
@@ -99,7 +106,7 @@ def test_every_bad_input_gets_its_reason_and_nothing_stops(
     location = isic_source(extra={path: data for path, (_, data) in bad.items()})
     (location / "Train/melanoma/escape.jpg").symlink_to(tmp_path / "private.jpg")
 
-    manifest = ingest(location, OUTPUT, PARAMS)
+    manifest = ingest(folders(location), OUTPUT, PARAMS)
 
     assert len(manifest) == files_in(location) == 27 + len(bad) + 1
     for path, (reason, _) in bad.items():
@@ -120,7 +127,7 @@ def test_oversized_file_is_refused_without_reading(isic_source) -> None:
     location = isic_source()
     with open(location / "Train/melanoma/huge.jpg", "wb") as sparse:
         sparse.truncate(100 * 2**20)  # 100 MB on paper, no disk used
-    refused = row(ingest(location, OUTPUT, PARAMS), "Train/melanoma/huge.jpg")
+    refused = row(ingest(folders(location), OUTPUT, PARAMS), "Train/melanoma/huge.jpg")
     assert refused["reason"] == "decompression_bomb"
     assert refused["file_sha256"] == ""
     assert refused["source_bytes"] == 100 * 2**20
@@ -138,7 +145,7 @@ def test_other_modes_are_converted_and_recorded(isic_source) -> None:
         "Train/nevus/palette.png": encoded(palette, "PNG"),
         "Train/nevus/deep.png": encoded(sixteen, "PNG"),
     }
-    manifest = ingest(isic_source(extra=planted), OUTPUT, PARAMS)
+    manifest = ingest(folders(isic_source(extra=planted)), OUTPUT, PARAMS)
     expected = {  # mode recorded, colour written
         "Train/nevus/gray.png": ("L", (90, 90, 90)),
         "Train/nevus/clear.png": ("RGBA", (255, 255, 255)),
@@ -157,7 +164,7 @@ def test_non_square_images_are_centre_cropped(isic_source) -> None:
     wide = Image.new("RGB", (60, 20), (255, 0, 0))
     wide.paste((0, 0, 255), (20, 0, 40, 20))
     manifest = ingest(
-        isic_source(extra={"Test/melanoma/wide.png": encoded(wide, "PNG")}), OUTPUT, PARAMS
+        folders(isic_source(extra={"Test/melanoma/wide.png": encoded(wide, "PNG")})), OUTPUT, PARAMS
     )
     cropped = row(manifest, "Test/melanoma/wide.png")
     assert (cropped["source_width"], cropped["source_height"]) == (60, 20)
@@ -170,11 +177,13 @@ def test_non_square_images_are_centre_cropped(isic_source) -> None:
 def test_pixel_hash_finds_the_same_picture_in_another_format(isic_source, image_bytes) -> None:
     picture = Image.open(io.BytesIO(image_bytes(7, fmt="PNG")))
     manifest = ingest(
-        isic_source(
-            extra={
-                "Test/nevus/a.png": encoded(picture, "PNG"),
-                "Train/nevus/b.bmp": encoded(picture, "BMP"),
-            }
+        folders(
+            isic_source(
+                extra={
+                    "Test/nevus/a.png": encoded(picture, "PNG"),
+                    "Train/nevus/b.bmp": encoded(picture, "BMP"),
+                }
+            )
         ),
         OUTPUT,
         PARAMS,
@@ -187,12 +196,14 @@ def test_pixel_hash_finds_the_same_picture_in_another_format(isic_source, image_
 
 @pytest.mark.parametrize("as_zip", [False, True], ids=["directory", "zip"])
 def test_nested_and_zipped_sources_give_the_same_images(isic_source, as_zip: bool) -> None:
-    ingest(isic_source(), OUTPUT, PARAMS)
+    ingest(folders(isic_source()), OUTPUT, PARAMS)
     flat = all_output_bytes()
-    ingest(isic_source(top_folder=True, as_zip=as_zip, name="nested"), OUTPUT, PARAMS)
+    ingest(folders(isic_source(top_folder=True, as_zip=as_zip, name="nested")), OUTPUT, PARAMS)
     nested = all_output_bytes()
-    images = {path: data for path, data in flat.items() if path != "manifest.csv"}
-    assert {p: d for p, d in nested.items() if p != "manifest.csv"} == images
+    # The manifest and the sources summary name the source's path, which differs.
+    listing = ("manifest.csv", "sources.json")
+    images = {path: data for path, data in flat.items() if path not in listing}
+    assert {p: d for p, d in nested.items() if p not in listing} == images
     assert len(images) == 27
 
 
@@ -202,14 +213,15 @@ def test_unsafe_zip_members_are_refused_and_nothing_is_written_outside(
     unsafe = ["../evil.jpg", "/tmp/evil.jpg", "Train/melanoma/../../../evil.jpg"]
     location = isic_source(as_zip=True, extra=dict.fromkeys(unsafe, image_bytes(9)))
     assert not Path("/tmp/evil.jpg").exists()
-    manifest = ingest(location, OUTPUT, PARAMS)
+    manifest = ingest(folders(location), OUTPUT, PARAMS)
     for name in unsafe:
         refused = row(manifest, name)
         assert (refused["reason"], refused["image_path"]) == ("unsafe_zip_path", ""), name
     assert not Path("/tmp/evil.jpg").exists()
     assert list(tmp_path.parent.rglob("evil*")) == []
     written = {OUTPUT / path for path in all_output_bytes()}
-    assert written == {Path(p) for p in manifest["image_path"] if p} | {OUTPUT / "manifest.csv"}
+    listings = {OUTPUT / "manifest.csv", OUTPUT / "sources.json"}
+    assert written == {Path(p) for p in manifest["image_path"] if p} | listings
 
 
 def test_two_runs_write_byte_identical_outputs_and_wipe_old_ones(isic_source, image_bytes) -> None:
@@ -218,16 +230,16 @@ def test_two_runs_write_byte_identical_outputs_and_wipe_old_ones(isic_source, im
     )
     OUTPUT.mkdir(parents=True)
     (OUTPUT / "stale.png").write_bytes(b"from an old run")
-    ingest(location, OUTPUT, PARAMS)
+    ingest(folders(location), OUTPUT, PARAMS)
     first = all_output_bytes()
     assert "stale.png" not in first
-    ingest(location, OUTPUT, PARAMS)
+    ingest(folders(location), OUTPUT, PARAMS)
     assert all_output_bytes() == first
 
 
 def test_jpeg_output_format(isic_source) -> None:
     params = PARAMS.model_copy(update={"image_format": "jpeg", "jpeg_quality": 80})
-    manifest = ingest(isic_source(), OUTPUT, params)
+    manifest = ingest(folders(isic_source()), OUTPUT, params)
     assert manifest["image_path"].str.endswith(".jpg").all()
     assert Image.open(manifest["image_path"].iloc[0]).format == "JPEG"
 
@@ -241,7 +253,7 @@ def test_name_collisions_are_resolved_in_source_order(isic_source, image_bytes) 
         "Test/melanoma/x.jpg": image_bytes(5),  # another split: no collision
         "Train/melanoma/we ird#name.jpg": image_bytes(6),
     }
-    manifest = ingest(isic_source(extra=planted), OUTPUT, PARAMS)
+    manifest = ingest(folders(isic_source(extra=planted)), OUTPUT, PARAMS)
     ids = {path: row(manifest, path)["image_id"] for path in planted}
     assert ids == {
         "Train/Melanoma/X.jpg": "X",
@@ -263,24 +275,69 @@ def test_missing_source_stops_before_touching_the_output(tmp_path) -> None:
     OUTPUT.mkdir(parents=True)
     (OUTPUT / "manifest.csv").write_text("previous run\n")
     with pytest.raises(SourceNotFoundError):
-        ingest(tmp_path / "nowhere", OUTPUT, PARAMS)
+        ingest(folders(tmp_path / "nowhere"), OUTPUT, PARAMS)
     assert (OUTPUT / "manifest.csv").read_text() == "previous run\n"
 
 
 def test_output_inside_the_source_is_refused(isic_source) -> None:
     location = isic_source()
     with pytest.raises(SourceError, match="overlap"):
-        ingest(location, location / "ingested", PARAMS)
+        ingest(folders(location), location / "ingested", PARAMS)
     assert not (location / "ingested").exists()
 
 
 def test_counts_report_accepted_rejected_by_reason_and_per_folder(isic_source) -> None:
     manifest = ingest(
-        isic_source(extra={"README.md": b"x", "Train/melanoma/e.jpg": b""}), OUTPUT, PARAMS
+        folders(isic_source(extra={"README.md": b"x", "Train/melanoma/e.jpg": b""})), OUTPUT, PARAMS
     )
     lines = count_lines(manifest)
     assert lines[0] == "29 source files: 27 accepted, 2 rejected"
     assert "  rejected empty_file: 1 (e.g. Train/melanoma/e.jpg)" in lines
     assert "  rejected outside_class_folder: 1 (e.g. README.md)" in lines
-    assert "  accepted train/melanoma: 2" in lines
-    assert "  accepted test/vascular_lesion: 1" in lines
+    assert "  accepted isic train/melanoma: 2" in lines
+    assert "  accepted isic test/vascular_lesion: 1" in lines
+
+
+def test_two_sources_one_manifest_with_each_file_s_source_and_lesion(
+    isic_source, image_bytes, tmp_path
+):
+    rows = [
+        {"lesion_id": "HAM_1", "image_id": "ISIC_0100000", "dx": "mel"},
+        {"lesion_id": "HAM_1", "image_id": "ISIC_0100001", "dx": "mel"},
+    ]
+    images = {f"ISIC_010000{n}.jpg": image_bytes(100 + n, (24, 18)) for n in (0, 1)}
+    table = write_table_source(tmp_path / "ham", rows, images)
+    sources = [
+        *folders(isic_source()),
+        TableSource.model_validate(table_source_params(table)),
+    ]
+
+    manifest = ingest(sources, OUTPUT, PARAMS)
+
+    assert manifest["source"].value_counts().to_dict() == {"isic": 27, "ham": 3}
+    first = manifest.set_index(["source", "source_path"]).loc[("ham", "images/ISIC_0100000.jpg")]
+    assert (first["label"], first["lesion_id"], first["split"]) == ("melanoma", "HAM_1", "train")
+    assert first["image_path"] == f"{OUTPUT.as_posix()}/images/ham/train/melanoma/ISIC_0100000.png"
+    assert len(first["perceptual_hash"]) == 16
+    summary = json.loads((OUTPUT / "sources.json").read_text())
+    assert [(s["name"], s["files"], s["accepted"]) for s in summary] == [
+        ("isic", 27, 27),
+        ("ham", 3, 2),
+    ]
+
+    # A changed file changes its source's content hash, and only that one.
+    (table / "images" / "ISIC_0100001.jpg").write_bytes(image_bytes(999, (24, 18)))
+    ingest(sources, OUTPUT, PARAMS)
+    again = json.loads((OUTPUT / "sources.json").read_text())
+    assert again[0]["sha256"] == summary[0]["sha256"]
+    assert again[1]["sha256"] != summary[1]["sha256"]
+
+
+def test_a_missing_source_path_stops_naming_the_param(isic_source, tmp_path):
+    sources = [
+        *folders(isic_source()),
+        TableSource.model_validate(table_source_params(tmp_path / "nowhere")),
+    ]
+    with pytest.raises(SourceNotFoundError, match=r"data\.sources\[1\]\.path \(ham\)"):
+        ingest(sources, OUTPUT, PARAMS)
+    assert not OUTPUT.exists()

@@ -69,7 +69,7 @@ def test_unknown_label_is_a_critical_failure_naming_the_file(ingest_manifest, tm
     assert unknown.critical
     assert unknown.observed_value["failing"] == 1
     assert unknown.observed_value["failing_rows"] == [
-        {"label": "freckle", "source_path": "Train/freckle/F.jpg"}
+        {"label": "freckle", "source": "isic", "source_path": "Train/freckle/F.jpg"}
     ]
     assert critical_failures(list(results.values()))[0].startswith(f"manifest: {LABELS_KNOWN}")
 
@@ -130,7 +130,7 @@ def test_too_small_source_image_fails_and_names_it(ingest_manifest, tmp_path):
     assert failed(results) == {MIN_WIDTH}
     assert results[MIN_WIDTH].critical
     assert results[MIN_WIDTH].observed_value["failing_rows"] == [
-        {"source_path": "Train/nevus/tiny.jpg", "source_width": 20.0}
+        {"source": "isic", "source_path": "Train/nevus/tiny.jpg", "source_width": 20.0}
     ]
 
 

@@ -97,7 +97,7 @@ def _facts(**changes) -> CardFacts:
     facts = {
         "report": _report(),
         "run_info": {"run_id": "a" * 32, "model_uri": "models:/m-1", "image_size": 64},
-        "params": {"train.architecture": "resnet", "train.epochs": 20, "data.source": "isic"},
+        "params": {"train.architecture": "resnet", "train.epochs": 20},
         "lineage": {"git commit": "c" * 40, "test images sha256": "d" * 64},
         "training": {
             "validation": {"accuracy": 0.68, "balanced_accuracy": 0.59, "melanoma_auc": 0.94},
@@ -364,3 +364,40 @@ def test_one_pipeline_run_holds_at_most_25_metrics_and_the_card_of_its_facts(pip
     assert len(version.description) <= DESCRIPTION_LIMIT
     assert version.description.split("## Training data")[0] == card.split("## Training data")[0]
     assert "## Evaluation" in version.description
+
+
+def test_training_data_gives_each_source_its_hash_and_images_per_split():
+    images = _images()
+    images["source"] = np.where(np.arange(len(images)) % 3 == 0, "ham", "isic")
+    sources = [
+        {
+            "name": name,
+            "kind": kind,
+            "path": f"/data/{name}",
+            "sha256": digit * 64,
+            "files": 99,
+            "accepted": 98,
+            "rejected": {"not_in_table": 1},
+        }
+        for name, kind, digit in (("isic", "folders", "1"), ("ham", "table", "2"))
+    ]
+    card = render_card(_facts(images=images, sources=sources))
+
+    header, rows = _table(_section(card, "## Training data"))
+    assert header[:4] == ["source", "where", "content sha256", "files / accepted"]
+    assert [row[:4] for row in rows] == [
+        ["`isic`", "folders: `/data/isic`", f"`{'1' * 12}`", "99 / 98"],
+        ["`ham`", "table: `/data/ham`", f"`{'2' * 12}`", "99 / 98"],
+    ]
+    originals = images[~images["augmented"]]
+    for row in rows:
+        name = row[0].strip("`")
+        of_source = originals[originals["source"] == name]
+        expected = [int((of_source["split"] == split).sum()) for split in ("train", "val", "test")]
+        copies = int((images["augmented"] & (images["source"] == name)).sum())
+        assert [int(v) for v in row[4:]] == [*expected, copies]
+
+
+def test_training_data_says_when_the_sources_are_unknown():
+    card = render_card(_facts())
+    assert "Data sources: unknown" in _section(card, "## Training data")
