@@ -36,7 +36,13 @@ from bench.project import PROJECT, command_env, copy_project, pin_source_deps
 from bench.seeds import SEED_FIGURES, seed_spread, train_more_seeds
 from bench.source import label_index, split_folder, tiny_external_set, tiny_sources
 from melanoma.config import DataSource, FolderSource, Params, load_params
-from melanoma.data.manifest import USE, VALIDATED_COLUMNS, read_manifest
+from melanoma.data.manifest import (
+    SOURCES_SUMMARY,
+    USE,
+    VALIDATED_COLUMNS,
+    read_manifest,
+    read_sources_summary,
+)
 from melanoma.evaluation.metrics import metrics_report
 from melanoma.labels import LABELS
 from melanoma.logs import setup_logging
@@ -128,6 +134,13 @@ def main(argv: list[str] | None = None) -> None:
         metavar="NAME",
         help="only these sources of params.yaml data.sources (default: all of them)",
     )
+    parser.add_argument(
+        "--scaling",
+        nargs="+",
+        metavar="NAME",
+        help="first time every stage on these sources alone, in a clean copy of its own, so "
+        "that each stage's growth with the data is measured in the same run",
+    )
     args = parser.parse_args(argv)
     if args.seeds < 1:
         parser.error("--seeds must be at least 1")
@@ -136,17 +149,27 @@ def main(argv: list[str] | None = None) -> None:
     settings = QUICK if args.quick else FULL
     everything = load_params(PROJECT / "params.yaml").data.sources
     names = args.sources or [source.name for source in everything]
-    unknown = sorted(set(names) - {source.name for source in everything})
+    unknown = sorted(set(names + (args.scaling or [])) - {source.name for source in everything})
     if unknown:
         parser.error(f"no source {unknown} in params.yaml data.sources")
-    chosen = [
-        source.model_copy(update={"path": (PROJECT / source.path).resolve()})
-        for source in everything
-        if source.name in names
-    ]
+
+    def resolved(chosen: list[str]) -> list[DataSource]:
+        return [
+            source.model_copy(update={"path": (PROJECT / source.path).resolve()})
+            for source in everything
+            if source.name in chosen
+        ]
+
     logs = args.out.parent / "logs" / settings.mode
     with tempfile.TemporaryDirectory(prefix="melanoma-bench-") as work:
-        results = benchmark(chosen, settings, Path(work), logs, args.seeds)
+        results = benchmark(
+            resolved(names),
+            settings,
+            Path(work),
+            logs,
+            args.seeds,
+            resolved(args.scaling) if args.scaling else None,
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2, allow_nan=False) + "\n")
     print(format_table(results))
@@ -154,11 +177,22 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def benchmark(
-    data_sources: list[DataSource], settings: Settings, work: Path, logs: Path, seeds: int = 1
+    data_sources: list[DataSource],
+    settings: Settings,
+    work: Path,
+    logs: Path,
+    seeds: int = 1,
+    scaling_sources: list[DataSource] | None = None,
 ) -> dict:
-    """Run both sides in `work` and return the results (see `assemble`)."""
+    """Run both sides in `work` and return the results (see `assemble`); with
+    `scaling_sources`, time our pipeline on those first (`scaling_run`)."""
     if settings.tiny_source:
         data_sources = tiny_sources(data_sources, work / "sources", settings.tiny_source)
+    scaling = (
+        scaling_run(scaling_sources, settings, work / "scaling", logs / "scaling")
+        if scaling_sources
+        else None
+    )
     # The recipe reads class folders: it trains on the first folders source, the collection.
     source = next(s.path for s in data_sources if isinstance(s, FolderSource))
     test_folder = split_folder(source, "test")
@@ -203,7 +237,78 @@ def benchmark(
     # After the latency and the recipe: they use the model of the params' own seed.
     more_seeds = [params.train.seed + n for n in range(1, seeds)]
     seed_runs = train_more_seeds(copy, env, logs, more_seeds, tracking_uri)
-    return assemble(settings, data_sources, ours, latency, reference, clean_test, params, seed_runs)
+    ours["accepted_images"] = accepted_images(copy)
+    results = assemble(
+        settings, data_sources, ours, latency, reference, clean_test, params, seed_runs
+    )
+    if scaling:
+        results["scaling"] = scaling
+        results["table"] += scaling_rows(scaling, ours)
+    return results
+
+
+def accepted_images(copy: Path) -> int:
+    """Images ingest accepted in a pipeline copy, all sources together."""
+    return sum(s["accepted"] for s in read_sources_summary(copy / SOURCES_SUMMARY))
+
+
+def scaling_run(data_sources: list[DataSource], settings: Settings, work: Path, logs: Path) -> dict:
+    """Our pipeline's stage times, no-op and head-only change on `data_sources` alone, in a
+    clean copy of its own (no reference recipe, no predict latency, one seed)."""
+    if settings.tiny_source:
+        data_sources = tiny_sources(data_sources, work / "sources", settings.tiny_source)
+    pinned = {
+        "data.sources": [s.model_dump(mode="json") for s in data_sources],
+        "evaluate.external_sets": external_sets(settings, work),
+        **project_reference_labels(),
+    }
+    copy = copy_project(work / "project", {**pinned, **settings.overrides})
+    pin_source_deps(copy / "dvc.yaml", len(data_sources))
+    env = command_env(MLFLOW_TRACKING_URI=f"sqlite:///{work / 'mlflow.db'}")
+    timed = run_pipeline(copy, env, logs)
+    return {
+        "sources": [s.name for s in data_sources],
+        "accepted_images": accepted_images(copy),
+        **{
+            key: timed[key]
+            for key in (
+                "stage_seconds",
+                "full_repro_seconds",
+                "noop_repro_seconds",
+                "head_only_repro_seconds",
+                "peak_rss_mib",
+            )
+        },
+    }
+
+
+def scaling_rows(scaling: dict, ours: dict) -> list[dict]:
+    """Per stage (and the whole, no-op and head-only `dvc repro`), the time on the scaling
+    sources against all sources, and the ratio: how each grows with the images."""
+    few, many = scaling["accepted_images"], ours["accepted_images"]
+    timings = [
+        (f"stage_seconds_{stage}", f"stage {stage}", seconds, ours["stage_seconds"][stage])
+        for stage, seconds in scaling["stage_seconds"].items()
+    ]
+    timings += [
+        (key, figure, scaling[key], ours[key])
+        for key, figure in (
+            ("full_repro_seconds", "whole dvc repro"),
+            ("noop_repro_seconds", "dvc repro, nothing changed"),
+            ("head_only_repro_seconds", "head-only change"),
+        )
+    ]
+    subset = "+".join(scaling["sources"])
+    return [
+        _row(
+            f"scaling_{key}",
+            f"{figure}: {few} images ({subset}) -> {many}: {before:.1f} s -> {after:.1f} s, growth",
+            "x",
+            None,
+            after / before,
+        )
+        for key, figure, before, after in timings
+    ]
 
 
 def external_sets(settings: Settings, work: Path) -> list[dict]:

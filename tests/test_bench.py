@@ -67,7 +67,10 @@ def test_quick_benchmark_reports_every_figure_and_its_spread_over_seeds(tmp_path
     out = tmp_path / "bench.json"
 
     done = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--quick", "--seeds", "2", "--out", str(out)],
+        [
+            *(sys.executable, "-m", "bench.run", "--quick", "--seeds", "2", "--out", str(out)),
+            *("--scaling", "isic_collection"),
+        ],
         cwd=PROJECT,
         capture_output=True,
         text=True,
@@ -78,9 +81,17 @@ def test_quick_benchmark_reports_every_figure_and_its_spread_over_seeds(tmp_path
     results = json.loads(out.read_text())
     rows = {row["key"]: row for row in results["table"]}
     yes_no = {"reproducible", "champion_kept_over_seeds"}
-    assert set(rows) == (
-        BOTH_SIDES | WITH_INTERVALS | OURS_ONLY | SET_FIGURES | CALIBRATION | RULES | yes_no
+    scaling = {f"scaling_{key}" for key in OURS_ONLY if "repro_seconds" in key or "stage" in key}
+    assert (
+        set(rows)
+        == (BOTH_SIDES | WITH_INTERVALS | OURS_ONLY | SET_FIGURES | CALIBRATION | RULES | yes_no)
+        | scaling
     )
+    # Each stage timed on the collection alone, then on both sources, in the same run.
+    assert results["scaling"]["sources"] == ["isic_collection"]
+    assert results["scaling"]["accepted_images"] < results["ours"]["accepted_images"]
+    for key in scaling:
+        assert _finite(rows[key]["ours"]) and rows[key]["ours"] > 0, rows[key]
     for key in BOTH_SIDES | WITH_INTERVALS:
         assert _finite(rows[key]["reference"]) and _finite(rows[key]["ours"]), rows[key]
     for key in WITH_INTERVALS:
