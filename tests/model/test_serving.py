@@ -23,7 +23,7 @@ CONFIG = ServingConfig(
     ingest_size=32,
     max_image_pixels=1_000_000,
     max_images_per_request=4,
-    max_image_bytes=5_000,
+    max_image_bytes=8_000,
 )
 
 
@@ -57,7 +57,7 @@ def test_request_images_take_files_and_pixels_and_name_every_bad_image(image_byt
     for phrase in (
         "image 2: not a JPEG",
         "image 3: JPEG data ends early",
-        "image 4: 10854 bytes, over the limit of 5000 (serve.max_image_bytes) (too_large)",
+        "image 4: 10854 bytes, over the limit of 8000 (serve.max_image_bytes) (too_large)",
         "image 5: pixel values that are not integers from 0 to 255",
         "image 6: pixel rows of unequal lengths",
         "image 7: a int, neither the base64",
