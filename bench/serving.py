@@ -15,7 +15,6 @@ import argparse
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.process import stop_group
 from bench.project import PROJECT, VENV_BIN, command_env
 from melanoma.config import load_params
 from melanoma.labels import LABELS
@@ -94,16 +94,7 @@ def model_server(
             time.sleep(0.5)
         yield url, server.pid
     finally:
-        for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(server.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                server.wait(timeout=wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
+        stop_group(server)
 
 
 def post(url: str, body: bytes, content_type: str = "application/json") -> tuple[int, dict]:
