@@ -174,7 +174,12 @@ def timed_requests(url: str, bodies: list[bytes], clients: int) -> dict:
 
 
 def serving_benchmark(
-    model_uri: str, paths: list[Path], params: Path, logs: Path, env: dict[str, str]
+    model_uri: str,
+    paths: list[Path],
+    params: Path,
+    logs: Path,
+    env: dict[str, str],
+    workers: int = 1,
 ) -> dict:
     """Serve model_uri (looked up in env's MLFLOW_TRACKING_URI) and measure it on `paths` (see
     the module docstring)."""
@@ -186,7 +191,8 @@ def serving_benchmark(
     ]
     file_bytes = [path.stat().st_size for path in paths]
     logs.mkdir(parents=True, exist_ok=True)
-    with model_server(model_uri, logs / "serving_server.log", env) as (url, leader):
+    log_file = logs / "serving_server.log"
+    with model_server(model_uri, log_file, env, workers=workers) as (url, leader):
         started = time.perf_counter()
         for one in singles[:WARM_UP_REQUESTS]:
             post(url, one)
@@ -200,6 +206,7 @@ def serving_benchmark(
         run.pop("answers")
     return {
         "model_uri": model_uri,
+        "workers": workers,
         "images": len(paths),
         "warm_up_requests": WARM_UP_REQUESTS,
         "warm_up_seconds": warm_up_seconds,
@@ -239,6 +246,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", type=Path, default=PROJECT / "params.yaml")
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
     parser.add_argument("--logs", type=Path, default=PROJECT / "bench" / "results" / "logs")
+    parser.add_argument("--workers", type=int, default=1, help="server processes (default: 1)")
     args = parser.parse_args(argv)
     setup_logging()
 
@@ -248,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
     if not paths:
         raise SystemExit(f"{args.images}: no image file to send")
     env = command_env(MLFLOW_TRACKING_URI=tracking_uri(args.params))
-    result = serving_benchmark(args.model, paths, args.params, args.logs, env)
+    result = serving_benchmark(args.model, paths, args.params, args.logs, env, args.workers)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, allow_nan=False))
     for name in ("single_client", "concurrent_clients", "batched"):
@@ -262,10 +270,12 @@ def main(argv: list[str] | None = None) -> None:
             run["images_per_second"],
         )
     log.info(
-        "body %.0f bytes per image (%.2f x the file); server peak RSS %.0f MiB; wrote %s",
+        "body %.0f bytes per image (%.2f x the file); server: largest process peak RSS %.0f "
+        "MiB, all its processes %.0f MiB; wrote %s",
         result["body_bytes_per_image"],
         result["body_bytes_per_file_byte"],
         result["largest_process_peak_rss_mib"],
+        result["group_rss_mib"],
         args.out,
     )
 
