@@ -21,6 +21,7 @@ import binascii
 import json
 import logging
 import tempfile
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -198,28 +199,33 @@ def _request_values(model_input: object) -> list:
     return values
 
 
-class MelanomaServedModel(mlflow.pyfunc.PythonModel):
-    """The pyfunc model `mlflow models serve` runs (see the module docstring)."""
+# MLflow warns, when a PythonModel subclass is defined, that predict has no type hints (typed,
+# the server would no longer parse the dataframe formats); it resets the warning filters to do
+# so, so only recording keeps `melanoma request`, which imports this module, free of it.
+with warnings.catch_warnings(record=True):
 
-    def load_context(self, context) -> None:
-        import tensorflow as tf
+    class MelanomaServedModel(mlflow.pyfunc.PythonModel):
+        """The pyfunc model `mlflow models serve` runs (see the module docstring)."""
 
-        self.config = ServingConfig(**context.model_config)
-        model = keras.saving.load_model(context.artifacts[KERAS_ARTIFACT])
-        self.model_size = model_input_size(model)
-        shape = (None, self.model_size, self.model_size, 3)
-        # A fixed signature: traced once, whatever the batch size, and safe to call from the
-        # server's request threads at once.
-        self._probabilities = tf.function(
-            lambda images: model(images, training=False),
-            input_signature=[tf.TensorSpec(shape, tf.uint8)],
-        )
-        self._probabilities(np.zeros((1, *shape[1:]), np.uint8))
+        def load_context(self, context) -> None:
+            import tensorflow as tf
 
-    def predict(self, context, model_input, params=None) -> pd.DataFrame:
-        images = request_images(_request_values(model_input), self.config, self.model_size)
-        probabilities = np.asarray(self._probabilities(images), dtype=np.float64)
-        return answers(probabilities, self.config.melanoma_threshold)
+            self.config = ServingConfig(**context.model_config)
+            model = keras.saving.load_model(context.artifacts[KERAS_ARTIFACT])
+            self.model_size = model_input_size(model)
+            shape = (None, self.model_size, self.model_size, 3)
+            # A fixed signature: traced once, whatever the batch size, and safe to call from the
+            # server's request threads at once.
+            self._probabilities = tf.function(
+                lambda images: model(images, training=False),
+                input_signature=[tf.TensorSpec(shape, tf.uint8)],
+            )
+            self._probabilities(np.zeros((1, *shape[1:]), np.uint8))
+
+        def predict(self, context, model_input, params=None) -> pd.DataFrame:
+            images = request_images(_request_values(model_input), self.config, self.model_size)
+            probabilities = np.asarray(self._probabilities(images), dtype=np.float64)
+            return answers(probabilities, self.config.melanoma_threshold)
 
 
 def request_body(paths: Sequence[Path], max_pixels: int) -> dict[str, list[str]]:
