@@ -246,7 +246,7 @@ def request_body(paths: Sequence[Path], max_pixels: int) -> dict[str, list[str]]
     return {"inputs": encoded}
 
 
-def _signature(model_size: int) -> ModelSignature:
+def _signature() -> ModelSignature:
     probabilities = Object([Property(label, DataType.double) for label in LABELS])
     return ModelSignature(
         inputs=Schema([ColSpec(AnyType(), IMAGE_COLUMN)]),
@@ -304,7 +304,7 @@ def log_served_model(model: keras.Model, config: ServingConfig, example_file: Pa
             artifacts={KERAS_ARTIFACT: str(model_file)},
             code_paths=[str(Path(melanoma.__file__).parent)],
             model_config=asdict(config),
-            signature=_signature(size),
+            signature=_signature(),
             input_example=example,
             pip_requirements=model_requirements(),
         )
