@@ -1,7 +1,9 @@
 """Running the benchmark's commands: timed, their output kept in a log file, and peak memory."""
 
 import logging
+import os
 import resource
+import signal
 import subprocess
 import time
 from collections.abc import Mapping
@@ -40,3 +42,17 @@ def peak_rss_mib(who: int = resource.RUSAGE_SELF) -> float:
     """Peak resident memory in MiB: of this process (RUSAGE_SELF), or of the largest single
     descendant process that has ended and been waited for (RUSAGE_CHILDREN, not a sum)."""
     return resource.getrusage(who).ru_maxrss / 1024  # ru_maxrss is in KiB on Linux
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    """SIGTERM to the process group that `process` leads (started with start_new_session),
+    then SIGKILL to whatever is left of it (children outlive their leader)."""
+    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue

@@ -207,6 +207,7 @@ def benchmark(
     env = command_env(MLFLOW_TRACKING_URI=tracking_uri)
 
     ours = run_pipeline(copy, env, logs)
+    params = load_params(copy / "params.yaml")
     latency = run_json(
         "bench.latency",
         ["--model", copy / MODEL_FILE, "--params", copy / "params.yaml", "--images", test_folder],
@@ -214,6 +215,17 @@ def benchmark(
         env,
         logs,
     )
+    serving = run_json(
+        "bench.serving",
+        [
+            *("--model", f"models:/{params.registry.model_name}@champion"),
+            *("--params", copy / "params.yaml", "--images", test_folder, "--logs", logs),
+        ],
+        work / "serving.json",
+        env,
+        logs,
+    )
+    serving["max_abs_difference_from_predict"] = max_abs_difference(latency, serving)
     reference = run_json(
         "bench.reference",
         [
@@ -233,13 +245,12 @@ def benchmark(
         Path(path).resolve().relative_to(source).as_posix() for path in predicted.pop("path")
     ]
     clean_test = clean_test_labels(copy / VALIDATED_MANIFEST)
-    params = load_params(copy / "params.yaml")
     # After the latency and the recipe: they use the model of the params' own seed.
     more_seeds = [params.train.seed + n for n in range(1, seeds)]
     seed_runs = train_more_seeds(copy, env, logs, more_seeds, tracking_uri)
     ours["accepted_images"] = accepted_images(copy)
     results = assemble(
-        settings, data_sources, ours, latency, reference, clean_test, params, seed_runs
+        settings, data_sources, ours, latency, serving, reference, clean_test, params, seed_runs
     )
     if scaling:
         results["scaling"] = scaling
@@ -309,6 +320,20 @@ def scaling_rows(scaling: dict, ours: dict) -> list[dict]:
         )
         for key, figure, before, after in timings
     ]
+
+
+def max_abs_difference(latency: dict, serving: dict) -> float:
+    """The largest difference between a probability the server answered and the one `melanoma
+    predict`'s code path (bench.latency) gave for the same file."""
+    latency_predictions = latency["predictions"]
+    predicted = dict(
+        zip(latency_predictions["path"], latency_predictions["probabilities"], strict=True)
+    )
+    served = serving["predictions"]
+    return max(
+        float(np.max(np.abs(np.subtract(probabilities, predicted[path]))))
+        for path, probabilities in zip(served["path"], served["probabilities"], strict=True)
+    )
 
 
 def external_sets(settings: Settings, work: Path) -> list[dict]:
@@ -387,6 +412,7 @@ def assemble(
     data_sources: list[DataSource],
     ours: dict,
     latency: dict,
+    serving: dict,
     reference: dict,
     clean_test: dict[str, int],
     params: Params,
@@ -419,6 +445,7 @@ def assemble(
         "report": report,
         **ours,
         "predict": latency,
+        "serving": serving,
     }
     if pipeline["clean_test"]["images"] != len(clean_test):
         raise RuntimeError(
@@ -582,6 +609,7 @@ def table_rows(reference: dict, ours: dict, ratio: float, seeds: dict) -> list[d
             None,
             predict["peak_rss_mib"],
         ),
+        *serving_rows(ours["serving"]),
         _row(
             "reproducible",
             "second train + evaluate: identical test metrics",
@@ -598,6 +626,69 @@ def table_rows(reference: dict, ours: dict, ratio: float, seeds: dict) -> list[d
         ),
     ]
     return rows
+
+
+# (key in the serving JSON, figure) of each measured way of sending images.
+SERVING_RUNS = [
+    ("single_client", "1 client, 1 image/request"),
+    ("concurrent_clients", "8 clients, 1 image/request"),
+    ("batched", "1 client, 32 images/request"),
+]
+
+
+def serving_rows(serving: dict) -> list[dict]:
+    """The rows of bench.serving: the champion behind `mlflow models serve` on loopback."""
+    rows = []
+    for key, how in SERVING_RUNS:
+        run = serving[key]
+        rows += [
+            _row(f"serve_{key}_p50_ms", f"served, {how}: p50 latency", "ms", None, run["p50_ms"]),
+            _row(f"serve_{key}_p95_ms", f"served, {how}: p95 latency", "ms", None, run["p95_ms"]),
+            _row(
+                f"serve_{key}_requests_per_second",
+                f"served, {how}: requests/s",
+                "requests/s",
+                None,
+                run["requests_per_second"],
+            ),
+            _row(
+                f"serve_{key}_images_per_second",
+                f"served, {how}: images/s",
+                "images/s",
+                None,
+                run["images_per_second"],
+            ),
+        ]
+    return rows + [
+        _row(
+            "serve_body_bytes_per_image",
+            "served: request body bytes per image (`melanoma request`)",
+            "bytes",
+            None,
+            serving["body_bytes_per_image"],
+        ),
+        _row(
+            "serve_body_bytes_per_file_byte",
+            "served: request body bytes / image file bytes",
+            "x",
+            None,
+            serving["body_bytes_per_file_byte"],
+        ),
+        _row(
+            "serve_peak_rss_mib",
+            "served: peak memory of the server (largest process, 1 worker)",
+            "MiB",
+            None,
+            serving["largest_process_peak_rss_mib"],
+        ),
+        _row(
+            "serve_max_abs_difference",
+            "served vs `melanoma predict`: largest probability difference",
+            "",
+            None,
+            serving["max_abs_difference_from_predict"],
+        ),
+    ]
 
 
 def _test_row(split: str, name: str, figure: str, reference: dict, ours: dict) -> dict:
@@ -682,6 +773,8 @@ def _format(value: float | bool | None, unit: str, interval: list[float] | None)
         return "undefined"
     if unit == "count":
         return str(int(value))
+    if unit == "" and 0 < abs(value) < 0.001:
+        return f"{value:.1e}"  # a difference of probabilities: 3 decimals would show 0.000
     digits = {"": 3, "x": 2}.get(unit, 1)
     text = f"{value:.{digits}f}"
     if interval:

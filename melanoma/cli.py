@@ -93,12 +93,12 @@ def _parser() -> argparse.ArgumentParser:
 
     request = commands.add_parser(
         "request",
-        help="JSON body for `mlflow models serve` from image files",
-        description='Write {"inputs": [...]} to stdout: the images prepared like training '
-        "images, as uint8 arrays of the model's input size, one per file.",
+        help="JSON body for the served model (`mlflow models serve`) from image files",
+        description='Write {"inputs": [...]} to stdout: the base64 of each image file, as it '
+        "is (the served model decodes, crops and resizes it as ingest does). Each file is "
+        "decoded here first, so an unusable one is named now rather than refused by the server.",
     )
     request.add_argument("paths", nargs="+", metavar="IMAGE", help="image file or folder")
-    _model_argument(request)
     request.set_defaults(handler=_request)
 
     promote = commands.add_parser("promote", help="make a registered version the champion, by hand")
@@ -273,16 +273,15 @@ def _json_output(reference: str, threshold: float, predictions: list["ImagePredi
 
 def _request(args: argparse.Namespace, params: Params) -> int:
     from melanoma.data.images import ImageRejected
-    from melanoma.model.predict import model_input_size, serving_request
+    from melanoma.model.predict import find_images
+    from melanoma.model.serving import request_body
 
-    loaded = _images_and_model(args, params)
-    if isinstance(loaded, int):
-        return loaded
-    files, _, model = loaded
+    files = find_images(args.paths)
+    if not files:
+        log.error("no image files in %s", ", ".join(args.paths))
+        return SOME_FILES_FAILED
     try:
-        body = serving_request(
-            files, params.ingest.image_size, model_input_size(model), params.ingest.max_image_pixels
-        )
+        body = request_body(files, params.ingest.max_image_pixels)
     except ImageRejected as rejected:
         log.error("%s (%s)", rejected, rejected.reason)
         return SOME_FILES_FAILED

@@ -423,6 +423,15 @@ class RegistryParams(_Section):
     promotion: PromotionParams = PromotionParams()
 
 
+class ServeParams(_Section):
+    """Limits of the served model, logged with it: a request beyond them gets HTTP 400."""
+
+    max_images_per_request: int = Field(64, ge=1, description="images in one request")
+    max_image_bytes: int = Field(
+        20_000_000, ge=1000, description="size of one encoded image file, before base64"
+    )
+
+
 class MlflowParams(_Section):
     experiment: str = Field(min_length=1)
     tracking_uri: str = Field(description="used when MLFLOW_TRACKING_URI is not set")
@@ -437,6 +446,7 @@ class Params(_Section):
     train: TrainParams
     evaluate: EvaluateParams
     registry: RegistryParams
+    serve: ServeParams = ServeParams()
     mlflow: MlflowParams
 
     @model_validator(mode="after")

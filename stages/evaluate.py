@@ -43,6 +43,7 @@ from melanoma.evaluation.report import (
 )
 from melanoma.logs import setup_logging
 from melanoma.model.predict import predict_split
+from melanoma.model.serving import log_served_model, serving_config
 from melanoma.registry.promotion import (
     KEPT,
     PROMOTED,
@@ -117,6 +118,7 @@ def main() -> None:
         )
         track_and_register(
             params,
+            model,
             run_info,
             report,
             [METRICS_FILE, GALLERY_FILE, *written],
@@ -145,6 +147,7 @@ def predictions_file(set_name: str) -> Path:
 
 def track_and_register(
     params: Params,
+    model: keras.Model,
     run_info: dict,
     report: dict,
     artifacts: list[Path],
@@ -152,9 +155,9 @@ def track_and_register(
     probabilities: dict[str, np.ndarray],
     commit: str,
 ) -> None:
-    """Log the report to the training run; write the model card; register the model with the
-    card as its description; re-score the champion on the same images and move the alias if the
-    new version is better beyond noise."""
+    """Log the report to the training run; write the model card; log the served model (which
+    carries the alert threshold) and register it with the card as its description; re-score the
+    champion on the same images and move the alias if the new version is better beyond noise."""
     experiment_id = configure_tracking(params.mlflow)
     test = sets[0]
     run_id, model_uri = source_run(run_info, experiment_id, MODEL_FILE, test.paths[0])
@@ -193,8 +196,10 @@ def track_and_register(
             probabilities=np.concatenate([probabilities[s.name] for s in sets]),
             sets=np.concatenate([[s.name] * len(s.true) for s in sets]),
         )
+        threshold = report["operating_point"]["threshold"]
+        served = log_served_model(model, serving_config(params, threshold), Path(test.paths[0]))
         version, decision = register_and_decide(
-            model_uri,
+            served.model_uri,
             params.registry,
             registry_description(card),
             version_tags(

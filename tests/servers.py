@@ -5,7 +5,6 @@ import base64
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -16,6 +15,8 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from bench.process import stop_group
 
 VENV_BIN = Path(sys.executable).parent
 HOST = "127.0.0.1"
@@ -181,17 +182,4 @@ def mlflow_server(
             time.sleep(0.5)
         yield url
     finally:
-        _stop_group(server)
-
-
-def _stop_group(process: subprocess.Popen) -> None:
-    """SIGTERM to the whole process group, then SIGKILL to whatever is left of it."""
-    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(timeout=wait)
-        except subprocess.TimeoutExpired:
-            continue
+        stop_group(server)

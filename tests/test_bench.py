@@ -56,6 +56,15 @@ OURS_ONLY = {
     "predict_p95_ms",
     "predict_peak_rss_mib",
     "melanoma_threshold",
+    *(
+        f"serve_{run}_{figure}"
+        for run in ("single_client", "concurrent_clients", "batched")
+        for figure in ("p50_ms", "p95_ms", "requests_per_second", "images_per_second")
+    ),
+    "serve_body_bytes_per_image",
+    "serve_body_bytes_per_file_byte",
+    "serve_peak_rss_mib",
+    "serve_max_abs_difference",
 }
 
 
@@ -107,6 +116,10 @@ def test_quick_benchmark_reports_every_figure_and_its_spread_over_seeds(tmp_path
         assert rows[key]["reference"] is None and rows[key]["ours_ci"] is not None, rows[key]
         spread = rows[key]["spread"]
         assert spread["n"] == 2 and spread["min"] <= spread["mean"] <= spread["max"], rows[key]
+    # The served champion answers each test file as `melanoma predict` does, from a body of
+    # the file's base64 (4/3 of it, plus a few bytes of JSON).
+    assert rows["serve_max_abs_difference"]["ours"] <= 1e-5
+    assert rows["serve_body_bytes_per_file_byte"]["ours"] <= 1.5
     assert results["seeds"]["seeds"] == [42, 43]
     (extra,) = results["seeds"]["runs"]  # the first seed is the pipeline's own run
     auc = [

@@ -1,3 +1,4 @@
+import base64
 import json
 import subprocess
 import sys
@@ -119,12 +120,13 @@ def test_bad_arguments_and_params_are_refused(photos, keras_file):
     assert main(["predict", "photo.jpg", "--model", keras_file]) == CANNOT_RUN
 
 
-def test_request_writes_a_serving_body(photos, keras_file, capsys):
-    assert main(["request", str(photos[0]), "--model", keras_file]) == OK
+def test_request_writes_the_files_in_base64_without_a_model(photos, capsys):
+    assert main(["request", str(photos[0])]) == OK
     body = json.loads(capsys.readouterr().out)
     assert list(body) == ["inputs"]
-    assert len(body["inputs"]) == 1 and len(body["inputs"][0]) == 16  # model input size
-    assert main(["request", str(photos[1]), "--model", keras_file]) == SOME_FILES_FAILED
+    assert [base64.b64decode(image) for image in body["inputs"]] == [photos[0].read_bytes()]
+    assert main(["request", str(photos[0]), str(photos[1])]) == SOME_FILES_FAILED
+    assert capsys.readouterr().out == ""  # no body with a file the server would refuse
 
 
 def test_promote_and_rollback_by_hand(champion, capsys):

@@ -108,6 +108,9 @@ def test_the_project_params_are_valid():
         ("augment", {"val_fraction": 0}, "augment.val_fraction"),
         ("augment", {"target_per_class": 0}, "augment.target_per_class"),
         ("augment", {"rotation_degrees": 200}, "augment.rotation_degrees"),
+        ("serve", {"max_images_per_request": 0}, "serve.max_images_per_request"),
+        ("serve", {"max_image_bytes": 10}, "serve.max_image_bytes"),
+        ("serve", {"max_body_bytes": 10}, "serve.max_body_bytes"),
     ],
 )
 def test_an_invalid_param_is_named(raw, section, values, named):

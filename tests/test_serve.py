@@ -1,116 +1,166 @@
-"""The champion served by MLflow's own scoring server, as the README shows it."""
+"""The registered model served by MLflow's own scoring server, as the README shows it: image
+files in (base64, the body `melanoma request` writes) or pixels, answers with the alert out, and
+every bad request refused with a message, without harming the next one."""
 
+import base64
+import io
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
+from PIL import Image
 
-from melanoma.labels import LABELS
-from melanoma.model.predict import serving_request
+from bench.project import command_env
+from bench.serving import model_server, post
+from melanoma.labels import LABELS, MELANOMA
+from melanoma.model.predict import predict_files, read_image, to_model_size
+from melanoma.model.serving import ServingConfig, log_served_model, request_body
 from melanoma.registry.promotion import Decision, record_decision
 
-STARTUP_SECONDS = 90
+INGEST_SIZE, MAX_PIXELS = 32, 1_000_000
+CONFIG = dict(
+    ingest_size=INGEST_SIZE,
+    max_image_pixels=MAX_PIXELS,
+    max_images_per_request=8,
+    max_image_bytes=200_000,
+)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def _files(folder: Path, image_bytes) -> list[Path]:
+    folder.mkdir()
+    paths = []
+    for seed, (size, fmt) in enumerate([((40, 30), "JPEG"), ((24, 36), "PNG"), ((33, 33), "BMP")]):
+        path = folder / f"photo{seed}.{fmt.lower()}"
+        path.write_bytes(image_bytes(seed, size, fmt))
+        paths.append(path)
+    return paths
 
 
-def _post(url: str, body: bytes) -> tuple[int, dict]:
-    request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.load(response)
-    except urllib.error.HTTPError as error:
-        return error.code, json.load(error)
+def _snapshot(*folders: Path) -> set[tuple[str, int]]:
+    return {(str(p), p.stat().st_size) for folder in folders for p in folder.rglob("*")}
 
 
 @pytest.fixture
-def served_champion(mlflow_project, tiny_classifier, log_model, tmp_path):
-    """(URL of a running `mlflow models serve` of models:/melanoma-test@champion, the model).
-
-    The server runs in its own process group, which is always ended after the test."""
+def served(mlflow_project, tiny_classifier, image_bytes, tmp_path):
+    """(server URL, the Keras model, image files, the registered threshold, the server's
+    working and temporary folders): models:/melanoma-test@champion logged by log_served_model
+    with an alert threshold between the files' P(melanoma), served on loopback."""
     model = tiny_classifier()
-    _, uri = log_model(model)
+    paths = _files(tmp_path / "photos", image_bytes)
+    melanoma = [
+        p.probabilities[MELANOMA] for p in predict_files(model, paths, INGEST_SIZE, MAX_PIXELS)
+    ]
+    threshold = float(np.mean(sorted(melanoma)[:2]))  # one file under it, two at or above
+    with mlflow.start_run():
+        uri = log_served_model(
+            model, ServingConfig(melanoma_threshold=threshold, **CONFIG), paths[0]
+        ).model_uri
     mlflow.register_model(uri, "melanoma-test")
     record_decision(mlflow.MlflowClient(), "melanoma-test", "1", Decision(True, "first"))
 
-    port = _free_port()
-    bin_dir = Path(sys.executable).parent
-    # The server starts `uvicorn` by name: it must be on PATH, as it is in an activated venv.
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    workdir, scratch = tmp_path / "server", tmp_path / "server-tmp"
+    workdir.mkdir()
+    scratch.mkdir()
+    env = command_env(MLFLOW_TRACKING_URI=mlflow.get_tracking_uri(), TMPDIR=str(scratch))
     log_file = tmp_path / "serve.log"
-    with open(log_file, "w") as log:
-        server = subprocess.Popen(
-            [
-                str(bin_dir / "mlflow"),
-                "models",
-                "serve",
-                "-m",
-                "models:/melanoma-test@champion",
-                "--env-manager",
-                "local",
-                "--host",
-                "127.0.0.1",
-                "-p",
-                str(port),
-            ],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+    with model_server("models:/melanoma-test@champion", log_file, env, workdir) as (url, _):
+        yield url, model, paths, threshold, (workdir, scratch)
+
+
+def test_files_and_pixels_get_the_predict_probabilities_and_the_alert(served):
+    url, model, paths, threshold, _ = served
+    expected = predict_files(model, paths, INGEST_SIZE, MAX_PIXELS)
+
+    status, answer = post(url, json.dumps(request_body(paths, MAX_PIXELS)).encode())
+    assert status == 200, answer
+    answers = answer["predictions"]
+    assert len(answers) == len(paths)
+    for got, want in zip(answers, expected, strict=True):
+        np.testing.assert_allclose(
+            [got["probabilities"][label] for label in LABELS],
+            [want.probabilities[label] for label in LABELS],
+            atol=1e-5,
         )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"server did not come up:\n{log_file.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield url, model
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        assert got["top_label"] == want.top_label
+        assert got["melanoma_probability"] == pytest.approx(want.melanoma_probability, abs=1e-5)
+        assert got["melanoma_threshold"] == threshold
+        assert got["melanoma_alert"] == (want.melanoma_probability >= threshold)
+    assert sorted(a["melanoma_alert"] for a in answers) == [False, True, True]
+
+    # The same images as model-sized pixels, in the body the server always took.
+    pixels = to_model_size(np.stack([read_image(p, INGEST_SIZE, MAX_PIXELS) for p in paths]), 16)
+    status, answer = post(url, json.dumps({"inputs": pixels.tolist()}).encode())
+    assert status == 200, answer
+    np.testing.assert_allclose(
+        [[a["probabilities"][label] for label in LABELS] for a in answer["predictions"]],
+        [[a["probabilities"][label] for label in LABELS] for a in answers],
+        atol=1e-5,
+    )
+
+    # A column of base64 in a dataframe format.
+    encoded = base64.b64encode(paths[1].read_bytes()).decode()
+    frame = {"dataframe_split": {"columns": ["image"], "data": [[encoded]]}}
+    status, answer = post(url, json.dumps(frame).encode())
+    assert status == 200, answer
+    assert answer["predictions"][0]["probabilities"] == answers[1]["probabilities"]
 
 
-def test_served_champion_answers_images_and_refuses_bad_payloads(served_champion, image_bytes):
-    url, model = served_champion
-    paths = []
-    for seed in (1, 2):
-        path = Path(f"photo{seed}.jpg")
-        path.write_bytes(image_bytes(seed, (40, 30)))
-        paths.append(path)
-    body = serving_request(paths, ingest_size=32, model_size=16, max_pixels=1_000_000)
+def _png(width: int, height: int) -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (90, 20, 40)).save(buffer, "PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
 
-    status, answer = _post(f"{url}/invocations", json.dumps(body).encode())
-    assert status == 200
-    probabilities = np.array(answer["predictions"])
-    assert probabilities.shape == (2, len(LABELS))
-    expected = model.predict(np.array(body["inputs"], np.uint8), verbose=0)
-    np.testing.assert_allclose(probabilities, expected, atol=1e-5)
 
-    status, answer = _post(f"{url}/invocations", b'{"inputs": [[1, 2, 3]]}')
-    assert status == 400
-    assert "does not match expected shape" in answer["message"]
+def test_bad_requests_get_a_400_naming_the_problem_and_the_next_one_is_answered(served):
+    url, _, paths, _, server_folders = served
+    good = request_body(paths[:1], MAX_PIXELS)["inputs"][0]
+    assert post(url, json.dumps({"inputs": [good]}).encode())[0] == 200
+    files_before = _snapshot(*server_folders)
+    jpeg = paths[0].read_bytes()
+
+    def inputs(*images) -> bytes:
+        return json.dumps({"inputs": list(images)}).encode()
+
+    refused = {
+        "not an image": (
+            inputs(base64.b64encode(b"hello, not an image").decode()),
+            ["image 0: not a JPEG, PNG", "(not_an_image)"],
+        ),
+        "truncated JPEG": (
+            inputs(base64.b64encode(jpeg[:200]).decode()),
+            ["image 0: JPEG data ends early", "(truncated)"],
+        ),
+        "over the decompression limit": (
+            inputs(_png(1001, 1000)),
+            ["image 0:", "exceeds limit", "(decompression_bomb)"],
+        ),
+        "empty list": (inputs(), ["the request holds no image"]),
+        "a bad image in a batch": (
+            inputs(good, "not base64 !", good),
+            ["1 of 3 images refused", "image 1: a string that is not base64"],
+        ),
+        "too many images": (
+            inputs(*[good] * 9),
+            ["9 images in one request", "limit of 8 (serve.max_images_per_request)"],
+        ),
+        "a 50 MB body": (
+            inputs("A" * 50_000_000),
+            ["image 0: 37500000 bytes", "limit of 200000 (serve.max_image_bytes)"],
+        ),
+    }
+    for problem, (body, phrases) in refused.items():
+        status, answer = post(url, body)
+        assert status == 400, problem
+        for phrase in phrases:
+            assert phrase in answer["message"], (problem, answer["message"][:500])
+        # The problem, not the request echoed back.
+        assert len(answer["message"]) < 1000, problem
+
+    status, answer = post(url, inputs(good), content_type="text/plain")
+    assert status == 415 and "content types" in answer["message"]
+
+    status, answer = post(url, inputs(good))
+    assert status == 200 and len(answer["predictions"]) == 1
+    assert _snapshot(*server_folders) == files_before

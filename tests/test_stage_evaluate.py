@@ -103,6 +103,12 @@ def test_evaluate_reports_every_set_logs_registers_and_defends_the_champion(
     assert first.tags["test_balanced_accuracy"] == str(test["balanced_accuracy"])
     assert first.tags["tinyext_melanoma_auc"] == str(external["melanoma_auc"])
     assert first.tags[THRESHOLD_TAG] == str(operating_point["threshold"])
+    # What the version points to is the served model, which carries that threshold itself.
+    served = mlflow.models.get_model_info("models:/melanoma-test/1")
+    assert (
+        served.flavors["python_function"]["config"]["melanoma_threshold"]
+        == (operating_point["threshold"])
+    )
     # The model card: written from the report, logged, and the version's description (whole,
     # or without its params table when it is longer than the registry's column).
     card = evaluate.MODEL_CARD.read_text()

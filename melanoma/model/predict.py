@@ -117,6 +117,12 @@ def read_image(path: Path, ingest_size: int, max_pixels: int) -> np.ndarray:
         data = path.read_bytes()
     except OSError as error:
         raise ImageRejected(UNREADABLE, f"cannot be read: {error.strerror or error}") from None
+    return image_from_bytes(data, ingest_size, max_pixels)
+
+
+def image_from_bytes(data: bytes, ingest_size: int, max_pixels: int) -> np.ndarray:
+    """The encoded image (a file's bytes) decoded, cropped and resized as ingest does it: uint8
+    (ingest_size, ingest_size, 3). Raises ImageRejected if the bytes are not a usable image."""
     return np.asarray(square_resize(decode_rgb(data, max_pixels), ingest_size))
 
 
@@ -168,20 +174,6 @@ def predict_split(
     dataset = make_dataset(list(paths), label_indices, model_input_size(model), batch_size)
     images_only = dataset.map(lambda images, _labels: images)
     return np.asarray(model.predict(images_only, verbose=0), dtype=np.float64)
-
-
-def serving_request(
-    paths: Sequence[Path], ingest_size: int, model_size: int, max_pixels: int
-) -> dict[str, list]:
-    """The JSON body for `mlflow models serve`: {"inputs": n images as (size, size, 3) uint8
-    nested lists}. Raises ImageRejected naming the first unusable file."""
-    images = []
-    for path in paths:
-        try:
-            images.append(read_image(path, ingest_size, max_pixels))
-        except ImageRejected as rejected:
-            raise ImageRejected(rejected.reason, f"{path}: {rejected}") from None
-    return {"inputs": to_model_size(np.stack(images), model_size).tolist()}
 
 
 def _batches(items: list, size: int) -> Iterator[list]:

@@ -340,14 +340,19 @@ def log_keras_model(model: keras.Model, example: np.ndarray) -> ModelInfo:
         model=model,
         signature=signature,
         input_example=example,
-        # Listing them skips MLflow's requirement inference, which reloads the model in a
-        # subprocess (tens of seconds).
-        pip_requirements=[
-            f"keras=={keras.__version__}",
-            f"tensorflow-cpu=={version('tensorflow-cpu')}",
-            f"mlflow=={mlflow.__version__}",
-        ],
+        pip_requirements=model_requirements(),
     )
+
+
+def model_requirements() -> list[str]:
+    """The pip requirements logged with a model. Listing them skips MLflow's requirement
+    inference, which reloads the model in a subprocess (tens of seconds)."""
+    return [
+        f"keras=={keras.__version__}",
+        f"tensorflow-cpu=={version('tensorflow-cpu')}",
+        f"mlflow=={mlflow.__version__}",
+        f"pillow=={version('pillow')}",
+    ]
 
 
 def calibrate(

@@ -17,7 +17,6 @@ from melanoma.model.predict import (
     predict_files,
     predict_split,
     read_image,
-    serving_request,
     to_model_size,
 )
 
@@ -125,14 +124,3 @@ def test_load_model_errors_name_the_reference(mlflow_project, tmp_path):
         load_model(str(tmp_path / "junk.keras"))
     with pytest.raises(ModelLoadError, match="models:/melanoma-test@champion cannot be loaded"):
         load_model("models:/melanoma-test@champion")
-
-
-def test_serving_request_holds_model_sized_uint8_images(photos):
-    body = serving_request(
-        [photos / "a.jpg", photos / "more" / "b.PNG"], INGEST_SIZE, 16, MAX_PIXELS
-    )
-    images = np.array(body["inputs"])
-    assert images.shape == (2, 16, 16, 3)
-    assert images.min() >= 0 and images.max() <= 255
-    with pytest.raises(ImageRejected, match="broken.jpg"):
-        serving_request([photos / "a.jpg", photos / "broken.jpg"], INGEST_SIZE, 16, MAX_PIXELS)

@@ -1,0 +1,314 @@
+"""The served model: image files in, answers out, through MLflow's own scoring server.
+
+What the registry version points to is an MLflow pyfunc model logged by `log_served_model`
+after evaluation: the Keras model file, the `melanoma` package (code_paths, so the server
+decodes images with the very functions ingest and `melanoma predict` use) and its config, which
+holds the alert threshold chosen for it. The same MLmodel also has the `keras` flavor, reading
+the same file, so `mlflow.keras.load_model` (predict, explain, the champion's re-scoring) works
+on it as on any logged Keras model.
+
+A request is one column, `image`, one row per image: the base64 of an image file (JPEG, PNG,
+BMP, ...; decoded, centre-cropped and resized exactly as ingest does it), or the image as
+S x S x 3 uint8 RGB values (S = the model's input size). One column of either kind is the only
+schema that keeps the original `{"inputs": [pixel arrays]}` body working, so its type is Any.
+The answer, per image: the nine probabilities, the top label, P(melanoma), and the alert at the
+version's own threshold. Every image of a request goes through the model in one call of a
+`tf.function` traced once at load (not `model.predict`, which builds an input pipeline per call).
+"""
+
+import base64
+import binascii
+import json
+import logging
+import tempfile
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import keras
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.models import Model, ModelSignature
+from mlflow.models.model import ModelInfo
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.types.schema import AnyType, ColSpec, DataType, Object, Property, Schema
+
+import melanoma
+from melanoma.config import Params
+from melanoma.data.images import ImageRejected, decode_rgb
+from melanoma.labels import LABELS, MELANOMA
+from melanoma.model.predict import UNREADABLE, image_from_bytes, model_input_size, to_model_size
+from melanoma.model.training import model_requirements
+
+log = logging.getLogger(__name__)
+
+IMAGE_COLUMN = "image"
+SERVED_MODEL_ARTIFACT = "served_model"
+KERAS_ARTIFACT = "keras_model"
+# pyfunc copies each artifact to artifacts/<file name>; the keras flavor reads <data>/model.keras.
+KERAS_FILE = "model.keras"
+ARTIFACTS_DIR = "artifacts"
+# Reason codes of a refused request value, beside those of melanoma.data.images.
+NOT_BASE64 = "not_base64"
+TOO_LARGE = "too_large"
+BAD_PIXELS = "bad_pixels"
+NOT_AN_IMAGE_VALUE = "not_an_image_value"
+MAX_PROBLEMS_LISTED = 10  # a batch of thousands of bad images gets a readable answer
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """What the served model needs besides its weights; logged as the pyfunc model_config."""
+
+    melanoma_threshold: float
+    ingest_size: int
+    max_image_pixels: int
+    max_images_per_request: int
+    max_image_bytes: int
+
+
+def serving_config(params: Params, threshold: float) -> ServingConfig:
+    return ServingConfig(
+        melanoma_threshold=threshold,
+        ingest_size=params.ingest.image_size,
+        max_image_pixels=params.ingest.max_image_pixels,
+        max_images_per_request=params.serve.max_images_per_request,
+        max_image_bytes=params.serve.max_image_bytes,
+    )
+
+
+class RequestRefused(MlflowException):
+    """A request the model does not answer (HTTP 400); the message names the problem and, in a
+    batch, the index of each bad image."""
+
+    def __init__(self, problem: str):
+        super().__init__(problem, error_code=INVALID_PARAMETER_VALUE)
+        self.problem = problem
+
+    def serialize_as_json(self) -> str:
+        # The scoring server prefixes the message with the whole parsed request (megabytes of
+        # base64 for a batch of images): the answer keeps only the problem.
+        return json.dumps({"error_code": self.error_code, "message": self.problem})
+
+
+def request_image(value: object, config: ServingConfig, model_size: int) -> np.ndarray:
+    """One value of the `image` column as a uint8 (model_size, model_size, 3) array: base64 (or
+    the bytes) of an image file, or the pixels themselves. Raises ImageRejected saying why not."""
+    if isinstance(value, str):
+        try:
+            value = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise ImageRejected(
+                NOT_BASE64, "a string that is not base64 (the base64 of an image file is expected)"
+            ) from None
+    if isinstance(value, bytes):
+        if len(value) > config.max_image_bytes:
+            raise ImageRejected(
+                TOO_LARGE,
+                f"{len(value)} bytes, over the limit of {config.max_image_bytes} "
+                "(serve.max_image_bytes)",
+            )
+        image = image_from_bytes(value, config.ingest_size, config.max_image_pixels)
+        return to_model_size(image[np.newaxis], model_size)[0]
+    if isinstance(value, list | np.ndarray):
+        return _pixels(value, model_size)
+    raise ImageRejected(
+        NOT_AN_IMAGE_VALUE,
+        f"a {type(value).__name__}, neither the base64 of an image file nor "
+        f"{model_size} x {model_size} x 3 pixel values",
+    )
+
+
+def _pixels(value: list | np.ndarray, size: int) -> np.ndarray:
+    try:
+        pixels = np.asarray(value)
+    except ValueError:  # ragged nested lists
+        raise ImageRejected(BAD_PIXELS, "pixel rows of unequal lengths") from None
+    if pixels.shape != (size, size, 3):
+        raise ImageRejected(
+            BAD_PIXELS, f"pixels of shape {pixels.shape}, not ({size}, {size}, 3) RGB"
+        )
+    integral = pixels.dtype.kind in "iu" or (
+        pixels.dtype.kind == "f" and np.array_equal(pixels, np.round(pixels))
+    )
+    if not integral or pixels.min() < 0 or pixels.max() > 255:
+        raise ImageRejected(BAD_PIXELS, "pixel values that are not integers from 0 to 255")
+    return pixels.astype(np.uint8)
+
+
+def request_images(values: Sequence, config: ServingConfig, model_size: int) -> np.ndarray:
+    """The images of a request as one uint8 batch; RequestRefused naming every bad image."""
+    if len(values) == 0:
+        raise RequestRefused(f"the request holds no image (an empty {IMAGE_COLUMN!r} list)")
+    if len(values) > config.max_images_per_request:
+        raise RequestRefused(
+            f"{len(values)} images in one request, over the limit of "
+            f"{config.max_images_per_request} (serve.max_images_per_request): split it"
+        )
+    images, problems = [], []
+    for index, value in enumerate(values):
+        try:
+            images.append(request_image(value, config, model_size))
+        except ImageRejected as rejected:
+            problems.append(f"image {index}: {rejected} ({rejected.reason})")
+    if problems:
+        listed = "; ".join(problems[:MAX_PROBLEMS_LISTED])
+        more = len(problems) - MAX_PROBLEMS_LISTED
+        raise RequestRefused(
+            f"{len(problems)} of {len(values)} images refused, none predicted: {listed}"
+            + (f"; and {more} more" if more > 0 else "")
+        )
+    return np.stack(images)
+
+
+def answers(probabilities: np.ndarray, threshold: float) -> pd.DataFrame:
+    """One row per image: top label, P(melanoma), the alert at `threshold`, the threshold, and
+    the nine probabilities by label."""
+    melanoma = probabilities[:, LABELS.index(MELANOMA)]
+    return pd.DataFrame(
+        {
+            "top_label": [LABELS[i] for i in probabilities.argmax(axis=1)],
+            "melanoma_probability": melanoma,
+            "melanoma_alert": melanoma >= threshold,
+            "melanoma_threshold": threshold,
+            "probabilities": [
+                dict(zip(LABELS, map(float, row), strict=True)) for row in probabilities
+            ],
+        }
+    )
+
+
+def _request_values(model_input: object) -> list:
+    """The `image` values of what the scoring server passes (after schema enforcement)."""
+    if isinstance(model_input, pd.DataFrame):
+        values = model_input[IMAGE_COLUMN].tolist() if IMAGE_COLUMN in model_input else []
+    else:
+        values = list(model_input)
+    # MLflow turns `{"inputs": [...]}` of strings only (or no value) into a single row holding
+    # the list; a row of pixels holds lists of numbers, never of strings.
+    if (
+        len(values) == 1
+        and isinstance(values[0], list)
+        and all(isinstance(item, str) for item in values[0])
+    ):
+        return values[0]
+    return values
+
+
+# MLflow warns, when a PythonModel subclass is defined, that predict has no type hints (typed,
+# the server would no longer parse the dataframe formats); it resets the warning filters to do
+# so, so only recording keeps `melanoma request`, which imports this module, free of it.
+with warnings.catch_warnings(record=True):
+
+    class MelanomaServedModel(mlflow.pyfunc.PythonModel):
+        """The pyfunc model `mlflow models serve` runs (see the module docstring)."""
+
+        def load_context(self, context) -> None:
+            import tensorflow as tf
+
+            self.config = ServingConfig(**context.model_config)
+            model = keras.saving.load_model(context.artifacts[KERAS_ARTIFACT])
+            self.model_size = model_input_size(model)
+            shape = (None, self.model_size, self.model_size, 3)
+            # A fixed signature: traced once, whatever the batch size, and safe to call from the
+            # server's request threads at once.
+            self._probabilities = tf.function(
+                lambda images: model(images, training=False),
+                input_signature=[tf.TensorSpec(shape, tf.uint8)],
+            )
+            self._probabilities(np.zeros((1, *shape[1:]), np.uint8))
+
+        def predict(self, context, model_input, params=None) -> pd.DataFrame:
+            images = request_images(_request_values(model_input), self.config, self.model_size)
+            probabilities = np.asarray(self._probabilities(images), dtype=np.float64)
+            return answers(probabilities, self.config.melanoma_threshold)
+
+
+def request_body(paths: Sequence[Path], max_pixels: int) -> dict[str, list[str]]:
+    """The JSON body for the served model: {"inputs": [base64 of each file, as it is]}.
+
+    Each file is decoded once here, so an unusable one is named now rather than refused by the
+    server; raises ImageRejected naming the first."""
+    encoded = []
+    for path in paths:
+        try:
+            data = path.read_bytes()
+            decode_rgb(data, max_pixels)
+        except OSError as error:
+            raise ImageRejected(UNREADABLE, f"{path}: cannot be read: {error}") from None
+        except ImageRejected as rejected:
+            raise ImageRejected(rejected.reason, f"{path}: {rejected}") from None
+        encoded.append(base64.b64encode(data).decode("ascii"))
+    return {"inputs": encoded}
+
+
+def _signature() -> ModelSignature:
+    probabilities = Object([Property(label, DataType.double) for label in LABELS])
+    return ModelSignature(
+        inputs=Schema([ColSpec(AnyType(), IMAGE_COLUMN)]),
+        outputs=Schema(
+            [
+                ColSpec(DataType.string, "top_label"),
+                ColSpec(DataType.double, "melanoma_probability"),
+                ColSpec(DataType.boolean, "melanoma_alert"),
+                ColSpec(DataType.double, "melanoma_threshold"),
+                ColSpec(probabilities, "probabilities"),
+            ]
+        ),
+    )
+
+
+def _save_served_model(path: str, mlflow_model: Model, **kwargs) -> None:
+    kwargs.pop("validate_serving_input", None)
+    mlflow.pyfunc.save_model(path, mlflow_model=mlflow_model, **kwargs)
+    # The keras flavor reads <data>/model.keras when <data> is a folder: pyfunc's copy.
+    mlflow_model.add_flavor(
+        "keras",
+        data=ARTIFACTS_DIR,
+        keras_version=keras.__version__,
+        keras_backend=keras.backend.backend(),
+        save_exported_model=False,
+    )
+    mlflow_model.save(str(Path(path) / "MLmodel"))
+
+
+# A pyfunc model that is also a Keras model; MLflow names the flavor after __name__.
+_SERVED_FLAVOR = SimpleNamespace(__name__="mlflow.pyfunc", save_model=_save_served_model)
+
+
+def log_served_model(model: keras.Model, config: ServingConfig, example_file: Path) -> ModelInfo:
+    """Log the served model into the active run; register the returned model_uri.
+
+    Its input example holds both kinds of `image` value: the base64 of `example_file` and the
+    same image as pixels."""
+    size = model_input_size(model)
+    data = example_file.read_bytes()
+    pixels = to_model_size(
+        image_from_bytes(data, config.ingest_size, config.max_image_pixels)[np.newaxis], size
+    )[0]
+    example = pd.DataFrame(
+        {IMAGE_COLUMN: [base64.b64encode(data).decode("ascii"), pixels.tolist()]}
+    )
+    with tempfile.TemporaryDirectory(prefix="served-model-") as scratch:
+        model_file = Path(scratch) / KERAS_FILE
+        model.save(model_file)
+        info = Model.log(
+            artifact_path=None,
+            name=SERVED_MODEL_ARTIFACT,
+            flavor=_SERVED_FLAVOR,
+            python_model=MelanomaServedModel(),
+            artifacts={KERAS_ARTIFACT: str(model_file)},
+            code_paths=[str(Path(melanoma.__file__).parent)],
+            model_config=asdict(config),
+            signature=_signature(),
+            input_example=example,
+            pip_requirements=model_requirements(),
+        )
+    log.info(
+        "logged the served model %s (alert threshold %s)", info.model_uri, config.melanoma_threshold
+    )
+    return info
