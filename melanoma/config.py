@@ -178,7 +178,9 @@ class ValidateParams(_Section):
 class AugmentParams(_Section):
     seed: int = 42
     val_fraction: float = Field(gt=0, lt=1)
-    target_per_class: int = Field(ge=1, description="training images per class after augmentation")
+    target_per_class: int = Field(
+        ge=0, description="training images per class after augmentation; 0: no augmented copies"
+    )
     max_copies_per_image: int | None = Field(
         None, ge=0, description="cap on augmented copies of one original; null: no cap"
     )

@@ -106,7 +106,7 @@ def test_the_project_params_are_valid():
         ("validate", {"reference_labels": 3}, "validate.reference_labels"),
         ("augment", {"max_copies_per_image": -1}, "augment.max_copies_per_image"),
         ("augment", {"val_fraction": 0}, "augment.val_fraction"),
-        ("augment", {"target_per_class": 0}, "augment.target_per_class"),
+        ("augment", {"target_per_class": -1}, "augment.target_per_class"),
         ("augment", {"rotation_degrees": 200}, "augment.rotation_degrees"),
         ("serve", {"max_images_per_request": 0}, "serve.max_images_per_request"),
         ("serve", {"max_image_bytes": 10}, "serve.max_image_bytes"),

@@ -117,7 +117,7 @@ def test_evaluate_reports_every_set_logs_registers_and_defends_the_champion(
     assert f"P(melanoma) >= {operating_point['threshold']:.4f}" in card
     assert "Unknown: reports/validation.json was not available." in card
     assert len(first.description) <= DESCRIPTION_LIMIT
-    assert first.description.split("## Evaluation")[0] == card.split("## Evaluation")[0]
+    assert first.description.split("## Training data")[0] == card.split("## Training data")[0]
 
     # Train restored from DVC's run cache: run.json names a run this store never saw. The same
     # model comes back as version 2; re-scored on the same images it ties with v1, whose

@@ -161,3 +161,15 @@ def test_max_copies_per_image_caps_a_tiny_class_below_the_target():
     # Each original gives at most 3 copies, every one a distinct file.
     assert capped["source_image_id"].value_counts().max() == 3
     assert capped["image_path"].is_unique
+
+
+def test_a_target_of_zero_writes_no_copies():
+    train = pd.DataFrame(
+        {
+            "source": ["isic", "isic"],
+            "image_id": ["a1", "b1"],
+            "image_path": ["a/1.png", "b/1.png"],
+            "label": ["nevus", "melanoma"],
+        }
+    )
+    assert plan_copies(train, target_per_class=0, images_dir=Path("aug")).empty
