@@ -148,8 +148,8 @@ def resolve_content(
         if len(subgroup) > 1
     ]
     failures += _apply_duplicate_policy(decided, duplicates, policy.on_duplicate)
-    same_image = _keep_one_copy_per_id(decided)
     near = _group_images(decided, policy.near_duplicate_distance)
+    same_image = _keep_one_copy_per_id(decided)
     excluded, group_failures = _apply_group_leak_policy(decided, policy.on_leak, leaks)
     failures += group_failures
     return ContentChecks(
@@ -317,14 +317,15 @@ def _group_images(decided: pd.DataFrame, max_distance: int | None) -> list[dict]
     else:
         pairs = near_duplicate_pairs(accepted["perceptual_hash"], max_distance)
     decided.loc[accepted.index, "group"] = image_groups(accepted, pairs)
-    first, second = decided.loc[pairs["first"]], decided.loc[pairs["second"]]
+    first, second = (decided.loc[pairs[side]].reset_index() for side in ("first", "second"))
+    first_id, second_id = first["image_id"].map(isic_id), second["image_id"].map(isic_id)
     explained = (
-        (first["pixel_sha256"].to_numpy() == second["pixel_sha256"].to_numpy())
-        | (first["image_id"].map(isic_id).to_numpy() == second["image_id"].map(isic_id).to_numpy())
+        (first["pixel_sha256"] == second["pixel_sha256"])
+        | (first_id.notna() & (first_id == second_id))
         | (
-            (first["lesion_id"].to_numpy() != "")
-            & (first["source"].to_numpy() == second["source"].to_numpy())
-            & (first["lesion_id"].to_numpy() == second["lesion_id"].to_numpy())
+            (first["lesion_id"] != "")
+            & (first["source"] == second["source"])
+            & (first["lesion_id"] == second["lesion_id"])
         )
     )
     return [
@@ -333,7 +334,7 @@ def _group_images(decided: pd.DataFrame, max_distance: int | None) -> list[dict]
             "group": decided.at[pair.first, "group"],
             "files": [_file(decided, pair.first), _file(decided, pair.second)],
         }
-        for pair in pairs[~explained].itertuples()
+        for pair in pairs[~explained.to_numpy()].itertuples()
     ]
 
 
@@ -351,12 +352,13 @@ def _apply_group_leak_policy(
         return [], []
     if action == "fail":
         shared -= {group for rows in pixel_leaks for group in decided.loc[rows, "group"]}
-        examples = sorted(shared)[:3]
+        if not shared:
+            return [], []
         return [], [
             f"{len(shared)} group(s) of one lesion or picture with images in both train and "
-            f"test, and validate.on_leak is fail: groups {examples} (reports/validation.json "
-            "and the group column of the validated manifest name their files)"
-        ] if shared else []
+            f"test, and validate.on_leak is fail: groups {sorted(shared)[:3]} (the group "
+            "column of the validated manifest names their files)"
+        ]
     split = action.removeprefix("drop_from_")
     other = "test" if split == "train" else "train"
     leaving = by_split[split][by_split[split]["group"].isin(shared)]

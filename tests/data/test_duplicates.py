@@ -347,3 +347,18 @@ def test_a_lesion_leak_with_on_leak_fail_names_its_group(ingest_manifest):
     checks = resolve_content(two_sources(ingest_manifest), policy(on_leak="fail"))
     [failure] = checks.policy_failures
     assert "both train and test" in failure and "validate.on_leak is fail" in failure
+
+
+def test_near_duplicates_without_isic_ids_are_reported(ingest_manifest):
+    manifest = ingest_manifest(
+        extra=(
+            dict(split="train", label="nevus", source_path="Train/nevus/a.jpg"),
+            dict(split="train", label="nevus", source_path="Train/nevus/b.jpg"),
+        )
+    )
+    manifest.loc[manifest.index[-2:], "perceptual_hash"] = "0123456789abcdef"
+    checks = resolve_content(manifest, policy(near_duplicate_distance=0))
+    [pair] = checks.near_duplicates
+    assert {f["source_path"] for f in pair["files"]} == {"Train/nevus/a.jpg", "Train/nevus/b.jpg"}
+    groups = checks.manifest.set_index("source_path")["group"]
+    assert groups["Train/nevus/a.jpg"] == groups["Train/nevus/b.jpg"]
