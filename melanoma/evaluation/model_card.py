@@ -17,6 +17,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from melanoma import paths
+from melanoma.config import Params, flatten
+from melanoma.data.manifest import AUGMENTED_COLUMNS, read_manifest
 from melanoma.evaluation.metrics import HEADLINE_METRICS
 from melanoma.evaluation.report import evaluation_sections
 from melanoma.labels import LABELS
@@ -59,6 +62,20 @@ class CardFacts:
     # data/augmented/manifest.csv (label, split, source_image_id, augmented); None if unknown
     images: pd.DataFrame | None = None
     model_name: str = ""
+
+
+def card_facts(params: Params, report: dict, run_info: dict, lineage: dict[str, str]) -> CardFacts:
+    """The facts of the evaluated model, read from the files the pipeline wrote."""
+    return CardFacts(
+        report=report,
+        run_info=run_info,
+        params=flatten(params),
+        lineage=lineage,
+        training=read_json_or_empty(paths.TRAIN_METRICS),
+        validation=read_json_or_empty(paths.VALIDATION_REPORT),
+        images=read_manifest(paths.AUGMENTED_MANIFEST, AUGMENTED_COLUMNS),
+        model_name=params.registry.model_name,
+    )
 
 
 def read_json_or_empty(path: Path) -> dict:

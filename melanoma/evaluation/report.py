@@ -15,8 +15,10 @@ import pandas as pd
 
 from melanoma.config import EvaluateParams, OperatingPoint
 from melanoma.data.dataset import split_rows
+from melanoma.data.manifest import AUGMENTED_COLUMNS, file_sha256, read_manifest
 from melanoma.evaluation.external import ExternalImages
 from melanoma.evaluation.metrics import (
+    images_sha256,
     melanoma_alerts,
     metrics_report,
     plot_confusion_matrix,
@@ -32,6 +34,7 @@ from melanoma.evaluation.operating_point import (
 )
 from melanoma.labels import MELANOMA_INDEX
 from melanoma.model.calibration import calibration_figures, plot_reliability, uncalibrated
+from melanoma.paths import AUGMENTED_MANIFEST
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +77,21 @@ def test_set(manifest: pd.DataFrame, manifest_path: Path) -> EvaluationSet:
 
 def external_set(images: ExternalImages) -> EvaluationSet:
     return EvaluationSet(images.name, images.paths, images.source_paths, images.true)
+
+
+def evaluation_sets(external: list[ExternalImages]) -> list[EvaluationSet]:
+    """The test split of data/augmented/manifest.csv, then each external set."""
+    manifest = read_manifest(AUGMENTED_MANIFEST, AUGMENTED_COLUMNS)
+    return [test_set(manifest, AUGMENTED_MANIFEST), *(external_set(e) for e in external)]
+
+
+def evaluation_lineage(git_commit: str, test: EvaluationSet) -> dict[str, str]:
+    """What the evaluated figures came from: the model card's lineage and the version's tags."""
+    return {
+        "git commit": git_commit,
+        "test images sha256": images_sha256(test.paths, test.true),
+        "augmented manifest sha256": file_sha256(AUGMENTED_MANIFEST),
+    }
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,10 @@ import numpy as np
 from melanoma.config import TrainParams
 from melanoma.data.dataset import make_dataset, split_rows
 from melanoma.data.manifest import AUGMENTED_COLUMNS, read_manifest
+from melanoma.paths import FEATURES_DIR
 
 log = logging.getLogger(__name__)
 
-FEATURES_DIR = Path("data/features")
 KEY_FILE = "key.json"
 ARRAYS_FILE = "features.npz"
 SPLITS = ("train", "val")
