@@ -34,7 +34,7 @@ def evaluated(evaluation_project, tiny_classifier, log_model) -> tuple[str, str]
 
 
 def _versions(client: MlflowClient) -> list[str]:
-    return sorted(v.version for v in client.search_model_versions(f"name='{NAME}'"))
+    return sorted(str(v.version) for v in client.search_model_versions(f"name='{NAME}'"))
 
 
 def test_register_logs_the_evaluation_registers_and_promotes_the_first_model(evaluated):

@@ -204,7 +204,8 @@ def test_the_same_model_keeps_its_version_and_its_decision_is_refreshed(mlflow_p
     # The champion registered again stays champion without being compared with itself.
     same, decision, scored = _register(mlflow_project, champion, STRONG)
     assert (same, decision.promote, scored) == ("1", True, [])
-    assert sorted(v.version for v in client.search_model_versions(f"name='{NAME}'")) == ["1", "2"]
+    versions = client.search_model_versions(f"name='{NAME}'")
+    assert sorted(str(v.version) for v in versions) == ["1", "2"]
     assert json.loads(client.get_registered_model(NAME).tags[HISTORY_TAG]) == ["1"]
 
 
