@@ -19,6 +19,10 @@ from melanoma.labels import LABELS
 from melanoma.model.predict import serving_request
 from melanoma.registry.promotion import Decision, record_decision
 
+# End to end (a `dvc repro` or a server): `make test-fast` leaves it out; `make test` and CI
+# run it.
+pytestmark = pytest.mark.slow
+
 STARTUP_SECONDS = 90
 
 
