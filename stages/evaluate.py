@@ -78,7 +78,7 @@ def main() -> None:
             probabilities,
         )
         temperature = float(run_info.get("temperature", 1.0))
-        report, _ = evaluation_report(
+        report = evaluation_report(
             sets, probabilities, choice, temperature, evaluate, predictions_file, PLOTS_DIR
         )
         METRICS_FILE.write_text(json.dumps(report, indent=2) + "\n")

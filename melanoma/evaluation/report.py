@@ -212,9 +212,9 @@ def write_set_outputs(
     temperature: float,
     predictions_file: Path,
     plots_dir: Path,
-) -> list[Path]:
+) -> None:
     """The set's predictions CSV (every image, with its role) and its plots (of the reporting
-    images); returns the paths written."""
+    images)."""
     table = predictions_table(evaluation_set.names, evaluation_set.true, probabilities, threshold)
     table["role"] = roles
     predictions_file.parent.mkdir(parents=True, exist_ok=True)
@@ -232,7 +232,6 @@ def write_set_outputs(
     plot_melanoma_roc(true, probabilities, threshold, roc, name)
     before = uncalibrated(probabilities, temperature)
     save_figure(plot_reliability(true, probabilities, before, f"Reliability, {name}"), reliability)
-    return [predictions_file, confusion, roc, reliability]
 
 
 def evaluation_report(
@@ -243,9 +242,9 @@ def evaluation_report(
     params: EvaluateParams,
     predictions_file: Callable[[str], Path],
     plots_dir: Path,
-) -> tuple[dict, list[Path]]:
+) -> dict:
     """reports/metrics.json's content (operating point, then a section per set: `test` and
-    `external.<name>`, then warnings), and the per-set files written (predictions CSV at
+    `external.<name>`, then warnings); writes the per-set files (predictions CSV at
     `predictions_file(set name)`, plots in plots_dir)."""
     report = {
         "operating_point": choice.describe(params.operating_point),
@@ -255,7 +254,6 @@ def evaluation_report(
         "external": {},
         "warnings": [],
     }
-    written: list[Path] = []
     threshold = choice.threshold.value
     for evaluation_set in sets:
         name, roles = evaluation_set.name, choice.roles[evaluation_set.name]
@@ -278,7 +276,7 @@ def evaluation_report(
             log.warning("%s", warning)
             report["warnings"].append(warning)
         log.info("%s: %s", name, headline(section))
-        written += write_set_outputs(
+        write_set_outputs(
             evaluation_set,
             probabilities[name],
             roles,
@@ -287,7 +285,7 @@ def evaluation_report(
             predictions_file(name),
             plots_dir,
         )
-    return report, written
+    return report
 
 
 def headline(section: dict) -> str:

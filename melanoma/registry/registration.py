@@ -9,6 +9,7 @@ same model scored twice ties exactly).
 import json
 import logging
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -87,7 +88,7 @@ def evaluated_images(set_names: list[str]) -> ScoredImages:
     )
 
 
-def champion_scorer(params: Params, images: ScoredImages):
+def champion_scorer(params: Params, images: ScoredImages) -> Callable[[str], np.ndarray | None]:
     """score_champion for register_and_decide: the champion's probabilities on evaluate's images
     (the external sets ingested again, into a scratch folder), or None if it cannot be loaded."""
 
