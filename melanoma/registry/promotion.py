@@ -320,12 +320,7 @@ def register_version(model_uri: str, name: str, description: str, tags: dict[str
 
 def existing_version(client: MlflowClient, name: str, run_id: str, model_uri: str) -> str | None:
     """The version of `name` already registered from this run's model at model_uri, if any."""
-    try:
-        found = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
-    except MlflowException as error:
-        if error.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
-            return None
-        raise
+    found = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
     versions = sorted(int(v.version) for v in found if v.source == model_uri)
     return str(versions[0]) if versions else None
 
