@@ -44,7 +44,7 @@ from melanoma.paths import (
 )
 from melanoma.tracking import git_commit
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("stages.evaluate")
 
 
 def main() -> None:

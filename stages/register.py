@@ -15,7 +15,7 @@ from melanoma.registry.promotion import RegistryError
 from melanoma.registry.registration import register_evaluated_model, write_registration
 from melanoma.tracking import git_commit, runs_end_as_killed
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("stages.register")
 
 
 def main() -> None:

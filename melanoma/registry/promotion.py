@@ -101,7 +101,7 @@ def source_run(
     )
     with mlflow.start_run(
         experiment_id=experiment_id,
-        run_name="evaluate (training run not in this store)",
+        run_name="register (training run not in this store)",
         tags={SOURCE_RUN_TAG: run_info["run_id"]},
     ) as run:
         model = keras.saving.load_model(model_file)
