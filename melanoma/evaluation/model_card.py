@@ -2,8 +2,8 @@
 
 `evaluate` writes it from the facts the pipeline recorded (reports/metrics.json, reports/
 train_metrics.json, reports/validation.json, models/run.json, the params, the git commit and
-the data hashes), never a hand-written number, logs it with the MLflow run and makes it the
-registered version's description (MLflow renders Markdown there). Every figure goes through
+the data hashes), never a hand-written number; `register` logs it with the MLflow run and makes
+it the registered version's description (MLflow renders Markdown there). Every figure goes through
 `number` or `with_interval`, so a test can hold each cell against the JSON it came from.
 A fact that is missing (an older validation.json, no train_metrics.json) is said to be missing;
 the card is still written.
@@ -54,7 +54,7 @@ class CardFacts:
     """What the card is written from. Only `report`, `run_info` and `params` are required."""
 
     report: dict  # reports/metrics.json
-    run_info: dict  # models/run.json, with the run id evaluate logged into
+    run_info: dict  # models/run.json, with the run id the evaluation is logged into
     params: dict[str, object]  # flattened params (melanoma.config.flatten)
     lineage: dict[str, str] = field(default_factory=dict)  # git commit, data hashes
     training: dict = field(default_factory=dict)  # reports/train_metrics.json

@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 HISTORY_TAG = "champion_history"
-DECISION_TAG = "promotion_decision"  # promoted | kept: what evaluate decided for the version
+DECISION_TAG = "promotion_decision"  # promoted | kept: what register decided for the version
 REASON_TAG = "promotion_reason"
 # The alert threshold chosen for the version: `melanoma predict` uses it, whatever params say now.
 THRESHOLD_TAG = "melanoma_threshold"
