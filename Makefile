@@ -1,8 +1,9 @@
-# The two set-up commands of the README: `make pipeline` and `make test`.
+# The two set-up commands of the README: `make pipeline` and `make test`; `make test-fast` is the
+# loop to run after each change (everything but the end-to-end tests marked `slow`).
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: pipeline test lint ui
+.PHONY: pipeline test test-fast lint ui
 
 $(BIN)/.installed: requirements.txt pyproject.toml
 	python3 -m venv $(VENV)
@@ -13,8 +14,11 @@ $(BIN)/.installed: requirements.txt pyproject.toml
 pipeline: $(BIN)/.installed  ## run the whole DVC pipeline on the data named in params.yaml
 	PATH=$(CURDIR)/$(BIN):$$PATH dvc repro
 
-test: $(BIN)/.installed  ## run the test suite
+test: $(BIN)/.installed  ## run the whole test suite (what CI runs)
 	PATH=$(CURDIR)/$(BIN):$$PATH pytest
+
+test-fast: $(BIN)/.installed  ## every test but the slow end-to-end ones (dvc repro, queue, bench, servers)
+	PATH=$(CURDIR)/$(BIN):$$PATH pytest -m "not slow"
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .

@@ -35,9 +35,9 @@ from bench.process import run_command
 from bench.project import PROJECT, command_env, copy_project, pin_source_deps
 from bench.seeds import SEED_FIGURES, seed_spread, train_more_seeds
 from bench.source import label_index, split_folder, tiny_external_set, tiny_sources
+from melanoma import paths
 from melanoma.config import DataSource, FolderSource, Params, load_params
 from melanoma.data.manifest import (
-    SOURCES_SUMMARY,
     USE,
     VALIDATED_COLUMNS,
     read_manifest,
@@ -260,7 +260,7 @@ def benchmark(
 
 def accepted_images(copy: Path) -> int:
     """Images ingest accepted in a pipeline copy, all sources together."""
-    return sum(s["accepted"] for s in read_sources_summary(copy / SOURCES_SUMMARY))
+    return sum(s["accepted"] for s in read_sources_summary(copy / paths.SOURCES_SUMMARY))
 
 
 def scaling_run(data_sources: list[DataSource], settings: Settings, work: Path, logs: Path) -> dict:

@@ -29,7 +29,7 @@ SEED_FIGURES = [
 
 
 def registry_decision(copy: Path, tracking_uri: str) -> str:
-    """What evaluate decided for the model trained last in `copy` (promoted | kept)."""
+    """What register decided for the model trained last in `copy` (promoted | kept)."""
     run_id = json.loads((copy / RUN_FILE).read_text())["run_id"]
     return MlflowClient(tracking_uri=tracking_uri).get_run(run_id).data.tags["registry.decision"]
 

@@ -2,7 +2,11 @@
 
 import logging
 import os
+import signal
 import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
@@ -79,3 +83,27 @@ def git_commit() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return f"{commit}-dirty" if dirty else commit
+
+
+@contextmanager
+def runs_end_as_killed() -> Iterator[None]:
+    """While inside, SIGTERM (CI cancelling, `dvc queue kill`) and SIGINT (Ctrl-C) end the active
+    MLflow run as KILLED, then exit with the signal's conventional status (128 + its number).
+
+    Without it a killed stage leaves its run RUNNING in the UI forever: nothing in MLflow ends it.
+    """
+
+    def end_run_and_exit(signal_number: int, _frame: object) -> None:
+        name = signal.Signals(signal_number).name
+        if mlflow.active_run() is not None:
+            log.error("%s: ending MLflow run %s as KILLED", name, mlflow.active_run().info.run_id)
+            mlflow.end_run(status="KILLED")
+        sys.exit(128 + signal_number)
+
+    handled = (signal.SIGTERM, signal.SIGINT)
+    previous = {number: signal.signal(number, end_run_and_exit) for number in handled}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)

@@ -2,7 +2,6 @@
 
 import logging
 import shutil
-from pathlib import Path
 
 from melanoma.config import load_params
 from melanoma.data.augmentation import (
@@ -18,9 +17,7 @@ from melanoma.data.manifest import (
     write_manifest,
 )
 from melanoma.logs import setup_logging
-
-VALIDATED_MANIFEST = Path("data/validated/manifest.csv")
-AUGMENTED_DIR = Path("data/augmented")
+from melanoma.paths import AUGMENTED_DIR, AUGMENTED_MANIFEST, VALIDATED_MANIFEST
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +33,9 @@ def main() -> None:
     shutil.rmtree(AUGMENTED_DIR, ignore_errors=True)
     write_copies(plan.copies, params.augment)
     manifest = augmented_manifest(plan)
-    write_manifest(manifest, AUGMENTED_DIR / "manifest.csv", AUGMENTED_COLUMNS)
+    write_manifest(manifest, AUGMENTED_MANIFEST, AUGMENTED_COLUMNS)
     log_counts(manifest)
-    log.info("wrote %d augmented images and %s", len(plan.copies), AUGMENTED_DIR / "manifest.csv")
+    log.info("wrote %d augmented images and %s", len(plan.copies), AUGMENTED_MANIFEST)
 
 
 if __name__ == "__main__":

@@ -3,14 +3,12 @@ sources.json}."""
 
 import logging
 import sys
-from pathlib import Path
 
 from melanoma.config import load_params
 from melanoma.data.ingest import count_lines, ingest
 from melanoma.data.sources import SourceError
 from melanoma.logs import setup_logging
-
-OUTPUT_DIR = Path("data/ingested")
+from melanoma.paths import INGESTED_DIR as OUTPUT_DIR
 
 log = logging.getLogger("stages.ingest")
 

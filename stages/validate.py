@@ -8,7 +8,6 @@ writing everything when a critical expectation fails or a policy of `fail` meets
 
 import logging
 import sys
-from pathlib import Path
 
 from melanoma.config import load_params
 from melanoma.data.duplicates import resolve_content
@@ -22,11 +21,8 @@ from melanoma.data.validation import (
     write_report,
 )
 from melanoma.logs import setup_logging
-
-INGESTED_MANIFEST = Path("data/ingested/manifest.csv")
-VALIDATED_MANIFEST = Path("data/validated/manifest.csv")
-REPORT = Path("reports/validation.json")
-DATA_DOCS = Path("reports/data_docs")
+from melanoma.paths import DATA_DOCS, INGESTED_MANIFEST, VALIDATED_MANIFEST
+from melanoma.paths import VALIDATION_REPORT as REPORT
 
 log = logging.getLogger("stages.validate")
 

@@ -1,9 +1,11 @@
 """Helpers shared by test modules (fixtures live in conftest.py)."""
 
+import json
 from pathlib import Path
 
 import pandas as pd
 
+from melanoma import paths
 from melanoma.config import TrainParams
 
 
@@ -67,3 +69,14 @@ def table_source_params(path: Path, name: str = "ham", **changes) -> dict:
         "labels": dict(HAM_LABELS),
         **changes,
     }
+
+
+def write_train_outputs(model, run_id: str, model_uri: str, temperature: float = 1.0) -> None:
+    """models/ as the train stage leaves it, for `model` logged in run_id as model_uri."""
+    Path("models").mkdir(exist_ok=True)
+    model.save(paths.MODEL_FILE)
+    paths.RUN_FILE.write_text(
+        json.dumps(
+            {"run_id": run_id, "model_uri": model_uri, "image_size": 16, "temperature": temperature}
+        )
+    )

@@ -72,6 +72,7 @@ def _finite(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+@pytest.mark.slow  # the whole pipeline, twice, in a copy
 def test_quick_benchmark_reports_every_figure_and_its_spread_over_seeds(tmp_path):
     out = tmp_path / "bench.json"
 

@@ -4,8 +4,13 @@ with its params logged so that the MLflow UI compares the runs side by side."""
 import json
 
 import numpy as np
+import pytest
 import yaml
 from mlflow import MlflowClient
+
+# End to end (a `dvc repro` or a server): `make test-fast` leaves it out; `make test` and CI
+# run it.
+pytestmark = pytest.mark.slow
 
 # Both differ from the baseline's params, so DVC's run cache cannot skip their training.
 EXPERIMENTS = {

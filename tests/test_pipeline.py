@@ -14,6 +14,10 @@ from bench.project import command_env, copy_project, override_params
 from melanoma.data.manifest import VALIDATED_COLUMNS, read_manifest
 from tests.helpers import table_source_params, write_table_source
 
+# End to end (a `dvc repro` or a server): `make test-fast` leaves it out; `make test` and CI
+# run it.
+pytestmark = pytest.mark.slow
+
 
 def run(command: list[str], cwd: Path) -> str:
     done = subprocess.run(

@@ -3,6 +3,12 @@
 
 from pathlib import Path
 
+import pytest
+
+# End to end (a `dvc repro` or a server): `make test-fast` leaves it out; `make test` and CI
+# run it.
+pytestmark = pytest.mark.slow
+
 
 def _default_remote(repo) -> Path:
     """Where the repository's default remote is, as `dvc remote list` resolves it."""

@@ -27,6 +27,9 @@ CONFIG = dict(
     max_image_bytes=200_000,
 )
 
+# End to end (a real server): `make test-fast` leaves it out; `make test` and CI run it.
+pytestmark = pytest.mark.slow
+
 
 def _files(folder: Path, image_bytes) -> list[Path]:
     folder.mkdir()

@@ -19,6 +19,7 @@ def _declared_paths(stage: dict) -> list[Path]:
     return [Path(next(iter(e)) if isinstance(e, dict) else e) for e in entries]
 
 
+@pytest.mark.slow  # three stages, Lite0 features and a training
 def test_augment_features_then_train_write_every_declared_output(tiny_project):
     stages = yaml.safe_load(DVC_YAML.read_text())["stages"]
 

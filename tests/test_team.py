@@ -10,6 +10,10 @@ import yaml
 from mlflow import MlflowClient
 from servers import ServerUnavailable, http, mlflow_server, postgres_server
 
+# End to end (a `dvc repro` or a server): `make test-fast` leaves it out; `make test` and CI
+# run it.
+pytestmark = pytest.mark.slow
+
 CURVES = ("loss", "accuracy", "val_loss", "val_accuracy")
 
 

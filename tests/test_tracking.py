@@ -1,7 +1,12 @@
+import os
+import signal
 import subprocess
 from pathlib import Path
 
-from melanoma.tracking import git_commit
+import mlflow
+import pytest
+
+from melanoma.tracking import configure_tracking, git_commit, runs_end_as_killed
 
 
 def _git(*args: str) -> str:
@@ -31,3 +36,24 @@ def test_commit_is_dirty_for_code_changes_not_for_pipeline_outputs(tmp_path, mon
 def test_outside_git_the_commit_is_unknown(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert git_commit() == "unknown"
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_ends_the_active_run_as_killed_and_exits(mlflow_project, signal_number):
+    configure_tracking(mlflow_project.mlflow)
+    before = signal.getsignal(signal_number)
+
+    with pytest.raises(SystemExit) as stopped, runs_end_as_killed(), mlflow.start_run() as run:
+        os.kill(os.getpid(), signal_number)
+
+    assert stopped.value.code == 128 + signal_number
+    assert mlflow.get_run(run.info.run_id).info.status == "KILLED"
+    assert mlflow.active_run() is None
+    assert signal.getsignal(signal_number) is before
+
+
+def test_a_run_that_ends_normally_is_finished(mlflow_project):
+    configure_tracking(mlflow_project.mlflow)
+    with runs_end_as_killed(), mlflow.start_run() as run:
+        pass
+    assert mlflow.get_run(run.info.run_id).info.status == "FINISHED"

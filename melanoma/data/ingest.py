@@ -50,12 +50,12 @@ import pandas as pd
 from tqdm import tqdm
 
 from melanoma.config import DataSource, FolderSource, IngestParams, TableSource
+from melanoma.paths import SOURCES_SUMMARY
 from melanoma.data import images, sources
 from melanoma.data.manifest import (
     ACCEPTED,
     INGEST_COLUMNS,
     REJECTED,
-    SOURCES_SUMMARY,
     write_manifest,
 )
 from melanoma.data.table_sources import MISSING_IMAGE, open_table_source
@@ -64,7 +64,7 @@ log = logging.getLogger(__name__)
 
 IMAGES_DIR = "images"
 MANIFEST_FILE = "manifest.csv"
-SOURCES_FILE = SOURCES_SUMMARY.name
+SOURCES_FILE = SOURCES_SUMMARY.name  # written beside the manifest
 EXTENSIONS = {"png": "png", "jpeg": "jpg"}
 # Never read: refusing these is the point.
 NOT_READ = (

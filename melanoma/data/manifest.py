@@ -35,8 +35,6 @@ INGEST_COLUMNS = [
     "detail",  # human-readable explanation of the rejection
 ]
 ACCEPTED, REJECTED = "accepted", "rejected"
-# What each data source is and gave (melanoma.data.ingest.sources_summary), beside the manifest.
-SOURCES_SUMMARY = Path("data/ingested/sources.json")
 
 # data/validated/manifest.csv adds the validate stage's decision for every row. There `label`
 # is the label used, which the reference may have changed; the folder's stays in folder_label.

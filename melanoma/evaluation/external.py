@@ -26,8 +26,9 @@ import pandas as pd
 from melanoma.config import ExternalSet, IngestParams
 from melanoma.data import sources
 from melanoma.data.ingest import OutputNames, ingest_file
-from melanoma.data.manifest import ACCEPTED, INGEST_COLUMNS, REJECTED
+from melanoma.data.manifest import ACCEPTED, INGEST_COLUMNS, REJECTED, read_manifest
 from melanoma.labels import LABELS, canonical_label
+from melanoma.paths import INGESTED_MANIFEST
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +150,18 @@ def read_external_set(
         counts["excluded"],
     )
     return images
+
+
+def read_external_sets(
+    external_sets: list[ExternalSet], ingest_params: IngestParams, scratch: Path
+) -> list[ExternalImages]:
+    """Every set of `evaluate.external_sets`, checked against the ingested training collection,
+    its images ingested into scratch/<set name>."""
+    collection = read_manifest(INGESTED_MANIFEST, INGEST_COLUMNS)
+    return [
+        read_external_set(external, ingest_params, collection, scratch / external.name)
+        for external in external_sets
+    ]
 
 
 def _exclude_training_images(

@@ -2,8 +2,8 @@
 
 `evaluate` writes it from the facts the pipeline recorded (reports/metrics.json, reports/
 train_metrics.json, reports/validation.json, models/run.json, the params, the git commit and
-the data hashes), never a hand-written number, logs it with the MLflow run and makes it the
-registered version's description (MLflow renders Markdown there). Every figure goes through
+the data hashes), never a hand-written number; `register` logs it with the MLflow run and makes
+it the registered version's description (MLflow renders Markdown there). Every figure goes through
 `number` or `with_interval`, so a test can hold each cell against the JSON it came from.
 A fact that is missing (an older validation.json, no train_metrics.json) is said to be missing;
 the card is still written.
@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from melanoma.data.manifest import images_per_source
+from melanoma import paths
+from melanoma.config import Params, flatten
+from melanoma.data.manifest import AUGMENTED_COLUMNS, images_per_source, read_manifest
 from melanoma.evaluation.metrics import HEADLINE_METRICS
 from melanoma.evaluation.report import evaluation_sections
 from melanoma.labels import LABELS
@@ -52,7 +54,7 @@ class CardFacts:
     """What the card is written from. Only `report`, `run_info` and `params` are required."""
 
     report: dict  # reports/metrics.json
-    run_info: dict  # models/run.json, with the run id evaluate logged into
+    run_info: dict  # models/run.json, with the run id the evaluation is logged into
     params: dict[str, object]  # flattened params (melanoma.config.flatten)
     lineage: dict[str, str] = field(default_factory=dict)  # git commit, data hashes
     training: dict = field(default_factory=dict)  # reports/train_metrics.json
@@ -64,9 +66,24 @@ class CardFacts:
     model_name: str = ""
 
 
-def read_json_or_empty(path: Path) -> dict:
-    """The JSON object in `path`, or {} (with a warning) if it is absent or unreadable: the card
-    then says the fact is unknown instead of failing the stage."""
+def card_facts(params: Params, report: dict, run_info: dict, lineage: dict[str, str]) -> CardFacts:
+    """The facts of the evaluated model, read from the files the pipeline wrote."""
+    return CardFacts(
+        report=report,
+        run_info=run_info,
+        params=flatten(params),
+        lineage=lineage,
+        training=read_json_or_empty(paths.TRAIN_METRICS),
+        validation=read_json_or_empty(paths.VALIDATION_REPORT),
+        images=read_manifest(paths.AUGMENTED_MANIFEST, AUGMENTED_COLUMNS),
+        sources=read_json_or_empty(paths.SOURCES_SUMMARY) or [],
+        model_name=params.registry.model_name,
+    )
+
+
+def read_json_or_empty(path: Path) -> dict | list:
+    """The JSON in `path`, or {} (with a warning) if it is absent or unreadable: the card then
+    says the fact is unknown instead of failing the stage."""
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as error:

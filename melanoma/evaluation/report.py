@@ -15,8 +15,10 @@ import pandas as pd
 
 from melanoma.config import EvaluateParams, OperatingPoint
 from melanoma.data.dataset import split_rows
+from melanoma.data.manifest import AUGMENTED_COLUMNS, file_sha256, read_manifest
 from melanoma.evaluation.external import ExternalImages
 from melanoma.evaluation.metrics import (
+    images_sha256,
     melanoma_alerts,
     metrics_report,
     plot_confusion_matrix,
@@ -32,6 +34,7 @@ from melanoma.evaluation.operating_point import (
 )
 from melanoma.labels import MELANOMA_INDEX
 from melanoma.model.calibration import calibration_figures, plot_reliability, uncalibrated
+from melanoma.paths import AUGMENTED_MANIFEST
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +77,21 @@ def test_set(manifest: pd.DataFrame, manifest_path: Path) -> EvaluationSet:
 
 def external_set(images: ExternalImages) -> EvaluationSet:
     return EvaluationSet(images.name, images.paths, images.source_paths, images.true)
+
+
+def evaluation_sets(external: list[ExternalImages]) -> list[EvaluationSet]:
+    """The test split of data/augmented/manifest.csv, then each external set."""
+    manifest = read_manifest(AUGMENTED_MANIFEST, AUGMENTED_COLUMNS)
+    return [test_set(manifest, AUGMENTED_MANIFEST), *(external_set(e) for e in external)]
+
+
+def evaluation_lineage(git_commit: str, test: EvaluationSet) -> dict[str, str]:
+    """What the evaluated figures came from: the model card's lineage and the version's tags."""
+    return {
+        "git commit": git_commit,
+        "test images sha256": images_sha256(test.paths, test.true),
+        "augmented manifest sha256": file_sha256(AUGMENTED_MANIFEST),
+    }
 
 
 @dataclass(frozen=True)
@@ -234,9 +252,9 @@ def write_set_outputs(
     temperature: float,
     predictions_file: Path,
     plots_dir: Path,
-) -> list[Path]:
+) -> None:
     """The set's predictions CSV (every image, with its role) and its plots (of the reporting
-    images); returns the paths written."""
+    images)."""
     table = predictions_table(evaluation_set.names, evaluation_set.true, probabilities, threshold)
     table["role"] = roles
     predictions_file.parent.mkdir(parents=True, exist_ok=True)
@@ -254,7 +272,6 @@ def write_set_outputs(
     plot_melanoma_roc(true, probabilities, threshold, roc, name)
     before = uncalibrated(probabilities, temperature)
     save_figure(plot_reliability(true, probabilities, before, f"Reliability, {name}"), reliability)
-    return [predictions_file, confusion, roc, reliability]
 
 
 def evaluation_report(
@@ -265,9 +282,9 @@ def evaluation_report(
     params: EvaluateParams,
     predictions_file: Callable[[str], Path],
     plots_dir: Path,
-) -> tuple[dict, list[Path]]:
+) -> dict:
     """reports/metrics.json's content (operating point, then a section per set: `test` and
-    `external.<name>`, then warnings), and the per-set files written (predictions CSV at
+    `external.<name>`, then warnings); writes the per-set files (predictions CSV at
     `predictions_file(set name)`, plots in plots_dir)."""
     report = {
         "operating_point": choice.describe(params.operating_point),
@@ -277,7 +294,6 @@ def evaluation_report(
         "external": {},
         "warnings": [],
     }
-    written: list[Path] = []
     threshold = choice.threshold.value
     for evaluation_set in sets:
         name, roles = evaluation_set.name, choice.roles[evaluation_set.name]
@@ -300,7 +316,7 @@ def evaluation_report(
             log.warning("%s", warning)
             report["warnings"].append(warning)
         log.info("%s: %s", name, headline(section))
-        written += write_set_outputs(
+        write_set_outputs(
             evaluation_set,
             probabilities[name],
             roles,
@@ -309,7 +325,7 @@ def evaluation_report(
             predictions_file(name),
             plots_dir,
         )
-    return report, written
+    return report
 
 
 def headline(section: dict) -> str:

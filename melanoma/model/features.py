@@ -24,11 +24,10 @@ from tqdm import tqdm
 from melanoma.config import TrainParams
 from melanoma.data.dataset import make_dataset, split_rows
 from melanoma.data.manifest import AUGMENTED_COLUMNS, file_sha256, read_manifest
+from melanoma.paths import FEATURE_STORE_DIR, FEATURES_DIR
 
 log = logging.getLogger(__name__)
 
-FEATURES_DIR = Path("data/features")
-STORE_DIR = Path("data/feature_store")
 PARTIAL = ".partial.npz"
 KEY_FILE = "key.json"
 ARRAYS_FILE = "features.npz"
@@ -57,7 +56,7 @@ def write_feature_cache(
     params: TrainParams,
     manifest_path: Path,
     directory: Path = FEATURES_DIR,
-    store_dir: Path = STORE_DIR,
+    store_dir: Path = FEATURE_STORE_DIR,
 ) -> None:
     """Write the features of the train and val rows of the manifest (or only the key, `null`,
     when `params` do not freeze the backbone), computing those `store_dir` lacks."""

@@ -24,11 +24,11 @@ from matplotlib.figure import Figure
 from mlflow.models import Model, ModelSignature, infer_signature
 from mlflow.models.model import ModelInfo
 
+from melanoma import paths
 from melanoma.config import Params, TrainParams, flatten
 from melanoma.data.dataset import make_dataset, split_rows
 from melanoma.data.manifest import (
     AUGMENTED_COLUMNS,
-    SOURCES_SUMMARY,
     file_sha256,
     images_per_source,
     read_manifest,
@@ -43,7 +43,7 @@ from melanoma.model.calibration import (
     fold_temperature,
     rescale,
 )
-from melanoma.model.features import FEATURES_DIR, read_feature_cache
+from melanoma.model.features import read_feature_cache
 from melanoma.tracking import configure_tracking, experiment_run_tags, git_commit
 
 log = logging.getLogger(__name__)
@@ -58,12 +58,11 @@ MODEL_ARTIFACT = "model"
 class TrainOutputs:
     """Where the train stage writes (the outs, metrics and plots of dvc.yaml)."""
 
-    model: Path = Path("models/model.keras")
-    run_info: Path = Path("models/run.json")
-    metrics: Path = Path("reports/train_metrics.json")
-    history: Path = Path("reports/train_history.csv")
-    # Per-image validation probabilities: where an operating threshold is chosen.
-    validation_predictions: Path = Path("reports/validation_predictions.csv")
+    model: Path = paths.MODEL_FILE
+    run_info: Path = paths.RUN_FILE
+    metrics: Path = paths.TRAIN_METRICS
+    history: Path = paths.TRAIN_HISTORY
+    validation_predictions: Path = paths.VALIDATION_PREDICTIONS
 
 
 def set_determinism(seed: int) -> None:
@@ -427,8 +426,8 @@ def run_training(
     params: Params,
     manifest_path: Path,
     outputs: TrainOutputs,
-    features_dir: Path = FEATURES_DIR,
-    sources_file: Path = SOURCES_SUMMARY,
+    features_dir: Path = paths.FEATURES_DIR,
+    sources_file: Path = paths.SOURCES_SUMMARY,
 ) -> dict:
     """Train on the train split, validate on val, track it all in one MLflow run; write outputs.
 

@@ -1,4 +1,4 @@
-"""The MLflow model registry: one version per evaluated model, the `champion` alias for the best.
+"""The MLflow model registry: one version per trained model, the `champion` alias for the best.
 
 Promotion uses aliases only (registry stages are deprecated). The challenger and the champion
 are scored on the same images (the test split and every external set), and the alias moves only
@@ -8,6 +8,11 @@ versions held the alias, in order, is kept in the registered model's tag `champi
 (a JSON list, oldest first), so `rollback` can return to the previous champion and be repeated.
 Each version carries its alert threshold (tag `melanoma_threshold`), which `melanoma predict`
 applies to it.
+
+Registering is idempotent: a model (its run and logged model) that already has a version gets
+that version back, with fresh tags and description, and its decision completed or refreshed. The
+decision tag is written last, so a registration stopped half-way leaves a version without one,
+which the next run of `register` finds and decides.
 """
 
 import json
@@ -42,7 +47,7 @@ log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 HISTORY_TAG = "champion_history"
-DECISION_TAG = "promotion_decision"  # promoted | kept: what evaluate decided for the version
+DECISION_TAG = "promotion_decision"  # promoted | kept: what register decided for the version
 REASON_TAG = "promotion_reason"
 # The alert threshold chosen for the version: `melanoma predict` uses it, whatever params say now.
 THRESHOLD_TAG = "melanoma_threshold"
@@ -50,9 +55,12 @@ MANUAL_TAG = "champion_set_by_hand"  # when and how a person moved the alias to 
 PROMOTED, KEPT = "promoted", "kept"
 # A difference of exactly zero must not pass for a gain on the last bit of a float.
 TOLERANCE = 1e-12
-RUN_INFO_KEYS = ("run_id", "model_uri", "image_size")
 MODEL_URI = re.compile(r"models:/([^/@]+)(?:@([^/]+)|/(\d+))")
 SOURCE_RUN_TAG = "source_run_id"
+# On a run that source_run made: the model it logged there, so a later call finds and reuses it.
+LOGGED_MODEL_TAG = "logged_model_uri"
+# On a version: the trained (Keras) model its served model wraps.
+TRAINED_MODEL_TAG = "trained_model_uri"
 
 
 class RegistryError(Exception):
@@ -65,20 +73,6 @@ class Decision:
     reason: str
 
 
-def read_run_info(path: Path) -> dict:
-    """models/run.json, written by the train stage: which MLflow run and logged model it made."""
-    try:
-        info = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise RegistryError(
-            f"{path}: cannot be read as JSON ({error}); run the train stage"
-        ) from None
-    missing = [key for key in RUN_INFO_KEYS if key not in info]
-    if missing:
-        raise RegistryError(f"{path} lacks {missing}: it was not written by the train stage")
-    return info
-
-
 def source_run(
     run_info: dict, experiment_id: str, model_file: Path, example_image: str
 ) -> tuple[str, str]:
@@ -86,7 +80,7 @@ def source_run(
 
     A fresh store, or a train stage that DVC restored from its run cache, has no such run: then
     a new run, tagged with the missing run id, gets the model file logged (as train logs it, with
-    `example_image` as input example), and is used instead.
+    `example_image` as input example), and is used instead; once, whenever it is asked again.
     """
     try:
         mlflow.get_run(run_info["run_id"])
@@ -94,6 +88,13 @@ def source_run(
     except MlflowException as error:
         if error.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
             raise
+    for earlier in mlflow.search_runs(
+        [experiment_id],
+        filter_string=f"tags.{SOURCE_RUN_TAG} = '{run_info['run_id']}'",
+        output_format="list",
+    ):
+        if LOGGED_MODEL_TAG in earlier.data.tags:
+            return earlier.info.run_id, earlier.data.tags[LOGGED_MODEL_TAG]
     log.warning(
         "training run %s is not in the tracking store %s: logging %s into a new run",
         run_info["run_id"],
@@ -102,12 +103,13 @@ def source_run(
     )
     with mlflow.start_run(
         experiment_id=experiment_id,
-        run_name="evaluate (training run not in this store)",
+        run_name="register (training run not in this store)",
         tags={SOURCE_RUN_TAG: run_info["run_id"]},
     ) as run:
         model = keras.saving.load_model(model_file)
         example = make_dataset([example_image], np.zeros(1, np.int32), model_input_size(model), 1)
         model_uri = log_keras_model(model, next(iter(example))[0].numpy()).model_uri
+        mlflow.set_tag(LOGGED_MODEL_TAG, model_uri)
     return run.info.run_id, model_uri
 
 
@@ -216,19 +218,26 @@ def version_tags(
 
 def register_and_decide(
     model_uri: str,
+    run_id: str,
     params: RegistryParams,
     description: str,
     tags: dict[str, str],
     images: ScoredImages,
     score_champion: Callable[[str], np.ndarray | None],
 ) -> tuple[str, Decision]:
-    """Register the model as a new version; re-score the current champion on the same images
-    with `score_champion(champion_model_uri)` (its probabilities, or None), and promote the new
-    version if `decide_promotion` says so. The decision and its reason are tags of the new
-    version."""
+    """The model's version (`version_for`); re-score the current champion on the same images
+    with `score_champion(champion_model_uri)` (its probabilities, or None), and promote the
+    version if `decide_promotion` says so. The decision and its reason are tags of the version.
+
+    A version that already holds the alias stays champion: it is not compared with itself."""
     client = MlflowClient()
+    version = version_for(client, model_uri, run_id, params.model_name, description, tags)
     champion = champion_version(client, params.model_name)
-    version = register_version(model_uri, params.model_name, description, tags)
+    if champion == version:
+        reason = client.get_model_version(params.model_name, version).tags.get(REASON_TAG)
+        decision = Decision(True, reason or "the champion already: kept as champion")
+        record_decision(client, params.model_name, version, decision)
+        return version, decision
     comparison = None
     if champion is not None:
         old = score_champion(f"models:/{params.model_name}/{champion}")
@@ -311,14 +320,64 @@ def register_version(model_uri: str, name: str, description: str, tags: dict[str
     return version
 
 
+def existing_version(client: MlflowClient, name: str, run_id: str, model_uri: str) -> str | None:
+    """The version of `name` already registered from this run's model at model_uri, if any."""
+    found = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    versions = sorted(int(v.version) for v in found if v.source == model_uri)
+    return str(versions[0]) if versions else None
+
+
+def registered_source(
+    client: MlflowClient, name: str, run_id: str, tags: dict[str, str]
+) -> str | None:
+    """The model source of a version of `name` registered from run_id with these tags' values
+    of TRAINED_MODEL_TAG and THRESHOLD_TAG: the served model already logged for this trained
+    model and threshold, which a re-run registers again instead of logging another."""
+    wanted = {key: tags[key] for key in (TRAINED_MODEL_TAG, THRESHOLD_TAG)}
+    found = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    matching = sorted(
+        (int(v.version), v.source)
+        for v in found
+        if all(v.tags.get(key) == value for key, value in wanted.items())
+    )
+    return matching[0][1] if matching else None
+
+
+def version_for(
+    client: MlflowClient,
+    model_uri: str,
+    run_id: str,
+    name: str,
+    description: str,
+    tags: dict[str, str],
+) -> str:
+    """The version of this model: the one registered before, its description and tags made
+    current, or a new one."""
+    version = existing_version(client, name, run_id, model_uri)
+    if version is None:
+        return register_version(model_uri, name, description, tags)
+    client.update_model_version(name, version, description=description)
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    log.info(
+        "%s version %s already holds %s: its tags and description refreshed",
+        name,
+        version,
+        model_uri,
+    )
+    return version
+
+
 def record_decision(client: MlflowClient, name: str, version: str, decision: Decision) -> None:
-    """Tag the version with the decision; move the alias if it is a promotion."""
+    """Tag the version with the decision; move the alias if it is a promotion.
+
+    The decision tag goes last: a version that has one has its alias settled too."""
+    client.set_model_version_tag(name, version, REASON_TAG, decision.reason)
+    if decision.promote and champion_version(client, name) != version:
+        _set_champion(client, name, version)
     client.set_model_version_tag(
         name, version, DECISION_TAG, PROMOTED if decision.promote else KEPT
     )
-    client.set_model_version_tag(name, version, REASON_TAG, decision.reason)
-    if decision.promote:
-        _set_champion(client, name, version)
     log.info(
         "%s v%s %s: %s", name, version, PROMOTED if decision.promote else KEPT, decision.reason
     )

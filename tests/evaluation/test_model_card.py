@@ -320,6 +320,7 @@ def test_the_figures_table_holds_every_figure_with_its_interval():
     assert {"melanoma_recall", "ece_uncalibrated", "images"} <= {f for _, f in rows}
 
 
+@pytest.mark.slow  # the whole pipeline, `dvc repro`, once per session
 def test_one_pipeline_run_holds_at_most_25_metrics_and_the_card_of_its_facts(pipeline_repo):
     """`dvc repro` on tiny data: train and evaluate log into one run, which keeps to the curves
     and the headline figures; the card is a declared output, written from the run's reports,

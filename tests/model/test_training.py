@@ -137,6 +137,7 @@ def test_calibrate_folds_the_fitted_temperature_into_the_model_or_leaves_it(cali
     assert figures["validation_ece"] <= figures["validation_ece_uncalibrated"] + 1e-12
 
 
+@pytest.mark.slow  # trains twice, for real
 def test_training_run_is_tracked_per_epoch_and_reproducible(augmented_project, tmp_path):
     # With the random levers on: seeded, they must not break reproducibility.
     augmented_project["train"].update(
@@ -263,6 +264,7 @@ def test_the_backbone_steps_at_its_own_learning_rate():
     np.testing.assert_allclose(head_slow, head_same, rtol=1e-6)
 
 
+@pytest.mark.slow  # EfficientNet-Lite0 features, then training
 def test_a_frozen_backbone_trains_its_head_on_cached_features_and_saves_the_whole_model(
     augmented_project, tmp_path
 ):
@@ -303,6 +305,7 @@ def test_a_frozen_backbone_trains_its_head_on_cached_features_and_saves_the_whol
         read_feature_cache(other, {"train": [], "val": []})
 
 
+@pytest.mark.slow  # fine-tunes EfficientNet-Lite0
 def test_fine_tuning_trains_the_top_blocks_only_and_saves_a_plain_keras_model(
     augmented_project, tmp_path
 ):

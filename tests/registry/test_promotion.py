@@ -23,7 +23,6 @@ from melanoma.registry.promotion import (
     decide_promotion,
     paired_bootstrap,
     promote_by_hand,
-    read_run_info,
     register_and_decide,
     register_version,
     registered_threshold,
@@ -121,17 +120,25 @@ def test_undefined_metric_or_unscorable_champion():
 
 @pytest.fixture
 def model_uri(mlflow_project, tiny_classifier, log_model) -> str:
-    """One logged model; registering it again makes another version of the same model."""
+    """One logged model."""
     return log_model(tiny_classifier())[1]
+
+
+@pytest.fixture
+def new_model(mlflow_project, tiny_classifier, log_model):
+    """new_model() logs another model (a training run of its own): (run id, model URI)."""
+    return lambda: log_model(tiny_classifier())
 
 
 TRUE, WEAK = _made_up(signal=0.2, seed=5)
 _, STRONG = _made_up(signal=3.0, seed=5)
 
 
-def _register(mlflow_project, model_uri, challenger, champion_scores=None):
-    """register_and_decide with the champion's probabilities looked up in champion_scores."""
+def _register(mlflow_project, model, challenger, champion_scores=None):
+    """register_and_decide of model (run id, model URI) with the champion's probabilities
+    looked up in champion_scores."""
     scored = []
+    run_id, model_uri = model
 
     def score_champion(uri: str) -> np.ndarray | None:
         scored.append(uri)
@@ -139,6 +146,7 @@ def _register(mlflow_project, model_uri, challenger, champion_scores=None):
 
     version, decision = register_and_decide(
         model_uri,
+        run_id,
         mlflow_project.registry,
         "tiny model",
         {"git_commit": "abc"},
@@ -152,10 +160,10 @@ def _tags(version: str) -> dict[str, str]:
     return MlflowClient().get_model_version(NAME, version).tags
 
 
-def test_registration_and_promotion_rules_in_the_registry(mlflow_project, model_uri):
+def test_registration_and_promotion_rules_in_the_registry(mlflow_project, new_model):
     client = MlflowClient()
 
-    first, decision, scored = _register(mlflow_project, model_uri, WEAK)
+    first, decision, scored = _register(mlflow_project, new_model(), WEAK)
     assert decision.promote and scored == []
     assert champion_version(client, NAME) == first == "1"
     assert _tags(first)[DECISION_TAG] == PROMOTED and _tags(first)["git_commit"] == "abc"
@@ -163,13 +171,13 @@ def test_registration_and_promotion_rules_in_the_registry(mlflow_project, model_
 
     # The champion is re-scored on the same images, not trusted from its tags.
     better, decision, scored = _register(
-        mlflow_project, model_uri, STRONG, {"models:/melanoma-test/1": WEAK}
+        mlflow_project, new_model(), STRONG, {"models:/melanoma-test/1": WEAK}
     )
     assert scored == ["models:/melanoma-test/1"]
     assert decision.promote and champion_version(client, NAME) == better == "2"
 
     worse, decision, _ = _register(
-        mlflow_project, model_uri, WEAK, {"models:/melanoma-test/2": STRONG}
+        mlflow_project, new_model(), WEAK, {"models:/melanoma-test/2": STRONG}
     )
     assert not decision.promote and champion_version(client, NAME) == "2"
     assert _tags(worse)[DECISION_TAG] == KEPT
@@ -178,24 +186,47 @@ def test_registration_and_promotion_rules_in_the_registry(mlflow_project, model_
     assert json.loads(client.get_registered_model(NAME).tags[HISTORY_TAG]) == ["1", "2"]
 
 
-def test_margin_comes_from_the_registry_params(mlflow_project, model_uri):
+def test_the_same_model_keeps_its_version_and_its_decision_is_refreshed(mlflow_project, new_model):
+    client = MlflowClient()
+    champion = new_model()
+    _register(mlflow_project, champion, STRONG)
+    challenger = new_model()
+    first, decision, _ = _register(
+        mlflow_project, challenger, WEAK, {"models:/melanoma-test/1": STRONG}
+    )
+    assert (first, decision.promote) == ("2", False)
+
+    # Registered again (evaluate ran again): the same version, compared again, tags refreshed.
+    again, decision, scored = _register(
+        mlflow_project, challenger, WEAK, {"models:/melanoma-test/1": STRONG}
+    )
+    assert again == first and not decision.promote and scored == ["models:/melanoma-test/1"]
+    # The champion registered again stays champion without being compared with itself.
+    same, decision, scored = _register(mlflow_project, champion, STRONG)
+    assert (same, decision.promote, scored) == ("1", True, [])
+    versions = client.search_model_versions(f"name='{NAME}'")
+    assert sorted(str(v.version) for v in versions) == ["1", "2"]
+    assert json.loads(client.get_registered_model(NAME).tags[HISTORY_TAG]) == ["1"]
+
+
+def test_margin_comes_from_the_registry_params(mlflow_project, new_model):
     true, probabilities = _made_up(seed=6)
     _, better = _made_up(signal=2.0, seed=6)
     images = _images(true, better)
     gain = paired_bootstrap("melanoma_auc", images, probabilities, PROMOTION).low
     params = mlflow_project.registry.model_copy(update={"min_improvement": gain + 0.05})
-    register_and_decide(model_uri, params, "d", {}, images, lambda uri: None)
+    register_and_decide(*new_model(), params, "d", {}, images, lambda uri: None)
     version, decision = register_and_decide(
-        model_uri, params, "d", {}, images, lambda uri: probabilities
+        *new_model(), params, "d", {}, images, lambda uri: probabilities
     )
     assert not decision.promote
     assert champion_version(MlflowClient(), NAME) == "1"
 
 
-def test_promote_by_hand_then_roll_back(mlflow_project, model_uri):
+def test_promote_by_hand_then_roll_back(mlflow_project, new_model):
     client = MlflowClient()
     for _ in range(3):  # v1 champion; v2 and v3 kept (identical)
-        _register(mlflow_project, model_uri, WEAK, {"models:/melanoma-test/1": WEAK})
+        _register(mlflow_project, new_model(), WEAK, {"models:/melanoma-test/1": WEAK})
 
     assert promote_by_hand(client, NAME, "3") == "1"
     assert champion_version(client, NAME) == "3"
@@ -210,21 +241,21 @@ def test_promote_by_hand_then_roll_back(mlflow_project, model_uri):
         rollback(client, NAME)
 
 
-def test_manual_actions_refuse_what_cannot_be_done(mlflow_project, model_uri):
+def test_manual_actions_refuse_what_cannot_be_done(mlflow_project, new_model):
     client = MlflowClient()
     with pytest.raises(RegistryError, match="no champion"):
         rollback(client, NAME)
-    _register(mlflow_project, model_uri, WEAK)
+    _register(mlflow_project, new_model(), WEAK)
     with pytest.raises(RegistryError, match="no version 7"):
         promote_by_hand(client, NAME, "7")
     with pytest.raises(RegistryError, match="already the champion"):
         promote_by_hand(client, NAME, "1")
 
 
-def test_alias_moved_outside_is_kept_in_the_history(mlflow_project, model_uri):
+def test_alias_moved_outside_is_kept_in_the_history(mlflow_project, new_model):
     client = MlflowClient()
     for _ in range(3):
-        _register(mlflow_project, model_uri, WEAK, {"models:/melanoma-test/1": WEAK})
+        _register(mlflow_project, new_model(), WEAK, {"models:/melanoma-test/1": WEAK})
     client.set_registered_model_alias(NAME, "champion", "2")  # e.g. in the MLflow UI
     promote_by_hand(client, NAME, "3")
     assert rollback(client, NAME) == ("3", "2")
@@ -258,15 +289,6 @@ def test_missing_training_run_gets_a_new_run_with_the_model_file(
     loaded = mlflow.keras.load_model(uri)
     images = np.zeros((2, 16, 16, 3), np.uint8)
     np.testing.assert_allclose(loaded.predict(images, verbose=0), model.predict(images, verbose=0))
-
-
-def test_run_info_must_come_from_train(tmp_path):
-    path = tmp_path / "run.json"
-    path.write_text(json.dumps({"run_id": "x"}))
-    with pytest.raises(RegistryError, match="lacks"):
-        read_run_info(path)
-    with pytest.raises(RegistryError, match="cannot be read"):
-        read_run_info(tmp_path / "missing.json")
 
 
 def test_champion_is_rescored_on_the_same_images(

@@ -1,0 +1,44 @@
+"""Every file and folder the pipeline's stages hand each other, relative to the project root.
+
+dvc.yaml names the same paths as the stages' deps and outs; tests/test_dvc_yaml.py holds the
+two together, so a path renamed here and not there fails a test instead of a `dvc repro`.
+"""
+
+from pathlib import Path
+
+INGESTED_DIR = Path("data/ingested")
+INGESTED_MANIFEST = INGESTED_DIR / "manifest.csv"
+# What each data source is and gave (melanoma.data.ingest.sources_summary), beside the manifest.
+SOURCES_SUMMARY = INGESTED_DIR / "sources.json"
+VALIDATED_MANIFEST = Path("data/validated/manifest.csv")
+VALIDATION_REPORT = Path("reports/validation.json")
+DATA_DOCS = Path("reports/data_docs")
+AUGMENTED_DIR = Path("data/augmented")
+AUGMENTED_MANIFEST = AUGMENTED_DIR / "manifest.csv"
+FEATURES_DIR = Path("data/features")
+# Features by image content, kept across runs (melanoma.model.features.FeatureStore).
+FEATURE_STORE_DIR = Path("data/feature_store")
+
+MODEL_FILE = Path("models/model.keras")
+RUN_FILE = Path("models/run.json")  # which MLflow run and logged model `train` made
+TRAIN_METRICS = Path("reports/train_metrics.json")
+TRAIN_HISTORY = Path("reports/train_history.csv")
+# Per-image validation probabilities: where an operating threshold is chosen.
+VALIDATION_PREDICTIONS = Path("reports/validation_predictions.csv")
+
+METRICS_FILE = Path("reports/metrics.json")
+PREDICTIONS_FILE = Path("reports/predictions.csv")  # the test split's
+EXTERNAL_DIR = Path("reports/external")  # <set>/predictions.csv and <set>/files.csv
+PLOTS_DIR = Path("reports/plots")
+GALLERY_FILE = Path("reports/melanoma_gallery.png")
+MODEL_CARD = Path("reports/model_card.md")
+
+REGISTRATION_FILE = Path("reports/registration.json")  # the version `register` made or found
+
+
+def external_predictions(set_name: str) -> Path:
+    return EXTERNAL_DIR / set_name / "predictions.csv"
+
+
+def external_files(set_name: str) -> Path:
+    return EXTERNAL_DIR / set_name / "files.csv"

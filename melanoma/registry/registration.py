@@ -1,0 +1,211 @@
+"""Stage `register`'s logic: what `evaluate` wrote goes to the model's MLflow run, the model gets
+its registry version (one per trained model) and the promotion decision.
+
+The challenger's probabilities are those of evaluate's predictions files; the champion is scored
+again on the same images and rounded as those files round, so the two are compared alike (the
+same model scored twice ties exactly).
+"""
+
+import json
+import logging
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+from mlflow import MlflowClient
+
+from melanoma import paths
+from melanoma.config import Params, flatten
+from melanoma.evaluation.external import read_external_sets
+from melanoma.evaluation.metrics import read_predictions
+from melanoma.evaluation.model_card import (
+    card_facts,
+    figures_table,
+    registry_description,
+)
+from melanoma.evaluation.report import (
+    TEST,
+    EvaluationSet,
+    evaluation_lineage,
+    evaluation_sections,
+    evaluation_sets,
+    tracked_metrics,
+)
+from melanoma.model.run_info import read_run_info
+from melanoma.model.serving import log_served_model, serving_config
+from melanoma.registry.promotion import (
+    KEPT,
+    PROMOTED,
+    TRAINED_MODEL_TAG,
+    RegistryError,
+    ScoredImages,
+    champion_probabilities,
+    register_and_decide,
+    registered_source,
+    source_run,
+    version_tags,
+)
+from melanoma.tracking import configure_tracking
+
+log = logging.getLogger(__name__)
+
+# The per-class figures and interval bounds of every set, one table (not metrics) in the run.
+FIGURES_TABLE_ARTIFACT = "evaluation/figures.json"
+# The digits of the probabilities in evaluate's predictions files.
+PROBABILITY_DIGITS = 6
+
+
+@dataclass(frozen=True)
+class Registration:
+    """reports/registration.json: the version `register` made or found, and its decision."""
+
+    model_name: str
+    version: str
+    decision: str  # promoted | kept
+    reason: str
+    run_id: str
+    model_uri: str
+
+
+def read_report(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise RegistryError(f"{path}: cannot be read as JSON ({error}); run `evaluate`") from None
+
+
+def predictions_file(set_name: str) -> Path:
+    return paths.PREDICTIONS_FILE if set_name == TEST else paths.external_predictions(set_name)
+
+
+def evaluated_images(set_names: list[str]) -> ScoredImages:
+    """The images of every evaluation set with the challenger's probabilities, as evaluate's
+    predictions files hold them (every image, the threshold-choosing half included)."""
+    parts = [(name, *read_predictions(predictions_file(name))) for name in set_names]
+    return ScoredImages(
+        true=np.concatenate([true for _, true, _ in parts]),
+        probabilities=np.concatenate([probabilities for _, _, probabilities in parts]),
+        sets=np.concatenate([[name] * len(true) for name, true, _ in parts]),
+    )
+
+
+def champion_scorer(params: Params, images: ScoredImages) -> Callable[[str], np.ndarray | None]:
+    """score_champion for register_and_decide: the champion's probabilities on evaluate's images
+    (the external sets ingested again, into a scratch folder), or None if it cannot be loaded."""
+
+    def score(champion_uri: str) -> np.ndarray | None:
+        with tempfile.TemporaryDirectory(prefix="external-") as scratch:
+            external = read_external_sets(
+                params.evaluate.external_sets, params.ingest, Path(scratch)
+            )
+            sets = evaluation_sets(external)
+            check_same_images(sets, images)
+            probabilities = champion_probabilities(
+                champion_uri,
+                [path for s in sets for path in s.paths],
+                images.true,
+                params.train.batch_size,
+            )
+        return None if probabilities is None else probabilities.round(PROBABILITY_DIGITS)
+
+    return score
+
+
+def check_same_images(sets: list[EvaluationSet], images: ScoredImages) -> None:
+    for evaluation_set in sets:
+        listed = images.true[images.sets == evaluation_set.name]
+        if not np.array_equal(listed, evaluation_set.true):
+            raise RegistryError(
+                f"{predictions_file(evaluation_set.name)} does not list the images of set "
+                f"{evaluation_set.name} as they are now: run `evaluate` again"
+            )
+
+
+def log_evaluation(params: Params, report: dict) -> None:
+    """evaluate's figures, plots and card, into the active run."""
+    # Tags, not params: evaluate may run again on the same training run with other values.
+    mlflow.set_tags(
+        flatten(params.evaluate, "evaluate.")
+        | flatten(params.registry, "registry.")
+        | {"evaluate.warnings": "; ".join(report["warnings"]) or "none"}
+    )
+    mlflow.log_metrics(tracked_metrics(report))
+    # log_dict, not log_table: log_table appends to an existing file, and evaluate may run
+    # again on the same run. The content is log_table's: {"columns": [...], "data": [...]}.
+    mlflow.log_dict(figures_table(report), FIGURES_TABLE_ARTIFACT)
+    for path in (paths.METRICS_FILE, paths.PREDICTIONS_FILE, paths.GALLERY_FILE, paths.MODEL_CARD):
+        mlflow.log_artifact(str(path), artifact_path="evaluation")
+    mlflow.log_artifacts(str(paths.PLOTS_DIR), artifact_path="evaluation")
+    if paths.EXTERNAL_DIR.is_dir():
+        mlflow.log_artifacts(str(paths.EXTERNAL_DIR), artifact_path="evaluation/external")
+
+
+def log_served(params: Params, report: dict, example_file: Path) -> str:
+    """Log the served model of the trained model file, with the report's threshold, into the
+    active run; return its model URI."""
+    model = keras.saving.load_model(paths.MODEL_FILE)
+    threshold = report["operating_point"]["threshold"]
+    return log_served_model(model, serving_config(params, threshold), example_file).model_uri
+
+
+def register_evaluated_model(params: Params, git_commit: str) -> Registration:
+    """Log the evaluation to the model's run, give the model its version with the model card as
+    description, and decide its promotion against the champion."""
+    run_info = read_run_info(paths.RUN_FILE)
+    report = read_report(paths.METRICS_FILE)
+    experiment_id = configure_tracking(params.mlflow)
+    test = evaluation_sets([])[0]
+    run_id, model_uri = source_run(run_info, experiment_id, paths.MODEL_FILE, test.paths[0])
+    lineage = evaluation_lineage(git_commit, test)
+    facts = card_facts(
+        params, report, run_info | {"run_id": run_id, "model_uri": model_uri}, lineage
+    )
+    images = evaluated_images([name for name, _ in evaluation_sections(report)])
+    tags = version_tags(
+        report,
+        run_id,
+        lineage["test images sha256"],
+        lineage["augmented manifest sha256"],
+        lineage["git commit"],
+    ) | {TRAINED_MODEL_TAG: model_uri}
+    with mlflow.start_run(run_id=run_id):
+        log_evaluation(params, report)
+        # What the version points to is the served model, which carries the alert threshold:
+        # logged once per trained model and threshold, registered again on a re-run.
+        served_uri = registered_source(
+            MlflowClient(), params.registry.model_name, run_id, tags
+        ) or log_served(params, report, Path(test.paths[0]))
+        version, decision = register_and_decide(
+            served_uri,
+            run_id,
+            params.registry,
+            registry_description(facts),
+            tags,
+            images,
+            champion_scorer(params, images),
+        )
+        registration = Registration(
+            model_name=params.registry.model_name,
+            version=version,
+            decision=PROMOTED if decision.promote else KEPT,
+            reason=decision.reason,
+            run_id=run_id,
+            model_uri=served_uri,
+        )
+        mlflow.set_tags(
+            {
+                "registry.version": version,
+                "registry.decision": registration.decision,
+                "registry.reason": decision.reason,
+            }
+        )
+    return registration
+
+
+def write_registration(registration: Registration, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(asdict(registration), indent=2) + "\n")
