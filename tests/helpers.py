@@ -3,10 +3,12 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from melanoma import paths
 from melanoma.config import TrainParams
+from melanoma.labels import LABELS, MELANOMA_INDEX
 
 
 def train_params(**overrides) -> TrainParams:
@@ -80,3 +82,12 @@ def write_train_outputs(model, run_id: str, model_uri: str, temperature: float =
             {"run_id": run_id, "model_uri": model_uri, "image_size": 16, "temperature": temperature}
         )
     )
+
+
+def melanoma_scores(melanoma: list[float], other: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Labels (melanoma, then nevus) and probabilities whose P(melanoma) are the given scores."""
+    true = np.array([MELANOMA_INDEX] * len(melanoma) + [LABELS.index("nevus")] * len(other))
+    probabilities = np.zeros((len(true), len(LABELS)))
+    probabilities[:, MELANOMA_INDEX] = melanoma + other
+    probabilities[:, LABELS.index("nevus")] = 1 - probabilities[:, MELANOMA_INDEX]
+    return true, probabilities

@@ -9,16 +9,9 @@ from melanoma.evaluation.operating_point import (
     split_halves,
 )
 from melanoma.labels import LABELS, MELANOMA_INDEX
+from tests.helpers import melanoma_scores
 
 NEVUS = LABELS.index("nevus")
-
-
-def _scores(melanoma: list[float], other: list[float]) -> tuple[np.ndarray, np.ndarray]:
-    true = np.array([MELANOMA_INDEX] * len(melanoma) + [NEVUS] * len(other))
-    probabilities = np.zeros((len(true), len(LABELS)))
-    probabilities[:, MELANOMA_INDEX] = melanoma + other
-    probabilities[:, NEVUS] = 1 - probabilities[:, MELANOMA_INDEX]
-    return true, probabilities
 
 
 def test_bounds_are_the_exact_one_sided_clopper_pearson_bounds():
@@ -33,7 +26,7 @@ def test_bounds_are_the_exact_one_sided_clopper_pearson_bounds():
 
 def test_threshold_is_the_highest_whose_lower_bound_reaches_the_target():
     melanoma = list(np.linspace(0.99, 0.30, 40))  # 40 melanomas, all distinct scores
-    true, probabilities = _scores(melanoma, [0.5, 0.2, 0.1])
+    true, probabilities = melanoma_scores(melanoma, [0.5, 0.2, 0.1])
 
     chosen = choose_threshold(true, probabilities, target=0.85, confidence=0.95)
 
@@ -48,20 +41,20 @@ def test_threshold_is_the_highest_whose_lower_bound_reaches_the_target():
 
 
 def test_too_few_melanomas_catch_them_all_and_say_the_target_is_out_of_reach():
-    true, probabilities = _scores([0.9, 0.6, 0.4, 0.3, 0.2], [0.1])
+    true, probabilities = melanoma_scores([0.9, 0.6, 0.4, 0.3, 0.2], [0.1])
     chosen = choose_threshold(true, probabilities, target=0.85, confidence=0.95)
     assert not chosen.target_reachable
     assert chosen.value == pytest.approx(0.2) and chosen.caught == 5
 
 
 def test_ties_count_every_melanoma_at_the_threshold():
-    true, probabilities = _scores([0.8] * 30 + [0.1] * 10, [0.05])
+    true, probabilities = melanoma_scores([0.8] * 30 + [0.1] * 10, [0.05])
     chosen = choose_threshold(true, probabilities, target=0.5, confidence=0.95)
     assert chosen.value == pytest.approx(0.8) and chosen.caught == 30
 
 
 def test_no_melanoma_cannot_choose():
-    true, probabilities = _scores([], [0.3, 0.2])
+    true, probabilities = melanoma_scores([], [0.3, 0.2])
     with pytest.raises(ValueError, match="no melanoma"):
         choose_threshold(true, probabilities, 0.85, 0.95)
 

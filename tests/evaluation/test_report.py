@@ -3,25 +3,17 @@ import numpy as np
 from melanoma.config import OperatingPoint
 from melanoma.evaluation.operating_point import choose_threshold, split_halves
 from melanoma.evaluation.report import EvaluationSet, threshold_rules
-from melanoma.labels import LABELS, MELANOMA_INDEX
-
-NEVUS = LABELS.index("nevus")
-
-
-def scored(melanoma_scores: list[float], nevus_scores: list[float]):
-    """Labels and probabilities whose P(melanoma) are the given scores."""
-    true = np.array([MELANOMA_INDEX] * len(melanoma_scores) + [NEVUS] * len(nevus_scores))
-    probabilities = np.zeros((len(true), len(LABELS)))
-    probabilities[:, MELANOMA_INDEX] = melanoma_scores + nevus_scores
-    probabilities[:, NEVUS] = 1 - probabilities[:, MELANOMA_INDEX]
-    return true, probabilities
+from melanoma.labels import MELANOMA_INDEX
+from tests.helpers import melanoma_scores
 
 
 def test_each_rule_is_judged_on_the_reporting_half_it_never_saw():
     # Validation melanomas score high; on the external set every score is lower (a shift).
-    validation = scored([0.9, 0.85, 0.8, 0.75, 0.7] * 4, [0.2] * 20)
+    validation = melanoma_scores([0.9, 0.85, 0.8, 0.75, 0.7] * 4, [0.2] * 20)
     rng = np.random.default_rng(0)
-    true, probabilities = scored(list(rng.uniform(0.2, 0.6, 40)), list(rng.uniform(0.0, 0.4, 40)))
+    true, probabilities = melanoma_scores(
+        list(rng.uniform(0.2, 0.6, 40)), list(rng.uniform(0.0, 0.4, 40))
+    )
     external = EvaluationSet("ext", [""] * len(true), [""] * len(true), true)
     params = OperatingPoint(target_sensitivity=0.8, confidence=0.9)
 
