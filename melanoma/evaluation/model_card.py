@@ -236,8 +236,9 @@ def training_data(facts: CardFacts) -> list[str]:
         "",
         "Every source of `data.sources`, with the images each gave after validate's decisions "
         "(one copy per ISIC id, no lesion on both sides of a split). The augment stage split "
-        "the training images into train and validation, whole lesions at a time, and balanced "
-        "train with augmented copies; the sources' test folders are the test split.",
+        "the training images into train and validation, whole lesions at a time, and added "
+        "augmented copies to the classes below `augment.target_per_class`; the sources' test "
+        "folders are the test split.",
         "",
         *data_sources(facts),
         "",
