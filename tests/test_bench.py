@@ -10,6 +10,7 @@ import yaml
 
 from bench.pipeline import changed_metrics, stages_run
 from bench.project import PROJECT, copy_project, override_params, pin_source_deps
+from bench.run import scaling_rows
 
 BOTH_SIDES = {
     "epochs_run",
@@ -77,10 +78,7 @@ def test_quick_benchmark_reports_every_figure_and_its_spread_over_seeds(tmp_path
     out = tmp_path / "bench.json"
 
     done = subprocess.run(
-        [
-            *(sys.executable, "-m", "bench.run", "--quick", "--seeds", "2", "--out", str(out)),
-            *("--scaling", "isic_collection"),
-        ],
+        [sys.executable, "-m", "bench.run", "--quick", "--seeds", "2", "--out", str(out)],
         cwd=PROJECT,
         capture_output=True,
         text=True,
@@ -91,17 +89,9 @@ def test_quick_benchmark_reports_every_figure_and_its_spread_over_seeds(tmp_path
     results = json.loads(out.read_text())
     rows = {row["key"]: row for row in results["table"]}
     yes_no = {"reproducible", "champion_kept_over_seeds"}
-    scaling = {f"scaling_{key}" for key in OURS_ONLY if "repro_seconds" in key or "stage" in key}
-    assert (
-        set(rows)
-        == (BOTH_SIDES | WITH_INTERVALS | OURS_ONLY | SET_FIGURES | CALIBRATION | RULES | yes_no)
-        | scaling
+    assert set(rows) == (
+        BOTH_SIDES | WITH_INTERVALS | OURS_ONLY | SET_FIGURES | CALIBRATION | RULES | yes_no
     )
-    # Each stage timed on the collection alone, then on both sources, in the same run.
-    assert results["scaling"]["sources"] == ["isic_collection"]
-    assert results["scaling"]["accepted_images"] < results["ours"]["accepted_images"]
-    for key in scaling:
-        assert _finite(rows[key]["ours"]) and rows[key]["ours"] > 0, rows[key]
     for key in BOTH_SIDES | WITH_INTERVALS:
         assert _finite(rows[key]["reference"]) and _finite(rows[key]["ours"]), rows[key]
     for key in WITH_INTERVALS:
@@ -201,3 +191,33 @@ def test_pin_source_deps_makes_ingest_depend_on_each_source(tmp_path):
     sources, others = ingest_deps(dvc_yaml)
     assert sources == [f"${{data.sources[{i}].path}}" for i in range(3)]
     assert others == ingest_deps(PROJECT / "dvc.yaml")[1]
+
+
+def test_scaling_rows_give_each_stage_s_growth_from_the_subset_to_all_sources():
+    subset = {
+        "sources": ["isic_collection"],
+        "accepted_images": 2000,
+        "stage_seconds": {"ingest": 10.0, "train": 20.0},
+        "full_repro_seconds": 30.0,
+        "noop_repro_seconds": 2.0,
+        "head_only_repro_seconds": 20.0,
+    }
+    everything = {
+        "accepted_images": 10000,
+        "stage_seconds": {"ingest": 50.0, "train": 30.0},
+        "full_repro_seconds": 80.0,
+        "noop_repro_seconds": 3.0,
+        "head_only_repro_seconds": 30.0,
+    }
+
+    rows = {row["key"]: row for row in scaling_rows(subset, everything)}
+
+    assert {key: row["ours"] for key, row in rows.items()} == {
+        "scaling_stage_seconds_ingest": 5.0,
+        "scaling_stage_seconds_train": 1.5,
+        "scaling_full_repro_seconds": 80 / 30,
+        "scaling_noop_repro_seconds": 1.5,
+        "scaling_head_only_repro_seconds": 1.5,
+    }
+    ingest = rows["scaling_stage_seconds_ingest"]["figure"]
+    assert "2000 images (isic_collection) -> 10000" in ingest and "10.0 s -> 50.0 s" in ingest

@@ -105,3 +105,13 @@ def test_every_pipeline_path_is_in_dvc_yaml():
         return any(path == entry or path.startswith(f"{entry}/") for entry in named)
 
     assert {n: p for n, p in pipeline_paths.items() if not in_dvc_yaml(p)} == {}
+
+
+def test_ingest_depends_on_the_folder_of_every_source_of_the_params():
+    # DVC cannot expand a list into deps: dvc.yaml names each source by its index, and a
+    # source added to params.yaml without its line would not re-run ingest when it changes.
+    deps = STAGES["ingest"]["deps"]
+    sources = yaml.safe_load((ROOT / "params.yaml").read_text())["data"]["sources"]
+    assert [d for d in deps if d.startswith("${data.sources")] == [
+        f"${{data.sources[{i}].path}}" for i in range(len(sources))
+    ]
