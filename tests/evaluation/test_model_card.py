@@ -13,7 +13,7 @@ import yaml
 from mlflow import MlflowClient
 
 from melanoma.config import OperatingPoint, flatten, parse_params
-from melanoma.data.manifest import AUGMENTED_COLUMNS, read_manifest
+from melanoma.data.manifest import AUGMENTED_COLUMNS, images_per_source, read_manifest
 from melanoma.evaluation.model_card import (
     CARD_FIGURES,
     DESCRIPTION_LIMIT,
@@ -220,12 +220,16 @@ def assert_every_number_is_a_fact(card: str, facts: CardFacts) -> None:
     decimals shown, a number of the facts, a count of the manifest, or one of the card's two
     cut-offs: no hand-written figure."""
     known: set[float] = set()
-    for fact in (facts.report, facts.training, facts.validation, facts.run_info, facts.params):
+    facts_read = (facts.report, facts.training, facts.validation, facts.run_info, facts.params)
+    for fact in (*facts_read, facts.sources):
         _fact_numbers(fact, known)
     if facts.images is not None:
         augmented = facts.images["augmented"].astype(str).str.lower() == "true"
         counts = facts.images[~augmented].groupby(["label", "split"]).size().tolist()
         counts += facts.images[augmented].groupby("label").size().tolist()
+        if facts.sources:
+            per_source = images_per_source(facts.images).groupby(level="source").sum()
+            counts += per_source.stack().tolist()
         _fact_numbers(counts, known)
     _fact_numbers([len(v) for v in facts.validation.values() if isinstance(v, list)], known)
     known |= {0.0, float(OLD_ARCHIVE_IDS_BELOW), float(FEW_IMAGES)}
@@ -359,6 +363,7 @@ def test_one_pipeline_run_holds_at_most_25_metrics_and_the_card_of_its_facts(pip
         training=training,
         validation=validation,
         images=read_manifest(root / "data/augmented/manifest.csv", AUGMENTED_COLUMNS),
+        sources=json.loads((root / "data/ingested/sources.json").read_text()),
     )
     assert_every_number_is_a_fact(card, facts)
     version = client.search_model_versions(f"run_id='{run.info.run_id}'")[0]
