@@ -1,6 +1,6 @@
-"""The registered model served by MLflow's own scoring server, as the README shows it: image
-files in (base64, the body `melanoma request` writes) or pixels, answers with the alert out, and
-every bad request refused with a message, without harming the next one."""
+"""The registered model served by MLflow's own scoring server, as docs/registry-and-serving.md
+shows it: image files in (base64, the body `melanoma request` writes) or pixels, answers with
+the alert out, and every bad request refused with a message, without harming the next one."""
 
 import base64
 import io

@@ -112,7 +112,7 @@ def test_basic_auth_refuses_requests_without_credentials(tmp_path, monkeypatch):
         experiment_id = MlflowClient(url).create_experiment("made-with-credentials")
         assert MlflowClient(url).get_experiment(experiment_id).name == "made-with-credentials"
 
-        # Changing the admin password, as the README shows with curl.
+        # Changing the admin password, as docs/team.md shows with curl.
         status, answer = http(
             "PATCH",
             f"{url}/api/2.0/mlflow/users/update-password",
