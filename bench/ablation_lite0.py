@@ -115,7 +115,7 @@ def run(name: str) -> dict:
         # One cache per input size, as DVC's run cache would keep them.
         features_dir = RESULTS / f"features_{params.train.image_size}"
         if not (features_dir / "features.npz").is_file():
-            write_feature_cache(params.train, MANIFEST, features_dir)
+            write_feature_cache(params.train, params.preprocess, MANIFEST, features_dir)
             features_seconds = time.perf_counter() - started
     else:
         features_dir = RESULTS / "unused"

@@ -245,6 +245,22 @@ class TrainParams(_Section):
     early_stopping_patience: int = Field(ge=0, description="0 turns early stopping off")
     reduce_lr_patience: int = Field(ge=0, description="0 turns learning-rate reduction off")
     reduce_lr_factor: float = Field(0.5, gt=0, lt=1)
+    views: Literal[1, 2, 4, 8] = Field(
+        1,
+        description="with cached features (freeze all or n): exact views of each training image "
+        "cached and trained on every epoch: 1 the image, 2 + its mirror, 4 + both flips and "
+        "the half turn, 8 + the quarter turns and transposes",
+    )
+    train_batch_norm: bool = Field(
+        False,
+        description="freeze n: the batch norms of the top blocks learn (batch statistics in "
+        "training) instead of keeping their ImageNet statistics",
+    )
+    source_weighting: Literal["none", "equal_per_class"] = Field(
+        "none",
+        description="equal_per_class: within each class, every source's images weigh alike in "
+        "total, so that a large archive does not define what a lesion looks like",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -351,18 +367,30 @@ class TrainParams(_Section):
             for name in ("random_flip", "random_rotation_degrees", "random_zoom")
             if getattr(self, name)
         ]
-        if self.freeze == "all" and transforms:
+        if transforms:
             raise ValueError(
-                f"freeze='all' trains the head on features computed once per image, which "
-                f"on-the-fly transforms cannot change: set {', '.join(transforms)} off "
-                "(augment's copies are cached and used)"
+                f"freeze={self.freeze!r} trains on features or activations computed once per "
+                f"image, which on-the-fly transforms cannot change: set {', '.join(transforms)} "
+                "off (use train.views for flips and quarter turns)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _cached_options(self) -> "TrainParams":
+        if self.freeze == "none" and self.views != 1:
+            raise ValueError(
+                f"views={self.views} is for cached features (freeze all or n); with freeze='none' "
+                "use random_flip"
+            )
+        if self.train_batch_norm and not isinstance(self.freeze, int):
+            raise ValueError("train_batch_norm is for freeze=n (the batch norms of the top blocks)")
         return self
 
     @property
     def caches_features(self) -> bool:
-        """A frozen backbone: its features are computed once (stage `features`) and reused."""
-        return self.freeze == "all"
+        """A frozen backbone, or its lower blocks: their output is computed once per image
+        (stage `features`) and reused."""
+        return self.freeze != "none"
 
 
 class ExternalSet(_Section):
@@ -377,7 +405,10 @@ class OperatingPoint(_Section):
 
     target_sensitivity: float = Field(0.85, gt=0, lt=1)
     confidence: float = Field(0.95, gt=0.5, lt=1)
-    # `validation`, or the name of an external set: half of it chooses, the other half reports.
+    # `validation`; the name of an external set (half of it chooses, the other half reports);
+    # `pooled` (validation and every external set's choosing half together); or
+    # `shift_margin` (validation, its target raised by the sensitivity it lost on the
+    # external choosing halves).
     choose_on: str = "validation"
 
 
@@ -391,7 +422,7 @@ class EvaluateParams(_Section):
     @classmethod
     def _unique_names(cls, sets: list[ExternalSet]) -> list[ExternalSet]:
         names = [s.name for s in sets]
-        reserved = {"test", "validation"} & set(names)
+        reserved = {"test", "validation", "pooled", "shift_margin"} & set(names)
         if reserved:
             raise ValueError(f"{sorted(reserved)} name the pipeline's own splits")
         if len(set(names)) != len(names):
@@ -400,11 +431,12 @@ class EvaluateParams(_Section):
 
     @model_validator(mode="after")
     def _known_choose_on(self) -> "EvaluateParams":
-        allowed = ["validation", *(s.name for s in self.external_sets)]
+        external = [s.name for s in self.external_sets]
+        allowed = ["validation", *external] + (["pooled", "shift_margin"] if external else [])
         if self.operating_point.choose_on not in allowed:
             raise ValueError(
-                f"evaluate.operating_point.choose_on={self.operating_point.choose_on!r} is neither "
-                f"'validation' nor an external set; choose one of {allowed}"
+                f"evaluate.operating_point.choose_on={self.operating_point.choose_on!r} is "
+                f"none of {allowed} (pooled and shift_margin need an external set)"
             )
         return self
 
@@ -440,11 +472,21 @@ class MlflowParams(_Section):
     artifact_location: Path
 
 
+class PreprocessParams(_Section):
+    """What every image goes through inside the model, in training and prediction alike."""
+
+    # Shades of Gray (Finlayson & Trezzi, 2004): each channel divided by its Minkowski p-norm
+    # mean, so that the dermoscope's light and the camera's white balance count less.
+    color_constancy: Literal["none", "shades_of_gray"] = "none"
+    shades_of_gray_p: float = Field(6.0, ge=1, le=32)
+
+
 class Params(_Section):
     data: DataParams
     ingest: IngestParams
     validate_: ValidateParams = Field(alias="validate")
     augment: AugmentParams
+    preprocess: PreprocessParams = PreprocessParams()
     train: TrainParams
     evaluate: EvaluateParams
     registry: RegistryParams

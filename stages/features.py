@@ -12,7 +12,7 @@ def main() -> None:
     setup_logging()
     params = load_params()
     with exit_on(WeightsFileError):
-        write_feature_cache(params.train, AUGMENTED_MANIFEST, FEATURES_DIR)
+        write_feature_cache(params.train, params.preprocess, AUGMENTED_MANIFEST, FEATURES_DIR)
 
 
 if __name__ == "__main__":

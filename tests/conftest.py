@@ -582,3 +582,21 @@ def pipeline_repo(tmp_path_factory: pytest.TempPathFactory) -> PipelineRepo:
     repo.run("git", "add", "-A")
     repo.run("git", "commit", "-q", "-m", "tiny pipeline run")
     return repo
+
+
+@pytest.fixture
+def augmented_project(tiny_project) -> dict:
+    """tiny_project after the augment step: data/augmented/manifest.csv and its images."""
+    from melanoma.config import parse_params
+    from melanoma.data.augmentation import augmented_manifest, plan_augmentation, write_copies
+    from melanoma.data.manifest import read_manifest, write_manifest
+
+    params = parse_params(tiny_project)
+    validated_path = Path("data/validated/manifest.csv")
+    validated = read_manifest(validated_path, VALIDATED_COLUMNS)
+    plan = plan_augmentation(
+        validated, params.augment, validated_path, Path("data/augmented") / "images"
+    )
+    write_copies(plan.copies, params.augment)
+    write_manifest(augmented_manifest(plan), Path("data/augmented/manifest.csv"), AUGMENTED_COLUMNS)
+    return tiny_project

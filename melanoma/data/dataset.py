@@ -54,17 +54,21 @@ def make_dataset(
     image_size: int,
     batch_size: int,
     shuffle_seed: int | None = None,
+    weights: np.ndarray | None = None,
 ) -> tf.data.Dataset:
-    """Batches of (uint8 images, one-hot labels), reshuffled every epoch if `shuffle_seed` is set
-    (then only full batches).
+    """Batches of (uint8 images, one-hot labels[, sample weights]), reshuffled every epoch if
+    `shuffle_seed` is set (then only full batches).
 
     Decoded images are cached in memory after the first pass, so later epochs skip the decoding.
     Labels are one-hot so that the loss can apply label smoothing.
     """
     labels = tf.one_hot(label_indices, len(LABELS), dtype=tf.float32)
-    dataset = tf.data.Dataset.from_tensor_slices((paths, labels))
+    if weights is None:
+        dataset = tf.data.Dataset.from_tensor_slices((paths, labels))
+    else:
+        dataset = tf.data.Dataset.from_tensor_slices((paths, labels, weights))
     dataset = dataset.map(
-        lambda path, label: (load_image(path, image_size), label),
+        lambda path, *rest: (load_image(path, image_size), *rest),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     ).cache()

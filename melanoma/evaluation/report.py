@@ -39,6 +39,7 @@ from melanoma.paths import AUGMENTED_MANIFEST
 log = logging.getLogger(__name__)
 
 VALIDATION, TEST = "validation", "test"
+POOLED, SHIFT_MARGIN = "pooled", "shift_margin"
 CHOOSE, REPORT = "choose", "report"
 # Figures of each set that go to MLflow as metrics: with train's curves and summary, about 25
 # per run (issue 12). All of them, intervals and per-class figures too, are in
@@ -115,6 +116,75 @@ class OperatingPointChoice:
         }
 
 
+def choosing_halves(
+    sets: list[EvaluationSet], seed: int
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(choosing rows, reporting rows) of every external set with melanomas to split."""
+    return {
+        s.name: split_halves(s.true, seed)
+        for s in sets
+        if s.name != TEST and (s.true == MELANOMA_INDEX).sum() >= 2
+    }
+
+
+def rule_threshold(
+    rule: str,
+    params: OperatingPoint,
+    validation: tuple[np.ndarray, np.ndarray],
+    choosers: dict[str, tuple[np.ndarray, np.ndarray]],
+) -> tuple[Threshold, str]:
+    """The threshold of one rule, and what chose it in words. `choosers` holds each external
+    set's choosing half as (true, probabilities).
+
+    Rules: `validation`; an external set's name (its choosing half); `pooled` (validation and
+    every choosing half as one set); `shift_margin` (validation, with the target raised by the
+    sensitivity that validation's own threshold loses on the choosing halves: the move to
+    another archive, which the confidence margin does not cover).
+    """
+    target, confidence = params.target_sensitivity, params.confidence
+    if rule == VALIDATION:
+        return choose_threshold(*validation, target, confidence), _images(
+            "the validation split", validation
+        )
+    if rule in choosers:
+        return choose_threshold(*choosers[rule], target, confidence), _images(
+            f"the choosing half of {rule}", choosers[rule]
+        )
+    if not choosers:
+        raise ValueError(f"threshold rule {rule!r} needs an external set with melanomas")
+    external = (
+        np.concatenate([true for true, _ in choosers.values()]),
+        np.concatenate([probabilities for _, probabilities in choosers.values()]),
+    )
+    halves = " and ".join(f"the choosing half of {name}" for name in choosers)
+    if rule == POOLED:
+        pooled = tuple(np.concatenate(pair) for pair in zip(validation, external, strict=True))
+        return choose_threshold(*pooled, target, confidence), _images(
+            f"the validation split and {halves}", pooled
+        )
+    if rule == SHIFT_MARGIN:
+        own = choose_threshold(*validation, target, confidence)
+        margin = max(
+            0.0, sensitivity_at(*validation, own.value) - sensitivity_at(*external, own.value)
+        )
+        threshold = choose_threshold(*validation, target + margin, confidence)
+        return threshold, _images(
+            f"the validation split, target raised by {margin:.3f} (the sensitivity its "
+            f"threshold lost on {halves})",
+            validation,
+        )
+    raise ValueError(f"unknown threshold rule {rule!r}")
+
+
+def sensitivity_at(true: np.ndarray, probabilities: np.ndarray, threshold: float) -> float:
+    is_melanoma = true == MELANOMA_INDEX
+    return float(melanoma_alerts(probabilities[is_melanoma], threshold).mean())
+
+
+def _images(what: str, rows: tuple[np.ndarray, np.ndarray]) -> str:
+    return f"{what} ({len(rows[0])} images)"
+
+
 def choose_operating_point(
     params: OperatingPoint,
     seed: int,
@@ -122,20 +192,23 @@ def choose_operating_point(
     sets: list[EvaluationSet],
     probabilities: dict[str, np.ndarray],
 ) -> OperatingPointChoice:
-    """The threshold from `params.choose_on`: the validation split's (true, probabilities), or
-    the choosing half of the external set of that name, split by `split_halves(true, seed)`."""
+    """The threshold of the rule `params.choose_on` (rule_threshold). An external set's
+    choosing half (`split_halves(true, seed)`) is marked CHOOSE when the rule used it."""
     roles = {s.name: np.full(len(s.true), REPORT) for s in sets}
-    if params.choose_on == VALIDATION:
-        true, chooser = validation
-        chosen_on = f"the validation split ({len(true)} images)"
-    else:
-        chooser_set = next(s for s in sets if s.name == params.choose_on)
-        choose_rows, _ = split_halves(chooser_set.true, seed)
-        roles[chooser_set.name][choose_rows] = CHOOSE
-        true = chooser_set.true[choose_rows]
-        chooser = probabilities[chooser_set.name][choose_rows]
-        chosen_on = f"the choosing half of {chooser_set.name} ({len(true)} images)"
-    threshold = choose_threshold(true, chooser, params.target_sensitivity, params.confidence)
+    halves = choosing_halves(sets, seed)
+    if params.choose_on != VALIDATION and params.choose_on not in (POOLED, SHIFT_MARGIN):
+        # The set the rule names chooses on its half even without two melanomas to report.
+        chooser = next(s for s in sets if s.name == params.choose_on)
+        halves = {chooser.name: split_halves(chooser.true, seed)}
+    by_name = {s.name: s for s in sets}
+    choosers = {
+        name: (by_name[name].true[choose], probabilities[name][choose])
+        for name, (choose, _) in halves.items()
+    }
+    threshold, chosen_on = rule_threshold(params.choose_on, params, validation, choosers)
+    if params.choose_on != VALIDATION:
+        for name, (choose, _) in halves.items():
+            roles[name][choose] = CHOOSE
     log.info(
         "melanoma alert threshold %.4f, chosen on %s: %d of %d melanomas caught, sensitivity "
         "lower bound %.3f (target %.2f at %.0f%% confidence)",
@@ -149,10 +222,9 @@ def choose_operating_point(
     )
     if not threshold.target_reachable:
         log.warning(
-            "%d melanomas are too few to show sensitivity >= %.2f at %.0f%% confidence: the "
+            "%d melanomas are too few to show the target sensitivity at %.0f%% confidence: the "
             "threshold catches all of them",
             threshold.melanomas,
-            params.target_sensitivity,
             params.confidence * 100,
         )
     return OperatingPointChoice(threshold, chosen_on, roles)
@@ -168,22 +240,20 @@ def threshold_rules(
     """What each way of choosing the threshold delivers on images it never saw: the
     reporting half of every external set with melanomas (`split_halves(true, seed)`).
 
-    Rules: `validation`, and `<set>` for the choosing half of each external set. Per rule, its
-    threshold and, per external set, the alert's sensitivity and specificity on that set's
-    reporting half; the default `choose_on` is the rule whose promise holds there.
+    Rules (rule_threshold): `validation`, `<set>` for the choosing half of each external set,
+    `pooled` and `shift_margin`. Per rule, its threshold and, per external set, the alert's
+    sensitivity and specificity on that set's reporting half; the default `choose_on` is the
+    rule whose promise holds there with the best specificity.
     """
-    by_name = {s.name: s for s in sets if s.name != TEST}
-    halves = {
-        name: split_halves(s.true, seed)
-        for name, s in by_name.items()
-        if (s.true == MELANOMA_INDEX).sum() >= 2
+    by_name = {s.name: s for s in sets}
+    halves = choosing_halves(sets, seed)
+    choosers = {
+        name: (by_name[name].true[choose], probabilities[name][choose])
+        for name, (choose, _) in halves.items()
     }
-    choosers = {VALIDATION: validation}
-    for name, (choose, _) in halves.items():
-        choosers[name] = (by_name[name].true[choose], probabilities[name][choose])
     rules = {}
-    for rule, (true, chooser) in choosers.items():
-        threshold = choose_threshold(true, chooser, params.target_sensitivity, params.confidence)
+    for rule in [VALIDATION, *choosers, *((POOLED, SHIFT_MARGIN) if choosers else ())]:
+        threshold, _ = rule_threshold(rule, params, validation, choosers)
         delivered = {}
         for name, (_, report_rows) in halves.items():
             true_report = by_name[name].true[report_rows]

@@ -6,9 +6,10 @@ Preprocessing (scaling) lives inside the model, so callers feed raw pixels.
 """
 
 import keras
-from keras import layers
+import numpy as np
+from keras import layers, ops
 
-from melanoma.config import TrainParams
+from melanoma.config import PreprocessParams, TrainParams
 from melanoma.labels import LABELS
 from melanoma.model import efficientnet_lite
 
@@ -16,8 +17,9 @@ INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
 
 
-def build_model(params: TrainParams) -> keras.Model:
-    """An uncompiled model for `params.architecture`.
+def build_model(params: TrainParams, preprocess: PreprocessParams | None = None) -> keras.Model:
+    """An uncompiled model for `params.architecture`, with the colour constancy of `preprocess`
+    (none by default) inside it.
 
     simple_cnn and resnet use `filters` (one block per entry, each halving the image) and
     `normalization`; the keras.applications backbones ignore both (they bring their own
@@ -29,16 +31,17 @@ def build_model(params: TrainParams) -> keras.Model:
     previous_policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy("mixed_bfloat16" if params.mixed_precision else "float32")
     try:
-        return _build(params)
+        return _build(params, preprocess or PreprocessParams())
     finally:
         # The policy is global; other models built in this process must not inherit it.
         keras.config.set_dtype_policy(previous_policy)
 
 
-def _build(params: TrainParams) -> keras.Model:
+def _build(params: TrainParams, preprocess: PreprocessParams) -> keras.Model:
     inputs = keras.Input((params.image_size, params.image_size, 3), dtype="uint8", name=INPUT_NAME)
+    pixels = color_constancy(keras.ops.cast(inputs, "float32"), preprocess)
     if params.architecture in ("simple_cnn", "resnet"):
-        x = _random_transforms(layers.Rescaling(1 / 255)(inputs), params)
+        x = _random_transforms(layers.Rescaling(1 / 255)(pixels), params)
         if params.per_image_standardization:
             # Each colour channel of each image to mean 0, variance 1: a grey-world colour
             # constancy that takes away the colour cast and exposure of the camera.
@@ -46,13 +49,13 @@ def _build(params: TrainParams) -> keras.Model:
         body = _simple_cnn if params.architecture == "simple_cnn" else _resnet
         features = body(x, params)
     elif params.architecture == "efficientnet_lite0":
-        x = _random_transforms(keras.ops.cast(inputs, "float32"), params)
+        x = _random_transforms(pixels, params)
         # The input scaling the ImageNet weights were trained with: (x - 127) / 128.
         x = layers.Rescaling(1 / 128, offset=-127 / 128, name="scale")(x)
         features = lite0_backbone(params)(x)
     else:
         # Both backbones rescale 0-255 inputs themselves, so they get the raw pixel values.
-        x = _random_transforms(keras.ops.cast(inputs, "float32"), params)
+        x = _random_transforms(pixels, params)
         features = _backbone(params)(x)
     features = layers.Dropout(params.dropout, seed=params.seed)(features)
     # float32 even under a mixed-precision policy, so the probabilities keep their contract.
@@ -60,6 +63,28 @@ def _build(params: TrainParams) -> keras.Model:
         features
     )
     return keras.Model(inputs, outputs, name=params.architecture)
+
+
+def color_constancy(pixels, preprocess: PreprocessParams):
+    """Shades of Gray colour constancy of float 0-255 RGB images (a batch), or `pixels` as they
+    are with `color_constancy: none`.
+
+    Each channel's illuminant is its Minkowski p-norm mean over the image; the channels are
+    divided by it, normalised so that a grey illuminant leaves the image unchanged, and clipped
+    to 0-255. Built from Keras ops, so the saved model holds it and needs no custom object:
+    training, evaluation, `melanoma predict` and the served model all run this same graph.
+    """
+    if preprocess.color_constancy == "none":
+        return pixels
+    p = preprocess.shades_of_gray_p
+    # Scaled to 0-1 first: 255**p overflows float32 for p above ~16.
+    illuminant = ops.power(
+        ops.mean(ops.power(pixels / 255.0, p), axis=(1, 2), keepdims=True), 1 / p
+    )
+    unit = illuminant / ops.sqrt(ops.sum(ops.square(illuminant), axis=-1, keepdims=True) + 1e-12)
+    # A grey illuminant is (1, 1, 1) / sqrt(3): the gain is then 1 for every channel.
+    gain = 1.0 / (unit * np.sqrt(3.0) + 1e-6)
+    return ops.clip(pixels * gain, 0.0, 255.0)
 
 
 def _random_transforms(x, params: TrainParams):
@@ -133,19 +158,70 @@ def lite0_backbone(params: TrainParams) -> keras.Model:
     return backbone
 
 
-def build_head(params: TrainParams, n_features: int) -> keras.Model:
-    """The classifier of build_model alone (dropout, then the 9-way softmax), for training on
-    cached backbone features; its weights go into the full model's layer OUTPUT_NAME."""
-    inputs = keras.Input((n_features,), name="features")
-    x = layers.Dropout(params.dropout, seed=params.seed)(inputs)
+def build_trainable_part(params: TrainParams, input_shape: tuple[int, ...]) -> keras.Model:
+    """The part of build_model that trains on what `frozen_part` cached: the classifier alone
+    (dropout, then the 9-way softmax) with freeze all, or with freeze n the top n blocks, the
+    head convolution and the classifier. Layer names are build_model's, so `copy_weights`
+    moves the weights between the two."""
+    inputs = keras.Input(input_shape, name="cached")
+    x = inputs
+    if isinstance(params.freeze, int):
+        # A model of its own, as the backbone is in build_model: `backbone_learning_rate`
+        # applies to the variables of nested models.
+        blocks_input = keras.Input(input_shape)
+        top = efficientnet_lite.top_blocks(blocks_input, params.freeze)
+        x = keras.Model(blocks_input, top, name="top_blocks")(x)
+    x = layers.Dropout(params.dropout, seed=params.seed)(x)
     outputs = layers.Dense(len(LABELS), activation="softmax", dtype="float32", name=OUTPUT_NAME)(x)
-    return keras.Model(inputs, outputs, name="head")
+    model = keras.Model(inputs, outputs, name="trainable_part")
+    for _, layer in _named_layers(model):
+        if isinstance(layer, layers.BatchNormalization):
+            # Frozen, a batch norm runs in inference mode with its ImageNet statistics.
+            layer.trainable = params.train_batch_norm
+    return model
 
 
 def feature_extractor(model: keras.Model) -> keras.Model:
     """uint8 images -> the backbone's pooled features (the input of the head's dropout)."""
     dropout = next(layer for layer in model.layers if isinstance(layer, layers.Dropout))
     return keras.Model(model.inputs, dropout.input)
+
+
+def frozen_part(model: keras.Model, params: TrainParams) -> keras.Model:
+    """uint8 images -> what the frozen part of an efficientnet_lite0 model hands the part that
+    trains: the pooled features (freeze all), or the output of the layer below the top n
+    blocks (freeze n)."""
+    if params.freeze == "all":
+        return feature_extractor(model)
+    backbone = model.get_layer(efficientnet_lite.BACKBONE_NAME)
+    cut = backbone.get_layer(efficientnet_lite.cut_layer(params.freeze)).output
+    lower = keras.Model(backbone.inputs, cut, name="frozen_blocks")
+    return keras.Model(model.inputs, lower(model.get_layer("scale").output))
+
+
+def copy_weights(source: keras.Model, target: keras.Model) -> None:
+    """Copy the weights of every layer with weights that both models have by name (nested
+    models included): between a model and its trainable part, in either direction. Every
+    weighted layer of the trainable part must be found in the full model."""
+    sources = {name: layer for name, layer in _named_layers(source) if _weighted(layer)}
+    targets = {name: layer for name, layer in _named_layers(target) if _weighted(layer)}
+    smaller = min(sources, targets, key=len)
+    missing = sorted(set(smaller) - (set(sources) & set(targets)))
+    if missing:
+        raise ValueError(f"layers {missing[:5]} are not in both {source.name} and {target.name}")
+    for name in smaller:
+        targets[name].set_weights(sources[name].get_weights())
+
+
+def _weighted(layer) -> bool:
+    return bool(layer.weights) and not isinstance(layer, keras.Model)
+
+
+def _named_layers(model: keras.Model):
+    for layer in model.layers:
+        yield layer.name, layer
+        if isinstance(layer, keras.Model):
+            yield from _named_layers(layer)
 
 
 def _backbone(params: TrainParams) -> keras.Model:

@@ -90,28 +90,48 @@ def backbone(image_size: int, bn_momentum: float = BN_MOMENTUM) -> keras.Model:
     the 1280 globally average-pooled features out. Layer names follow `weight_map`."""
     inputs = keras.Input((image_size, image_size, 3), name="scaled_image")
     x = _conv_bn(inputs, STEM_FILTERS, 3, "stem", bn_momentum, strides=2)
-    for index, spec in enumerate(block_specs()):
-        name = f"block{index}"
-        shortcut = x
-        if spec.expand != 1:
-            x = _conv_bn(x, spec.filters_in * spec.expand, 1, f"{name}_expand", bn_momentum)
-        x = layers.DepthwiseConv2D(
-            spec.kernel,
-            strides=spec.stride,
-            padding="same",
-            use_bias=False,
-            name=f"{name}_depthwise_conv",
-        )(x)
-        x = layers.BatchNormalization(
-            epsilon=BN_EPSILON, momentum=bn_momentum, name=f"{name}_depthwise_bn"
-        )(x)
-        x = layers.ReLU(6.0, name=f"{name}_depthwise_relu6")(x)
-        x = _conv_bn(x, spec.filters_out, 1, f"{name}_project", bn_momentum, activation=False)
-        if spec.stride == 1 and spec.filters_in == spec.filters_out:
-            x = layers.Add(name=f"{name}_add")([x, shortcut])
+    return keras.Model(inputs, top_blocks(x, N_BLOCKS, bn_momentum), name=BACKBONE_NAME)
+
+
+def top_blocks(x, n: int, bn_momentum: float = BN_MOMENTUM):
+    """The top `n` MBConv blocks, the head convolution and the pooling applied to `x` (the
+    output of layer `cut_layer(n)`); `n = N_BLOCKS` is every block, after the stem."""
+    for index in range(N_BLOCKS - n, N_BLOCKS):
+        x = _block(x, index, block_specs()[index], bn_momentum)
     x = _conv_bn(x, FEATURES, 1, "head", bn_momentum)
-    features = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    return keras.Model(inputs, features, name=BACKBONE_NAME)
+    return layers.GlobalAveragePooling2D(name="avg_pool")(x)
+
+
+def _block(x, index: int, spec: BlockSpec, bn_momentum: float):
+    name = f"block{index}"
+    shortcut = x
+    if spec.expand != 1:
+        x = _conv_bn(x, spec.filters_in * spec.expand, 1, f"{name}_expand", bn_momentum)
+    x = layers.DepthwiseConv2D(
+        spec.kernel,
+        strides=spec.stride,
+        padding="same",
+        use_bias=False,
+        name=f"{name}_depthwise_conv",
+    )(x)
+    x = layers.BatchNormalization(
+        epsilon=BN_EPSILON, momentum=bn_momentum, name=f"{name}_depthwise_bn"
+    )(x)
+    x = layers.ReLU(6.0, name=f"{name}_depthwise_relu6")(x)
+    x = _conv_bn(x, spec.filters_out, 1, f"{name}_project", bn_momentum, activation=False)
+    if spec.stride == 1 and spec.filters_in == spec.filters_out:
+        x = layers.Add(name=f"{name}_add")([x, shortcut])
+    return x
+
+
+def cut_layer(n: int) -> str:
+    """The backbone layer whose output the top `n` blocks take in: where the frozen part ends."""
+    if n == N_BLOCKS:
+        return "stem_relu6"
+    index = N_BLOCKS - 1 - n
+    spec = block_specs()[index]
+    residual = spec.stride == 1 and spec.filters_in == spec.filters_out
+    return f"block{index}_add" if residual else f"block{index}_project_bn"
 
 
 def weight_map() -> dict[str, str]:

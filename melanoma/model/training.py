@@ -36,7 +36,7 @@ from melanoma.data.manifest import (
 )
 from melanoma.evaluation.metrics import predictions_table, validation_figures
 from melanoma.labels import LABELS
-from melanoma.model.architectures import OUTPUT_NAME, build_head, build_model
+from melanoma.model.architectures import build_model, build_trainable_part, copy_weights
 from melanoma.model.calibration import (
     calibration_figures,
     fit_temperature,
@@ -87,6 +87,28 @@ def class_weight_map(label_indices: np.ndarray, params: TrainParams) -> dict[int
         default = balanced if params.class_weights else 1.0
         weights[index] = float(params.class_weight_overrides.get(label, default))
     return weights
+
+
+def sample_weights(
+    label_indices: np.ndarray, sources: np.ndarray, params: TrainParams
+) -> np.ndarray | None:
+    """Each training image's weight, or None when every image weighs 1: its class weight
+    (class_weight_map) times, with `source_weighting: equal_per_class`, n_class /
+    (sources_in_class * n_class_of_its_source), so that within a class each source's images
+    weigh alike in total (and the class as much as before)."""
+    classes = class_weight_map(label_indices, params)
+    if classes is None and params.source_weighting == "none":
+        return None
+    weights = np.ones(len(label_indices))
+    if classes is not None:
+        weights *= np.array([classes[int(i)] for i in label_indices])
+    if params.source_weighting == "equal_per_class":
+        rows = pd.DataFrame({"label": label_indices, "source": sources})
+        per_source = rows.groupby(["label", "source"])["label"].transform("size")
+        per_class = rows.groupby("label")["label"].transform("size")
+        sources_in_class = rows.groupby("label")["source"].transform("nunique")
+        weights *= (per_class / (sources_in_class * per_source)).to_numpy()
+    return weights.astype(np.float32)
 
 
 def learning_rate(params: TrainParams, steps_per_epoch: int) -> float | LearningRateSchedule:
@@ -388,10 +410,13 @@ def feature_dataset(
     label_indices: np.ndarray,
     batch_size: int,
     shuffle_seed: int | None = None,
+    weights: np.ndarray | None = None,
 ) -> tf.data.Dataset:
-    """Batches of (cached features, one-hot labels), shuffled as make_dataset shuffles images."""
+    """Batches of (cached features, one-hot labels[, sample weights]), shuffled as make_dataset
+    shuffles images."""
     labels = tf.one_hot(label_indices, len(LABELS), dtype=tf.float32)
-    dataset = tf.data.Dataset.from_tensor_slices((features, labels))
+    rows = (features, labels) if weights is None else (features, labels, weights)
+    dataset = tf.data.Dataset.from_tensor_slices(rows)
     if shuffle_seed is not None:
         dataset = dataset.shuffle(len(features), seed=shuffle_seed, reshuffle_each_iteration=True)
     return dataset.batch(batch_size, drop_remainder=shuffle_seed is not None).prefetch(2)
@@ -400,12 +425,12 @@ def feature_dataset(
 def saved_model(model: keras.Model, fitted: keras.Model) -> keras.Model:
     """The end-to-end model to save (uint8 image in, probabilities out).
 
-    `fitted` is either `model` itself or the head trained on cached features, whose weights then
-    go into the model's classifier. A model compiled with a per-backbone learning rate is saved
-    uncompiled (inference_copy).
+    `fitted` is either `model` itself or the part trained on cached features or activations,
+    whose weights then go into the model. A model compiled with a per-backbone learning rate
+    is saved uncompiled (inference_copy).
     """
     if fitted is not model:
-        model.get_layer(OUTPUT_NAME).set_weights(fitted.get_layer(OUTPUT_NAME).get_weights())
+        copy_weights(fitted, model)
         return model
     if isinstance(model.optimizer, BackboneRate):
         return inference_copy(model)
@@ -448,22 +473,41 @@ def run_training(
             f"train.batch_size={train.batch_size} is larger than the {len(train_paths)} "
             f"training images of {manifest_path}"
         )
-    model = build_model(train)
+    model = build_model(train, params.preprocess)
+    train_sources = manifest.loc[manifest["split"] == "train", "source"].to_numpy()
+    weights = sample_weights(train_labels, train_sources, train)
     if train.caches_features:
-        # Frozen backbone: only the head trains, on the features stage `features` cached.
-        cached = read_feature_cache(train, {"train": train_paths, "val": val_paths}, features_dir)
-        train_ds = feature_dataset(
-            cached["train"], train_labels, train.batch_size, shuffle_seed=train.seed
+        # The frozen part ran once per image (stage `features`): only the rest trains, on
+        # every cached view of each training image.
+        cached = read_feature_cache(
+            train, params.preprocess, {"train": train_paths, "val": val_paths}, features_dir
         )
-        val_ds = feature_dataset(cached["val"], val_labels, train.batch_size)
-        fitted = build_head(train, cached["train"].shape[1])
+        views = cached["train"].shape[1]
+        train_inputs = cached["train"].reshape(-1, *cached["train"].shape[2:])
+        train_ds = feature_dataset(
+            train_inputs,
+            np.repeat(train_labels, views),
+            train.batch_size,
+            shuffle_seed=train.seed,
+            weights=None if weights is None else np.repeat(weights, views),
+        )
+        val_ds = feature_dataset(cached["val"][:, 0], val_labels, train.batch_size)
+        fitted = build_trainable_part(train, train_inputs.shape[1:])
+        copy_weights(model, fitted)
+        steps_per_epoch = len(train_inputs) // train.batch_size
     else:
         train_ds = make_dataset(
-            train_paths, train_labels, train.image_size, train.batch_size, shuffle_seed=train.seed
+            train_paths,
+            train_labels,
+            train.image_size,
+            train.batch_size,
+            shuffle_seed=train.seed,
+            weights=weights,
         )
         val_ds = make_dataset(val_paths, val_labels, train.image_size, train.batch_size)
         fitted = model
-    compile_model(fitted, train, steps_per_epoch=len(train_paths) // train.batch_size)
+        steps_per_epoch = len(train_paths) // train.batch_size
+    compile_model(fitted, train, steps_per_epoch)
     experiment_id = configure_tracking(params.mlflow)
     # A name of its own: MLflow draws its random names from Python's generator, which the seed
     # fixes, so every run of the same params would be called alike in the UI.
@@ -488,7 +532,6 @@ def run_training(
             validation_data=val_ds,
             epochs=train.epochs,
             shuffle=False,  # the dataset reshuffles itself, with the seed
-            class_weight=class_weight_map(train_labels, train),
             callbacks=make_callbacks(train, tracker),
             verbose=0,
         )

@@ -110,3 +110,122 @@ def test_per_image_standardization_ignores_a_colour_cast_and_exposure():
     assert np.allclose(seen.mean(axis=(1, 2)), 0, atol=1e-3)
     assert np.allclose(seen.std(axis=(1, 2)), 1, atol=1e-2)
     assert np.allclose(seen, seen_cast, atol=0.05)  # up to the rounding to uint8
+
+
+def _sog(p: float = 6.0):
+    from melanoma.config import PreprocessParams
+
+    return PreprocessParams(color_constancy="shades_of_gray", shades_of_gray_p=p)
+
+
+def test_shades_of_gray_makes_every_channel_s_p_mean_alike():
+    from melanoma.model.architectures import color_constancy
+
+    # A reddish cast, kept below 255 after correction so that nothing clips.
+    rng = np.random.default_rng(0)
+    images = rng.uniform(20, 120, (2, 8, 8, 3)).astype(np.float32) * [1.0, 0.6, 0.4]
+
+    corrected = keras.ops.convert_to_numpy(color_constancy(images, _sog(6.0)))
+
+    p_means = np.mean(corrected.astype(np.float64) ** 6, axis=(1, 2)) ** (1 / 6)
+    np.testing.assert_allclose(p_means / p_means.mean(axis=1, keepdims=True), 1.0, rtol=1e-4)
+    before = np.mean(images.astype(np.float64) ** 6, axis=(1, 2)) ** (1 / 6)
+    assert np.ptp(before / before.mean(axis=1, keepdims=True)) > 0.5
+
+
+def test_shades_of_gray_leaves_a_grey_lit_image_as_it_is():
+    from melanoma.model.architectures import color_constancy
+
+    grey = np.repeat(np.random.default_rng(1).uniform(0, 200, (1, 8, 8, 1)), 3, axis=-1)
+
+    corrected = keras.ops.convert_to_numpy(color_constancy(grey.astype(np.float32), _sog()))
+
+    np.testing.assert_allclose(corrected, grey, rtol=1e-5, atol=1e-3)
+
+
+def test_colour_constancy_is_inside_the_saved_model(tmp_path):
+    params = _params(architecture="simple_cnn")
+    model = build_model(params, _sog())
+    images = _random_images(2)
+    model.save(tmp_path / "model.keras")
+
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+
+    np.testing.assert_allclose(
+        loaded.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-6
+    )
+    plain = build_model(params)
+    plain.set_weights(model.get_weights())
+    assert not np.allclose(plain.predict(images, verbose=0), model.predict(images, verbose=0))
+
+
+@pytest.mark.parametrize("train_batch_norm", [False, True])
+def test_training_top_blocks_on_cached_activations_equals_training_them_on_images(
+    train_batch_norm,
+):
+    from melanoma.model.architectures import build_trainable_part, copy_weights, frozen_part
+
+    params = _params(
+        architecture="efficientnet_lite0",
+        freeze=2,
+        dropout=0.0,
+        train_batch_norm=train_batch_norm,
+    )
+    model = build_model(params, _sog())
+    if train_batch_norm:
+        # On images, the full model's top batch norms must learn too.
+        for layer in model.get_layer("efficientnet_lite0_backbone").layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = layer.name.startswith(("block14_", "block15_", "head_"))
+    images = _random_images(8)
+    labels = keras.utils.to_categorical(np.arange(8) % len(LABELS), len(LABELS))
+    activations = frozen_part(model, params).predict(images, verbose=0)
+    part = build_trainable_part(params, activations.shape[1:])
+    copy_weights(model, part)
+    for trained, inputs in ((model, images), (part, activations)):
+        trained.compile(optimizer=keras.optimizers.Adam(0.01), loss="categorical_crossentropy")
+        trained.train_on_batch(inputs, labels)
+
+    before = build_model(params, _sog())
+    moved = 0
+    for name in ("block14_expand_conv", "block15_project_bn", "head_conv", "probabilities"):
+        on_images = _layer(model, name).get_weights()
+        on_cache = _layer(part, name).get_weights()
+        for a, b, start in zip(
+            on_images, on_cache, _layer(before, name).get_weights(), strict=True
+        ):
+            np.testing.assert_allclose(b, a, atol=1e-5, err_msg=name)
+            moved += not np.allclose(a, start)
+    assert moved >= 3 + (2 if train_batch_norm else 0)
+    # The frozen part did not move: the cache stays valid.
+    np.testing.assert_array_equal(
+        _layer(model, "block13_project_conv").get_weights()[0],
+        _layer(before, "block13_project_conv").get_weights()[0],
+    )
+
+
+def _layer(model, name):
+    for layer in model.layers:
+        if layer.name == name:
+            return layer
+        if isinstance(layer, keras.Model):
+            try:
+                return _layer(layer, name)
+            except KeyError:
+                pass
+    raise KeyError(name)
+
+
+def test_frozen_part_and_trainable_part_compose_to_the_model():
+    from melanoma.model.architectures import build_trainable_part, copy_weights, frozen_part
+
+    params = _params(architecture="efficientnet_lite0", freeze=3, dropout=0.0)
+    model = build_model(params)
+    images = _random_images(3)
+    activations = frozen_part(model, params).predict(images, verbose=0)
+    part = build_trainable_part(params, activations.shape[1:])
+    copy_weights(model, part)
+
+    np.testing.assert_allclose(
+        part.predict(activations, verbose=0), model.predict(images, verbose=0), atol=1e-5
+    )

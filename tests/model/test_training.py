@@ -9,13 +9,10 @@ import pytest
 from mlflow import MlflowClient
 
 from melanoma.config import parse_params
-from melanoma.data.augmentation import augmented_manifest, plan_augmentation, write_copies
 from melanoma.data.manifest import (
     AUGMENTED_COLUMNS,
-    VALIDATED_COLUMNS,
     file_sha256,
     read_manifest,
-    write_manifest,
 )
 from melanoma.evaluation.metrics import read_predictions
 from melanoma.labels import LABELS
@@ -101,18 +98,6 @@ def test_speed_leaves_out_the_first_epoch_and_best_epoch_has_the_lowest_val_loss
     assert summary["best_epoch"] == 2 and summary["best"]["val_accuracy"] == 0.4
     assert summary["final"]["val_accuracy"] == 0.3
     assert summary["saved_model_epoch"] == 2
-
-
-@pytest.fixture
-def augmented_project(tiny_project) -> dict:
-    """tiny_project after the augment step: data/augmented/manifest.csv and its images."""
-    params = parse_params(tiny_project)
-    validated_path = Path("data/validated/manifest.csv")
-    validated = read_manifest(validated_path, VALIDATED_COLUMNS)
-    plan = plan_augmentation(validated, params.augment, validated_path, AUGMENTED.parent / "images")
-    write_copies(plan.copies, params.augment)
-    write_manifest(augmented_manifest(plan), AUGMENTED, AUGMENTED_COLUMNS)
-    return tiny_project
 
 
 @pytest.mark.parametrize("calibration", ["none", "temperature"])
@@ -268,32 +253,35 @@ def test_the_backbone_steps_at_its_own_learning_rate():
 def test_a_frozen_backbone_trains_its_head_on_cached_features_and_saves_the_whole_model(
     augmented_project, tmp_path
 ):
-    from melanoma.data.dataset import load_image
     from melanoma.evaluation.metrics import probability_column
     from melanoma.model.efficientnet_lite import BACKBONE_NAME, pretrained_backbone
     from melanoma.model.features import FeatureCacheError, read_feature_cache, write_feature_cache
+    from melanoma.model.predict import predict_files
 
     augmented_project["train"].update(
         architecture="efficientnet_lite0", freeze="all", random_flip=False, learning_rate=0.01
     )
+    augmented_project["preprocess"] = {"color_constancy": "shades_of_gray", "shades_of_gray_p": 6}
     params = parse_params(augmented_project)
     outputs = TrainOutputs(**{k: tmp_path / v.name for k, v in vars(TrainOutputs()).items()})
     with pytest.raises(FeatureCacheError, match="no feature cache; run `dvc repro features`"):
         run_training(params, AUGMENTED, outputs)
 
-    write_feature_cache(params.train, AUGMENTED)
+    write_feature_cache(params.train, params.preprocess, AUGMENTED)
     run_training(params, AUGMENTED, outputs)
 
     model = keras.saving.load_model(outputs.model)
     assert model.inputs[0].dtype == "uint8"
-    # The saved end-to-end model gives, from the image files, the probabilities the head gave
-    # from the cached features: the head's weights are in it, the features are its own.
+    # `melanoma predict` with the saved end-to-end model gives, from the image files, the
+    # probabilities the head gave from the cached features: the head's weights are in it, and
+    # the features (colour constancy included) are its own.
     predictions = pd.read_csv(outputs.validation_predictions)
-    images = np.stack(
-        [load_image(path, params.train.image_size).numpy() for path in predictions["image_path"]]
+    predicted = predict_files(
+        model, [Path(p) for p in predictions["image_path"]], params.ingest.image_size, 10**8
     )
     expected = predictions[[probability_column(label) for label in LABELS]].to_numpy()
-    np.testing.assert_allclose(model.predict(images, verbose=0), expected, atol=1e-5)
+    found = [[p.probabilities[label] for label in LABELS] for p in predicted]
+    np.testing.assert_allclose(found, expected, atol=1e-5)
     # Only the head trained: the backbone still has the ImageNet weights.
     pretrained = pretrained_backbone(params.train.image_size).get_weights()
     saved = model.get_layer(BACKBONE_NAME).get_weights()
@@ -302,7 +290,7 @@ def test_a_frozen_backbone_trains_its_head_on_cached_features_and_saves_the_whol
     # Features made for another input size are not silently reused.
     other = params.train.model_copy(update={"image_size": 48})
     with pytest.raises(FeatureCacheError, match="'image_size': 32.*'image_size': 48"):
-        read_feature_cache(other, {"train": [], "val": []})
+        read_feature_cache(other, params.preprocess, {"train": [], "val": []})
 
 
 @pytest.mark.slow  # fine-tunes EfficientNet-Lite0
@@ -310,12 +298,14 @@ def test_fine_tuning_trains_the_top_blocks_only_and_saves_a_plain_keras_model(
     augmented_project, tmp_path
 ):
     from melanoma.model.efficientnet_lite import BACKBONE_NAME, pretrained_backbone
+    from melanoma.model.features import write_feature_cache
 
     augmented_project["train"].update(
         architecture="efficientnet_lite0", freeze=1, backbone_learning_rate=0.0001, epochs=1
     )
     params = parse_params(augmented_project)
     outputs = TrainOutputs(**{k: tmp_path / v.name for k, v in vars(TrainOutputs()).items()})
+    write_feature_cache(params.train, params.preprocess, AUGMENTED)
     run_info = run_training(params, AUGMENTED, outputs)
 
     # Saved without the per-backbone-rate optimizer: plain Keras and MLflow load it.
