@@ -45,7 +45,7 @@ STAGES = list(yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"])
 # What each threshold rule delivers on the external set's reporting half, over seeds.
 RULES = {
     f"rule_{rule}_isic2018_{figure}"
-    for rule in ("validation", "isic2018")
+    for rule in ("validation", "isic2018", "pooled", "shift_margin")
     for figure in ("sensitivity", "specificity")
 }
 OURS_ONLY = {
@@ -134,9 +134,11 @@ def test_quick_benchmark_reports_every_figure_and_its_spread_over_seeds(tmp_path
         assert spread["n"] == 2 and 0 <= spread["min"] <= spread["max"] <= 1, rows[key]
     assert results["data"]["clean_test_images"] == results["ours"]["clean_test"]["images"]
     # Quick mode: 4 files of each of the 4 class folders; half of them choose the threshold
-    # when params choose it on isic2018, and only the other half is reported.
+    # when the params' rule uses isic2018 (all but `validation`), and only the other half is
+    # reported.
     choose_on = load_params(PROJECT / "params.yaml").evaluate.operating_point.choose_on
-    assert results["data"]["external_images"] == {"isic2018": 8 if choose_on == "isic2018" else 16}
+    reported = 16 if choose_on == "validation" else 8
+    assert results["data"]["external_images"] == {"isic2018": reported}
     for row in results["table"]:
         assert row["figure"] in done.stdout
 
@@ -224,3 +226,33 @@ def test_scaling_rows_give_each_stage_s_growth_from_the_subset_to_all_sources():
     }
     ingest = rows["scaling_stage_seconds_ingest"]["figure"]
     assert "2000 images (isic_collection) -> 10000" in ingest and "10.0 s -> 50.0 s" in ingest
+
+
+def test_ablation_summary_gives_each_configuration_s_mean_and_spread_over_seeds(
+    tmp_path, monkeypatch
+):
+    from bench import ablation
+
+    def row(name, seed, auc):
+        return {
+            "name": name,
+            "seed": seed,
+            "validation": {"balanced_accuracy": 0.5, "melanoma_auc": auc},
+            "validation_melanoma_auc_per_source": {"ham10000": auc},
+            "external_report_half": {"balanced_accuracy": 0.6, "melanoma_auc": auc},
+            "threshold_rules": {"pooled": {"sensitivity": 0.9, "specificity": 0.6}},
+            "train_seconds": 10.0,
+            "features_seconds": 1.0,
+        }
+
+    rows = [row("frozen", 42, 0.80), row("frozen", 43, 0.84), row("top1", 42, 0.9)]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setattr(ablation, "RESULTS", tmp_path)
+
+    table = ablation.summary()
+
+    assert table.loc["frozen", "ext_mel_auc"] == "0.820 ± 0.028"
+    assert table.loc["frozen", "seeds"] == 2 and table.loc["top1", "seeds"] == 1
+    assert table.loc["frozen", "pooled_spec"] == "0.600 ± 0.000"
+    assert ablation.parse_override("train.freeze=3") == ("train.freeze", 3)
+    assert ablation.parse_override("train.freeze=all") == ("train.freeze", "all")

@@ -111,6 +111,31 @@ def test_the_project_params_are_valid():
         ("serve", {"max_images_per_request": 0}, "serve.max_images_per_request"),
         ("serve", {"max_image_bytes": 10}, "serve.max_image_bytes"),
         ("serve", {"max_body_bytes": 10}, "serve.max_body_bytes"),
+        (
+            "train",
+            {"architecture": "efficientnet_lite0", "freeze": 3, "random_rotation_degrees": 20},
+            "freeze=3 .* on-the-fly transforms cannot change: set random_rotation_degrees off",
+        ),
+        ("train", {"views": 2}, "views=2 is for cached features"),
+        ("train", {"views": 3}, "train.views"),
+        (
+            "train",
+            {"architecture": "efficientnet_lite0", "freeze": "all", "train_batch_norm": True},
+            "train_batch_norm is for freeze=n",
+        ),
+        ("train", {"source_weighting": "cap"}, "train.source_weighting"),
+        ("preprocess", {"color_constancy": "grey_world"}, "preprocess.color_constancy"),
+        ("preprocess", {"shades_of_gray_p": 0}, "preprocess.shades_of_gray_p"),
+        (
+            "evaluate",
+            {"external_sets": [], "operating_point": {"choose_on": "pooled"}},
+            "choose_on='pooled' is none of \\['validation'\\] .*need an external set",
+        ),
+        (
+            "evaluate",
+            {"external_sets": [{"name": "pooled", "path": "x"}]},
+            "name the pipeline's own splits",
+        ),
     ],
 )
 def test_an_invalid_param_is_named(raw, section, values, named):

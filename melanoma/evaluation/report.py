@@ -16,7 +16,7 @@ import pandas as pd
 from melanoma.config import EvaluateParams, OperatingPoint
 from melanoma.data.dataset import split_rows
 from melanoma.data.manifest import AUGMENTED_COLUMNS, file_sha256, read_manifest
-from melanoma.evaluation.external import ExternalImages
+from melanoma.evaluation.external import ExternalImages, ExternalSetError
 from melanoma.evaluation.metrics import (
     images_sha256,
     melanoma_alerts,
@@ -151,7 +151,10 @@ def rule_threshold(
             f"the choosing half of {rule}", choosers[rule]
         )
     if not choosers:
-        raise ValueError(f"threshold rule {rule!r} needs an external set with melanomas")
+        raise ExternalSetError(
+            f"evaluate.operating_point.choose_on={rule!r} needs an external set with at least "
+            "two melanomas (one for each half); none of evaluate.external_sets has them"
+        )
     external = (
         np.concatenate([true for true, _ in choosers.values()]),
         np.concatenate([probabilities for _, probabilities in choosers.values()]),

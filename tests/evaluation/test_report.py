@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from melanoma.config import OperatingPoint
 from melanoma.evaluation.operating_point import choose_threshold, split_halves
@@ -78,3 +79,13 @@ def test_shift_margin_is_validation_s_own_threshold_when_nothing_is_lost():
     threshold, _ = rule_threshold("shift_margin", params, validation, {"ext": validation})
 
     assert threshold == choose_threshold(*validation, 0.7, 0.9)
+
+
+def test_a_rule_that_needs_external_melanomas_without_any_names_the_param():
+    from melanoma.evaluation.external import ExternalSetError
+
+    validation, _ = _shifted_external()
+    params = OperatingPoint(target_sensitivity=0.7, confidence=0.9)
+    for rule in ("pooled", "shift_margin"):
+        with pytest.raises(ExternalSetError, match=f"choose_on='{rule}' needs an external set"):
+            rule_threshold(rule, params, validation, {})

@@ -25,6 +25,7 @@ from melanoma.model.training import (
     learning_rate,
     make_optimizer,
     run_training,
+    sample_weights,
     training_summary,
 )
 from tests.helpers import train_params
@@ -52,6 +53,27 @@ def test_balanced_class_weights_then_overrides_replace_one_label():
     assert class_weight_map(labels, only_overrides) == {
         i: (5.0 if i == 1 else 1.0) for i in range(len(LABELS))
     }
+
+
+def test_sources_weigh_alike_within_each_class_and_classes_as_before():
+    # Melanoma: 6 images of a large archive, 2 of a small one; nevus: the large archive only.
+    labels = np.array([0] * 8 + [1] * 4)
+    sources = np.array(["large"] * 6 + ["small"] * 2 + ["large"] * 4)
+    assert sample_weights(labels, sources, train_params()) is None
+
+    weights = sample_weights(labels, sources, train_params(source_weighting="equal_per_class"))
+
+    np.testing.assert_allclose(weights[:6], 8 / (2 * 6))
+    np.testing.assert_allclose(weights[6:8], 8 / (2 * 2))
+    assert weights[:6].sum() == pytest.approx(weights[6:8].sum())
+    np.testing.assert_allclose(weights[8:], 1.0)  # one source in the class: nothing changes
+    assert weights[:8].sum() == pytest.approx(8)
+
+    both = train_params(source_weighting="equal_per_class", class_weights=True)
+    class_weight = class_weight_map(labels, both)
+    np.testing.assert_allclose(
+        sample_weights(labels, sources, both), weights * [class_weight[i] for i in labels]
+    )
 
 
 @pytest.mark.parametrize(
