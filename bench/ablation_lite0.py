@@ -1,4 +1,4 @@
-"""Issue 13 measurement: EfficientNet-Lite0 configurations on the validation split and on the
+"""EfficientNet-Lite0 configurations measured on the validation split and on the
 shared external set (never the test split).
 
 Run from the project root after `dvc repro augment` (it reads data/augmented):
@@ -98,7 +98,7 @@ def old_archive_auc(predictions: pd.DataFrame) -> float:
 def run(name: str) -> dict:
     import keras
 
-    from melanoma.evaluation.metrics import validation_figures
+    from melanoma.evaluation.metrics import validation_metrics
     from melanoma.model.features import write_feature_cache
     from melanoma.model.predict import predict_files
     from melanoma.model.training import TrainOutputs, run_training
@@ -136,7 +136,7 @@ def run(name: str) -> dict:
         "old_archive_validation_melanoma_auc": old_archive_auc(val_predictions),
         "overrides": CONFIGS[name],
         "validation": metrics["validation"],
-        "external": validation_figures(labels, probabilities),
+        "external": validation_metrics(labels, probabilities),
         "external_images": len(paths),
         "epochs": metrics["epochs_run"],
         "seconds_per_epoch": metrics["seconds_per_epoch"],

@@ -33,7 +33,7 @@ import numpy as np
 from bench.pipeline import run_pipeline
 from bench.process import run_command
 from bench.project import PROJECT, command_env, copy_project, pin_source_deps
-from bench.seeds import SEED_FIGURES, seed_spread, train_more_seeds
+from bench.seeds import SEED_METRICS, seed_spread, train_more_seeds
 from bench.source import label_index, split_folder, tiny_external_set, tiny_sources
 from melanoma import paths
 from melanoma.config import DataSource, FolderSource, Params, load_params
@@ -541,7 +541,7 @@ def table_rows(reference: dict, ours: dict, ratio: float, seeds: dict) -> list[d
                 )
     sections = [("test", report["test"]), *report["external"].items()]
     for set_name, section in sections:
-        for name, figure in SEED_FIGURES:
+        for name, figure in SEED_METRICS:
             key = f"{set_name}_{name}"
             rows.append(
                 _row(

@@ -17,8 +17,8 @@ from bench.project import override_params
 log = logging.getLogger(__name__)
 
 RUN_FILE = Path("models/run.json")
-# (figure, as the table names it) of each evaluation set whose spread is reported.
-SEED_FIGURES = [
+# (metric, as the table names it) of each evaluation set whose spread is reported.
+SEED_METRICS = [
     ("accuracy", "accuracy"),
     ("balanced_accuracy", "balanced accuracy"),
     ("melanoma_auc", "melanoma-vs-rest ROC AUC"),
@@ -69,16 +69,16 @@ def spread(values: list[float | None]) -> dict:
 
 
 def seed_spread(reports: list[dict]) -> dict[str, dict]:
-    """`<set>_<figure>` -> spread over the reports (reports/metrics.json of each seed), for every
-    set (test, then each external set) and SEED_FIGURES, and the alert threshold."""
+    """`<set>_<metric>` -> spread over the reports (reports/metrics.json of each seed), for every
+    set (test, then each external set) and SEED_METRICS, and the alert threshold."""
     sets = ["test", *reports[0]["external"]]
     table = {"melanoma_threshold": spread([r["operating_point"]["threshold"] for r in reports])}
     for set_name in sets:
-        for figure, _ in SEED_FIGURES:
+        for metric, _ in SEED_METRICS:
             sections = [
                 r["test"] if set_name == "test" else r["external"][set_name] for r in reports
             ]
-            table[f"{set_name}_{figure}"] = spread([s.get(figure) for s in sections])
+            table[f"{set_name}_{metric}"] = spread([s.get(metric) for s in sections])
     # What each threshold rule delivered on the reporting halves of the external sets.
     for rule, delivered in reports[0]["threshold_rules"].items():
         for set_name in delivered["reporting_halves"]:

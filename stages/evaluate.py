@@ -69,7 +69,8 @@ def main() -> None:
             images.files[FILE_COLUMNS].to_csv(files, index=False)
         sets = evaluation_sets(external)
         probabilities = {
-            s.name: predict_split(model, s.paths, s.true, params.train.batch_size) for s in sets
+            s.name: predict_split(model, s.paths, s.label_indices, params.train.batch_size)
+            for s in sets
         }
         validation = read_predictions(VALIDATION_PREDICTIONS)
         choice = choose_operating_point(
@@ -85,7 +86,12 @@ def main() -> None:
         METRICS_FILE.write_text(json.dumps(report, indent=2) + "\n")
         test = sets[0]
         write_gallery(
-            model, test.paths, test.true, probabilities[TEST], choice.threshold.value, GALLERY_FILE
+            model,
+            test.paths,
+            test.label_indices,
+            probabilities[TEST],
+            choice.threshold.value,
+            GALLERY_FILE,
         )
     facts = card_facts(params, report, run_info, evaluation_lineage(commit, test))
     MODEL_CARD.write_text(render_card(facts))

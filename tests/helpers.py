@@ -86,8 +86,10 @@ def write_train_outputs(model, run_id: str, model_uri: str, temperature: float =
 
 def melanoma_scores(melanoma: list[float], other: list[float]) -> tuple[np.ndarray, np.ndarray]:
     """Labels (melanoma, then nevus) and probabilities whose P(melanoma) are the given scores."""
-    true = np.array([MELANOMA_INDEX] * len(melanoma) + [LABELS.index("nevus")] * len(other))
-    probabilities = np.zeros((len(true), len(LABELS)))
+    label_indices = np.array(
+        [MELANOMA_INDEX] * len(melanoma) + [LABELS.index("nevus")] * len(other)
+    )
+    probabilities = np.zeros((len(label_indices), len(LABELS)))
     probabilities[:, MELANOMA_INDEX] = melanoma + other
     probabilities[:, LABELS.index("nevus")] = 1 - probabilities[:, MELANOMA_INDEX]
-    return true, probabilities
+    return label_indices, probabilities

@@ -15,7 +15,7 @@ from melanoma.registry.promotion import (
     THRESHOLD_TAG,
     champion_version,
 )
-from melanoma.registry.registration import FIGURES_TABLE_ARTIFACT
+from melanoma.registry.registration import METRICS_TABLE_ARTIFACT
 from stages import evaluate, register
 from tests.helpers import write_train_outputs
 
@@ -57,9 +57,9 @@ def test_register_logs_the_evaluation_registers_and_promotes_the_first_model(eva
         "evaluation/tinyext_reliability.png",
         "evaluation/melanoma_gallery.png",
         "evaluation/model_card.md",
-        FIGURES_TABLE_ARTIFACT,
+        METRICS_TABLE_ARTIFACT,
     } <= artifacts
-    table = mlflow.artifacts.load_dict(f"{training_run.info.artifact_uri}/{FIGURES_TABLE_ARTIFACT}")
+    table = mlflow.artifacts.load_dict(f"{training_run.info.artifact_uri}/{METRICS_TABLE_ARTIFACT}")
     rows = {(row[0], row[1]): row[2:] for row in table["data"]}
     assert rows[("test", "melanoma_recall")][2] == test["melanoma_recall_ci_high"]
     assert rows[("tinyext", "ece_uncalibrated")][0] == external["ece_uncalibrated"]

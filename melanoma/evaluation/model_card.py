@@ -35,7 +35,7 @@ OLD_ARCHIVE_IDS_BELOW = 1000
 # A class with fewer original images than this in a split has per-class figures that are noise.
 FEW_IMAGES = 10
 SPLITS = ("train", "val", "test")
-FIGURE_NAMES = {
+METRIC_NAMES = {
     "accuracy": "accuracy",
     "balanced_accuracy": "balanced accuracy",
     "macro_f1": "macro F1",
@@ -43,7 +43,7 @@ FIGURE_NAMES = {
     "melanoma_sensitivity": "melanoma sensitivity at the threshold",
     "melanoma_specificity": "melanoma specificity at the threshold",
 }
-CARD_FIGURES = HEADLINE_METRICS
+CARD_METRICS = HEADLINE_METRICS
 LIMITATIONS_HEADING = "## Known limitations"
 LINEAGE_HEADING = "## Lineage"
 ISIC_ID = re.compile(r"ISIC_(\d+)")
@@ -116,7 +116,7 @@ def with_interval(section: dict, name: str) -> str:
 TABLE_COLUMNS = ["set", "figure", "value", "ci_low", "ci_high"]
 
 
-def figures_table(report: dict) -> dict[str, list]:
+def metrics_table(report: dict) -> dict[str, list]:
     """Every figure of every evaluation set in reports/metrics.json, one row each: set, figure,
     value, ci_low, ci_high (None where undefined or without an interval), in the layout
     `mlflow.log_table` writes ({"columns": [...], "data": [[...], ...]}). The per-class figures
@@ -383,8 +383,8 @@ def evaluation(report: dict, training: dict) -> list[str]:
         ["images", *(number(s.get("images")) for _, s in sections)],
         ["melanomas", *(number(s.get("melanomas")) for _, s in sections)],
         *(
-            [FIGURE_NAMES[name], *(with_interval(s, name) for _, s in sections)]
-            for name in CARD_FIGURES
+            [METRIC_NAMES[name], *(with_interval(s, name) for _, s in sections)]
+            for name in CARD_METRICS
         ),
     ]
     lines = [
@@ -402,8 +402,8 @@ def evaluation(report: dict, training: dict) -> list[str]:
             "",
             "On the validation split (train's own held-out part, no intervals): "
             + ", ".join(
-                f"{FIGURE_NAMES[name]} {number(validation.get(name))}"
-                for name in CARD_FIGURES
+                f"{METRIC_NAMES[name]} {number(validation.get(name))}"
+                for name in CARD_METRICS
                 if name in validation
             )
             + ".",

@@ -33,17 +33,18 @@ from melanoma.evaluation.operating_point import (
     split_halves,
 )
 from melanoma.labels import MELANOMA_INDEX
-from melanoma.model.calibration import calibration_figures, plot_reliability, uncalibrated
+from melanoma.model.calibration import calibration_metrics, plot_reliability, uncalibrated
 from melanoma.paths import AUGMENTED_MANIFEST
 
 log = logging.getLogger(__name__)
 
 VALIDATION, TEST = "validation", "test"
 CHOOSE, REPORT = "choose", "report"
-# Figures of each set that go to MLflow as metrics: with train's curves and summary, about 25
-# per run (issue 12). All of them, intervals and per-class figures too, are in
-# reports/metrics.json and in the run's table artifact evaluation/figures.json.
-TRACKED_FIGURES = (
+# Metrics of each set that go to MLflow as run metrics: with train's curves and summary, about 25
+# per run, few enough to compare runs on at a glance in the MLflow UI. All of them, intervals and
+# per-class metrics too, are in reports/metrics.json and in the run's table artifact
+# evaluation/figures.json.
+TRACKED_METRICS = (
     "accuracy",
     "balanced_accuracy",
     "melanoma_auc",
@@ -59,37 +60,37 @@ class EvaluationSet:
     name: str
     paths: list[str]
     names: list[str]
-    true: np.ndarray
+    label_indices: np.ndarray
 
     def rows(self, rows: np.ndarray) -> "EvaluationSet":
         return replace(
             self,
             paths=[self.paths[i] for i in rows],
             names=[self.names[i] for i in rows],
-            true=self.true[rows],
+            label_indices=self.label_indices[rows],
         )
 
 
-def test_set(manifest: pd.DataFrame, manifest_path: Path) -> EvaluationSet:
-    paths, true = split_rows(manifest, "test", manifest_path)
-    return EvaluationSet(TEST, paths, paths, true)
+def test_split_images(manifest: pd.DataFrame, manifest_path: Path) -> EvaluationSet:
+    paths, label_indices = split_rows(manifest, "test", manifest_path)
+    return EvaluationSet(TEST, paths, paths, label_indices)
 
 
 def external_set(images: ExternalImages) -> EvaluationSet:
-    return EvaluationSet(images.name, images.paths, images.source_paths, images.true)
+    return EvaluationSet(images.name, images.paths, images.source_paths, images.label_indices)
 
 
 def evaluation_sets(external: list[ExternalImages]) -> list[EvaluationSet]:
     """The test split of data/augmented/manifest.csv, then each external set."""
     manifest = read_manifest(AUGMENTED_MANIFEST, AUGMENTED_COLUMNS)
-    return [test_set(manifest, AUGMENTED_MANIFEST), *(external_set(e) for e in external)]
+    return [test_split_images(manifest, AUGMENTED_MANIFEST), *(external_set(e) for e in external)]
 
 
 def evaluation_lineage(git_commit: str, test: EvaluationSet) -> dict[str, str]:
     """What the evaluated figures came from: the model card's lineage and the version's tags."""
     return {
         "git commit": git_commit,
-        "test images sha256": images_sha256(test.paths, test.true),
+        "test images sha256": images_sha256(test.paths, test.label_indices),
         "augmented manifest sha256": file_sha256(AUGMENTED_MANIFEST),
     }
 
@@ -122,20 +123,23 @@ def choose_operating_point(
     sets: list[EvaluationSet],
     probabilities: dict[str, np.ndarray],
 ) -> OperatingPointChoice:
-    """The threshold from `params.choose_on`: the validation split's (true, probabilities), or
-    the choosing half of the external set of that name, split by `split_halves(true, seed)`."""
-    roles = {s.name: np.full(len(s.true), REPORT) for s in sets}
+    """The threshold from `params.choose_on`: the validation split's (label indices,
+    probabilities), or the choosing half of the external set of that name, split by
+    `split_halves(label_indices, seed)`."""
+    roles = {s.name: np.full(len(s.label_indices), REPORT) for s in sets}
     if params.choose_on == VALIDATION:
-        true, chooser = validation
-        chosen_on = f"the validation split ({len(true)} images)"
+        label_indices, chooser = validation
+        chosen_on = f"the validation split ({len(label_indices)} images)"
     else:
         chooser_set = next(s for s in sets if s.name == params.choose_on)
-        choose_rows, _ = split_halves(chooser_set.true, seed)
+        choose_rows, _ = split_halves(chooser_set.label_indices, seed)
         roles[chooser_set.name][choose_rows] = CHOOSE
-        true = chooser_set.true[choose_rows]
+        label_indices = chooser_set.label_indices[choose_rows]
         chooser = probabilities[chooser_set.name][choose_rows]
-        chosen_on = f"the choosing half of {chooser_set.name} ({len(true)} images)"
-    threshold = choose_threshold(true, chooser, params.target_sensitivity, params.confidence)
+        chosen_on = f"the choosing half of {chooser_set.name} ({len(label_indices)} images)"
+    threshold = choose_threshold(
+        label_indices, chooser, params.target_sensitivity, params.confidence
+    )
     log.info(
         "melanoma alert threshold %.4f, chosen on %s: %d of %d melanomas caught, sensitivity "
         "lower bound %.3f (target %.2f at %.0f%% confidence)",
@@ -166,7 +170,7 @@ def threshold_rules(
     probabilities: dict[str, np.ndarray],
 ) -> dict[str, dict]:
     """What each way of choosing the threshold delivers on images it never saw: the
-    reporting half of every external set with melanomas (`split_halves(true, seed)`).
+    reporting half of every external set with melanomas (`split_halves(label_indices, seed)`).
 
     Rules: `validation`, and `<set>` for the choosing half of each external set. Per rule, its
     threshold and, per external set, the alert's sensitivity and specificity on that set's
@@ -174,21 +178,23 @@ def threshold_rules(
     """
     by_name = {s.name: s for s in sets if s.name != TEST}
     halves = {
-        name: split_halves(s.true, seed)
+        name: split_halves(s.label_indices, seed)
         for name, s in by_name.items()
-        if (s.true == MELANOMA_INDEX).sum() >= 2
+        if (s.label_indices == MELANOMA_INDEX).sum() >= 2
     }
     choosers = {VALIDATION: validation}
     for name, (choose, _) in halves.items():
-        choosers[name] = (by_name[name].true[choose], probabilities[name][choose])
+        choosers[name] = (by_name[name].label_indices[choose], probabilities[name][choose])
     rules = {}
-    for rule, (true, chooser) in choosers.items():
-        threshold = choose_threshold(true, chooser, params.target_sensitivity, params.confidence)
+    for rule, (label_indices, chooser) in choosers.items():
+        threshold = choose_threshold(
+            label_indices, chooser, params.target_sensitivity, params.confidence
+        )
         delivered = {}
         for name, (_, report_rows) in halves.items():
-            true_report = by_name[name].true[report_rows]
+            report_labels = by_name[name].label_indices[report_rows]
             alerts = melanoma_alerts(probabilities[name][report_rows], threshold.value)
-            is_melanoma = true_report == MELANOMA_INDEX
+            is_melanoma = report_labels == MELANOMA_INDEX
             delivered[name] = {
                 "melanomas": int(is_melanoma.sum()),
                 "sensitivity": float(alerts[is_melanoma].mean()),
@@ -210,18 +216,18 @@ def set_section(
     """A set's section of reports/metrics.json: metrics_report, calibration (and, when the
     model was calibrated, the uncalibrated figures too), and whether the alert can still meet
     the target sensitivity there."""
-    true = evaluation_set.true
+    label_indices = evaluation_set.label_indices
     section = metrics_report(
-        true, probabilities, threshold, bootstrap_samples, seed, evaluation_set.name
+        label_indices, probabilities, threshold, bootstrap_samples, seed, evaluation_set.name
     )
-    section |= calibration_figures(true, probabilities)
+    section |= calibration_metrics(label_indices, probabilities)
     before = uncalibrated(probabilities, temperature)
     if before is not None:
         section |= {
             f"{name}_uncalibrated": value
-            for name, value in calibration_figures(true, before).items()
+            for name, value in calibration_metrics(label_indices, before).items()
         }
-    is_melanoma = true == MELANOMA_INDEX
+    is_melanoma = label_indices == MELANOMA_INDEX
     melanomas = int(is_melanoma.sum())
     section["melanomas"] = melanomas
     if melanomas == 0:
@@ -255,23 +261,27 @@ def write_set_outputs(
 ) -> None:
     """The set's predictions CSV (every image, with its role) and its plots (of the reporting
     images)."""
-    table = predictions_table(evaluation_set.names, evaluation_set.true, probabilities, threshold)
+    table = predictions_table(
+        evaluation_set.names, evaluation_set.label_indices, probabilities, threshold
+    )
     table["role"] = roles
     predictions_file.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(predictions_file, index=False)
     reporting = roles == REPORT
-    name, true, probabilities = (
+    name, label_indices, probabilities = (
         evaluation_set.name,
-        evaluation_set.true[reporting],
+        evaluation_set.label_indices[reporting],
         probabilities[reporting],
     )
     confusion = plots_dir / f"{name}_confusion_matrix.png"
     roc = plots_dir / f"{name}_roc_curve.png"
     reliability = plots_dir / f"{name}_reliability.png"
-    plot_confusion_matrix(true, probabilities, confusion, name)
-    plot_melanoma_roc(true, probabilities, threshold, roc, name)
+    plot_confusion_matrix(label_indices, probabilities, confusion, name)
+    plot_melanoma_roc(label_indices, probabilities, threshold, roc, name)
     before = uncalibrated(probabilities, temperature)
-    save_figure(plot_reliability(true, probabilities, before, f"Reliability, {name}"), reliability)
+    save_figure(
+        plot_reliability(label_indices, probabilities, before, f"Reliability, {name}"), reliability
+    )
 
 
 def evaluation_report(
@@ -329,24 +339,24 @@ def evaluation_report(
 
 
 def headline(section: dict) -> str:
-    figures = [f"{section['images']} images"]
-    for name in (*TRACKED_FIGURES, "ece"):
+    parts = [f"{section['images']} images"]
+    for name in (*TRACKED_METRICS, "ece"):
         value = section.get(name)
-        figures.append(f"{name} {'undefined' if value is None else f'{value:.3f}'}")
-    return ", ".join(figures)
+        parts.append(f"{name} {'undefined' if value is None else f'{value:.3f}'}")
+    return ", ".join(parts)
 
 
 def tracked_metrics(report: dict) -> dict[str, float]:
-    """The few figures a person compares runs on, `<set>_<figure>`; the rest is in the report
+    """The few metrics a person compares runs on, `<set>_<metric>`; the rest is in the report
     (logged as evaluation/metrics.json)."""
     metrics = {"melanoma_threshold": report["operating_point"]["threshold"]}
     for set_name, section in evaluation_sections(report):
-        for name in TRACKED_FIGURES:
+        for name in TRACKED_METRICS:
             if section.get(name) is not None:
                 metrics[f"{set_name}_{name}"] = section[name]
     return metrics
 
 
 def evaluation_sections(report: dict) -> list[tuple[str, dict]]:
-    """(set name, figures) of reports/metrics.json: the test split, then each external set."""
+    """(set name, section) of reports/metrics.json: the test split, then each external set."""
     return [(TEST, report[TEST]), *report["external"].items()]

@@ -34,11 +34,11 @@ from melanoma.data.manifest import (
     read_manifest,
     read_sources_summary,
 )
-from melanoma.evaluation.metrics import predictions_table, validation_figures
+from melanoma.evaluation.metrics import predictions_table, validation_metrics
 from melanoma.labels import LABELS
 from melanoma.model.architectures import OUTPUT_NAME, build_head, build_model
 from melanoma.model.calibration import (
-    calibration_figures,
+    calibration_metrics,
     fit_temperature,
     fold_temperature,
     rescale,
@@ -282,10 +282,10 @@ def training_summary(
     }
 
 
-# The validation figures logged as metrics; the rest of reports/train_metrics.json (macro F1,
+# The validation metrics logged to MLflow; the rest of reports/train_metrics.json (macro F1,
 # the best epoch, seconds per epoch, Brier scores) stays in the file: with the curves and
-# evaluate's figures, a run keeps to about 25 metrics (issue 12).
-TRACKED_VALIDATION_FIGURES = ("accuracy", "balanced_accuracy", "melanoma_auc")
+# evaluate's metrics, a run keeps to about 25 metrics, few enough to compare runs on at a glance.
+TRACKED_VALIDATION_METRICS = ("accuracy", "balanced_accuracy", "melanoma_auc")
 
 
 def summary_metrics(summary: dict) -> dict[str, float]:
@@ -296,7 +296,7 @@ def summary_metrics(summary: dict) -> dict[str, float]:
         "validation_ece": summary["calibration"]["validation_ece"],
     } | {
         f"validation_{name}": summary["validation"][name]
-        for name in TRACKED_VALIDATION_FIGURES
+        for name in TRACKED_VALIDATION_METRICS
         if summary["validation"].get(name) is not None
     }
 
@@ -361,12 +361,12 @@ def calibrate(
 
     Returns T (1.0: uncalibrated) and the validation ECE and Brier score before and after.
     """
-    before = after = calibration_figures(val_labels, val_probabilities)
+    before = after = calibration_metrics(val_labels, val_probabilities)
     temperature = 1.0
     if params.calibration == "temperature":
         temperature = fit_temperature(val_labels, val_probabilities)
         fold_temperature(model, temperature)
-        after = calibration_figures(val_labels, rescale(val_probabilities, temperature))
+        after = calibration_metrics(val_labels, rescale(val_probabilities, temperature))
     log.info(
         "calibration %s: temperature %.3f, validation ECE %.4f -> %.4f, Brier %.4f -> %.4f",
         params.calibration,
@@ -505,7 +505,7 @@ def run_training(
         if temperature != 1.0:
             # What the calibrated model now gives (val_ds may hold cached features, not images).
             val_probabilities = rescale(val_probabilities, temperature)
-        summary["validation"] = validation_figures(val_labels, val_probabilities)
+        summary["validation"] = validation_metrics(val_labels, val_probabilities)
         mlflow.log_metrics(summary_metrics(summary))
         mlflow.log_figure(plot_curves(history), "training_curves.png")
         mlflow.log_dict({"labels": list(LABELS)}, "labels.json")

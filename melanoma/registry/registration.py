@@ -24,7 +24,7 @@ from melanoma.evaluation.external import read_external_sets
 from melanoma.evaluation.metrics import read_predictions
 from melanoma.evaluation.model_card import (
     card_facts,
-    figures_table,
+    metrics_table,
     registry_description,
 )
 from melanoma.evaluation.report import (
@@ -54,7 +54,7 @@ from melanoma.tracking import configure_tracking
 log = logging.getLogger(__name__)
 
 # The per-class figures and interval bounds of every set, one table (not metrics) in the run.
-FIGURES_TABLE_ARTIFACT = "evaluation/figures.json"
+METRICS_TABLE_ARTIFACT = "evaluation/figures.json"
 # The digits of the probabilities in evaluate's predictions files.
 PROBABILITY_DIGITS = 6
 
@@ -87,9 +87,9 @@ def evaluated_images(set_names: list[str]) -> ScoredImages:
     predictions files hold them (every image, the threshold-choosing half included)."""
     parts = [(name, *read_predictions(predictions_file(name))) for name in set_names]
     return ScoredImages(
-        true=np.concatenate([true for _, true, _ in parts]),
+        label_indices=np.concatenate([label_indices for _, label_indices, _ in parts]),
         probabilities=np.concatenate([probabilities for _, _, probabilities in parts]),
-        sets=np.concatenate([[name] * len(true) for name, true, _ in parts]),
+        sets=np.concatenate([[name] * len(label_indices) for name, label_indices, _ in parts]),
     )
 
 
@@ -107,7 +107,7 @@ def champion_scorer(params: Params, images: ScoredImages) -> Callable[[str], np.
             probabilities = champion_probabilities(
                 champion_uri,
                 [path for s in sets for path in s.paths],
-                images.true,
+                images.label_indices,
                 params.train.batch_size,
             )
         return None if probabilities is None else probabilities.round(PROBABILITY_DIGITS)
@@ -117,8 +117,8 @@ def champion_scorer(params: Params, images: ScoredImages) -> Callable[[str], np.
 
 def check_same_images(sets: list[EvaluationSet], images: ScoredImages) -> None:
     for evaluation_set in sets:
-        listed = images.true[images.sets == evaluation_set.name]
-        if not np.array_equal(listed, evaluation_set.true):
+        listed = images.label_indices[images.sets == evaluation_set.name]
+        if not np.array_equal(listed, evaluation_set.label_indices):
             raise RegistryError(
                 f"{predictions_file(evaluation_set.name)} does not list the images of set "
                 f"{evaluation_set.name} as they are now: run `evaluate` again"
@@ -136,7 +136,7 @@ def log_evaluation(params: Params, report: dict) -> None:
     mlflow.log_metrics(tracked_metrics(report))
     # log_dict, not log_table: log_table appends to an existing file, and evaluate may run
     # again on the same run. The content is log_table's: {"columns": [...], "data": [...]}.
-    mlflow.log_dict(figures_table(report), FIGURES_TABLE_ARTIFACT)
+    mlflow.log_dict(metrics_table(report), METRICS_TABLE_ARTIFACT)
     for path in (paths.METRICS_FILE, paths.PREDICTIONS_FILE, paths.GALLERY_FILE, paths.MODEL_CARD):
         mlflow.log_artifact(str(path), artifact_path="evaluation")
     mlflow.log_artifacts(str(paths.PLOTS_DIR), artifact_path="evaluation")

@@ -15,15 +15,15 @@ from mlflow import MlflowClient
 from melanoma.config import OperatingPoint, flatten, parse_params
 from melanoma.data.manifest import AUGMENTED_COLUMNS, images_per_source, read_manifest
 from melanoma.evaluation.model_card import (
-    CARD_FIGURES,
+    CARD_METRICS,
     DESCRIPTION_LIMIT,
     FEW_IMAGES,
-    FIGURE_NAMES,
     LIMITATIONS_HEADING,
     LINEAGE_HEADING,
+    METRIC_NAMES,
     OLD_ARCHIVE_IDS_BELOW,
     CardFacts,
-    figures_table,
+    metrics_table,
     registry_description,
     render_card,
 )
@@ -64,11 +64,13 @@ def _made_up_report(seed: int = 0) -> dict:
         "warnings": ["test: a made-up warning with 1 figure 0.123"],
     }
     for name, labels in (("test", np.arange(len(LABELS))), ("ext2018", np.array([3, 4, 1]))):
-        true = np.repeat(labels, 5)
-        probabilities = rng.dirichlet(np.ones(len(LABELS)) * 0.5, len(true))
-        probabilities[true == MELANOMA_INDEX, MELANOMA_INDEX] += 0.5
+        label_indices = np.repeat(labels, 5)
+        probabilities = rng.dirichlet(np.ones(len(LABELS)) * 0.5, len(label_indices))
+        probabilities[label_indices == MELANOMA_INDEX, MELANOMA_INDEX] += 0.5
         probabilities /= probabilities.sum(axis=1, keepdims=True)
-        images = EvaluationSet(name, [f"{i}.png" for i in range(len(true))], [], true)
+        images = EvaluationSet(
+            name, [f"{i}.png" for i in range(len(label_indices))], [], label_indices
+        )
         section = set_section(images, probabilities, threshold.value, 1.3, params, 30, seed)
         if name == "test":
             report["test"] = section
@@ -156,13 +158,13 @@ def assert_tables_match_report(card: str, report: dict) -> None:
     header, rows = _table(_section(card, "## Evaluation"))
     assert header[1:] == list(sections)
     by_name = {row[0]: row[1:] for row in rows}
-    assert set(by_name) == {"images", "melanomas", *(FIGURE_NAMES[f] for f in CARD_FIGURES)}
+    assert set(by_name) == {"images", "melanomas", *(METRIC_NAMES[f] for f in CARD_METRICS)}
     for column, set_name in enumerate(header[1:]):
         section = sections[set_name]
         assert int(by_name["images"][column]) == section["images"]
         assert int(by_name["melanomas"][column]) == section["melanomas"]
-        for figure in CARD_FIGURES:
-            _assert_cell(by_name[FIGURE_NAMES[figure]][column], section, figure)
+        for figure in CARD_METRICS:
+            _assert_cell(by_name[METRIC_NAMES[figure]][column], section, figure)
 
     alert = _section(card, "## Melanoma alert")
     assert f"P(melanoma) >= {report['operating_point']['threshold']:.4f}" in alert
@@ -305,7 +307,7 @@ def test_the_registry_gets_the_whole_card_or_one_without_its_params():
 
 def test_the_figures_table_holds_every_figure_with_its_interval():
     report = _report()
-    table = figures_table(report)
+    table = metrics_table(report)
     # Strict JSON (no NaN): undefined figures stay null, as in reports/metrics.json.
     assert json.loads(json.dumps(table, allow_nan=False)) == table
     rows = {(r[0], r[1]): r[2:] for r in table["data"]}

@@ -122,11 +122,13 @@ def test_calibrate_folds_the_fitted_temperature_into_the_model_or_leaves_it(cali
         inputs, keras.layers.Dense(len(LABELS), activation="softmax", name="probabilities")(inputs)
     )
     x = np.random.default_rng(0).normal(size=(60, 3)).astype("float32") * 5
-    true = np.random.default_rng(1).integers(0, len(LABELS), 60)  # unrelated: overconfident
+    label_indices = np.random.default_rng(1).integers(
+        0, len(LABELS), 60
+    )  # unrelated: overconfident
     before = model.predict(x, verbose=0)
     params = train_params(calibration=calibration)
 
-    figures = calibrate(model, params, true, before)
+    figures = calibrate(model, params, label_indices, before)
 
     after = model.predict(x, verbose=0)
     if calibration == "none":
@@ -205,9 +207,11 @@ def test_training_run_is_tracked_per_epoch_and_reproducible(augmented_project, t
     temperature = metrics["calibration"]["temperature"]
     assert run_info["temperature"] == temperature != 1.0
     assert run.data.metrics["temperature"] == pytest.approx(temperature)
-    true, calibrated = read_predictions(first.validation_predictions)
+    label_indices, calibrated = read_predictions(first.validation_predictions)
     uncalibrated = rescale(calibrated, 1 / temperature)
-    assert negative_log_likelihood(true, calibrated) <= negative_log_likelihood(true, uncalibrated)
+    assert negative_log_likelihood(label_indices, calibrated) <= negative_log_likelihood(
+        label_indices, uncalibrated
+    )
 
     # The saved model's contract, and the logged model is the same model.
     model = keras.saving.load_model(first.model)
