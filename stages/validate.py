@@ -20,7 +20,7 @@ from melanoma.data.validation import (
     too_few_warnings,
     write_report,
 )
-from melanoma.logs import setup_logging
+from melanoma.logs import exit_on, setup_logging
 from melanoma.paths import DATA_DOCS, INGESTED_MANIFEST, VALIDATED_MANIFEST
 from melanoma.paths import VALIDATION_REPORT as REPORT
 
@@ -32,11 +32,8 @@ def main() -> None:
     policy = load_params().validate_
     reference = None
     if policy.reference_labels is not None:
-        try:
+        with exit_on(ReferenceLabelsError):
             reference = load_reference_labels(policy.reference_labels, policy)
-        except ReferenceLabelsError as error:
-            log.error("%s", error)
-            sys.exit(1)
     manifest = read_manifest(INGESTED_MANIFEST, INGEST_COLUMNS)
     checks = resolve_content(manifest, policy, reference)
     expectations = run_expectations(checks.manifest, policy, DATA_DOCS)
