@@ -18,7 +18,6 @@ from melanoma.data.validation import (
     run_expectations,
     summary_lines,
     too_few_warnings,
-    write_report,
 )
 from melanoma.logs import exit_on, setup_logging
 from melanoma.paths import DATA_DOCS, INGESTED_MANIFEST, VALIDATED_MANIFEST
@@ -39,14 +38,14 @@ def main() -> None:
     expectations = run_expectations(checks.manifest, policy, DATA_DOCS)
     report = build_report(expectations, checks, policy, reference)
     write_manifest(checks.manifest, VALIDATED_MANIFEST, VALIDATED_COLUMNS)
-    write_report(report, REPORT)
+    report.write(REPORT)
     for line in summary_lines(report):
         log.info("%s", line)
     for warning in too_few_warnings(report):
         log.warning("%s", warning)
     log.info("report: %s, data docs: %s", REPORT, DATA_DOCS / "index.html")
-    if report["failures"]:
-        for failure in report["failures"]:
+    if report.failures:
+        for failure in report.failures:
             log.error("%s", failure)
         sys.exit(1)
 

@@ -17,7 +17,7 @@ from melanoma.registry.promotion import (
 )
 from melanoma.registry.registration import METRICS_TABLE_ARTIFACT
 from stages import evaluate, register
-from tests.helpers import write_train_outputs
+from tests.helpers import train_run_info, write_train_outputs
 
 NAME = "melanoma-test"  # registry.model_name of the mlflow_project params
 
@@ -128,8 +128,7 @@ def test_a_training_run_missing_from_the_store_is_logged_once(evaluated):
     # Train restored from DVC's run cache: run.json names a run this store never saw. The same
     # model comes back as version 2; re-scored on the same images it ties with v1, whose
     # champion alias stays.
-    missing_run = {"run_id": "f" * 32, "model_uri": "models:/m-gone", "image_size": 16}
-    paths.RUN_FILE.write_text(json.dumps(missing_run))
+    train_run_info("f" * 32, "models:/m-gone").write(paths.RUN_FILE)
 
     register.main()
     register.main()

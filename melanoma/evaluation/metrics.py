@@ -30,18 +30,10 @@ from sklearn.metrics import (
 from tqdm import tqdm
 
 from melanoma.labels import LABELS, MELANOMA, MELANOMA_INDEX
+from melanoma.reports import THRESHOLD_FREE_METRICS
 
 log = logging.getLogger(__name__)
 
-HEADLINE_METRICS = (
-    "accuracy",
-    "balanced_accuracy",
-    "macro_f1",
-    "melanoma_auc",
-    "melanoma_sensitivity",
-    "melanoma_specificity",
-)
-THRESHOLD_FREE_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "melanoma_auc")
 CLASS_INDICES = list(range(len(LABELS)))
 
 

@@ -35,6 +35,13 @@ from melanoma.evaluation.operating_point import (
 from melanoma.labels import MELANOMA_INDEX
 from melanoma.model.calibration import calibration_metrics, plot_reliability, uncalibrated
 from melanoma.paths import AUGMENTED_MANIFEST
+from melanoma.reports import (
+    AlertThreshold,
+    MetricsReport,
+    ReportingHalf,
+    SetSection,
+    ThresholdRule,
+)
 
 log = logging.getLogger(__name__)
 
@@ -86,13 +93,21 @@ def evaluation_sets(external: list[ExternalImages]) -> list[EvaluationSet]:
     return [test_split_images(manifest, AUGMENTED_MANIFEST), *(external_set(e) for e in external)]
 
 
-def evaluation_lineage(git_commit: str, test: EvaluationSet) -> dict[str, str]:
-    """What the evaluated figures came from: the model card's lineage and the version's tags."""
-    return {
-        "git commit": git_commit,
-        "test images sha256": images_sha256(test.paths, test.label_indices),
-        "augmented manifest sha256": file_sha256(AUGMENTED_MANIFEST),
-    }
+@dataclass(frozen=True)
+class Lineage:
+    """What the evaluated metrics came from: the model card's lineage and the version's tags."""
+
+    git_commit: str
+    test_images_sha256: str
+    augmented_manifest_sha256: str
+
+
+def evaluation_lineage(git_commit: str, test: EvaluationSet) -> Lineage:
+    return Lineage(
+        git_commit=git_commit,
+        test_images_sha256=images_sha256(test.paths, test.label_indices),
+        augmented_manifest_sha256=file_sha256(AUGMENTED_MANIFEST),
+    )
 
 
 @dataclass(frozen=True)
@@ -102,18 +117,18 @@ class OperatingPointChoice:
     # Per set name, the role of each image: CHOOSE (chose the threshold, not reported) or REPORT.
     roles: dict[str, np.ndarray]
 
-    def describe(self, params: OperatingPoint) -> dict:
+    def describe(self, params: OperatingPoint) -> AlertThreshold:
         t = self.threshold
-        return {
-            "threshold": t.value,
-            "chosen_on": self.chosen_on,
-            "target_sensitivity": params.target_sensitivity,
-            "confidence": params.confidence,
-            "melanomas": t.melanomas,
-            "caught": t.caught,
-            "sensitivity_lower_bound": t.sensitivity_lower_bound,
-            "target_reachable": t.target_reachable,
-        }
+        return AlertThreshold(
+            threshold=t.value,
+            chosen_on=self.chosen_on,
+            target_sensitivity=params.target_sensitivity,
+            confidence=params.confidence,
+            melanomas=t.melanomas,
+            caught=t.caught,
+            sensitivity_lower_bound=t.sensitivity_lower_bound,
+            target_reachable=t.target_reachable,
+        )
 
 
 def choose_operating_point(
@@ -168,7 +183,7 @@ def threshold_rules(
     validation: tuple[np.ndarray, np.ndarray],
     sets: list[EvaluationSet],
     probabilities: dict[str, np.ndarray],
-) -> dict[str, dict]:
+) -> dict[str, ThresholdRule]:
     """What each way of choosing the threshold delivers on images it never saw: the
     reporting half of every external set with melanomas (`split_halves(label_indices, seed)`).
 
@@ -195,12 +210,12 @@ def threshold_rules(
             report_labels = by_name[name].label_indices[report_rows]
             alerts = melanoma_alerts(probabilities[name][report_rows], threshold.value)
             is_melanoma = report_labels == MELANOMA_INDEX
-            delivered[name] = {
-                "melanomas": int(is_melanoma.sum()),
-                "sensitivity": float(alerts[is_melanoma].mean()),
-                "specificity": float(1 - alerts[~is_melanoma].mean()),
-            }
-        rules[rule] = {"threshold": threshold.value, "reporting_halves": delivered}
+            delivered[name] = ReportingHalf(
+                melanomas=int(is_melanoma.sum()),
+                sensitivity=float(alerts[is_melanoma].mean()),
+                specificity=float(1 - alerts[~is_melanoma].mean()),
+            )
+        rules[rule] = ThresholdRule(threshold=threshold.value, reporting_halves=delivered)
     return rules
 
 
@@ -212,9 +227,9 @@ def set_section(
     params: OperatingPoint,
     bootstrap_samples: int,
     seed: int,
-) -> dict:
+) -> SetSection:
     """A set's section of reports/metrics.json: metrics_report, calibration (and, when the
-    model was calibrated, the uncalibrated figures too), and whether the alert can still meet
+    model was calibrated, the uncalibrated metrics too), and whether the alert can still meet
     the target sensitivity there."""
     label_indices = evaluation_set.label_indices
     section = metrics_report(
@@ -232,21 +247,21 @@ def set_section(
     section["melanomas"] = melanomas
     if melanomas == 0:
         section["note"] = "no melanoma in this set: melanoma-vs-rest figures are undefined"
-        return section
+        return SetSection.model_validate(section)
     caught = int(melanoma_alerts(probabilities, threshold)[is_melanoma].sum())
     upper = sensitivity_upper_bound(caught, melanomas, params.confidence)
     section["melanoma_sensitivity_upper_bound"] = upper
     section["alert_below_target"] = upper < params.target_sensitivity
-    return section
+    return SetSection.model_validate(section)
 
 
-def below_target_warning(name: str, section: dict, params: OperatingPoint) -> str | None:
-    if not section.get("alert_below_target"):
+def below_target_warning(name: str, section: SetSection, params: OperatingPoint) -> str | None:
+    if not section.alert_below_target:
         return None
     return (
         f"{name}: the melanoma alert misses its target here: sensitivity "
-        f"{section['melanoma_sensitivity']:.3f}, upper {params.confidence:.0%} bound "
-        f"{section['melanoma_sensitivity_upper_bound']:.3f} < target {params.target_sensitivity}"
+        f"{section.melanoma_sensitivity:.3f}, upper {params.confidence:.0%} bound "
+        f"{section.melanoma_sensitivity_upper_bound:.3f} < target {params.target_sensitivity}"
     )
 
 
@@ -290,20 +305,15 @@ def evaluation_report(
     choice: OperatingPointChoice,
     temperature: float,
     params: EvaluateParams,
+    rules: dict[str, ThresholdRule],
     predictions_file: Callable[[str], Path],
     plots_dir: Path,
-) -> dict:
-    """reports/metrics.json's content (operating point, then a section per set: `test` and
-    `external.<name>`, then warnings); writes the per-set files (predictions CSV at
-    `predictions_file(set name)`, plots in plots_dir)."""
-    report = {
-        "operating_point": choice.describe(params.operating_point),
-        "temperature": temperature,
-        "bootstrap_samples": params.bootstrap_samples,
-        "test": {},
-        "external": {},
-        "warnings": [],
-    }
+) -> MetricsReport:
+    """reports/metrics.json's content (operating point, a section per set: `test` and
+    `external.<name>`, warnings, and the threshold rules as `threshold_rules` gave them); writes
+    the per-set files (predictions CSV at `predictions_file(set name)`, plots in plots_dir)."""
+    sections: dict[str, SetSection] = {}
+    warnings = []
     threshold = choice.threshold.value
     for evaluation_set in sets:
         name, roles = evaluation_set.name, choice.roles[evaluation_set.name]
@@ -317,14 +327,11 @@ def evaluation_report(
             params.bootstrap_samples,
             params.seed,
         )
-        if name == TEST:
-            report[TEST] = section
-        else:
-            report["external"][name] = section
+        sections[name] = section
         warning = below_target_warning(name, section, params.operating_point)
         if warning:
             log.warning("%s", warning)
-            report["warnings"].append(warning)
+            warnings.append(warning)
         log.info("%s: %s", name, headline(section))
         write_set_outputs(
             evaluation_set,
@@ -335,28 +342,31 @@ def evaluation_report(
             predictions_file(name),
             plots_dir,
         )
-    return report
+    return MetricsReport(
+        operating_point=choice.describe(params.operating_point),
+        temperature=temperature,
+        bootstrap_samples=params.bootstrap_samples,
+        test=sections.pop(TEST),
+        external=sections,
+        warnings=warnings,
+        threshold_rules=rules,
+    )
 
 
-def headline(section: dict) -> str:
-    parts = [f"{section['images']} images"]
+def headline(section: SetSection) -> str:
+    parts = [f"{section.images} images"]
     for name in (*TRACKED_METRICS, "ece"):
-        value = section.get(name)
+        value = getattr(section, name)
         parts.append(f"{name} {'undefined' if value is None else f'{value:.3f}'}")
     return ", ".join(parts)
 
 
-def tracked_metrics(report: dict) -> dict[str, float]:
+def tracked_metrics(report: MetricsReport) -> dict[str, float]:
     """The few metrics a person compares runs on, `<set>_<metric>`; the rest is in the report
     (logged as evaluation/metrics.json)."""
-    metrics = {"melanoma_threshold": report["operating_point"]["threshold"]}
-    for set_name, section in evaluation_sections(report):
+    metrics = {"melanoma_threshold": report.operating_point.threshold}
+    for set_name, section in report.sections():
         for name in TRACKED_METRICS:
-            if section.get(name) is not None:
-                metrics[f"{set_name}_{name}"] = section[name]
+            if getattr(section, name) is not None:
+                metrics[f"{set_name}_{name}"] = getattr(section, name)
     return metrics
-
-
-def evaluation_sections(report: dict) -> list[tuple[str, dict]]:
-    """(set name, section) of reports/metrics.json: the test split, then each external set."""
-    return [(TEST, report[TEST]), *report["external"].items()]

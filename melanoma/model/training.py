@@ -1,10 +1,10 @@
 """Fit the model on the augmented manifest, with every epoch tracked in one MLflow run.
 
-The run id travels in models/run.json (a DVC output), never as "the latest run": DVC may
-restore `train` from its run cache without running it, and then no new MLflow run exists.
+The run id travels in models/run.json (a DVC output, melanoma.reports.RunInfo), never as "the
+latest run": DVC may restore `train` from its run cache without running it, and then no new
+MLflow run exists.
 """
 
-import json
 import logging
 import os
 import time
@@ -44,6 +44,7 @@ from melanoma.model.calibration import (
     rescale,
 )
 from melanoma.model.features import read_feature_cache
+from melanoma.reports import Calibration, EpochMetrics, FitSummary, RunInfo, TrainMetrics
 from melanoma.tracking import configure_tracking, experiment_run_tags, git_commit
 
 log = logging.getLogger(__name__)
@@ -257,7 +258,7 @@ def make_callbacks(params: TrainParams, tracker: EpochTracker) -> list[keras.cal
 
 def training_summary(
     history: pd.DataFrame, seconds: list[float], train_images: int, early_stopping: bool
-) -> dict:
+) -> FitSummary:
     """Final and best-epoch (lowest val_loss) metrics and the speed, for reports/train_metrics.json.
 
     The first epoch also traces the graph and fills the decoded-image cache, so the steady-state
@@ -267,19 +268,19 @@ def training_summary(
     final = history.iloc[-1]
     steady = seconds[1:] or seconds
     seconds_per_epoch = float(np.mean(steady))
-    return {
-        "epochs_run": len(history),
-        "final": {name: float(final[name]) for name in EPOCH_METRICS},
-        "best_epoch": int(best["epoch"]),
-        "best": {name: float(best[name]) for name in EPOCH_METRICS},
+    return FitSummary(
+        epochs_run=len(history),
+        final=EpochMetrics(**{name: float(final[name]) for name in EPOCH_METRICS}),
+        best_epoch=int(best["epoch"]),
+        best=EpochMetrics(**{name: float(best[name]) for name in EPOCH_METRICS}),
         # EarlyStopping(restore_best_weights=True) puts the best epoch's weights back at the end.
-        "saved_model_epoch": int(best["epoch"]) if early_stopping else int(final["epoch"]),
-        "train_images": train_images,
-        "first_epoch_seconds": seconds[0],
-        "seconds_per_epoch": seconds_per_epoch,
-        "images_per_second": train_images / seconds_per_epoch,
-        "training_seconds": float(np.sum(seconds)),
-    }
+        saved_model_epoch=int(best["epoch"]) if early_stopping else int(final["epoch"]),
+        train_images=train_images,
+        first_epoch_seconds=seconds[0],
+        seconds_per_epoch=seconds_per_epoch,
+        images_per_second=train_images / seconds_per_epoch,
+        training_seconds=float(np.sum(seconds)),
+    )
 
 
 # The validation metrics logged to MLflow; the rest of reports/train_metrics.json (macro F1,
@@ -288,17 +289,14 @@ def training_summary(
 TRACKED_VALIDATION_METRICS = ("accuracy", "balanced_accuracy", "melanoma_auc")
 
 
-def summary_metrics(summary: dict) -> dict[str, float]:
-    """The run's one-value metrics from training_summary (+ calibration, validation)."""
+def summary_metrics(summary: TrainMetrics) -> dict[str, float]:
+    """The run's one-value metrics: speed, calibration, and the defined validation metrics."""
+    validation = {name: getattr(summary.validation, name) for name in TRACKED_VALIDATION_METRICS}
     return {
-        "images_per_second": summary["images_per_second"],
-        "temperature": summary["calibration"]["temperature"],
-        "validation_ece": summary["calibration"]["validation_ece"],
-    } | {
-        f"validation_{name}": summary["validation"][name]
-        for name in TRACKED_VALIDATION_METRICS
-        if summary["validation"].get(name) is not None
-    }
+        "images_per_second": summary.images_per_second,
+        "temperature": summary.calibration.temperature,
+        "validation_ece": summary.calibration.validation_ece,
+    } | {f"validation_{name}": value for name, value in validation.items() if value is not None}
 
 
 def plot_curves(history: pd.DataFrame) -> Figure:
@@ -356,7 +354,7 @@ def model_requirements() -> list[str]:
 
 def calibrate(
     model: keras.Model, params: TrainParams, val_labels: np.ndarray, val_probabilities: np.ndarray
-) -> dict[str, float]:
+) -> Calibration:
     """With calibration=temperature, fit T on the validation split and fold it into the model.
 
     Returns T (1.0: uncalibrated) and the validation ECE and Brier score before and after.
@@ -376,11 +374,13 @@ def calibrate(
         before["brier"],
         after["brier"],
     )
-    return {
-        "temperature": temperature,
-        **{f"validation_{name}_uncalibrated": value for name, value in before.items()},
-        **{f"validation_{name}": value for name, value in after.items()},
-    }
+    return Calibration(
+        temperature=temperature,
+        validation_ece_uncalibrated=before["ece"],
+        validation_brier_uncalibrated=before["brier"],
+        validation_ece=after["ece"],
+        validation_brier=after["brier"],
+    )
 
 
 def feature_dataset(
@@ -428,7 +428,7 @@ def run_training(
     outputs: TrainOutputs,
     features_dir: Path = paths.FEATURES_DIR,
     sources_file: Path = paths.SOURCES_SUMMARY,
-) -> dict:
+) -> RunInfo:
     """Train on the train split, validate on val, track it all in one MLflow run; write outputs.
 
     With a frozen backbone (`train.freeze: all`) the head trains on the features cached in
@@ -493,19 +493,22 @@ def run_training(
             verbose=0,
         )
         history = pd.DataFrame(tracker.rows, columns=HISTORY_COLUMNS)
-        summary = training_summary(
+        fit = training_summary(
             history, tracker.seconds, len(train_paths), bool(train.early_stopping_patience)
         )
-        # Figures of the saved weights on the validation split: what params are chosen on,
+        # Metrics of the saved weights on the validation split: what params are chosen on,
         # since only `evaluate` reads the test split.
         val_probabilities = fitted.predict(val_ds, verbose=0)
         model = saved_model(model, fitted)
-        summary["calibration"] = calibrate(model, train, val_labels, val_probabilities)
-        temperature = summary["calibration"]["temperature"]
-        if temperature != 1.0:
+        calibration = calibrate(model, train, val_labels, val_probabilities)
+        if calibration.temperature != 1.0:
             # What the calibrated model now gives (val_ds may hold cached features, not images).
-            val_probabilities = rescale(val_probabilities, temperature)
-        summary["validation"] = validation_metrics(val_labels, val_probabilities)
+            val_probabilities = rescale(val_probabilities, calibration.temperature)
+        summary = TrainMetrics(
+            **fit.to_dict(),
+            calibration=calibration,
+            validation=validation_metrics(val_labels, val_probabilities),
+        )
         mlflow.log_metrics(summary_metrics(summary))
         mlflow.log_figure(plot_curves(history), "training_curves.png")
         mlflow.log_dict({"labels": list(LABELS)}, "labels.json")
@@ -513,20 +516,20 @@ def run_training(
         example = example[0].numpy()
         model_info = log_keras_model(model, example)
 
-    run_info = {
-        "run_id": run.info.run_id,
-        "experiment_id": experiment_id,
-        "model_uri": model_info.model_uri,
-        "tracking_uri": mlflow.get_tracking_uri(),
-        "labels": list(LABELS),
-        "image_size": train.image_size,
-        "temperature": summary["calibration"]["temperature"],
-    }
+    run_info = RunInfo(
+        run_id=run.info.run_id,
+        experiment_id=experiment_id,
+        model_uri=model_info.model_uri,
+        tracking_uri=mlflow.get_tracking_uri(),
+        labels=list(LABELS),
+        image_size=train.image_size,
+        temperature=summary.calibration.temperature,
+    )
     for path in vars(outputs).values():
         path.parent.mkdir(parents=True, exist_ok=True)
     model.save(outputs.model)
-    outputs.run_info.write_text(json.dumps(run_info, indent=2) + "\n")
-    outputs.metrics.write_text(json.dumps(summary, indent=2) + "\n")
+    run_info.write(outputs.run_info)
+    summary.write(outputs.metrics)
     history.to_csv(outputs.history, index=False)
     predictions_table(val_paths, val_labels, val_probabilities).to_csv(
         outputs.validation_predictions, index=False
@@ -535,11 +538,11 @@ def run_training(
         "run %s: val accuracy %.4f, balanced accuracy %.4f, melanoma AUC %s (saved epoch %d), "
         "%.1f s/epoch, %.0f images/s",
         run.info.run_id,
-        summary["validation"]["accuracy"],
-        summary["validation"]["balanced_accuracy"],
-        summary["validation"]["melanoma_auc"],
-        summary["saved_model_epoch"],
-        summary["seconds_per_epoch"],
-        summary["images_per_second"],
+        summary.validation.accuracy,
+        summary.validation.balanced_accuracy,
+        summary.validation.melanoma_auc,
+        summary.saved_model_epoch,
+        summary.seconds_per_epoch,
+        summary.images_per_second,
     )
     return run_info

@@ -33,8 +33,7 @@ from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
 from melanoma.config import PromotionParams, RegistryParams
 from melanoma.data.dataset import make_dataset
-from melanoma.evaluation.metrics import HEADLINE_METRICS, threshold_free_metric
-from melanoma.evaluation.report import evaluation_sections
+from melanoma.evaluation.metrics import threshold_free_metric
 from melanoma.model.predict import (
     ModelLoadError,
     load_model,
@@ -42,6 +41,7 @@ from melanoma.model.predict import (
     predict_split,
 )
 from melanoma.model.training import log_keras_model
+from melanoma.reports import HEADLINE_METRICS, MetricsReport, RunInfo
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class Decision:
 
 
 def source_run(
-    run_info: dict, experiment_id: str, model_file: Path, example_image: str
+    run_info: RunInfo, experiment_id: str, model_file: Path, example_image: str
 ) -> tuple[str, str]:
     """(run id, model URI) to evaluate into: the training run of run_info if this store has it.
 
@@ -83,28 +83,28 @@ def source_run(
     `example_image` as input example), and is used instead; once, whenever it is asked again.
     """
     try:
-        mlflow.get_run(run_info["run_id"])
-        return run_info["run_id"], run_info["model_uri"]
+        mlflow.get_run(run_info.run_id)
+        return run_info.run_id, run_info.model_uri
     except MlflowException as error:
         if error.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
             raise
     for earlier in mlflow.search_runs(
         [experiment_id],
-        filter_string=f"tags.{SOURCE_RUN_TAG} = '{run_info['run_id']}'",
+        filter_string=f"tags.{SOURCE_RUN_TAG} = '{run_info.run_id}'",
         output_format="list",
     ):
         if LOGGED_MODEL_TAG in earlier.data.tags:
             return earlier.info.run_id, earlier.data.tags[LOGGED_MODEL_TAG]
     log.warning(
         "training run %s is not in the tracking store %s: logging %s into a new run",
-        run_info["run_id"],
+        run_info.run_id,
         mlflow.get_tracking_uri(),
         model_file,
     )
     with mlflow.start_run(
         experiment_id=experiment_id,
         run_name="register (training run not in this store)",
-        tags={SOURCE_RUN_TAG: run_info["run_id"]},
+        tags={SOURCE_RUN_TAG: run_info.run_id},
     ) as run:
         model = keras.saving.load_model(model_file)
         example = make_dataset([example_image], np.zeros(1, np.int32), model_input_size(model), 1)
@@ -199,14 +199,14 @@ def champion_probabilities(
 
 
 def version_tags(
-    report: dict, run_id: str, test_data_sha256: str, manifest_sha256: str, git_commit: str
+    report: MetricsReport, run_id: str, test_data_sha256: str, manifest_sha256: str, git_commit: str
 ) -> dict[str, str]:
     """What a registry user needs to trust a version: its alert threshold, its figures on every
     evaluation set and what produced it."""
-    tags = {THRESHOLD_TAG: str(report["operating_point"]["threshold"])}
-    for set_name, section in evaluation_sections(report):
-        tags |= {f"{set_name}_{name}": str(section[name]) for name in HEADLINE_METRICS}
-        tags[f"{set_name}_images"] = str(section["images"])
+    tags = {THRESHOLD_TAG: str(report.operating_point.threshold)}
+    for set_name, section in report.sections():
+        tags |= {f"{set_name}_{name}": str(getattr(section, name)) for name in HEADLINE_METRICS}
+        tags[f"{set_name}_images"] = str(section.images)
     tags.update(
         test_data_sha256=test_data_sha256,
         augmented_manifest_sha256=manifest_sha256,

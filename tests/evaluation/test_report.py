@@ -24,14 +24,14 @@ def test_each_rule_is_judged_on_the_reporting_half_it_never_saw():
     assert set(rules) == {"validation", "ext"}
     choose, report = split_halves(label_indices, 7)
     expected = choose_threshold(label_indices[choose], probabilities[choose], 0.8, 0.9).value
-    assert rules["ext"]["threshold"] == expected
+    assert rules["ext"].threshold == expected
     for rule in rules.values():
         scores = probabilities[report, MELANOMA_INDEX]
         is_melanoma = label_indices[report] == MELANOMA_INDEX
-        delivered = rule["reporting_halves"]["ext"]
-        assert delivered["melanomas"] == is_melanoma.sum() == 20
-        assert delivered["sensitivity"] == np.mean(scores[is_melanoma] >= rule["threshold"])
-        assert delivered["specificity"] == np.mean(scores[~is_melanoma] < rule["threshold"])
+        delivered = rule.reporting_halves["ext"]
+        assert delivered.melanomas == is_melanoma.sum() == 20
+        assert delivered.sensitivity == np.mean(scores[is_melanoma] >= rule.threshold)
+        assert delivered.specificity == np.mean(scores[~is_melanoma] < rule.threshold)
     # The validation threshold does not survive the shift; the external half's does.
-    assert rules["validation"]["reporting_halves"]["ext"]["sensitivity"] < 0.5
-    assert rules["ext"]["reporting_halves"]["ext"]["sensitivity"] >= 0.8
+    assert rules["validation"].reporting_halves["ext"].sensitivity < 0.5
+    assert rules["ext"].reporting_halves["ext"].sensitivity >= 0.8

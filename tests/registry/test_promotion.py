@@ -30,6 +30,7 @@ from melanoma.registry.promotion import (
     source_run,
 )
 from melanoma.tracking import configure_tracking
+from tests.helpers import train_run_info
 
 NAME = "melanoma-test"  # registry.model_name of the mlflow_project params
 
@@ -274,7 +275,7 @@ def test_source_run_is_the_training_run_when_the_store_has_it(
     mlflow_project, tiny_classifier, log_model
 ):
     run_id, uri = log_model(tiny_classifier())
-    info = {"run_id": run_id, "model_uri": uri, "image_size": 16}
+    info = train_run_info(run_id, uri)
     experiment_id = configure_tracking(mlflow_project.mlflow)
     assert source_run(info, experiment_id, "unused.keras", "unused.png") == (run_id, uri)
 
@@ -285,13 +286,13 @@ def test_missing_training_run_gets_a_new_run_with_the_model_file(
     paths, _ = evaluation_project
     model = tiny_classifier()
     model.save("model.keras")
-    info = {"run_id": "0" * 32, "model_uri": "models:/m-gone", "image_size": 16}
+    info = train_run_info("0" * 32, "models:/m-gone")
     experiment_id = configure_tracking(mlflow_project.mlflow)
 
     run_id, uri = source_run(info, experiment_id, "model.keras", paths[0])
 
-    assert run_id != info["run_id"]
-    assert mlflow.get_run(run_id).data.tags[SOURCE_RUN_TAG] == info["run_id"]
+    assert run_id != info.run_id
+    assert mlflow.get_run(run_id).data.tags[SOURCE_RUN_TAG] == info.run_id
     loaded = mlflow.keras.load_model(uri)
     images = np.zeros((2, 16, 16, 3), np.uint8)
     np.testing.assert_allclose(loaded.predict(images, verbose=0), model.predict(images, verbose=0))
