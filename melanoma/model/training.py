@@ -422,6 +422,166 @@ def source_tags(sources: list[dict]) -> dict[str, str]:
     return tags
 
 
+@dataclass(frozen=True)
+class Splits:
+    """The augmented manifest and its train and validation images: paths and label indices."""
+
+    manifest: pd.DataFrame
+    train_paths: list[str]
+    train_labels: np.ndarray
+    val_paths: list[str]
+    val_labels: np.ndarray
+
+
+def read_splits(manifest_path: Path, batch_size: int) -> Splits:
+    """The train and val rows of the augmented manifest. Training batches are full batches
+    only: fewer training images than one batch is an error."""
+    manifest = read_manifest(manifest_path, AUGMENTED_COLUMNS)
+    train_paths, train_labels = split_rows(manifest, "train", manifest_path)
+    val_paths, val_labels = split_rows(manifest, "val", manifest_path)
+    log.info("%d training and %d validation images", len(train_paths), len(val_paths))
+    if len(train_paths) < batch_size:
+        raise ValueError(
+            f"train.batch_size={batch_size} is larger than the {len(train_paths)} "
+            f"training images of {manifest_path}"
+        )
+    return Splits(manifest, train_paths, train_labels, val_paths, val_labels)
+
+
+@dataclass(frozen=True)
+class FitSetup:
+    """What the fit trains, compiled, and the batches it trains and validates on.
+
+    `fitted` is `model` itself, or a smaller model trained on cached inputs (the head on the
+    frozen backbone's features) whose weights `saved_model` then puts into `model`, the
+    end-to-end model (uint8 image in, probabilities out) that is saved.
+    """
+
+    model: keras.Model
+    fitted: keras.Model
+    train: tf.data.Dataset
+    val: tf.data.Dataset
+
+
+def fit_setup(params: TrainParams, splits: Splits, features_dir: Path) -> FitSetup:
+    """The whole model on images; or, with a frozen backbone (`train.freeze: all`), only its
+    head, on the features that stage `features` cached in `features_dir`."""
+    model = build_model(params)
+    if params.caches_features:
+        paths_by_split = {"train": splits.train_paths, "val": splits.val_paths}
+        cached = read_feature_cache(params, paths_by_split, features_dir)
+        train_ds = feature_dataset(
+            cached["train"], splits.train_labels, params.batch_size, shuffle_seed=params.seed
+        )
+        val_ds = feature_dataset(cached["val"], splits.val_labels, params.batch_size)
+        fitted = build_head(params, cached["train"].shape[1])
+    else:
+        train_ds = make_dataset(
+            splits.train_paths,
+            splits.train_labels,
+            params.image_size,
+            params.batch_size,
+            shuffle_seed=params.seed,
+        )
+        val_ds = make_dataset(
+            splits.val_paths, splits.val_labels, params.image_size, params.batch_size
+        )
+        fitted = model
+    compile_model(fitted, params, steps_per_epoch=len(splits.train_paths) // params.batch_size)
+    return FitSetup(model, fitted, train_ds, val_ds)
+
+
+@dataclass(frozen=True)
+class Trained:
+    """The model to save (calibrated), its curves and metrics, and its validation
+    probabilities."""
+
+    model: keras.Model
+    history: pd.DataFrame  # HISTORY_COLUMNS, one row per epoch
+    metrics: TrainMetrics
+    val_probabilities: np.ndarray
+
+
+def fit_and_calibrate(params: TrainParams, splits: Splits, setup: FitSetup) -> Trained:
+    """Fit (each epoch logged to the active MLflow run), then calibrate on the validation
+    split and measure the saved model there: what params are chosen on, since only
+    `evaluate` reads the test split."""
+    tracker = EpochTracker()
+    setup.fitted.fit(
+        setup.train,
+        validation_data=setup.val,
+        epochs=params.epochs,
+        shuffle=False,  # the dataset reshuffles itself, with the seed
+        class_weight=class_weight_map(splits.train_labels, params),
+        callbacks=make_callbacks(params, tracker),
+        verbose=0,
+    )
+    history = pd.DataFrame(tracker.rows, columns=HISTORY_COLUMNS)
+    fit = training_summary(
+        history, tracker.seconds, len(splits.train_paths), bool(params.early_stopping_patience)
+    )
+    val_probabilities = setup.fitted.predict(setup.val, verbose=0)
+    model = saved_model(setup.model, setup.fitted)
+    calibration = calibrate(model, params, splits.val_labels, val_probabilities)
+    if calibration.temperature != 1.0:
+        # What the calibrated model now gives (setup.val may hold cached features, not images).
+        val_probabilities = rescale(val_probabilities, calibration.temperature)
+    metrics = TrainMetrics(
+        **fit.to_dict(),
+        calibration=calibration,
+        validation=validation_metrics(splits.val_labels, val_probabilities),
+    )
+    return Trained(model, history, metrics, val_probabilities)
+
+
+def run_name(params: TrainParams) -> str:
+    # A name of its own: MLflow draws its random names from Python's generator, which the seed
+    # fixes, so every run of the same params would be called alike in the UI.
+    started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return f"{params.architecture} seed {params.seed} {started}"
+
+
+def log_run_inputs(params: Params, manifest_path: Path, splits: Splits, sources_file: Path) -> None:
+    """The params, what the run trained on (tags: commit, manifest and sources' hashes) and the
+    images per source, into the active run."""
+    mlflow.log_params(flatten(params))
+    mlflow.set_tags(
+        {
+            "stage": "train",
+            "git_commit": git_commit(),
+            "data_manifest_sha256": file_sha256(manifest_path),
+        }
+        | source_tags(read_sources_summary(sources_file))
+        | experiment_run_tags()
+    )
+    counts = images_per_source(splits.manifest).reset_index()
+    mlflow.log_table(counts, "data/images_per_source.json")
+
+
+def log_trained(trained: Trained, splits: Splits, image_size: int) -> ModelInfo:
+    """The run's one-value metrics, its curves, the labels and the model (with one validation
+    image as input example), into the active run."""
+    mlflow.log_metrics(summary_metrics(trained.metrics))
+    mlflow.log_figure(plot_curves(trained.history), "training_curves.png")
+    mlflow.log_dict({"labels": list(LABELS)}, "labels.json")
+    example = next(iter(make_dataset(splits.val_paths[:1], splits.val_labels[:1], image_size, 1)))
+    return log_keras_model(trained.model, example[0].numpy())
+
+
+def write_outputs(
+    outputs: TrainOutputs, trained: Trained, run_info: RunInfo, splits: Splits
+) -> None:
+    for path in vars(outputs).values():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    trained.model.save(outputs.model)
+    run_info.write(outputs.run_info)
+    trained.metrics.write(outputs.metrics)
+    trained.history.to_csv(outputs.history, index=False)
+    predictions_table(splits.val_paths, splits.val_labels, trained.val_probabilities).to_csv(
+        outputs.validation_predictions, index=False
+    )
+
+
 def run_training(
     params: Params,
     manifest_path: Path,
@@ -438,84 +598,13 @@ def run_training(
     """
     train = params.train
     set_determinism(train.seed)
-    manifest = read_manifest(manifest_path, AUGMENTED_COLUMNS)
-    train_paths, train_labels = split_rows(manifest, "train", manifest_path)
-    val_paths, val_labels = split_rows(manifest, "val", manifest_path)
-    log.info("%d training and %d validation images", len(train_paths), len(val_paths))
-    if len(train_paths) < train.batch_size:
-        # Training batches are full batches only: there would be nothing to train on.
-        raise ValueError(
-            f"train.batch_size={train.batch_size} is larger than the {len(train_paths)} "
-            f"training images of {manifest_path}"
-        )
-    model = build_model(train)
-    if train.caches_features:
-        # Frozen backbone: only the head trains, on the features stage `features` cached.
-        cached = read_feature_cache(train, {"train": train_paths, "val": val_paths}, features_dir)
-        train_ds = feature_dataset(
-            cached["train"], train_labels, train.batch_size, shuffle_seed=train.seed
-        )
-        val_ds = feature_dataset(cached["val"], val_labels, train.batch_size)
-        fitted = build_head(train, cached["train"].shape[1])
-    else:
-        train_ds = make_dataset(
-            train_paths, train_labels, train.image_size, train.batch_size, shuffle_seed=train.seed
-        )
-        val_ds = make_dataset(val_paths, val_labels, train.image_size, train.batch_size)
-        fitted = model
-    compile_model(fitted, train, steps_per_epoch=len(train_paths) // train.batch_size)
+    splits = read_splits(manifest_path, train.batch_size)
+    setup = fit_setup(train, splits, features_dir)
     experiment_id = configure_tracking(params.mlflow)
-    # A name of its own: MLflow draws its random names from Python's generator, which the seed
-    # fixes, so every run of the same params would be called alike in the UI.
-    started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
-    run_name = f"{train.architecture} seed {train.seed} {started}"
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
-        mlflow.log_params(flatten(params))
-        mlflow.set_tags(
-            {
-                "stage": "train",
-                "git_commit": git_commit(),
-                "data_manifest_sha256": file_sha256(manifest_path),
-            }
-            | source_tags(read_sources_summary(sources_file))
-            | experiment_run_tags()
-        )
-        counts = images_per_source(manifest).reset_index()
-        mlflow.log_table(counts, "data/images_per_source.json")
-        tracker = EpochTracker()
-        fitted.fit(
-            train_ds,
-            validation_data=val_ds,
-            epochs=train.epochs,
-            shuffle=False,  # the dataset reshuffles itself, with the seed
-            class_weight=class_weight_map(train_labels, train),
-            callbacks=make_callbacks(train, tracker),
-            verbose=0,
-        )
-        history = pd.DataFrame(tracker.rows, columns=HISTORY_COLUMNS)
-        fit = training_summary(
-            history, tracker.seconds, len(train_paths), bool(train.early_stopping_patience)
-        )
-        # Metrics of the saved weights on the validation split: what params are chosen on,
-        # since only `evaluate` reads the test split.
-        val_probabilities = fitted.predict(val_ds, verbose=0)
-        model = saved_model(model, fitted)
-        calibration = calibrate(model, train, val_labels, val_probabilities)
-        if calibration.temperature != 1.0:
-            # What the calibrated model now gives (val_ds may hold cached features, not images).
-            val_probabilities = rescale(val_probabilities, calibration.temperature)
-        summary = TrainMetrics(
-            **fit.to_dict(),
-            calibration=calibration,
-            validation=validation_metrics(val_labels, val_probabilities),
-        )
-        mlflow.log_metrics(summary_metrics(summary))
-        mlflow.log_figure(plot_curves(history), "training_curves.png")
-        mlflow.log_dict({"labels": list(LABELS)}, "labels.json")
-        example = next(iter(make_dataset(val_paths[:1], val_labels[:1], train.image_size, 1)))
-        example = example[0].numpy()
-        model_info = log_keras_model(model, example)
-
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name(train)) as run:
+        log_run_inputs(params, manifest_path, splits, sources_file)
+        trained = fit_and_calibrate(train, splits, setup)
+        model_info = log_trained(trained, splits, train.image_size)
     run_info = RunInfo(
         run_id=run.info.run_id,
         experiment_id=experiment_id,
@@ -523,26 +612,19 @@ def run_training(
         tracking_uri=mlflow.get_tracking_uri(),
         labels=list(LABELS),
         image_size=train.image_size,
-        temperature=summary.calibration.temperature,
+        temperature=trained.metrics.calibration.temperature,
     )
-    for path in vars(outputs).values():
-        path.parent.mkdir(parents=True, exist_ok=True)
-    model.save(outputs.model)
-    run_info.write(outputs.run_info)
-    summary.write(outputs.metrics)
-    history.to_csv(outputs.history, index=False)
-    predictions_table(val_paths, val_labels, val_probabilities).to_csv(
-        outputs.validation_predictions, index=False
-    )
+    write_outputs(outputs, trained, run_info, splits)
+    metrics = trained.metrics
     log.info(
         "run %s: val accuracy %.4f, balanced accuracy %.4f, melanoma AUC %s (saved epoch %d), "
         "%.1f s/epoch, %.0f images/s",
         run.info.run_id,
-        summary.validation.accuracy,
-        summary.validation.balanced_accuracy,
-        summary.validation.melanoma_auc,
-        summary.saved_model_epoch,
-        summary.seconds_per_epoch,
-        summary.images_per_second,
+        metrics.validation.accuracy,
+        metrics.validation.balanced_accuracy,
+        metrics.validation.melanoma_auc,
+        metrics.saved_model_epoch,
+        metrics.seconds_per_epoch,
+        metrics.images_per_second,
     )
     return run_info
