@@ -49,7 +49,7 @@ def run(name: str, overrides: dict, seed: int) -> dict:
     import keras
     from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
-    from melanoma.evaluation.metrics import probability_column, validation_figures
+    from melanoma.evaluation.metrics import probability_column, validation_metrics
     from melanoma.evaluation.operating_point import split_halves
     from melanoma.evaluation.report import EvaluationSet, threshold_rules
     from melanoma.labels import LABELS, MELANOMA, MELANOMA_INDEX
@@ -115,9 +115,10 @@ def run(name: str, overrides: dict, seed: int) -> dict:
                 roc_auc_score(true[report] == MELANOMA_INDEX, probabilities[report, MELANOMA_INDEX])
             ),
         },
-        "external_whole": validation_figures(true, probabilities),
+        "external_whole": validation_metrics(true, probabilities),
         "threshold_rules": {
-            rule: result["reporting_halves"][EXTERNAL_NAME] for rule, result in rules.items()
+            rule: result.reporting_halves[EXTERNAL_NAME].model_dump()
+            for rule, result in rules.items()
         },
         "epochs": metrics["epochs_run"],
         "images_per_second": metrics["images_per_second"],

@@ -1,4 +1,4 @@
-"""Issue 13 measurement: EfficientNet-Lite0 configurations on the validation split and on the
+"""EfficientNet-Lite0 configurations measured on the validation split and on the
 shared external set (never the test split).
 
 Run from the project root after `dvc repro augment` (it reads data/augmented):
@@ -98,10 +98,11 @@ def old_archive_auc(predictions: pd.DataFrame) -> float:
 def run(name: str) -> dict:
     import keras
 
-    from melanoma.evaluation.metrics import validation_figures
+    from melanoma.evaluation.metrics import validation_metrics
     from melanoma.model.features import write_feature_cache
     from melanoma.model.predict import predict_files
     from melanoma.model.training import TrainOutputs, run_training
+    from melanoma.reports import TrainMetrics
 
     raw = yaml.safe_load(PARAMS_FILE.read_text())
     raw["train"].update(CONFIGS[name])
@@ -122,7 +123,7 @@ def run(name: str) -> dict:
     outputs = TrainOutputs(**{k: out / v.name for k, v in vars(TrainOutputs()).items()})
     run_training(params, MANIFEST, outputs, features_dir)
     train_seconds = time.perf_counter() - started
-    metrics = json.loads(outputs.metrics.read_text())
+    metrics = TrainMetrics.read(outputs.metrics)
 
     model = keras.saving.load_model(outputs.model)
     paths, labels = external_set()
@@ -135,12 +136,12 @@ def run(name: str) -> dict:
         "name": name,
         "old_archive_validation_melanoma_auc": old_archive_auc(val_predictions),
         "overrides": CONFIGS[name],
-        "validation": metrics["validation"],
-        "external": validation_figures(labels, probabilities),
+        "validation": metrics.validation.to_dict(),
+        "external": validation_metrics(labels, probabilities),
         "external_images": len(paths),
-        "epochs": metrics["epochs_run"],
-        "seconds_per_epoch": metrics["seconds_per_epoch"],
-        "images_per_second": metrics["images_per_second"],
+        "epochs": metrics.epochs_run,
+        "seconds_per_epoch": metrics.seconds_per_epoch,
+        "images_per_second": metrics.images_per_second,
         "features_seconds": features_seconds,
         "stage_seconds": train_seconds,
     }

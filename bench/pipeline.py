@@ -3,7 +3,6 @@
 head-only change (what `dvc exp run -S train.learning_rate=...` runs), and the params put back,
 which trains and evaluates a second time: the test metrics must reproduce."""
 
-import json
 import logging
 import re
 import resource
@@ -14,13 +13,11 @@ import yaml
 
 from bench.process import peak_rss_mib, run_command
 from bench.project import override_params
+from melanoma import paths
+from melanoma.reports import MetricsReport, TrainMetrics, ValidationReport
 
 log = logging.getLogger(__name__)
 
-TRAIN_METRICS = Path("reports/train_metrics.json")
-TEST_METRICS = Path("reports/metrics.json")
-TEST_PREDICTIONS = Path("reports/predictions.csv")
-VALIDATION_REPORT = Path("reports/validation.json")
 RUNNING_STAGE = re.compile(r"Running stage '([^']+)'")
 
 
@@ -38,7 +35,8 @@ def changed_metrics(before: Mapping[str, object], after: Mapping[str, object]) -
 
 def run_pipeline(copy: Path, env: Mapping[str, str], logs: Path) -> dict:
     """Run the pipeline in `copy` (a fresh copy_project with no outputs yet) and return its
-    timings, reports, reproducibility and peak memory."""
+    timings, reports (`train_metrics` and `test_metrics` as read by melanoma.reports),
+    reproducibility and peak memory."""
     stage_seconds = {}
     for stage in yaml.safe_load((copy / "dvc.yaml").read_text())["stages"]:
         seconds, output = run_command(
@@ -47,10 +45,10 @@ def run_pipeline(copy: Path, env: Mapping[str, str], logs: Path) -> dict:
         if stages_run(output) != [stage]:
             raise RuntimeError(f"`dvc repro -s {stage}` in {copy} did not run it: not clean")
         stage_seconds[stage] = seconds
-    train_metrics = json.loads((copy / TRAIN_METRICS).read_text())
-    test_metrics = json.loads((copy / TEST_METRICS).read_text())
-    predictions = (copy / TEST_PREDICTIONS).read_text()
-    validation = json.loads((copy / VALIDATION_REPORT).read_text())
+    train_metrics = TrainMetrics.read(copy / paths.TRAIN_METRICS)
+    test_metrics = MetricsReport.read(copy / paths.METRICS_FILE)
+    predictions = (copy / paths.PREDICTIONS_FILE).read_text()
+    validation = ValidationReport.read(copy / paths.VALIDATION_REPORT)
 
     noop_seconds, output = run_command(["dvc", "repro"], copy, env, logs / "dvc_repro_noop.log")
     noop_stages = stages_run(output)
@@ -71,9 +69,10 @@ def run_pipeline(copy: Path, env: Mapping[str, str], logs: Path) -> dict:
     rerun_seconds, output = run_command(["dvc", "repro"], copy, env, logs / "dvc_repro_again.log")
     if "train" not in stages_run(output):
         raise RuntimeError(f"`dvc repro` with the params put back did not train again: {output}")
-    differences = changed_metrics(test_metrics, json.loads((copy / TEST_METRICS).read_text()))
-    if (copy / TEST_PREDICTIONS).read_text() != predictions:
-        differences.append(str(TEST_PREDICTIONS))
+    again = MetricsReport.read(copy / paths.METRICS_FILE)
+    differences = changed_metrics(test_metrics.to_dict(), again.to_dict())
+    if (copy / paths.PREDICTIONS_FILE).read_text() != predictions:
+        differences.append(str(paths.PREDICTIONS_FILE))
     log.info(
         "second train + evaluate: %s",
         f"differs in {differences}" if differences else "identical test metrics",
@@ -90,7 +89,7 @@ def run_pipeline(copy: Path, env: Mapping[str, str], logs: Path) -> dict:
         "reproducibility_differences": differences,
         "train_metrics": train_metrics,
         "test_metrics": test_metrics,
-        "validation_removed": validation["removed"],
+        "validation_removed": validation.removed,
         # Every process of the pipeline (dvc and its stages) is a descendant that has ended.
         "peak_rss_mib": peak_rss_mib(resource.RUSAGE_CHILDREN),
     }

@@ -98,8 +98,7 @@ def train_reference(
     )
     history = pd.DataFrame(fitted.history).assign(epoch=range(1, epochs + 1))
     summary = training_summary(history, timer.seconds, train_images, early_stopping=False)
-    summary["val_images"] = val_images
-    return model, class_names, summary
+    return model, class_names, {**summary.to_dict(), "val_images": val_images}
 
 
 def in_label_order(probabilities: np.ndarray, class_names: list[str]) -> np.ndarray:

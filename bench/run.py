@@ -33,7 +33,7 @@ import numpy as np
 from bench.pipeline import run_pipeline
 from bench.process import run_command
 from bench.project import PROJECT, command_env, copy_project, pin_source_deps
-from bench.seeds import SEED_FIGURES, seed_spread, train_more_seeds
+from bench.seeds import SEED_METRICS, seed_spread, train_more_seeds
 from bench.source import label_index, split_folder, tiny_external_set, tiny_sources
 from melanoma import paths
 from melanoma.config import DataSource, FolderSource, Params, load_params
@@ -46,6 +46,7 @@ from melanoma.data.manifest import (
 from melanoma.evaluation.metrics import metrics_report
 from melanoma.labels import LABELS
 from melanoma.logs import setup_logging
+from melanoma.reports import EVALUATION_METRICS, MetricsReport, TrainMetrics
 
 log = logging.getLogger(__name__)
 
@@ -423,7 +424,8 @@ def assemble(
 
     `reference` and `latency` are what bench.reference and bench.latency wrote, with their test
     predictions keyed by source_path; `ours` is what bench.pipeline.run_pipeline returned;
-    `seed_runs` what bench.seeds.train_more_seeds returned for the seeds after the first.
+    `seed_runs` what bench.seeds.train_more_seeds returned for the seeds after the first. The
+    reports in `ours` and `seed_runs` go into the JSON as their files hold them.
     """
     samples = params.evaluate.bootstrap_samples
     reference_predicted = reference.pop("test_predictions")
@@ -434,15 +436,15 @@ def assemble(
     )
 
     our_predicted = latency.pop("predictions")
-    train_metrics = ours.pop("train_metrics")
-    report = ours.pop("test_metrics")
+    train_metrics: TrainMetrics = ours.pop("train_metrics")
+    report: MetricsReport = ours.pop("test_metrics")
     pipeline = {
         "image_size": params.train.image_size,
-        **train_metrics,
-        "val_accuracy": saved_model_val_accuracy(train_metrics),
+        **train_metrics.to_dict(),
+        "val_accuracy": saved_model_val_accuracy(train_metrics.to_dict()),
         "raw_test": split_report(**our_predicted, bootstrap_samples=samples),
-        "clean_test": report["test"],
-        "report": report,
+        "clean_test": report.test.to_dict(),
+        "report": report.to_dict(),
         **ours,
         "predict": latency,
         "serving": serving,
@@ -459,7 +461,7 @@ def assemble(
         "spread": seed_spread([report] + [run["metrics"] for run in seed_runs]),
         # Identical params, other seeds: none of these trainings should take the champion.
         "champion_moved_by": [run["seed"] for run in seed_runs if run["decision"] == "promoted"],
-        "runs": seed_runs,
+        "runs": [run | {"metrics": run["metrics"].to_dict()} for run in seed_runs],
     }
     return {
         "mode": settings.mode,
@@ -477,9 +479,7 @@ def assemble(
             "clean_test_images": len(clean_test),
             "test_images_removed_by_validate": raw_test_images - len(clean_test),
             "removed_by_validate": pipeline.pop("validation_removed"),
-            "external_images": {
-                name: section["images"] for name, section in report["external"].items()
-            },
+            "external_images": {name: section.images for name, section in report.external.items()},
             "bootstrap_samples": samples,
         },
         "settings": {
@@ -490,14 +490,16 @@ def assemble(
         "ours": pipeline,
         "images_per_second_ratio": ratio,
         "seeds": seeds,
-        "table": table_rows(reference, pipeline, ratio, seeds),
+        "table": table_rows(reference, pipeline, report, ratio, seeds),
     }
 
 
-def table_rows(reference: dict, ours: dict, ratio: float, seeds: dict) -> list[dict]:
+def table_rows(
+    reference: dict, ours: dict, report: MetricsReport, ratio: float, seeds: dict
+) -> list[dict]:
     """One row per figure: reference and ours values (None where a figure is ours only), the
-    95% bootstrap interval [low, high] of evaluation figures when evaluate computed one, and
-    the spread over seeds of our quality figures."""
+    95% bootstrap interval [low, high] of evaluation metrics when evaluate computed one (from
+    `report`, our reports/metrics.json), and the spread over seeds of our quality metrics."""
     rows = [_row(key, figure, unit, reference[key], ours[key]) for key, figure, unit in SPEED_ROWS]
     rows.append(
         _row("images_per_second_ratio", "images/s ratio, ours / reference", "x", None, ratio)
@@ -514,19 +516,19 @@ def table_rows(reference: dict, ours: dict, ratio: float, seeds: dict) -> list[d
     rows.append(_test_row("raw_test", "accuracy", "accuracy", reference, ours))
     for name, figure in TEST_ROWS:
         rows.append(_test_row("clean_test", name, figure, reference, ours))
-    report, spread = ours["report"], seeds["spread"]
+    spread = seeds["spread"]
     rows.append(
         _row(
             "melanoma_threshold",
-            f"alert threshold (chosen on {report['operating_point']['chosen_on']})",
+            f"alert threshold (chosen on {report.operating_point.chosen_on})",
             "",
             None,
-            report["operating_point"]["threshold"],
+            report.operating_point.threshold,
             spread=spread["melanoma_threshold"],
         )
     )
-    for rule, delivered in report["threshold_rules"].items():
-        for set_name, figures in delivered["reporting_halves"].items():
+    for rule, delivered in report.threshold_rules.items():
+        for set_name, half in delivered.reporting_halves.items():
             for name in ("sensitivity", "specificity"):
                 key = f"rule_{rule}_{set_name}_{name}"
                 rows.append(
@@ -535,22 +537,22 @@ def table_rows(reference: dict, ours: dict, ratio: float, seeds: dict) -> list[d
                         f"threshold chosen on {rule}: {name} on {set_name}'s reporting half",
                         "",
                         None,
-                        figures[name],
+                        getattr(half, name),
                         spread=spread[key],
                     )
                 )
-    sections = [("test", report["test"]), *report["external"].items()]
-    for set_name, section in sections:
-        for name, figure in SEED_FIGURES:
+    for set_name, section in report.sections():
+        for name, figure in SEED_METRICS:
             key = f"{set_name}_{name}"
+            interval = section.interval(name) if name in EVALUATION_METRICS else None
             rows.append(
                 _row(
                     key,
-                    f"{set_name}: {figure} ({section['images']} images)",
+                    f"{set_name}: {figure} ({section.images} images)",
                     "",
                     None,
-                    section.get(name),
-                    ours_ci=_interval(section, name),
+                    getattr(section, name),
+                    ours_ci=None if interval is None else list(interval),
                     spread=spread[key],
                 )
             )

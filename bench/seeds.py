@@ -1,7 +1,6 @@
 """Training seeds: the same params trained again with other `train.seed` values, in the copy the
 benchmark already ran, and the spread of every quality figure over them."""
 
-import json
 import logging
 import math
 from collections.abc import Mapping
@@ -10,15 +9,15 @@ from pathlib import Path
 import numpy as np
 from mlflow import MlflowClient
 
-from bench.pipeline import TEST_METRICS
 from bench.process import run_command
 from bench.project import override_params
+from melanoma import paths
+from melanoma.reports import MetricsReport, RunInfo
 
 log = logging.getLogger(__name__)
 
-RUN_FILE = Path("models/run.json")
-# (figure, as the table names it) of each evaluation set whose spread is reported.
-SEED_FIGURES = [
+# (metric, as the table names it) of each evaluation set whose spread is reported.
+SEED_METRICS = [
     ("accuracy", "accuracy"),
     ("balanced_accuracy", "balanced accuracy"),
     ("melanoma_auc", "melanoma-vs-rest ROC AUC"),
@@ -30,7 +29,7 @@ SEED_FIGURES = [
 
 def registry_decision(copy: Path, tracking_uri: str) -> str:
     """What register decided for the model trained last in `copy` (promoted | kept)."""
-    run_id = json.loads((copy / RUN_FILE).read_text())["run_id"]
+    run_id = RunInfo.read(copy / paths.RUN_FILE).run_id
     return MlflowClient(tracking_uri=tracking_uri).get_run(run_id).data.tags["registry.decision"]
 
 
@@ -38,7 +37,8 @@ def train_more_seeds(
     copy: Path, env: Mapping[str, str], logs: Path, seeds: list[int], tracking_uri: str
 ) -> list[dict]:
     """For each seed: set train.seed, `dvc repro` (train and evaluate run again), and keep the
-    report and the registry's decision. Returns one {seed, metrics, decision} per seed."""
+    report and the registry's decision. Returns one {seed, metrics, decision} per seed, metrics
+    as read by melanoma.reports."""
     runs = []
     for seed in seeds:
         override_params(copy / "params.yaml", {"train.seed": seed})
@@ -46,7 +46,7 @@ def train_more_seeds(
         runs.append(
             {
                 "seed": seed,
-                "metrics": json.loads((copy / TEST_METRICS).read_text()),
+                "metrics": MetricsReport.read(copy / paths.METRICS_FILE),
                 "decision": registry_decision(copy, tracking_uri),
             }
         )
@@ -68,25 +68,18 @@ def spread(values: list[float | None]) -> dict:
     }
 
 
-def seed_spread(reports: list[dict]) -> dict[str, dict]:
-    """`<set>_<figure>` -> spread over the reports (reports/metrics.json of each seed), for every
-    set (test, then each external set) and SEED_FIGURES, and the alert threshold."""
-    sets = ["test", *reports[0]["external"]]
-    table = {"melanoma_threshold": spread([r["operating_point"]["threshold"] for r in reports])}
-    for set_name in sets:
-        for figure, _ in SEED_FIGURES:
-            sections = [
-                r["test"] if set_name == "test" else r["external"][set_name] for r in reports
-            ]
-            table[f"{set_name}_{figure}"] = spread([s.get(figure) for s in sections])
+def seed_spread(reports: list[MetricsReport]) -> dict[str, dict]:
+    """`<set>_<metric>` -> spread over the reports (reports/metrics.json of each seed), for every
+    set (test, then each external set) and SEED_METRICS, and the alert threshold."""
+    table = {"melanoma_threshold": spread([r.operating_point.threshold for r in reports])}
+    for set_name, _ in reports[0].sections():
+        sections = [dict(r.sections())[set_name] for r in reports]
+        for metric, _ in SEED_METRICS:
+            table[f"{set_name}_{metric}"] = spread([getattr(s, metric) for s in sections])
     # What each threshold rule delivered on the reporting halves of the external sets.
-    for rule, delivered in reports[0]["threshold_rules"].items():
-        for set_name in delivered["reporting_halves"]:
+    for rule, delivered in reports[0].threshold_rules.items():
+        for set_name in delivered.reporting_halves:
+            halves = [r.threshold_rules[rule].reporting_halves[set_name] for r in reports]
             for name in ("sensitivity", "specificity"):
-                table[f"rule_{rule}_{set_name}_{name}"] = spread(
-                    [
-                        r["threshold_rules"][rule]["reporting_halves"][set_name][name]
-                        for r in reports
-                    ]
-                )
+                table[f"rule_{rule}_{set_name}_{name}"] = spread([getattr(h, name) for h in halves])
     return table

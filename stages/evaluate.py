@@ -3,7 +3,6 @@ melanoma alert threshold, and write the figures, plots and model card. Nothing h
 MLflow: stage `register` logs these outputs and registers the model, so a tracking server that
 is down fails registration, not evaluation."""
 
-import json
 import logging
 import tempfile
 from pathlib import Path
@@ -30,7 +29,6 @@ from melanoma.evaluation.report import (
 )
 from melanoma.logs import exit_on, setup_logging
 from melanoma.model.predict import predict_split
-from melanoma.model.run_info import RunInfoError, read_run_info
 from melanoma.paths import (
     GALLERY_FILE,
     METRICS_FILE,
@@ -43,6 +41,7 @@ from melanoma.paths import (
     external_files,
     external_predictions,
 )
+from melanoma.reports import ReportError, RunInfo
 from melanoma.tracking import git_commit
 
 log = logging.getLogger("stages.evaluate")
@@ -54,10 +53,10 @@ def main() -> None:
     # Before any output is rewritten: a rewritten tracked report must not make the tree "dirty".
     commit = git_commit()
     evaluate = params.evaluate
-    with exit_on(ExternalSetError, RunInfoError):
+    with exit_on(ExternalSetError, ReportError):
         for index, external in enumerate(evaluate.external_sets):
             check_folder(external, index)  # a missing folder stops before any work
-        run_info = read_run_info(RUN_FILE)
+        run_info = RunInfo.read(RUN_FILE)
     model = keras.saving.load_model(MODEL_FILE)
 
     # External images are ingested into a scratch folder that lives as long as they are read.
@@ -69,25 +68,38 @@ def main() -> None:
             images.files[FILE_COLUMNS].to_csv(files, index=False)
         sets = evaluation_sets(external)
         probabilities = {
-            s.name: predict_split(model, s.paths, s.true, params.train.batch_size) for s in sets
+            s.name: predict_split(model, s.paths, s.label_indices, params.train.batch_size)
+            for s in sets
         }
         validation = read_predictions(VALIDATION_PREDICTIONS)
         choice = choose_operating_point(
             evaluate.operating_point, evaluate.seed, validation, sets, probabilities
         )
-        temperature = float(run_info.get("temperature", 1.0))
-        report = evaluation_report(
-            sets, probabilities, choice, temperature, evaluate, predictions_file, PLOTS_DIR
-        )
-        report["threshold_rules"] = threshold_rules(
+        rules = threshold_rules(
             evaluate.operating_point, evaluate.seed, validation, sets, probabilities
         )
-        METRICS_FILE.write_text(json.dumps(report, indent=2) + "\n")
+        report = evaluation_report(
+            sets,
+            probabilities,
+            choice,
+            run_info.temperature,
+            evaluate,
+            rules,
+            predictions_file,
+            PLOTS_DIR,
+        )
+        report.write(METRICS_FILE)
         test = sets[0]
         write_gallery(
-            model, test.paths, test.true, probabilities[TEST], choice.threshold.value, GALLERY_FILE
+            model,
+            test.paths,
+            test.label_indices,
+            probabilities[TEST],
+            choice.threshold.value,
+            GALLERY_FILE,
         )
-    facts = card_facts(params, report, run_info, evaluation_lineage(commit, test))
+    with exit_on(ReportError):  # train_metrics.json or validation.json not as written
+        facts = card_facts(params, report, run_info, evaluation_lineage(commit, test))
     MODEL_CARD.write_text(render_card(facts))
     log.info("wrote %s and %s", METRICS_FILE, MODEL_CARD)
 

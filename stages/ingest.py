@@ -2,12 +2,11 @@
 sources.json}."""
 
 import logging
-import sys
 
 from melanoma.config import load_params
 from melanoma.data.ingest import count_lines, ingest
 from melanoma.data.sources import SourceError
-from melanoma.logs import setup_logging
+from melanoma.logs import exit_on, setup_logging
 from melanoma.paths import INGESTED_DIR as OUTPUT_DIR
 
 log = logging.getLogger("stages.ingest")
@@ -16,11 +15,8 @@ log = logging.getLogger("stages.ingest")
 def main() -> None:
     setup_logging()
     params = load_params()
-    try:
+    with exit_on(SourceError):
         manifest = ingest(params.data.sources, OUTPUT_DIR, params.ingest)
-    except SourceError as error:
-        log.error("%s", error)
-        sys.exit(1)
     for line in count_lines(manifest):
         log.info("%s", line)
     log.info("manifest: %s", OUTPUT_DIR / "manifest.csv")

@@ -9,10 +9,10 @@ import logging
 from melanoma.config import load_params
 from melanoma.evaluation.external import ExternalSetError
 from melanoma.logs import exit_on, setup_logging
-from melanoma.model.run_info import RunInfoError
 from melanoma.paths import REGISTRATION_FILE
 from melanoma.registry.promotion import RegistryError
 from melanoma.registry.registration import register_evaluated_model, write_registration
+from melanoma.reports import ReportError
 from melanoma.tracking import git_commit, runs_end_as_killed
 
 log = logging.getLogger("stages.register")
@@ -23,7 +23,7 @@ def main() -> None:
     params = load_params()
     # Before any output is rewritten: a rewritten tracked report must not make the tree "dirty".
     commit = git_commit()
-    with exit_on(RegistryError, RunInfoError, ExternalSetError), runs_end_as_killed():
+    with exit_on(RegistryError, ReportError, ExternalSetError), runs_end_as_killed():
         registration = register_evaluated_model(params, commit)
     write_registration(registration, REGISTRATION_FILE)
     log.info(

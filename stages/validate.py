@@ -18,9 +18,8 @@ from melanoma.data.validation import (
     run_expectations,
     summary_lines,
     too_few_warnings,
-    write_report,
 )
-from melanoma.logs import setup_logging
+from melanoma.logs import exit_on, setup_logging
 from melanoma.paths import DATA_DOCS, INGESTED_MANIFEST, VALIDATED_MANIFEST
 from melanoma.paths import VALIDATION_REPORT as REPORT
 
@@ -32,24 +31,21 @@ def main() -> None:
     policy = load_params().validate_
     reference = None
     if policy.reference_labels is not None:
-        try:
+        with exit_on(ReferenceLabelsError):
             reference = load_reference_labels(policy.reference_labels, policy)
-        except ReferenceLabelsError as error:
-            log.error("%s", error)
-            sys.exit(1)
     manifest = read_manifest(INGESTED_MANIFEST, INGEST_COLUMNS)
     checks = resolve_content(manifest, policy, reference)
     expectations = run_expectations(checks.manifest, policy, DATA_DOCS)
     report = build_report(expectations, checks, policy, reference)
     write_manifest(checks.manifest, VALIDATED_MANIFEST, VALIDATED_COLUMNS)
-    write_report(report, REPORT)
+    report.write(REPORT)
     for line in summary_lines(report):
         log.info("%s", line)
     for warning in too_few_warnings(report):
         log.warning("%s", warning)
     log.info("report: %s, data docs: %s", REPORT, DATA_DOCS / "index.html")
-    if report["failures"]:
-        for failure in report["failures"]:
+    if report.failures:
+        for failure in report.failures:
             log.error("%s", failure)
         sys.exit(1)
 

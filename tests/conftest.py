@@ -443,12 +443,12 @@ def evaluation_project(mlflow_project, image_bytes) -> tuple[list[str], np.ndarr
     ingested_manifest = pd.DataFrame(ingested).reindex(columns=INGEST_COLUMNS, fill_value="")
     ingested_manifest.to_csv("data/ingested/manifest.csv", index=False)
     write_sources_summary(len(ingested_manifest))
-    true = np.repeat(np.arange(len(LABELS)), 4)
-    noisy = np.random.default_rng(3).dirichlet(np.ones(len(LABELS)), len(true))
+    label_indices = np.repeat(np.arange(len(LABELS)), 4)
+    noisy = np.random.default_rng(3).dirichlet(np.ones(len(LABELS)), len(label_indices))
     Path("reports").mkdir()
-    predictions_table([f"v{i}.png" for i in range(len(true))], true, noisy).to_csv(
-        "reports/validation_predictions.csv", index=False
-    )
+    predictions_table(
+        [f"v{i}.png" for i in range(len(label_indices))], label_indices, noisy
+    ).to_csv("reports/validation_predictions.csv", index=False)
     test_rows = manifest[manifest["split"] == "test"]
     return test_rows["image_path"].tolist(), test_rows["label"].map(LABELS.index).to_numpy()
 

@@ -1,14 +1,15 @@
 """Helpers shared by test modules (fixtures live in conftest.py)."""
 
-import json
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pandas as pd
 
 from melanoma import paths
 from melanoma.config import TrainParams
 from melanoma.labels import LABELS, MELANOMA_INDEX
+from melanoma.reports import RunInfo
 
 
 def train_params(**overrides) -> TrainParams:
@@ -73,21 +74,33 @@ def table_source_params(path: Path, name: str = "ham", **changes) -> dict:
     }
 
 
+def train_run_info(run_id: str, model_uri: str, temperature: float = 1.0) -> RunInfo:
+    """models/run.json as the train stage writes it for a 16 px model logged in run_id as
+    model_uri, in the current tracking store."""
+    return RunInfo(
+        run_id=run_id,
+        experiment_id="0",
+        model_uri=model_uri,
+        tracking_uri=mlflow.get_tracking_uri(),
+        labels=list(LABELS),
+        image_size=16,
+        temperature=temperature,
+    )
+
+
 def write_train_outputs(model, run_id: str, model_uri: str, temperature: float = 1.0) -> None:
     """models/ as the train stage leaves it, for `model` logged in run_id as model_uri."""
     Path("models").mkdir(exist_ok=True)
     model.save(paths.MODEL_FILE)
-    paths.RUN_FILE.write_text(
-        json.dumps(
-            {"run_id": run_id, "model_uri": model_uri, "image_size": 16, "temperature": temperature}
-        )
-    )
+    train_run_info(run_id, model_uri, temperature).write(paths.RUN_FILE)
 
 
 def melanoma_scores(melanoma: list[float], other: list[float]) -> tuple[np.ndarray, np.ndarray]:
     """Labels (melanoma, then nevus) and probabilities whose P(melanoma) are the given scores."""
-    true = np.array([MELANOMA_INDEX] * len(melanoma) + [LABELS.index("nevus")] * len(other))
-    probabilities = np.zeros((len(true), len(LABELS)))
+    label_indices = np.array(
+        [MELANOMA_INDEX] * len(melanoma) + [LABELS.index("nevus")] * len(other)
+    )
+    probabilities = np.zeros((len(label_indices), len(LABELS)))
     probabilities[:, MELANOMA_INDEX] = melanoma + other
     probabilities[:, LABELS.index("nevus")] = 1 - probabilities[:, MELANOMA_INDEX]
-    return true, probabilities
+    return label_indices, probabilities

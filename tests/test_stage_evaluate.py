@@ -9,6 +9,7 @@ import yaml
 from melanoma import paths
 from melanoma.evaluation.model_card import with_interval
 from melanoma.labels import LABELS
+from melanoma.reports import SetSection
 from stages import evaluate
 from tests.helpers import write_train_outputs
 
@@ -54,7 +55,7 @@ def test_evaluate_reports_every_set_and_writes_the_card(
     # The model card: written from the report and the run that train named.
     card = paths.MODEL_CARD.read_text()
     assert f"MLflow run `{run_id}`" in card
-    assert f"| accuracy | {with_interval(test, 'accuracy')} | " in card
+    assert f"| accuracy | {with_interval(SetSection.model_validate(test), 'accuracy')} | " in card
     assert f"P(melanoma) >= {operating_point['threshold']:.4f}" in card
     assert "Unknown: reports/validation.json was not available." in card
 

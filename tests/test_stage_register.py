@@ -15,9 +15,9 @@ from melanoma.registry.promotion import (
     THRESHOLD_TAG,
     champion_version,
 )
-from melanoma.registry.registration import FIGURES_TABLE_ARTIFACT
+from melanoma.registry.registration import METRICS_TABLE_ARTIFACT
 from stages import evaluate, register
-from tests.helpers import write_train_outputs
+from tests.helpers import train_run_info, write_train_outputs
 
 NAME = "melanoma-test"  # registry.model_name of the mlflow_project params
 
@@ -57,9 +57,9 @@ def test_register_logs_the_evaluation_registers_and_promotes_the_first_model(eva
         "evaluation/tinyext_reliability.png",
         "evaluation/melanoma_gallery.png",
         "evaluation/model_card.md",
-        FIGURES_TABLE_ARTIFACT,
+        METRICS_TABLE_ARTIFACT,
     } <= artifacts
-    table = mlflow.artifacts.load_dict(f"{training_run.info.artifact_uri}/{FIGURES_TABLE_ARTIFACT}")
+    table = mlflow.artifacts.load_dict(f"{training_run.info.artifact_uri}/{METRICS_TABLE_ARTIFACT}")
     rows = {(row[0], row[1]): row[2:] for row in table["data"]}
     assert rows[("test", "melanoma_recall")][2] == test["melanoma_recall_ci_high"]
     assert rows[("tinyext", "ece_uncalibrated")][0] == external["ece_uncalibrated"]
@@ -128,8 +128,7 @@ def test_a_training_run_missing_from_the_store_is_logged_once(evaluated):
     # Train restored from DVC's run cache: run.json names a run this store never saw. The same
     # model comes back as version 2; re-scored on the same images it ties with v1, whose
     # champion alias stays.
-    missing_run = {"run_id": "f" * 32, "model_uri": "models:/m-gone", "image_size": 16}
-    paths.RUN_FILE.write_text(json.dumps(missing_run))
+    train_run_info("f" * 32, "models:/m-gone").write(paths.RUN_FILE)
 
     register.main()
     register.main()

@@ -16,10 +16,15 @@ from pathlib import Path
 import pandas as pd
 
 from melanoma.config import ValidateParams
-from melanoma.data.duplicates import LABEL_CONFLICT_BY_REFERENCE, REFERENCE_DISAGREEMENT, ContentChecks
-from melanoma.labels import LABELS
+from melanoma.data.duplicates import (
+    LABEL_CONFLICT_BY_REFERENCE,
+    REFERENCE_DISAGREEMENT,
+    ContentChecks,
+)
 from melanoma.data.manifest import ACCEPTED, INGEST_COLUMNS, USE
 from melanoma.data.reference_labels import DISAGREES, REFERENCE, ReferenceLabels
+from melanoma.labels import LABELS
+from melanoma.reports import ReferenceCheck, ValidationReport
 
 SUITE_FILE = Path(__file__).parent / "expectations" / "manifest_suite.json"
 SPLITS = ("train", "test")
@@ -212,12 +217,12 @@ def build_report(
     checks: ContentChecks,
     policy: ValidateParams,
     reference: ReferenceLabels | None = None,
-) -> dict:
+) -> ValidationReport:
     manifest = checks.manifest
     dropped = manifest[manifest["decision"] != USE]
     counts = class_counts(manifest)
     failures = [*critical_failures(expectations), *checks.policy_failures]
-    return {
+    report = {
         "success": not failures,
         "failures": failures,
         "policy": {
@@ -259,6 +264,7 @@ def build_report(
             for k, v in dropped["decision_reason"].value_counts().sort_index().items()
         },
     }
+    return ValidationReport.model_validate(report)
 
 
 def source_report(manifest: pd.DataFrame) -> dict[str, dict]:
@@ -275,11 +281,11 @@ def source_report(manifest: pd.DataFrame) -> dict[str, dict]:
     return report
 
 
-def reference_report(checks: ContentChecks, reference: ReferenceLabels | None) -> dict:
+def reference_report(checks: ContentChecks, reference: ReferenceLabels | None) -> ReferenceCheck:
     """What the reference check found and did: counts, every disagreement, label pairs."""
     manifest = checks.manifest
     if reference is None:
-        return {"file": None}
+        return ReferenceCheck(file=None)
     accepted = manifest[manifest["status"] == ACCEPTED]
     disagreements = accepted[accepted["reference_check"] == DISAGREES].assign(
         reference_label=lambda d: d["reference_class"].map(reference.named_label),
@@ -295,24 +301,24 @@ def reference_report(checks: ContentChecks, reference: ReferenceLabels | None) -
         [f for c in decided for f in c["files"] if f["decision"] == USE],
         columns=["label", "split"],
     )
-    return {
-        "file": str(reference.path),
-        "sha256": reference.sha256,
-        "rows": reference.rows,
-        "ambiguous_ids": reference.ambiguous,
-        "images": {
+    return ReferenceCheck(
+        file=str(reference.path),
+        sha256=reference.sha256,
+        rows=reference.rows,
+        ambiguous_ids=reference.ambiguous,
+        images={
             str(k): int(v)
             for k, v in accepted["reference_check"].value_counts().sort_index().items()
         },
-        "relabelled": int((accepted["label_source"] == REFERENCE).sum()),
-        "label_conflicts_decided": len(decided),
-        "label_conflicts_undecided": len(checks.label_conflicts) - len(decided),
-        "recovered_from_conflicts": {
+        relabelled=int((accepted["label_source"] == REFERENCE).sum()),
+        label_conflicts_decided=len(decided),
+        label_conflicts_undecided=len(checks.label_conflicts) - len(decided),
+        recovered_from_conflicts={
             label: {split: int((rows["split"] == split).sum()) for split in SPLITS}
             for label, rows in recovered.groupby("label")
         },
-        "disagreement_pairs": pairs.to_dict("records"),
-        "disagreements": disagreements[
+        disagreement_pairs=pairs.to_dict("records"),
+        disagreements=disagreements[
             [
                 "source_path",
                 "split",
@@ -325,7 +331,7 @@ def reference_report(checks: ContentChecks, reference: ReferenceLabels | None) -
                 "decision_reason",
             ]
         ].to_dict("records"),
-    }
+    )
 
 
 def _action(row) -> str:
@@ -340,67 +346,61 @@ def _action(row) -> str:
     return "kept_folder_label"
 
 
-def write_report(report: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2, default=str) + "\n")
-
-
-def summary_lines(report: dict) -> list[str]:
-    failed = [e for e in report["expectations"] if not e["success"]]
+def summary_lines(report: ValidationReport) -> list[str]:
+    failed = [e for e in report.expectations if not e.success]
     return [
-        f"expectations: {len(report['expectations']) - len(failed)} passed, {len(failed)} failed",
+        f"expectations: {len(report.expectations) - len(failed)} passed, {len(failed)} failed",
         *(
-            f"  failed ({'critical' if e['critical'] else 'warning'}): {e['suite']}: {e['name']}"
+            f"  failed ({'critical' if e.critical else 'warning'}): {e.suite}: {e.name}"
             for e in failed
         ),
-        f"label conflicts: {len(report['label_conflicts'])} groups, leaks: "
-        f"{len(report['leaks'])} groups, within-label duplicates: {len(report['duplicates'])}",
-        *_reference_lines(report["reference_labels"]),
-        f"same ISIC id in several sources: {report['same_image_copies']['count']} (one copy "
+        f"label conflicts: {len(report.label_conflicts)} groups, leaks: "
+        f"{len(report.leaks)} groups, within-label duplicates: {len(report.duplicates)}",
+        *_reference_lines(report.reference_labels),
+        f"same ISIC id in several sources: {report.same_image_copies.count} (one copy "
         f"kept each); near-duplicate pairs not otherwise linked: "
-        f"{report['near_duplicates']['count']}; training images sharing a group with a test "
-        f"image: {report['same_group_as_test']['count']}",
-        "decisions: " + ", ".join(f"{k} {v}" for k, v in sorted(report["decisions"].items())),
-        *(f"  dropped ({reason}): {n}" for reason, n in report["removed"].items()),
+        f"{report.near_duplicates.count}; training images sharing a group with a test "
+        f"image: {report.same_group_as_test.count}",
+        "decisions: " + ", ".join(f"{k} {v}" for k, v in sorted(report.decisions.items())),
+        *(f"  dropped ({reason}): {n}" for reason, n in report.removed.items()),
         *(
-            f"  source {name}: {s['files']} files, used train {s['used']['train']} / test "
-            f"{s['used']['test']}, removed "
-            + (", ".join(f"{k} {v}" for k, v in s["removed"].items()) or "none")
-            for name, s in report["sources"].items()
+            f"  source {name}: {s.files} files, used train {s.used['train']} / test "
+            f"{s.used['test']}, removed "
+            + (", ".join(f"{k} {v}" for k, v in s.removed.items()) or "none")
+            for name, s in report.sources.items()
         ),
         "images used per class (train/test): "
         + ", ".join(
-            f"{label} {c['train']}/{c['test']}"
-            for label, c in report["class_counts"]["used"].items()
+            f"{label} {c['train']}/{c['test']}" for label, c in report.class_counts.used.items()
         ),
     ]
 
 
-def _reference_lines(found: dict) -> list[str]:
-    if found["file"] is None:
+def _reference_lines(found: ReferenceCheck) -> list[str]:
+    if found.file is None:
         return ["reference labels: off (validate.reference_labels is null)"]
     return [
-        f"reference labels ({found['file']}): "
-        + ", ".join(f"{k} {v}" for k, v in found["images"].items())
-        + f"; relabelled {found['relabelled']}; label conflicts decided "
-        f"{found['label_conflicts_decided']}, undecided {found['label_conflicts_undecided']}",
+        f"reference labels ({found.file}): "
+        + ", ".join(f"{k} {v}" for k, v in found.images.items())
+        + f"; relabelled {found.relabelled}; label conflicts decided "
+        f"{found.label_conflicts_decided}, undecided {found.label_conflicts_undecided}",
         *(
-            f"  {p['folder_label']} folder, reference {p['reference_class']}: {p['images']} "
-            f"({', '.join(f'{k} {v}' for k, v in sorted(p['actions'].items()))})"
-            for p in found["disagreement_pairs"]
+            f"  {p.folder_label} folder, reference {p.reference_class}: {p.images} "
+            f"({', '.join(f'{k} {v}' for k, v in sorted(p.actions.items()))})"
+            for p in found.disagreement_pairs
         ),
         *(
             f"  id {i} has two labels in the reference ({'/'.join(c)}): left unchecked"
-            for i, c in found["ambiguous_ids"].items()
+            for i, c in found.ambiguous_ids.items()
         ),
     ]
 
 
-def too_few_warnings(report: dict) -> list[str]:
+def too_few_warnings(report: ValidationReport) -> list[str]:
     """One line per class with too few training images left to learn from."""
-    short = report["too_few_training_images"]
+    short = report.too_few_training_images
     return [
         f"class {label} has {n} training image(s) in use after the decisions, below "
-        f"validate.min_images_per_class.train={short['threshold']}: too few to learn it"
-        for label, n in short["labels"].items()
+        f"validate.min_images_per_class.train={short.threshold}: too few to learn it"
+        for label, n in short.labels.items()
     ]

@@ -298,15 +298,17 @@ def _plot_probabilities(axes, probabilities: dict[str, float], threshold: float)
 
 
 def gallery_cases(
-    true: np.ndarray, probabilities: np.ndarray, threshold: float, false_alarms: int
+    label_indices: np.ndarray, probabilities: np.ndarray, threshold: float, false_alarms: int
 ) -> list[tuple[int, str]]:
     """(row index, "found" | "missed" | "false alarm") of the gallery: every melanoma, highest
     P(melanoma) first, then the `false_alarms` other images with the highest P(melanoma) at or
     above the threshold."""
     scores = probabilities[:, MELANOMA_INDEX]
     order = np.argsort(-scores, kind="stable")
-    melanomas = [int(n) for n in order if true[n] == MELANOMA_INDEX]
-    alarms = [int(n) for n in order if true[n] != MELANOMA_INDEX and scores[n] >= threshold]
+    melanomas = [int(n) for n in order if label_indices[n] == MELANOMA_INDEX]
+    alarms = [
+        int(n) for n in order if label_indices[n] != MELANOMA_INDEX and scores[n] >= threshold
+    ]
     return [(n, "found" if scores[n] >= threshold else "missed") for n in melanomas] + [
         (n, "false alarm") for n in alarms[:false_alarms]
     ]
@@ -315,7 +317,7 @@ def gallery_cases(
 def write_gallery(
     model: keras.Model,
     paths: Sequence[str],
-    true: np.ndarray,
+    label_indices: np.ndarray,
     probabilities: np.ndarray,
     threshold: float,
     output: Path,
@@ -324,7 +326,7 @@ def write_gallery(
     """reports/melanoma_gallery.png: the melanoma heat map over each image of gallery_cases
     (test images as the ingest stage wrote them, labels, probabilities as evaluate computed
     them). Returns the cases drawn."""
-    cases = gallery_cases(true, probabilities, threshold, false_alarms)
+    cases = gallery_cases(label_indices, probabilities, threshold, false_alarms)
     columns = max(1, min(GALLERY_COLUMNS, len(cases)))
     rows = max(1, -(-len(cases) // columns))
     figure = Figure(figsize=(2.6 * columns, 2.9 * rows + 0.6))
@@ -338,7 +340,8 @@ def write_gallery(
         model_images = np.stack([to_model_size(image[None], size)[0] for image in images])
         maps = _melanoma_maps(explainer, model_images)
         for axes, image, heat_map, (n, kind) in zip(panels, images, maps, cases, strict=False):
-            title = f"{kind}: {LABELS[true[n]]}\nP(melanoma) {probabilities[n, MELANOMA_INDEX]:.2f}"
+            label = LABELS[label_indices[n]]
+            title = f"{kind}: {label}\nP(melanoma) {probabilities[n, MELANOMA_INDEX]:.2f}"
             _show(axes, image, heat_map, title)
             axes.title.set_color("firebrick" if kind != "found" else "darkgreen")
     else:

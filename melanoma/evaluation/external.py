@@ -64,7 +64,7 @@ class ExternalImages:
         return self.scored["source_path"].tolist()
 
     @property
-    def true(self) -> np.ndarray:
+    def label_indices(self) -> np.ndarray:
         return self.scored["label"].map(LABELS.index).to_numpy(dtype=np.int32)
 
     def accounting(self) -> dict:

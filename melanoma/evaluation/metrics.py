@@ -1,7 +1,7 @@
-"""Test-split figures of a model: scikit-learn metrics, bootstrap confidence intervals, plots.
+"""Test-split metrics of a model (scikit-learn), bootstrap confidence intervals, plots.
 
-Every figure is a function of (true labels, class probabilities, melanoma threshold), so the
-bootstrap recomputes exactly the same definitions on resampled test sets. A figure that is
+Every metric is a function of (label indices, class probabilities, melanoma threshold), so the
+bootstrap recomputes exactly the same definitions on resampled test sets. A metric that is
 undefined on a sample (a class absent, only one class for the ROC curve) is NaN there, and the
 interval is taken over the samples where it is defined.
 """
@@ -30,18 +30,10 @@ from sklearn.metrics import (
 from tqdm import tqdm
 
 from melanoma.labels import LABELS, MELANOMA, MELANOMA_INDEX
+from melanoma.reports import THRESHOLD_FREE_METRICS
 
 log = logging.getLogger(__name__)
 
-HEADLINE_METRICS = (
-    "accuracy",
-    "balanced_accuracy",
-    "macro_f1",
-    "melanoma_auc",
-    "melanoma_sensitivity",
-    "melanoma_specificity",
-)
-THRESHOLD_FREE_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "melanoma_auc")
 CLASS_INDICES = list(range(len(LABELS)))
 
 
@@ -54,87 +46,93 @@ def melanoma_alerts(probabilities: np.ndarray, threshold: float) -> np.ndarray:
     return probabilities[:, MELANOMA_INDEX] >= threshold
 
 
-def threshold_free_figure(name: str, true: np.ndarray, probabilities: np.ndarray) -> float:
-    """One of THRESHOLD_FREE_METRICS (NaN where undefined). Multi-class figures average over the
-    classes present in `true`: an external set with four classes is judged on those four."""
+def threshold_free_metric(name: str, label_indices: np.ndarray, probabilities: np.ndarray) -> float:
+    """One of THRESHOLD_FREE_METRICS (NaN where undefined). Multi-class metrics average over the
+    classes present in `label_indices`: an external set with four classes is judged on those
+    four."""
     predicted = probabilities.argmax(axis=1)
     with warnings.catch_warnings():
         # A class absent from the set is expected: balanced accuracy then averages the others.
         warnings.simplefilter("ignore", UndefinedMetricWarning)
         warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
         if name == "accuracy":
-            return float(accuracy_score(true, predicted))
+            return float(accuracy_score(label_indices, predicted))
         if name == "balanced_accuracy":
-            return float(balanced_accuracy_score(true, predicted))
+            return float(balanced_accuracy_score(label_indices, predicted))
         if name == "macro_f1":
-            present = np.unique(true)
+            present = np.unique(label_indices)
             return float(
-                f1_score(true, predicted, labels=present, average="macro", zero_division=0.0)
+                f1_score(
+                    label_indices, predicted, labels=present, average="macro", zero_division=0.0
+                )
             )
         if name == "melanoma_auc":
-            is_melanoma = true == MELANOMA_INDEX
-            if not 0 < is_melanoma.sum() < len(true):
+            is_melanoma = label_indices == MELANOMA_INDEX
+            if not 0 < is_melanoma.sum() < len(label_indices):
                 return math.nan
             return float(roc_auc_score(is_melanoma, probabilities[:, MELANOMA_INDEX]))
-    raise ValueError(f"unknown figure {name!r}; threshold-free figures: {THRESHOLD_FREE_METRICS}")
+    raise ValueError(f"unknown metric {name!r}; threshold-free metrics: {THRESHOLD_FREE_METRICS}")
 
 
 def evaluation_metrics(
-    true: np.ndarray, probabilities: np.ndarray, threshold: float
+    label_indices: np.ndarray, probabilities: np.ndarray, threshold: float
 ) -> dict[str, float]:
-    """Every figure of one evaluation set, flat: headline figures, then
+    """Every metric of one evaluation set, flat: headline metrics, then
     `<label>_{precision,recall,f1}`.
 
-    `true` holds label indices (melanoma.labels.LABELS order), `probabilities` one row per image.
+    `label_indices` index melanoma.labels.LABELS, `probabilities` has one row per image.
     The predicted class is the most probable one; the melanoma alert uses the threshold instead.
     """
     predicted = probabilities.argmax(axis=1)
-    is_melanoma = true == MELANOMA_INDEX
+    is_melanoma = label_indices == MELANOMA_INDEX
     alert = melanoma_alerts(probabilities, threshold)
-    figures = {
-        name: threshold_free_figure(name, true, probabilities) for name in THRESHOLD_FREE_METRICS
+    metrics = {
+        name: threshold_free_metric(name, label_indices, probabilities)
+        for name in THRESHOLD_FREE_METRICS
     }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UndefinedMetricWarning)
-        figures["melanoma_sensitivity"] = recall_score(is_melanoma, alert, zero_division=np.nan)
-        figures["melanoma_specificity"] = recall_score(
+        metrics["melanoma_sensitivity"] = recall_score(is_melanoma, alert, zero_division=np.nan)
+        metrics["melanoma_specificity"] = recall_score(
             is_melanoma, alert, pos_label=False, zero_division=np.nan
         )
         precision, recall, f1, _ = precision_recall_fscore_support(
-            true, predicted, labels=CLASS_INDICES, zero_division=np.nan
+            label_indices, predicted, labels=CLASS_INDICES, zero_division=np.nan
         )
     for index, label in enumerate(LABELS):
-        figures[f"{label}_precision"] = precision[index]
-        figures[f"{label}_recall"] = recall[index]
-        figures[f"{label}_f1"] = f1[index]
-    return {name: float(value) for name, value in figures.items()}
+        metrics[f"{label}_precision"] = precision[index]
+        metrics[f"{label}_recall"] = recall[index]
+        metrics[f"{label}_f1"] = f1[index]
+    return {name: float(value) for name, value in metrics.items()}
 
 
-def validation_figures(true: np.ndarray, probabilities: np.ndarray) -> dict[str, float | None]:
-    """The headline figures that do not depend on the melanoma threshold (an undefined one as
+def validation_metrics(
+    label_indices: np.ndarray, probabilities: np.ndarray
+) -> dict[str, float | None]:
+    """The headline metrics that do not depend on the melanoma threshold (an undefined one as
     None): `train` reports them on the validation split. The threshold may be chosen from the
     validation probabilities, so the model must not depend on it."""
     return {
-        name: _json_number(threshold_free_figure(name, true, probabilities))
+        name: _json_number(threshold_free_metric(name, label_indices, probabilities))
         for name in THRESHOLD_FREE_METRICS
     }
 
 
 def bootstrap_intervals(
-    true: np.ndarray,
+    label_indices: np.ndarray,
     probabilities: np.ndarray,
     threshold: float,
     samples: int,
     seed: int,
     confidence: float = 0.95,
 ) -> dict[str, tuple[float, float]]:
-    """Percentile bootstrap interval of every figure of `evaluation_metrics`: resample images with
-    replacement `samples` times. A figure never defined on any sample gets (NaN, NaN)."""
+    """Percentile bootstrap interval of every metric of `evaluation_metrics`: resample images with
+    replacement `samples` times. A metric never defined on any sample gets (NaN, NaN)."""
     rng = np.random.default_rng(seed)
     draws: list[dict[str, float]] = []
     for _ in tqdm(range(samples), desc="bootstrap", unit="sample", leave=False):
-        rows = rng.integers(0, len(true), size=len(true))
-        draws.append(evaluation_metrics(true[rows], probabilities[rows], threshold))
+        rows = rng.integers(0, len(label_indices), size=len(label_indices))
+        draws.append(evaluation_metrics(label_indices[rows], probabilities[rows], threshold))
     table = pd.DataFrame(draws)
     tail = (1 - confidence) / 2 * 100
     intervals = {}
@@ -149,37 +147,39 @@ def bootstrap_intervals(
 
 
 def metrics_report(
-    true: np.ndarray,
+    label_indices: np.ndarray,
     probabilities: np.ndarray,
     threshold: float,
     bootstrap_samples: int,
     seed: int,
     set_name: str = "test",
 ) -> dict[str, float | int | None]:
-    """One evaluation set's section of reports/metrics.json: its image count, then each figure
-    followed by `<figure>_ci_low` and `<figure>_ci_high` (95% bootstrap, left out when
+    """One evaluation set's section of reports/metrics.json: its image count, then each metric
+    followed by `<metric>_ci_low` and `<metric>_ci_high` (95% bootstrap, left out when
     bootstrap_samples is 0).
 
-    Undefined figures are None (JSON null): NaN is not valid JSON. Figures are not rounded, so
+    Undefined metrics are None (JSON null): NaN is not valid JSON. Metrics are not rounded, so
     that a model compared with itself scores exactly the same.
     """
-    absent = [label for index, label in enumerate(LABELS) if index not in set(true.tolist())]
+    absent = [
+        label for index, label in enumerate(LABELS) if index not in set(label_indices.tolist())
+    ]
     if absent:
         log.info(
-            "%s: no images of %s: their recall is undefined and multi-class figures average "
+            "%s: no images of %s: their recall is undefined and multi-class metrics average "
             "the other %d classes",
             set_name,
             ", ".join(absent),
             len(LABELS) - len(absent),
         )
-    figures = evaluation_metrics(true, probabilities, threshold)
+    metrics = evaluation_metrics(label_indices, probabilities, threshold)
     intervals = (
-        bootstrap_intervals(true, probabilities, threshold, bootstrap_samples, seed)
+        bootstrap_intervals(label_indices, probabilities, threshold, bootstrap_samples, seed)
         if bootstrap_samples
         else {}
     )
-    report: dict[str, float | int | None] = {"images": len(true)}
-    for name, value in figures.items():
+    report: dict[str, float | int | None] = {"images": len(label_indices)}
+    for name, value in metrics.items():
         report[name] = _json_number(value)
         if name in intervals:
             low, high = intervals[name]
@@ -194,7 +194,7 @@ def _json_number(value: float) -> float | None:
 
 def predictions_table(
     image_paths: Sequence[str],
-    true: np.ndarray,
+    label_indices: np.ndarray,
     probabilities: np.ndarray,
     threshold: float | None = None,
 ) -> pd.DataFrame:
@@ -203,7 +203,7 @@ def predictions_table(
     table = pd.DataFrame(
         {
             "image_path": list(image_paths),
-            "label": [LABELS[i] for i in true],
+            "label": [LABELS[i] for i in label_indices],
             "predicted": [LABELS[i] for i in probabilities.argmax(axis=1)],
         }
     )
@@ -214,11 +214,11 @@ def predictions_table(
     return table
 
 
-def images_sha256(image_paths: Sequence[str], true: np.ndarray) -> str:
+def images_sha256(image_paths: Sequence[str], label_indices: np.ndarray) -> str:
     """One hash of the test images' bytes and labels: two models were scored on the same test
     data if and only if their hashes are equal."""
     digest = hashlib.sha256()
-    for path, label_index in sorted(zip(image_paths, true.tolist(), strict=True)):
+    for path, label_index in sorted(zip(image_paths, label_indices.tolist(), strict=True)):
         digest.update(f"{path}\t{LABELS[label_index]}\t".encode())
         digest.update(hashlib.sha256(Path(path).read_bytes()).digest())
     return digest.hexdigest()
@@ -227,19 +227,19 @@ def images_sha256(image_paths: Sequence[str], true: np.ndarray) -> str:
 def read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """(label indices, probabilities) of a table written by `predictions_table`."""
     table = pd.read_csv(path)
-    true = table["label"].map(LABELS.index).to_numpy(dtype=np.int32)
+    label_indices = table["label"].map(LABELS.index).to_numpy(dtype=np.int32)
     columns = [probability_column(label) for label in LABELS]
-    return true, table[columns].to_numpy(dtype=np.float64)
+    return label_indices, table[columns].to_numpy(dtype=np.float64)
 
 
 def plot_confusion_matrix(
-    true: np.ndarray, probabilities: np.ndarray, path: Path, set_name: str = "test split"
+    label_indices: np.ndarray, probabilities: np.ndarray, path: Path, set_name: str = "test split"
 ) -> None:
     # Figure without pyplot: no GUI backend, no global figure state to leak.
     figure = Figure(figsize=(9, 8))
     axes = figure.subplots()
     ConfusionMatrixDisplay.from_predictions(
-        true,
+        label_indices,
         probabilities.argmax(axis=1),
         labels=CLASS_INDICES,
         display_labels=LABELS,
@@ -247,22 +247,22 @@ def plot_confusion_matrix(
         colorbar=False,
         ax=axes,
     )
-    axes.set_title(f"Confusion matrix, {set_name} ({len(true)} images)")
+    axes.set_title(f"Confusion matrix, {set_name} ({len(label_indices)} images)")
     save_figure(figure, path)
 
 
 def plot_melanoma_roc(
-    true: np.ndarray,
+    label_indices: np.ndarray,
     probabilities: np.ndarray,
     threshold: float,
     path: Path,
     set_name: str = "test split",
 ) -> None:
     """Melanoma-vs-rest ROC curve, with the operating point of the alert threshold marked."""
-    is_melanoma = true == MELANOMA_INDEX
+    is_melanoma = label_indices == MELANOMA_INDEX
     figure = Figure(figsize=(6, 6))
     axes = figure.subplots()
-    if 0 < is_melanoma.sum() < len(true):
+    if 0 < is_melanoma.sum() < len(label_indices):
         RocCurveDisplay.from_predictions(
             is_melanoma, probabilities[:, MELANOMA_INDEX], name=f"{MELANOMA} vs rest", ax=axes
         )
@@ -276,7 +276,7 @@ def plot_melanoma_roc(
             0.5, 0.5, f"undefined: the {set_name} needs melanoma and other images", ha="center"
         )
     axes.plot([0, 1], [0, 1], linestyle=":", color="grey")
-    axes.set_title(f"Melanoma-vs-rest ROC curve ({set_name}, {len(true)} images)")
+    axes.set_title(f"Melanoma-vs-rest ROC curve ({set_name}, {len(label_indices)} images)")
     save_figure(figure, path)
 
 

@@ -3,16 +3,16 @@
 `evaluate` writes it from the facts the pipeline recorded (reports/metrics.json, reports/
 train_metrics.json, reports/validation.json, models/run.json, the params, the git commit and
 the data hashes), never a hand-written number; `register` logs it with the MLflow run and makes
-it the registered version's description (MLflow renders Markdown there). Every figure goes through
+it the registered version's description (MLflow renders Markdown there). Every number goes through
 `number` or `with_interval`, so a test can hold each cell against the JSON it came from.
-A fact that is missing (an older validation.json, no train_metrics.json) is said to be missing;
-the card is still written.
+A report file that is absent (no train_metrics.json, no validation.json) is said to be unknown;
+the card is still written. A report that is there is complete (melanoma.reports checks it).
 """
 
 import json
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -20,9 +20,18 @@ import pandas as pd
 from melanoma import paths
 from melanoma.config import Params, flatten
 from melanoma.data.manifest import AUGMENTED_COLUMNS, images_per_source, read_manifest
-from melanoma.evaluation.metrics import HEADLINE_METRICS
-from melanoma.evaluation.report import evaluation_sections
+from melanoma.evaluation.report import Lineage
 from melanoma.labels import LABELS
+from melanoma.reports import (
+    HEADLINE_METRICS,
+    MetricsReport,
+    ReferenceCheck,
+    RunInfo,
+    SetSection,
+    TrainMetrics,
+    ValidationReport,
+    ValidationSplitMetrics,
+)
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +44,7 @@ OLD_ARCHIVE_IDS_BELOW = 1000
 # A class with fewer original images than this in a split has per-class figures that are noise.
 FEW_IMAGES = 10
 SPLITS = ("train", "val", "test")
-FIGURE_NAMES = {
+METRIC_NAMES = {
     "accuracy": "accuracy",
     "balanced_accuracy": "balanced accuracy",
     "macro_f1": "macro F1",
@@ -43,7 +52,13 @@ FIGURE_NAMES = {
     "melanoma_sensitivity": "melanoma sensitivity at the threshold",
     "melanoma_specificity": "melanoma specificity at the threshold",
 }
-CARD_FIGURES = HEADLINE_METRICS
+CARD_METRICS = HEADLINE_METRICS
+# Rows of the lineage table, after the run and the logged model.
+LINEAGE_NAMES = {
+    "git_commit": "git commit",
+    "test_images_sha256": "test images sha256",
+    "augmented_manifest_sha256": "augmented manifest sha256",
+}
 LIMITATIONS_HEADING = "## Known limitations"
 LINEAGE_HEADING = "## Lineage"
 ISIC_ID = re.compile(r"ISIC_(\d+)")
@@ -51,44 +66,47 @@ ISIC_ID = re.compile(r"ISIC_(\d+)")
 
 @dataclass(frozen=True)
 class CardFacts:
-    """What the card is written from. Only `report`, `run_info` and `params` are required."""
+    """What the card is written from. Only `report`, `run_info` and `params` are required; a
+    fact that is None is unknown."""
 
-    report: dict  # reports/metrics.json
-    run_info: dict  # models/run.json, with the run id the evaluation is logged into
+    report: MetricsReport  # reports/metrics.json
+    run_info: RunInfo  # models/run.json, with the run id the evaluation is logged into
     params: dict[str, object]  # flattened params (melanoma.config.flatten)
-    lineage: dict[str, str] = field(default_factory=dict)  # git commit, data hashes
-    training: dict = field(default_factory=dict)  # reports/train_metrics.json
-    validation: dict = field(default_factory=dict)  # reports/validation.json
-    # data/augmented/manifest.csv (source, label, split, source_image_id, augmented); None if
-    # unknown
+    lineage: Lineage | None = None  # git commit, data hashes
+    training: TrainMetrics | None = None  # reports/train_metrics.json
+    validation: ValidationReport | None = None  # reports/validation.json
+    # data/augmented/manifest.csv (source, label, split, source_image_id, augmented)
     images: pd.DataFrame | None = None
     sources: list[dict] = field(default_factory=list)  # data/ingested/sources.json
     model_name: str = ""
 
 
-def card_facts(params: Params, report: dict, run_info: dict, lineage: dict[str, str]) -> CardFacts:
-    """The facts of the evaluated model, read from the files the pipeline wrote."""
+def card_facts(
+    params: Params, report: MetricsReport, run_info: RunInfo, lineage: Lineage
+) -> CardFacts:
+    """The facts of the evaluated model, read from the files the pipeline wrote. Raises
+    melanoma.reports.ReportError if a report is there but not as its stage writes it."""
     return CardFacts(
         report=report,
         run_info=run_info,
         params=flatten(params),
         lineage=lineage,
-        training=read_json_or_empty(paths.TRAIN_METRICS),
-        validation=read_json_or_empty(paths.VALIDATION_REPORT),
+        training=TrainMetrics.read_if_present(paths.TRAIN_METRICS),
+        validation=ValidationReport.read_if_present(paths.VALIDATION_REPORT),
         images=read_manifest(paths.AUGMENTED_MANIFEST, AUGMENTED_COLUMNS),
-        sources=read_json_or_empty(paths.SOURCES_SUMMARY) or [],
+        sources=read_sources_or_empty(paths.SOURCES_SUMMARY),
         model_name=params.registry.model_name,
     )
 
 
-def read_json_or_empty(path: Path) -> dict | list:
-    """The JSON in `path`, or {} (with a warning) if it is absent or unreadable: the card then
-    says the fact is unknown instead of failing the stage."""
+def read_sources_or_empty(path: Path) -> list[dict]:
+    """data/ingested/sources.json, or [] (with a warning) if it is absent or unreadable: the
+    card then says the sources are unknown instead of failing the stage."""
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as error:
         log.warning("model card: %s not read (%s): its facts are left out", path, error)
-        return {}
+        return []
 
 
 def number(value: object, digits: int = 3) -> str:
@@ -105,30 +123,33 @@ def number(value: object, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
-def with_interval(section: dict, name: str) -> str:
-    """`0.530 (0.440–0.640)`: the figure and its bootstrap interval, if the report has one."""
-    low, high = section.get(f"{name}_ci_low"), section.get(f"{name}_ci_high")
-    if low is None or high is None:
-        return number(section.get(name))
-    return f"{number(section.get(name))} ({number(low)}–{number(high)})"
+def with_interval(section: SetSection, name: str) -> str:
+    """`0.530 (0.440–0.640)`: the metric and its bootstrap interval, if the report has one."""
+    value, interval = getattr(section, name), section.interval(name)
+    if interval is None:
+        return number(value)
+    low, high = interval
+    return f"{number(value)} ({number(low)}–{number(high)})"
 
 
 TABLE_COLUMNS = ["set", "figure", "value", "ci_low", "ci_high"]
 
 
-def figures_table(report: dict) -> dict[str, list]:
-    """Every figure of every evaluation set in reports/metrics.json, one row each: set, figure,
-    value, ci_low, ci_high (None where undefined or without an interval), in the layout
-    `mlflow.log_table` writes ({"columns": [...], "data": [[...], ...]}). The per-class figures
-    and interval bounds go to MLflow as this one table, not as metrics."""
+def metrics_table(report: MetricsReport) -> dict[str, list]:
+    """Every metric of every evaluation set in reports/metrics.json, one row each: set, metric
+    (column `figure`), value, ci_low, ci_high (None where undefined or without an interval), in
+    the layout `mlflow.log_table` writes ({"columns": [...], "data": [[...], ...]}). The
+    per-class metrics and interval bounds go to MLflow as this one table, not as run metrics."""
     rows = []
-    for set_name, section in evaluation_sections(report):
-        for name, value in section.items():
+    for set_name, section in report.sections():
+        content = section.to_dict()
+        for name, value in content.items():
             if name.endswith(("_ci_low", "_ci_high")) or isinstance(value, bool):
                 continue
             if value is not None and not isinstance(value, int | float):
                 continue  # a note
-            low, high = section.get(f"{name}_ci_low"), section.get(f"{name}_ci_high")
+            # No interval: a count, a calibration metric, or bootstrap_samples 0.
+            low, high = content.get(f"{name}_ci_low"), content.get(f"{name}_ci_high")
             rows.append([set_name, name, value, low, high])
     return {"columns": TABLE_COLUMNS, "data": rows}
 
@@ -185,7 +206,7 @@ def intended_use(facts: CardFacts) -> list[str]:
         "photographs or lesions outside the nine classes.",
         "",
         f"Model: `{params.get('train.architecture', 'unknown')}` architecture, "
-        f"{number(facts.run_info.get('image_size'))} px RGB input, nine softmax probabilities "
+        f"{number(facts.run_info.image_size)} px RGB input, nine softmax probabilities "
         f"({', '.join(LABELS)}).",
     ]
 
@@ -257,237 +278,204 @@ def training_data(facts: CardFacts) -> list[str]:
     return [*lines, "", *validation_findings(facts.validation)]
 
 
-# Keys of reports/validation.json rendered in their own lines; any other list or dict field
-# (a newer validate) is listed generically, so the card never hides what validate found.
-_KNOWN_VALIDATION_KEYS = {
-    "success",
-    "failures",
-    "policy",
-    "expectations",
-    "class_counts",
-    "label_conflicts",
-    "leaks",
-    "duplicates",
-    "decisions",
-    "removed",
-    "reference_labels",
-    "too_few_training_images",
-    "sources",
-    "same_image_copies",
-    "near_duplicates",
-    "same_group_as_test",
-}
-
-
-def reference_label_findings(reference: dict) -> list[str]:
+def reference_label_findings(reference: ReferenceCheck) -> list[str]:
     """The check of folder labels against ISIC's ground truth: agreement, and each kind of
-    disagreement with what was done about it."""
-    if not reference:
+    disagreement with what was done about it. Nothing when the check was off."""
+    if reference.file is None or reference.images is None:
         return []
-    images = reference.get("images", {})
     lines = [
         "- Folder labels checked against ISIC's ground truth (`validate.reference_labels`): "
-        + ", ".join(f"{k.replace('_', ' ')} {number(v)}" for k, v in images.items())
+        + ", ".join(f"{k.replace('_', ' ')} {number(v)}" for k, v in reference.images.items())
         + "."
     ]
-    for pair in reference.get("disagreement_pairs", []):
-        actions = ", ".join(
-            f"{k.replace('_', ' ')} {number(v)}" for k, v in pair.get("actions", {}).items()
-        )
+    for pair in reference.disagreement_pairs or []:
+        actions = ", ".join(f"{k.replace('_', ' ')} {number(v)}" for k, v in pair.actions.items())
         lines.append(
-            f"  - folder `{pair['folder_label']}`, ISIC says {pair['reference_class']} "
-            f"({pair['reference_label']}): {number(pair['images'])} images ({actions})."
+            f"  - folder `{pair.folder_label}`, ISIC says {pair.reference_class} "
+            f"({pair.reference_label}): {number(pair.images)} images ({actions})."
         )
     return lines
 
 
-def grouping_findings(validation: dict) -> list[str]:
+def grouping_findings(validation: ValidationReport) -> list[str]:
     """One image, one copy; lesions kept on one side of the test split."""
     findings = [
         (
-            "same_image_copies",
+            validation.same_image_copies.count,
             "images found in more than one source (one copy kept of each, the others removed)",
         ),
-        ("near_duplicates", "near-duplicate pairs by perceptual hash (kept, grouped)"),
         (
-            "same_group_as_test",
+            validation.near_duplicates.count,
+            "near-duplicate pairs by perceptual hash (kept, grouped)",
+        ),
+        (
+            validation.same_group_as_test.count,
             "training images removed as images of a lesion (or copies of a picture) in the test "
             "split",
         ),
     ]
-    return [
-        f"- {number(validation[key]['count'])} {what}."
-        for key, what in findings
-        if isinstance(validation.get(key), dict)
-    ]
+    return [f"- {number(count)} {what}." for count, what in findings]
 
 
-def validation_findings(validation: dict) -> list[str]:
+def validation_findings(validation: ValidationReport | None) -> list[str]:
     """What validate dropped or relabelled and why, from reports/validation.json."""
     lines = ["### What validate removed or changed", ""]
-    if not validation:
+    if validation is None:
         return [*lines, "Unknown: reports/validation.json was not available."]
-    policy = validation.get("policy", {})
-    if policy:
-        lines.append("- Policy: " + ", ".join(f"{k} `{v}`" for k, v in policy.items()) + ".")
+    policy = validation.policy.to_dict()
+    lines.append("- Policy: " + ", ".join(f"{k} `{v}`" for k, v in policy.items()) + ".")
     groups = [
-        f"{len(validation[key])} {what}"
-        for key, what in (
-            ("label_conflicts", "label-conflict groups (the same pixels under two labels)"),
-            ("leaks", "leak groups (a test image also in train)"),
-            ("duplicates", "within-label duplicate groups"),
+        f"{len(found)} {what}"
+        for found, what in (
+            (
+                validation.label_conflicts,
+                "label-conflict groups (the same pixels under two labels)",
+            ),
+            (validation.leaks, "leak groups (a test image also in train)"),
+            (validation.duplicates, "within-label duplicate groups"),
         )
-        if isinstance(validation.get(key), list)
     ]
-    if groups:
-        lines.append("- Found: " + ", ".join(groups) + ".")
-    decisions = validation.get("decisions", {})
-    if decisions:
+    lines.append("- Found: " + ", ".join(groups) + ".")
+    if validation.decisions:
         lines.append(
             "- Decisions per image: "
-            + ", ".join(f"{k} {number(v)}" for k, v in sorted(decisions.items()))
+            + ", ".join(f"{k} {number(v)}" for k, v in sorted(validation.decisions.items()))
             + "."
         )
-    lines += reference_label_findings(validation.get("reference_labels") or {})
+    lines += reference_label_findings(validation.reference_labels)
     lines += grouping_findings(validation)
-    thin = (validation.get("too_few_training_images") or {}).get("labels", {})
-    if thin:
+    thin = validation.too_few_training_images
+    if thin.labels:
         lines.append(
-            "- Classes with fewer than "
-            f"{number(validation['too_few_training_images']['threshold'])} training images: "
-            + ", ".join(f"{label} {number(n)}" for label, n in sorted(thin.items()))
+            f"- Classes with fewer than {number(thin.threshold)} training images: "
+            + ", ".join(f"{label} {number(n)}" for label, n in sorted(thin.labels.items()))
             + "."
         )
-    for key in sorted(set(validation) - _KNOWN_VALIDATION_KEYS):
-        value = validation[key]
+    # A field of a newer validate that this card does not know: listed, never hidden.
+    for key, value in sorted((validation.model_extra or {}).items()):
         if isinstance(value, list | dict):
             lines.append(f"- `{key}`: {number(len(value))} entries (see reports/validation.json)")
-    for failure in validation.get("failures", []):
+    for failure in validation.failures:
         lines.append(f"- failure: {failure}")
-    removed = validation.get("removed", {})
-    if removed:
+    if validation.removed:
         lines += [
             "",
             "Images removed, by reason:",
             "",
-            *_table(["reason", "images"], [[k, number(v)] for k, v in removed.items()]),
+            *_table(["reason", "images"], [[k, number(v)] for k, v in validation.removed.items()]),
         ]
     return lines
 
 
-def evaluation(report: dict, training: dict) -> list[str]:
-    """Every evaluation set as a column, every headline figure as a row, with intervals."""
-    sections = evaluation_sections(report)
+def evaluation(report: MetricsReport, training: TrainMetrics | None) -> list[str]:
+    """Every evaluation set as a column, every headline metric as a row, with intervals."""
+    sections = report.sections()
     header = ["figure", *(name for name, _ in sections)]
     rows = [
-        ["images", *(number(s.get("images")) for _, s in sections)],
-        ["melanomas", *(number(s.get("melanomas")) for _, s in sections)],
+        ["images", *(number(s.images) for _, s in sections)],
+        ["melanomas", *(number(s.melanomas) for _, s in sections)],
         *(
-            [FIGURE_NAMES[name], *(with_interval(s, name) for _, s in sections)]
-            for name in CARD_FIGURES
+            [METRIC_NAMES[name], *(with_interval(s, name) for _, s in sections)]
+            for name in CARD_METRICS
         ),
     ]
     lines = [
         "## Evaluation",
         "",
-        f"Figures with their 95% bootstrap intervals ({number(report.get('bootstrap_samples'))} "
+        f"Figures with their 95% bootstrap intervals ({number(report.bootstrap_samples)} "
         "samples). An external set that chose the alert threshold reports on its other half "
         "only.",
         "",
         *_table(header, rows),
     ]
-    validation = training.get("validation")
-    if validation:
+    if training is not None:
+        validation = training.validation
         lines += [
             "",
             "On the validation split (train's own held-out part, no intervals): "
             + ", ".join(
-                f"{FIGURE_NAMES[name]} {number(validation.get(name))}"
-                for name in CARD_FIGURES
-                if name in validation
+                f"{METRIC_NAMES[name]} {number(getattr(validation, name))}"
+                for name in CARD_METRICS
+                if name in ValidationSplitMetrics.model_fields
             )
             + ".",
         ]
     return lines
 
 
-def alert(report: dict) -> list[str]:
-    point = report["operating_point"]
-    sections = evaluation_sections(report)
+def alert(report: MetricsReport) -> list[str]:
+    point = report.operating_point
     lines = [
         "## Melanoma alert",
         "",
-        f"**MELANOMA ALERT** when P(melanoma) >= {number(point['threshold'], 4)}, chosen on "
-        f"{point['chosen_on']}: the highest threshold whose lower confidence bound of "
-        f"sensitivity reaches {number(point['target_sensitivity'])} at confidence "
-        f"{number(point['confidence'])} ({number(point['caught'])} of "
-        f"{number(point['melanomas'])} melanomas caught there, lower bound "
-        f"{number(point['sensitivity_lower_bound'])}; target reachable: "
-        f"{number(point['target_reachable'])}).",
+        f"**MELANOMA ALERT** when P(melanoma) >= {number(point.threshold, 4)}, chosen on "
+        f"{point.chosen_on}: the highest threshold whose lower confidence bound of "
+        f"sensitivity reaches {number(point.target_sensitivity)} at confidence "
+        f"{number(point.confidence)} ({number(point.caught)} of "
+        f"{number(point.melanomas)} melanomas caught there, lower bound "
+        f"{number(point.sensitivity_lower_bound)}; target reachable: "
+        f"{number(point.target_reachable)}).",
         "",
     ]
     rows = [
         [
             name,
-            number(s.get("melanomas")),
+            number(s.melanomas),
             with_interval(s, "melanoma_sensitivity"),
             with_interval(s, "melanoma_specificity"),
-            number(s.get("alert_below_target")) if "alert_below_target" in s else "n/a",
+            "n/a" if s.alert_below_target is None else number(s.alert_below_target),
         ]
-        for name, s in sections
+        for name, s in report.sections()
     ]
     return lines + _table(["set", "melanomas", "sensitivity", "specificity", "below target"], rows)
 
 
-def calibration(report: dict, training: dict) -> list[str]:
+def calibration(report: MetricsReport, training: TrainMetrics | None) -> list[str]:
     lines = [
         "## Calibration",
         "",
-        f"Temperature {number(report.get('temperature'))} (fitted on the validation split and "
+        f"Temperature {number(report.temperature)} (fitted on the validation split and "
         "folded into the model; a temperature of one means uncalibrated). Expected "
         "calibration error (ECE) and Brier score before and after:",
         "",
     ]
     rows = []
-    fitted = training.get("calibration", {})
-    if "validation_ece" in fitted:
+    if training is not None:
+        fitted = training.calibration
         rows.append(
             [
                 "validation",
-                number(fitted.get("validation_ece_uncalibrated")),
-                number(fitted["validation_ece"]),
-                number(fitted.get("validation_brier_uncalibrated")),
-                number(fitted.get("validation_brier")),
+                number(fitted.validation_ece_uncalibrated),
+                number(fitted.validation_ece),
+                number(fitted.validation_brier_uncalibrated),
+                number(fitted.validation_brier),
             ]
         )
-    for name, s in evaluation_sections(report):
+    for name, s in report.sections():
+        # An uncalibrated model has no separate "before": before is after.
+        ece_before = s.ece if s.ece_uncalibrated is None else s.ece_uncalibrated
+        brier_before = s.brier if s.brier_uncalibrated is None else s.brier_uncalibrated
         rows.append(
-            [
-                name,
-                number(s.get("ece_uncalibrated", s.get("ece"))),
-                number(s.get("ece")),
-                number(s.get("brier_uncalibrated", s.get("brier"))),
-                number(s.get("brier")),
-            ]
+            [name, number(ece_before), number(s.ece), number(brier_before), number(s.brier)]
         )
     return lines + _table(["set", "ECE before", "ECE after", "Brier before", "Brier after"], rows)
 
 
 def limitations(facts: CardFacts) -> list[str]:
     report, lines = facts.report, [LIMITATIONS_HEADING, ""]
-    test = report.get("test", {})
-    validation = facts.training.get("validation", {})
+    test = report.test
     shift = (
         "- **Archive shift.** ISIC image ids grow with the archive's age; where the test "
         "split's melanomas and nevi come from another archive than the training ones, the "
         "network can learn the archive instead of the lesion, and validation figures "
         "overstate the test figures (bench/ABLATION.md)."
     )
-    if "melanoma_auc" in validation:
+    if facts.training is not None:
+        validation = facts.training.validation
         shift += (
-            f" Melanoma AUC: validation {number(validation['melanoma_auc'])}, test "
+            f" Melanoma AUC: validation {number(validation.melanoma_auc)}, test "
             f"{with_interval(test, 'melanoma_auc')}; accuracy: validation "
-            f"{number(validation.get('accuracy'))}, test {with_interval(test, 'accuracy')}."
+            f"{number(validation.accuracy)}, test {with_interval(test, 'accuracy')}."
         )
     lines.append(shift)
     if facts.images is not None:
@@ -520,26 +508,26 @@ def limitations(facts: CardFacts) -> list[str]:
                 "split; their per-class figures are noise and the model has seen little of "
                 "them): " + "; ".join(few) + "."
             )
-    for name, s in evaluation_sections(report):
-        if s.get("melanomas") == 0:
-            lines.append(f"- {name}: {s.get('note', 'no melanoma in this set')}.")
-    if not report["operating_point"].get("target_reachable", True):
-        point = report["operating_point"]
+    for name, s in report.sections():
+        if s.melanomas == 0:
+            lines.append(f"- {name}: {s.note}.")
+    point = report.operating_point
+    if not point.target_reachable:
         lines.append(
-            f"- The {number(point['melanomas'])} melanomas the threshold was chosen on are too "
-            f"few to show sensitivity >= {number(point['target_sensitivity'])}: the threshold "
+            f"- The {number(point.melanomas)} melanomas the threshold was chosen on are too "
+            f"few to show sensitivity >= {number(point.target_sensitivity)}: the threshold "
             "catches all of them."
         )
-    lines += [f"- Warning: {warning}" for warning in report.get("warnings", [])]
+    lines += [f"- Warning: {warning}" for warning in report.warnings]
     return lines
 
 
 def lineage(facts: CardFacts, with_params: bool) -> list[str]:
-    info = facts.run_info
+    lineage = asdict(facts.lineage) if facts.lineage is not None else {}
     rows = [
-        ["MLflow run", f"`{info.get('run_id', 'unknown')}`"],
-        ["logged model", f"`{info.get('model_uri', 'unknown')}`"],
-        *([name, f"`{value}`"] for name, value in facts.lineage.items()),
+        ["MLflow run", f"`{facts.run_info.run_id}`"],
+        ["logged model", f"`{facts.run_info.model_uri}`"],
+        *([LINEAGE_NAMES[name], f"`{value}`"] for name, value in lineage.items()),
     ]
     lines = [LINEAGE_HEADING, "", *_table(["what", "value"], rows), ""]
     if with_params:
@@ -562,7 +550,7 @@ def card_parts(facts: CardFacts, *, with_params: bool = True) -> dict[str, list[
         "title": [
             f"# Model card: {facts.model_name or 'melanoma classifier'}",
             "",
-            f"MLflow run `{facts.run_info.get('run_id', 'unknown')}`.",
+            f"MLflow run `{facts.run_info.run_id}`.",
         ],
         "intended_use": intended_use(facts),
         "training_data": training_data(facts),
@@ -599,7 +587,7 @@ def registry_description(facts: CardFacts, limit: int = DESCRIPTION_LIMIT) -> st
     parts = card_parts(facts, with_params=False)
     pointer = (
         "Left out here for the registry's size limit: see the whole card, the artifact "
-        f"`evaluation/model_card.md` of run `{facts.run_info.get('run_id', 'unknown')}`."
+        f"`evaluation/model_card.md` of run `{facts.run_info.run_id}`."
     )
     for name in SHORTENED_FIRST:
         if len(_join(parts)) <= limit:

@@ -35,7 +35,7 @@ def sensitivity_lower_bound(caught: int, melanomas: int, confidence: float) -> f
 
 
 def choose_threshold(
-    true: np.ndarray, probabilities: np.ndarray, target: float, confidence: float
+    label_indices: np.ndarray, probabilities: np.ndarray, target: float, confidence: float
 ) -> Threshold:
     """The highest P(melanoma) threshold whose sensitivity lower bound reaches `target`.
 
@@ -44,7 +44,7 @@ def choose_threshold(
     gives the highest threshold. If no k does (too few melanomas to show the target at this
     confidence), the threshold catches every melanoma and `target_reachable` is False.
     """
-    scores = np.sort(probabilities[true == MELANOMA_INDEX, MELANOMA_INDEX])[::-1]
+    scores = np.sort(probabilities[label_indices == MELANOMA_INDEX, MELANOMA_INDEX])[::-1]
     melanomas = len(scores)
     if melanomas == 0:
         raise ValueError("no melanoma among the images that choose the threshold")
@@ -68,16 +68,16 @@ def choose_threshold(
     )
 
 
-def split_halves(true: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def split_halves(label_indices: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Row indices of two halves with the same class mix: (choosing half, reporting half).
 
     Classes with a single image cannot be split; such images go to the reporting half.
     """
-    rows = np.arange(len(true))
-    counts = np.bincount(true)
-    single = counts[true] < 2
+    rows = np.arange(len(label_indices))
+    counts = np.bincount(label_indices)
+    single = counts[label_indices] < 2
     choose, report = train_test_split(
-        rows[~single], test_size=0.5, stratify=true[~single], random_state=seed
+        rows[~single], test_size=0.5, stratify=label_indices[~single], random_state=seed
     )
     return np.sort(choose), np.sort(np.concatenate([report, rows[single]]))
 

@@ -33,18 +33,26 @@ from melanoma.evaluation.operating_point import (
     split_halves,
 )
 from melanoma.labels import MELANOMA_INDEX
-from melanoma.model.calibration import calibration_figures, plot_reliability, uncalibrated
+from melanoma.model.calibration import calibration_metrics, plot_reliability, uncalibrated
 from melanoma.paths import AUGMENTED_MANIFEST
+from melanoma.reports import (
+    AlertThreshold,
+    MetricsReport,
+    ReportingHalf,
+    SetSection,
+    ThresholdRule,
+)
 
 log = logging.getLogger(__name__)
 
 VALIDATION, TEST = "validation", "test"
 POOLED, SHIFT_MARGIN = "pooled", "shift_margin"
 CHOOSE, REPORT = "choose", "report"
-# Figures of each set that go to MLflow as metrics: with train's curves and summary, about 25
-# per run (issue 12). All of them, intervals and per-class figures too, are in
-# reports/metrics.json and in the run's table artifact evaluation/figures.json.
-TRACKED_FIGURES = (
+# Metrics of each set that go to MLflow as run metrics: with train's curves and summary, about 25
+# per run, few enough to compare runs on at a glance in the MLflow UI. All of them, intervals and
+# per-class metrics too, are in reports/metrics.json and in the run's table artifact
+# evaluation/figures.json.
+TRACKED_METRICS = (
     "accuracy",
     "balanced_accuracy",
     "melanoma_auc",
@@ -60,39 +68,47 @@ class EvaluationSet:
     name: str
     paths: list[str]
     names: list[str]
-    true: np.ndarray
+    label_indices: np.ndarray
 
     def rows(self, rows: np.ndarray) -> "EvaluationSet":
         return replace(
             self,
             paths=[self.paths[i] for i in rows],
             names=[self.names[i] for i in rows],
-            true=self.true[rows],
+            label_indices=self.label_indices[rows],
         )
 
 
-def test_set(manifest: pd.DataFrame, manifest_path: Path) -> EvaluationSet:
-    paths, true = split_rows(manifest, "test", manifest_path)
-    return EvaluationSet(TEST, paths, paths, true)
+def test_split_images(manifest: pd.DataFrame, manifest_path: Path) -> EvaluationSet:
+    paths, label_indices = split_rows(manifest, "test", manifest_path)
+    return EvaluationSet(TEST, paths, paths, label_indices)
 
 
 def external_set(images: ExternalImages) -> EvaluationSet:
-    return EvaluationSet(images.name, images.paths, images.source_paths, images.true)
+    return EvaluationSet(images.name, images.paths, images.source_paths, images.label_indices)
 
 
 def evaluation_sets(external: list[ExternalImages]) -> list[EvaluationSet]:
     """The test split of data/augmented/manifest.csv, then each external set."""
     manifest = read_manifest(AUGMENTED_MANIFEST, AUGMENTED_COLUMNS)
-    return [test_set(manifest, AUGMENTED_MANIFEST), *(external_set(e) for e in external)]
+    return [test_split_images(manifest, AUGMENTED_MANIFEST), *(external_set(e) for e in external)]
 
 
-def evaluation_lineage(git_commit: str, test: EvaluationSet) -> dict[str, str]:
-    """What the evaluated figures came from: the model card's lineage and the version's tags."""
-    return {
-        "git commit": git_commit,
-        "test images sha256": images_sha256(test.paths, test.true),
-        "augmented manifest sha256": file_sha256(AUGMENTED_MANIFEST),
-    }
+@dataclass(frozen=True)
+class Lineage:
+    """What the evaluated metrics came from: the model card's lineage and the version's tags."""
+
+    git_commit: str
+    test_images_sha256: str
+    augmented_manifest_sha256: str
+
+
+def evaluation_lineage(git_commit: str, test: EvaluationSet) -> Lineage:
+    return Lineage(
+        git_commit=git_commit,
+        test_images_sha256=images_sha256(test.paths, test.label_indices),
+        augmented_manifest_sha256=file_sha256(AUGMENTED_MANIFEST),
+    )
 
 
 @dataclass(frozen=True)
@@ -102,18 +118,18 @@ class OperatingPointChoice:
     # Per set name, the role of each image: CHOOSE (chose the threshold, not reported) or REPORT.
     roles: dict[str, np.ndarray]
 
-    def describe(self, params: OperatingPoint) -> dict:
+    def describe(self, params: OperatingPoint) -> AlertThreshold:
         t = self.threshold
-        return {
-            "threshold": t.value,
-            "chosen_on": self.chosen_on,
-            "target_sensitivity": params.target_sensitivity,
-            "confidence": params.confidence,
-            "melanomas": t.melanomas,
-            "caught": t.caught,
-            "sensitivity_lower_bound": t.sensitivity_lower_bound,
-            "target_reachable": t.target_reachable,
-        }
+        return AlertThreshold(
+            threshold=t.value,
+            chosen_on=self.chosen_on,
+            target_sensitivity=params.target_sensitivity,
+            confidence=params.confidence,
+            melanomas=t.melanomas,
+            caught=t.caught,
+            sensitivity_lower_bound=t.sensitivity_lower_bound,
+            target_reachable=t.target_reachable,
+        )
 
 
 def choosing_halves(
@@ -121,9 +137,9 @@ def choosing_halves(
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """(choosing rows, reporting rows) of every external set with melanomas to split."""
     return {
-        s.name: split_halves(s.true, seed)
+        s.name: split_halves(s.label_indices, seed)
         for s in sets
-        if s.name != TEST and (s.true == MELANOMA_INDEX).sum() >= 2
+        if s.name != TEST and (s.label_indices == MELANOMA_INDEX).sum() >= 2
     }
 
 
@@ -134,7 +150,7 @@ def rule_threshold(
     choosers: dict[str, tuple[np.ndarray, np.ndarray]],
 ) -> tuple[Threshold, str]:
     """The threshold of one rule, and what chose it in words. `choosers` holds each external
-    set's choosing half as (true, probabilities).
+    set's choosing half as (label indices, probabilities).
 
     Rules: `validation`; an external set's name (its choosing half); `pooled` (validation and
     every choosing half as one set); `shift_margin` (validation, with the target raised by the
@@ -156,7 +172,7 @@ def rule_threshold(
             "two melanomas (one for each half); none of evaluate.external_sets has them"
         )
     external = (
-        np.concatenate([true for true, _ in choosers.values()]),
+        np.concatenate([label_indices for label_indices, _ in choosers.values()]),
         np.concatenate([probabilities for _, probabilities in choosers.values()]),
     )
     halves = " and ".join(f"the choosing half of {name}" for name in choosers)
@@ -179,8 +195,8 @@ def rule_threshold(
     raise ValueError(f"unknown threshold rule {rule!r}")
 
 
-def sensitivity_at(true: np.ndarray, probabilities: np.ndarray, threshold: float) -> float:
-    is_melanoma = true == MELANOMA_INDEX
+def sensitivity_at(label_indices: np.ndarray, probabilities: np.ndarray, threshold: float) -> float:
+    is_melanoma = label_indices == MELANOMA_INDEX
     return float(melanoma_alerts(probabilities[is_melanoma], threshold).mean())
 
 
@@ -196,16 +212,16 @@ def choose_operating_point(
     probabilities: dict[str, np.ndarray],
 ) -> OperatingPointChoice:
     """The threshold of the rule `params.choose_on` (rule_threshold). An external set's
-    choosing half (`split_halves(true, seed)`) is marked CHOOSE when the rule used it."""
-    roles = {s.name: np.full(len(s.true), REPORT) for s in sets}
+    choosing half (`split_halves(label_indices, seed)`) is marked CHOOSE when the rule used it."""
+    roles = {s.name: np.full(len(s.label_indices), REPORT) for s in sets}
     halves = choosing_halves(sets, seed)
     if params.choose_on != VALIDATION and params.choose_on not in (POOLED, SHIFT_MARGIN):
         # The set the rule names chooses on its half even without two melanomas to report.
         chooser = next(s for s in sets if s.name == params.choose_on)
-        halves = {chooser.name: split_halves(chooser.true, seed)}
+        halves = {chooser.name: split_halves(chooser.label_indices, seed)}
     by_name = {s.name: s for s in sets}
     choosers = {
-        name: (by_name[name].true[choose], probabilities[name][choose])
+        name: (by_name[name].label_indices[choose], probabilities[name][choose])
         for name, (choose, _) in halves.items()
     }
     threshold, chosen_on = rule_threshold(params.choose_on, params, validation, choosers)
@@ -239,9 +255,9 @@ def threshold_rules(
     validation: tuple[np.ndarray, np.ndarray],
     sets: list[EvaluationSet],
     probabilities: dict[str, np.ndarray],
-) -> dict[str, dict]:
+) -> dict[str, ThresholdRule]:
     """What each way of choosing the threshold delivers on images it never saw: the
-    reporting half of every external set with melanomas (`split_halves(true, seed)`).
+    reporting half of every external set with melanomas (`split_halves(label_indices, seed)`).
 
     Rules (rule_threshold): `validation`, `<set>` for the choosing half of each external set,
     `pooled` and `shift_margin`. Per rule, its threshold and, per external set, the alert's
@@ -251,7 +267,7 @@ def threshold_rules(
     by_name = {s.name: s for s in sets}
     halves = choosing_halves(sets, seed)
     choosers = {
-        name: (by_name[name].true[choose], probabilities[name][choose])
+        name: (by_name[name].label_indices[choose], probabilities[name][choose])
         for name, (choose, _) in halves.items()
     }
     rules = {}
@@ -259,15 +275,15 @@ def threshold_rules(
         threshold, _ = rule_threshold(rule, params, validation, choosers)
         delivered = {}
         for name, (_, report_rows) in halves.items():
-            true_report = by_name[name].true[report_rows]
+            report_labels = by_name[name].label_indices[report_rows]
             alerts = melanoma_alerts(probabilities[name][report_rows], threshold.value)
-            is_melanoma = true_report == MELANOMA_INDEX
-            delivered[name] = {
-                "melanomas": int(is_melanoma.sum()),
-                "sensitivity": float(alerts[is_melanoma].mean()),
-                "specificity": float(1 - alerts[~is_melanoma].mean()),
-            }
-        rules[rule] = {"threshold": threshold.value, "reporting_halves": delivered}
+            is_melanoma = report_labels == MELANOMA_INDEX
+            delivered[name] = ReportingHalf(
+                melanomas=int(is_melanoma.sum()),
+                sensitivity=float(alerts[is_melanoma].mean()),
+                specificity=float(1 - alerts[~is_melanoma].mean()),
+            )
+        rules[rule] = ThresholdRule(threshold=threshold.value, reporting_halves=delivered)
     return rules
 
 
@@ -279,41 +295,41 @@ def set_section(
     params: OperatingPoint,
     bootstrap_samples: int,
     seed: int,
-) -> dict:
+) -> SetSection:
     """A set's section of reports/metrics.json: metrics_report, calibration (and, when the
-    model was calibrated, the uncalibrated figures too), and whether the alert can still meet
+    model was calibrated, the uncalibrated metrics too), and whether the alert can still meet
     the target sensitivity there."""
-    true = evaluation_set.true
+    label_indices = evaluation_set.label_indices
     section = metrics_report(
-        true, probabilities, threshold, bootstrap_samples, seed, evaluation_set.name
+        label_indices, probabilities, threshold, bootstrap_samples, seed, evaluation_set.name
     )
-    section |= calibration_figures(true, probabilities)
+    section |= calibration_metrics(label_indices, probabilities)
     before = uncalibrated(probabilities, temperature)
     if before is not None:
         section |= {
             f"{name}_uncalibrated": value
-            for name, value in calibration_figures(true, before).items()
+            for name, value in calibration_metrics(label_indices, before).items()
         }
-    is_melanoma = true == MELANOMA_INDEX
+    is_melanoma = label_indices == MELANOMA_INDEX
     melanomas = int(is_melanoma.sum())
     section["melanomas"] = melanomas
     if melanomas == 0:
         section["note"] = "no melanoma in this set: melanoma-vs-rest figures are undefined"
-        return section
+        return SetSection.model_validate(section)
     caught = int(melanoma_alerts(probabilities, threshold)[is_melanoma].sum())
     upper = sensitivity_upper_bound(caught, melanomas, params.confidence)
     section["melanoma_sensitivity_upper_bound"] = upper
     section["alert_below_target"] = upper < params.target_sensitivity
-    return section
+    return SetSection.model_validate(section)
 
 
-def below_target_warning(name: str, section: dict, params: OperatingPoint) -> str | None:
-    if not section.get("alert_below_target"):
+def below_target_warning(name: str, section: SetSection, params: OperatingPoint) -> str | None:
+    if not section.alert_below_target:
         return None
     return (
         f"{name}: the melanoma alert misses its target here: sensitivity "
-        f"{section['melanoma_sensitivity']:.3f}, upper {params.confidence:.0%} bound "
-        f"{section['melanoma_sensitivity_upper_bound']:.3f} < target {params.target_sensitivity}"
+        f"{section.melanoma_sensitivity:.3f}, upper {params.confidence:.0%} bound "
+        f"{section.melanoma_sensitivity_upper_bound:.3f} < target {params.target_sensitivity}"
     )
 
 
@@ -328,23 +344,27 @@ def write_set_outputs(
 ) -> None:
     """The set's predictions CSV (every image, with its role) and its plots (of the reporting
     images)."""
-    table = predictions_table(evaluation_set.names, evaluation_set.true, probabilities, threshold)
+    table = predictions_table(
+        evaluation_set.names, evaluation_set.label_indices, probabilities, threshold
+    )
     table["role"] = roles
     predictions_file.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(predictions_file, index=False)
     reporting = roles == REPORT
-    name, true, probabilities = (
+    name, label_indices, probabilities = (
         evaluation_set.name,
-        evaluation_set.true[reporting],
+        evaluation_set.label_indices[reporting],
         probabilities[reporting],
     )
     confusion = plots_dir / f"{name}_confusion_matrix.png"
     roc = plots_dir / f"{name}_roc_curve.png"
     reliability = plots_dir / f"{name}_reliability.png"
-    plot_confusion_matrix(true, probabilities, confusion, name)
-    plot_melanoma_roc(true, probabilities, threshold, roc, name)
+    plot_confusion_matrix(label_indices, probabilities, confusion, name)
+    plot_melanoma_roc(label_indices, probabilities, threshold, roc, name)
     before = uncalibrated(probabilities, temperature)
-    save_figure(plot_reliability(true, probabilities, before, f"Reliability, {name}"), reliability)
+    save_figure(
+        plot_reliability(label_indices, probabilities, before, f"Reliability, {name}"), reliability
+    )
 
 
 def evaluation_report(
@@ -353,20 +373,15 @@ def evaluation_report(
     choice: OperatingPointChoice,
     temperature: float,
     params: EvaluateParams,
+    rules: dict[str, ThresholdRule],
     predictions_file: Callable[[str], Path],
     plots_dir: Path,
-) -> dict:
-    """reports/metrics.json's content (operating point, then a section per set: `test` and
-    `external.<name>`, then warnings); writes the per-set files (predictions CSV at
-    `predictions_file(set name)`, plots in plots_dir)."""
-    report = {
-        "operating_point": choice.describe(params.operating_point),
-        "temperature": temperature,
-        "bootstrap_samples": params.bootstrap_samples,
-        "test": {},
-        "external": {},
-        "warnings": [],
-    }
+) -> MetricsReport:
+    """reports/metrics.json's content (operating point, a section per set: `test` and
+    `external.<name>`, warnings, and the threshold rules as `threshold_rules` gave them); writes
+    the per-set files (predictions CSV at `predictions_file(set name)`, plots in plots_dir)."""
+    sections: dict[str, SetSection] = {}
+    warnings = []
     threshold = choice.threshold.value
     for evaluation_set in sets:
         name, roles = evaluation_set.name, choice.roles[evaluation_set.name]
@@ -380,14 +395,11 @@ def evaluation_report(
             params.bootstrap_samples,
             params.seed,
         )
-        if name == TEST:
-            report[TEST] = section
-        else:
-            report["external"][name] = section
+        sections[name] = section
         warning = below_target_warning(name, section, params.operating_point)
         if warning:
             log.warning("%s", warning)
-            report["warnings"].append(warning)
+            warnings.append(warning)
         log.info("%s: %s", name, headline(section))
         write_set_outputs(
             evaluation_set,
@@ -398,28 +410,31 @@ def evaluation_report(
             predictions_file(name),
             plots_dir,
         )
-    return report
+    return MetricsReport(
+        operating_point=choice.describe(params.operating_point),
+        temperature=temperature,
+        bootstrap_samples=params.bootstrap_samples,
+        test=sections.pop(TEST),
+        external=sections,
+        warnings=warnings,
+        threshold_rules=rules,
+    )
 
 
-def headline(section: dict) -> str:
-    figures = [f"{section['images']} images"]
-    for name in (*TRACKED_FIGURES, "ece"):
-        value = section.get(name)
-        figures.append(f"{name} {'undefined' if value is None else f'{value:.3f}'}")
-    return ", ".join(figures)
+def headline(section: SetSection) -> str:
+    parts = [f"{section.images} images"]
+    for name in (*TRACKED_METRICS, "ece"):
+        value = getattr(section, name)
+        parts.append(f"{name} {'undefined' if value is None else f'{value:.3f}'}")
+    return ", ".join(parts)
 
 
-def tracked_metrics(report: dict) -> dict[str, float]:
-    """The few figures a person compares runs on, `<set>_<figure>`; the rest is in the report
+def tracked_metrics(report: MetricsReport) -> dict[str, float]:
+    """The few metrics a person compares runs on, `<set>_<metric>`; the rest is in the report
     (logged as evaluation/metrics.json)."""
-    metrics = {"melanoma_threshold": report["operating_point"]["threshold"]}
-    for set_name, section in evaluation_sections(report):
-        for name in TRACKED_FIGURES:
-            if section.get(name) is not None:
-                metrics[f"{set_name}_{name}"] = section[name]
+    metrics = {"melanoma_threshold": report.operating_point.threshold}
+    for set_name, section in report.sections():
+        for name in TRACKED_METRICS:
+            if getattr(section, name) is not None:
+                metrics[f"{set_name}_{name}"] = getattr(section, name)
     return metrics
-
-
-def evaluation_sections(report: dict) -> list[tuple[str, dict]]:
-    """(set name, figures) of reports/metrics.json: the test split, then each external set."""
-    return [(TEST, report[TEST]), *report["external"].items()]

@@ -36,16 +36,16 @@ def uncalibrated(probabilities: np.ndarray, temperature: float) -> np.ndarray | 
     return None if temperature == 1.0 else rescale(probabilities, 1 / temperature)
 
 
-def negative_log_likelihood(true: np.ndarray, probabilities: np.ndarray) -> float:
-    picked = probabilities[np.arange(len(true)), true]
+def negative_log_likelihood(label_indices: np.ndarray, probabilities: np.ndarray) -> float:
+    picked = probabilities[np.arange(len(label_indices)), label_indices]
     return float(-np.mean(np.log(np.clip(picked, _FLOOR, 1.0))))
 
 
-def fit_temperature(true: np.ndarray, probabilities: np.ndarray) -> float:
+def fit_temperature(label_indices: np.ndarray, probabilities: np.ndarray) -> float:
     """The T that minimises the negative log-likelihood of the labels (searched as log T, so
     T stays positive, between 1/20 and 20)."""
     result = minimize_scalar(
-        lambda log_t: negative_log_likelihood(true, rescale(probabilities, np.exp(log_t))),
+        lambda log_t: negative_log_likelihood(label_indices, rescale(probabilities, np.exp(log_t))),
         bounds=(-3.0, 3.0),
         method="bounded",
     )
@@ -60,30 +60,30 @@ def fold_temperature(model, temperature: float) -> None:
 
 
 def expected_calibration_error(
-    true: np.ndarray, probabilities: np.ndarray, bins: int = ECE_BINS
+    label_indices: np.ndarray, probabilities: np.ndarray, bins: int = ECE_BINS
 ) -> float:
     """Top-label ECE: images binned by their top probability (equal-width bins); the gap
     between mean confidence and accuracy in each bin, weighted by the bin's share of images."""
-    table = reliability_table(true, probabilities, bins)
+    table = reliability_table(label_indices, probabilities, bins)
     counts = table["count"]
     gaps = np.abs(table["confidence"] - table["accuracy"])
     return float(np.nansum(gaps * counts) / counts.sum())
 
 
-def brier_score(true: np.ndarray, probabilities: np.ndarray) -> float:
+def brier_score(label_indices: np.ndarray, probabilities: np.ndarray) -> float:
     """Multi-class Brier score: mean over images of the squared distance to the one-hot label
     (0 is perfect, 2 the worst)."""
-    one_hot = np.eye(probabilities.shape[1])[true]
+    one_hot = np.eye(probabilities.shape[1])[label_indices]
     return float(np.mean(np.sum((probabilities - one_hot) ** 2, axis=1)))
 
 
 def reliability_table(
-    true: np.ndarray, probabilities: np.ndarray, bins: int = ECE_BINS
+    label_indices: np.ndarray, probabilities: np.ndarray, bins: int = ECE_BINS
 ) -> dict[str, np.ndarray]:
     """Per confidence bin: its edges, image count, mean top probability and accuracy (NaN for an
     empty bin)."""
     confidence = probabilities.max(axis=1)
-    correct = probabilities.argmax(axis=1) == true
+    correct = probabilities.argmax(axis=1) == label_indices
     edges = np.linspace(0.0, 1.0, bins + 1)
     # Bin i holds (edges[i], edges[i+1]]; a confidence of exactly 0 cannot occur (>= 1/9).
     index = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, bins - 1)
@@ -100,15 +100,15 @@ def reliability_table(
     }
 
 
-def calibration_figures(true: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
+def calibration_metrics(label_indices: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
     return {
-        "ece": expected_calibration_error(true, probabilities),
-        "brier": brier_score(true, probabilities),
+        "ece": expected_calibration_error(label_indices, probabilities),
+        "brier": brier_score(label_indices, probabilities),
     }
 
 
 def plot_reliability(
-    true: np.ndarray,
+    label_indices: np.ndarray,
     calibrated: np.ndarray,
     uncalibrated: np.ndarray | None,
     title: str,
@@ -122,9 +122,9 @@ def plot_reliability(
     if uncalibrated is not None:
         curves.insert(0, ("before calibration", uncalibrated))
     for name, probabilities in curves:
-        table = reliability_table(true, probabilities)
+        table = reliability_table(label_indices, probabilities)
         filled = table["count"] > 0
-        ece = expected_calibration_error(true, probabilities)
+        ece = expected_calibration_error(label_indices, probabilities)
         axes.plot(
             table["confidence"][filled],
             table["accuracy"][filled],

@@ -1,10 +1,10 @@
 """Fit the model on the augmented manifest, with every epoch tracked in one MLflow run.
 
-The run id travels in models/run.json (a DVC output), never as "the latest run": DVC may
-restore `train` from its run cache without running it, and then no new MLflow run exists.
+The run id travels in models/run.json (a DVC output, melanoma.reports.RunInfo), never as "the
+latest run": DVC may restore `train` from its run cache without running it, and then no new
+MLflow run exists.
 """
 
-import json
 import logging
 import os
 import time
@@ -25,7 +25,7 @@ from mlflow.models import Model, ModelSignature, infer_signature
 from mlflow.models.model import ModelInfo
 
 from melanoma import paths
-from melanoma.config import Params, TrainParams, flatten
+from melanoma.config import Params, PreprocessParams, TrainParams, flatten
 from melanoma.data.dataset import make_dataset, split_rows
 from melanoma.data.manifest import (
     AUGMENTED_COLUMNS,
@@ -34,16 +34,17 @@ from melanoma.data.manifest import (
     read_manifest,
     read_sources_summary,
 )
-from melanoma.evaluation.metrics import predictions_table, validation_figures
+from melanoma.evaluation.metrics import predictions_table, validation_metrics
 from melanoma.labels import LABELS
 from melanoma.model.architectures import build_model, build_trainable_part, copy_weights
 from melanoma.model.calibration import (
-    calibration_figures,
+    calibration_metrics,
     fit_temperature,
     fold_temperature,
     rescale,
 )
 from melanoma.model.features import read_feature_cache
+from melanoma.reports import Calibration, EpochMetrics, FitSummary, RunInfo, TrainMetrics
 from melanoma.tracking import configure_tracking, experiment_run_tags, git_commit
 
 log = logging.getLogger(__name__)
@@ -279,7 +280,7 @@ def make_callbacks(params: TrainParams, tracker: EpochTracker) -> list[keras.cal
 
 def training_summary(
     history: pd.DataFrame, seconds: list[float], train_images: int, early_stopping: bool
-) -> dict:
+) -> FitSummary:
     """Final and best-epoch (lowest val_loss) metrics and the speed, for reports/train_metrics.json.
 
     The first epoch also traces the graph and fills the decoded-image cache, so the steady-state
@@ -289,38 +290,35 @@ def training_summary(
     final = history.iloc[-1]
     steady = seconds[1:] or seconds
     seconds_per_epoch = float(np.mean(steady))
-    return {
-        "epochs_run": len(history),
-        "final": {name: float(final[name]) for name in EPOCH_METRICS},
-        "best_epoch": int(best["epoch"]),
-        "best": {name: float(best[name]) for name in EPOCH_METRICS},
+    return FitSummary(
+        epochs_run=len(history),
+        final=EpochMetrics(**{name: float(final[name]) for name in EPOCH_METRICS}),
+        best_epoch=int(best["epoch"]),
+        best=EpochMetrics(**{name: float(best[name]) for name in EPOCH_METRICS}),
         # EarlyStopping(restore_best_weights=True) puts the best epoch's weights back at the end.
-        "saved_model_epoch": int(best["epoch"]) if early_stopping else int(final["epoch"]),
-        "train_images": train_images,
-        "first_epoch_seconds": seconds[0],
-        "seconds_per_epoch": seconds_per_epoch,
-        "images_per_second": train_images / seconds_per_epoch,
-        "training_seconds": float(np.sum(seconds)),
-    }
+        saved_model_epoch=int(best["epoch"]) if early_stopping else int(final["epoch"]),
+        train_images=train_images,
+        first_epoch_seconds=seconds[0],
+        seconds_per_epoch=seconds_per_epoch,
+        images_per_second=train_images / seconds_per_epoch,
+        training_seconds=float(np.sum(seconds)),
+    )
 
 
-# The validation figures logged as metrics; the rest of reports/train_metrics.json (macro F1,
+# The validation metrics logged to MLflow; the rest of reports/train_metrics.json (macro F1,
 # the best epoch, seconds per epoch, Brier scores) stays in the file: with the curves and
-# evaluate's figures, a run keeps to about 25 metrics (issue 12).
-TRACKED_VALIDATION_FIGURES = ("accuracy", "balanced_accuracy", "melanoma_auc")
+# evaluate's metrics, a run keeps to about 25 metrics, few enough to compare runs on at a glance.
+TRACKED_VALIDATION_METRICS = ("accuracy", "balanced_accuracy", "melanoma_auc")
 
 
-def summary_metrics(summary: dict) -> dict[str, float]:
-    """The run's one-value metrics from training_summary (+ calibration, validation)."""
+def summary_metrics(summary: TrainMetrics) -> dict[str, float]:
+    """The run's one-value metrics: speed, calibration, and the defined validation metrics."""
+    validation = {name: getattr(summary.validation, name) for name in TRACKED_VALIDATION_METRICS}
     return {
-        "images_per_second": summary["images_per_second"],
-        "temperature": summary["calibration"]["temperature"],
-        "validation_ece": summary["calibration"]["validation_ece"],
-    } | {
-        f"validation_{name}": summary["validation"][name]
-        for name in TRACKED_VALIDATION_FIGURES
-        if summary["validation"].get(name) is not None
-    }
+        "images_per_second": summary.images_per_second,
+        "temperature": summary.calibration.temperature,
+        "validation_ece": summary.calibration.validation_ece,
+    } | {f"validation_{name}": value for name, value in validation.items() if value is not None}
 
 
 def plot_curves(history: pd.DataFrame) -> Figure:
@@ -378,17 +376,17 @@ def model_requirements() -> list[str]:
 
 def calibrate(
     model: keras.Model, params: TrainParams, val_labels: np.ndarray, val_probabilities: np.ndarray
-) -> dict[str, float]:
+) -> Calibration:
     """With calibration=temperature, fit T on the validation split and fold it into the model.
 
     Returns T (1.0: uncalibrated) and the validation ECE and Brier score before and after.
     """
-    before = after = calibration_figures(val_labels, val_probabilities)
+    before = after = calibration_metrics(val_labels, val_probabilities)
     temperature = 1.0
     if params.calibration == "temperature":
         temperature = fit_temperature(val_labels, val_probabilities)
         fold_temperature(model, temperature)
-        after = calibration_figures(val_labels, rescale(val_probabilities, temperature))
+        after = calibration_metrics(val_labels, rescale(val_probabilities, temperature))
     log.info(
         "calibration %s: temperature %.3f, validation ECE %.4f -> %.4f, Brier %.4f -> %.4f",
         params.calibration,
@@ -398,11 +396,13 @@ def calibrate(
         before["brier"],
         after["brier"],
     )
-    return {
-        "temperature": temperature,
-        **{f"validation_{name}_uncalibrated": value for name, value in before.items()},
-        **{f"validation_{name}": value for name, value in after.items()},
-    }
+    return Calibration(
+        temperature=temperature,
+        validation_ece_uncalibrated=before["ece"],
+        validation_brier_uncalibrated=before["brier"],
+        validation_ece=after["ece"],
+        validation_brier=after["brier"],
+    )
 
 
 def feature_dataset(
@@ -447,13 +447,188 @@ def source_tags(sources: list[dict]) -> dict[str, str]:
     return tags
 
 
+@dataclass(frozen=True)
+class Splits:
+    """The augmented manifest and its train and validation images: paths and label indices."""
+
+    manifest: pd.DataFrame
+    train_paths: list[str]
+    train_labels: np.ndarray
+    val_paths: list[str]
+    val_labels: np.ndarray
+
+
+def read_splits(manifest_path: Path, batch_size: int) -> Splits:
+    """The train and val rows of the augmented manifest. Training batches are full batches
+    only: fewer training images than one batch is an error."""
+    manifest = read_manifest(manifest_path, AUGMENTED_COLUMNS)
+    train_paths, train_labels = split_rows(manifest, "train", manifest_path)
+    val_paths, val_labels = split_rows(manifest, "val", manifest_path)
+    log.info("%d training and %d validation images", len(train_paths), len(val_paths))
+    if len(train_paths) < batch_size:
+        raise ValueError(
+            f"train.batch_size={batch_size} is larger than the {len(train_paths)} "
+            f"training images of {manifest_path}"
+        )
+    return Splits(manifest, train_paths, train_labels, val_paths, val_labels)
+
+
+@dataclass(frozen=True)
+class FitSetup:
+    """What the fit trains, compiled, and the batches it trains and validates on.
+
+    `fitted` is `model` itself, or a smaller model trained on cached inputs (the head on the
+    frozen backbone's features, or the top blocks and the head on the activations below them)
+    whose weights `saved_model` then puts into `model`, the
+    end-to-end model (uint8 image in, probabilities out) that is saved.
+    """
+
+    model: keras.Model
+    fitted: keras.Model
+    train: tf.data.Dataset
+    val: tf.data.Dataset
+
+
+def fit_setup(
+    params: TrainParams, preprocess: PreprocessParams, splits: Splits, features_dir: Path
+) -> FitSetup:
+    """The whole model on images; or, with the backbone frozen (`train.freeze: all`) or its
+    lower blocks (`n`), only the part that trains, on every view of what stage `features`
+    cached in `features_dir`. Each training image weighs `sample_weights`."""
+    model = build_model(params, preprocess)
+    sources = splits.manifest.loc[splits.manifest["split"] == "train", "source"].to_numpy()
+    weights = sample_weights(splits.train_labels, sources, params)
+    if params.caches_features:
+        paths_by_split = {"train": splits.train_paths, "val": splits.val_paths}
+        cached = read_feature_cache(params, preprocess, paths_by_split, features_dir)
+        views = cached["train"].shape[1]
+        train_inputs = cached["train"].reshape(-1, *cached["train"].shape[2:])  # image-major
+        train_ds = feature_dataset(
+            train_inputs,
+            np.repeat(splits.train_labels, views),
+            params.batch_size,
+            shuffle_seed=params.seed,
+            weights=None if weights is None else np.repeat(weights, views),
+        )
+        val_ds = feature_dataset(cached["val"][:, 0], splits.val_labels, params.batch_size)
+        fitted = build_trainable_part(params, train_inputs.shape[1:])
+        copy_weights(model, fitted)
+        steps_per_epoch = len(train_inputs) // params.batch_size
+    else:
+        train_ds = make_dataset(
+            splits.train_paths,
+            splits.train_labels,
+            params.image_size,
+            params.batch_size,
+            shuffle_seed=params.seed,
+            weights=weights,
+        )
+        val_ds = make_dataset(
+            splits.val_paths, splits.val_labels, params.image_size, params.batch_size
+        )
+        fitted = model
+        steps_per_epoch = len(splits.train_paths) // params.batch_size
+    compile_model(fitted, params, steps_per_epoch)
+    return FitSetup(model, fitted, train_ds, val_ds)
+
+
+@dataclass(frozen=True)
+class Trained:
+    """The model to save (calibrated), its curves and metrics, and its validation
+    probabilities."""
+
+    model: keras.Model
+    history: pd.DataFrame  # HISTORY_COLUMNS, one row per epoch
+    metrics: TrainMetrics
+    val_probabilities: np.ndarray
+
+
+def fit_and_calibrate(params: TrainParams, splits: Splits, setup: FitSetup) -> Trained:
+    """Fit (each epoch logged to the active MLflow run), then calibrate on the validation
+    split and measure the saved model there: what params are chosen on, since only
+    `evaluate` reads the test split."""
+    tracker = EpochTracker()
+    setup.fitted.fit(
+        setup.train,
+        validation_data=setup.val,
+        epochs=params.epochs,
+        shuffle=False,  # the dataset reshuffles itself, with the seed
+        callbacks=make_callbacks(params, tracker),
+        verbose=0,
+    )
+    history = pd.DataFrame(tracker.rows, columns=HISTORY_COLUMNS)
+    fit = training_summary(
+        history, tracker.seconds, len(splits.train_paths), bool(params.early_stopping_patience)
+    )
+    val_probabilities = setup.fitted.predict(setup.val, verbose=0)
+    model = saved_model(setup.model, setup.fitted)
+    calibration = calibrate(model, params, splits.val_labels, val_probabilities)
+    if calibration.temperature != 1.0:
+        # What the calibrated model now gives (setup.val may hold cached features, not images).
+        val_probabilities = rescale(val_probabilities, calibration.temperature)
+    metrics = TrainMetrics(
+        **fit.to_dict(),
+        calibration=calibration,
+        validation=validation_metrics(splits.val_labels, val_probabilities),
+    )
+    return Trained(model, history, metrics, val_probabilities)
+
+
+def run_name(params: TrainParams) -> str:
+    # A name of its own: MLflow draws its random names from Python's generator, which the seed
+    # fixes, so every run of the same params would be called alike in the UI.
+    started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return f"{params.architecture} seed {params.seed} {started}"
+
+
+def log_run_inputs(params: Params, manifest_path: Path, splits: Splits, sources_file: Path) -> None:
+    """The params, what the run trained on (tags: commit, manifest and sources' hashes) and the
+    images per source, into the active run."""
+    mlflow.log_params(flatten(params))
+    mlflow.set_tags(
+        {
+            "stage": "train",
+            "git_commit": git_commit(),
+            "data_manifest_sha256": file_sha256(manifest_path),
+        }
+        | source_tags(read_sources_summary(sources_file))
+        | experiment_run_tags()
+    )
+    counts = images_per_source(splits.manifest).reset_index()
+    mlflow.log_table(counts, "data/images_per_source.json")
+
+
+def log_trained(trained: Trained, splits: Splits, image_size: int) -> ModelInfo:
+    """The run's one-value metrics, its curves, the labels and the model (with one validation
+    image as input example), into the active run."""
+    mlflow.log_metrics(summary_metrics(trained.metrics))
+    mlflow.log_figure(plot_curves(trained.history), "training_curves.png")
+    mlflow.log_dict({"labels": list(LABELS)}, "labels.json")
+    example = next(iter(make_dataset(splits.val_paths[:1], splits.val_labels[:1], image_size, 1)))
+    return log_keras_model(trained.model, example[0].numpy())
+
+
+def write_outputs(
+    outputs: TrainOutputs, trained: Trained, run_info: RunInfo, splits: Splits
+) -> None:
+    for path in vars(outputs).values():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    trained.model.save(outputs.model)
+    run_info.write(outputs.run_info)
+    trained.metrics.write(outputs.metrics)
+    trained.history.to_csv(outputs.history, index=False)
+    predictions_table(splits.val_paths, splits.val_labels, trained.val_probabilities).to_csv(
+        outputs.validation_predictions, index=False
+    )
+
+
 def run_training(
     params: Params,
     manifest_path: Path,
     outputs: TrainOutputs,
     features_dir: Path = paths.FEATURES_DIR,
     sources_file: Path = paths.SOURCES_SUMMARY,
-) -> dict:
+) -> RunInfo:
     """Train on the train split, validate on val, track it all in one MLflow run; write outputs.
 
     With a frozen backbone (`train.freeze: all`) the head trains on the features cached in
@@ -463,126 +638,33 @@ def run_training(
     """
     train = params.train
     set_determinism(train.seed)
-    manifest = read_manifest(manifest_path, AUGMENTED_COLUMNS)
-    train_paths, train_labels = split_rows(manifest, "train", manifest_path)
-    val_paths, val_labels = split_rows(manifest, "val", manifest_path)
-    log.info("%d training and %d validation images", len(train_paths), len(val_paths))
-    if len(train_paths) < train.batch_size:
-        # Training batches are full batches only: there would be nothing to train on.
-        raise ValueError(
-            f"train.batch_size={train.batch_size} is larger than the {len(train_paths)} "
-            f"training images of {manifest_path}"
-        )
-    model = build_model(train, params.preprocess)
-    train_sources = manifest.loc[manifest["split"] == "train", "source"].to_numpy()
-    weights = sample_weights(train_labels, train_sources, train)
-    if train.caches_features:
-        # The frozen part ran once per image (stage `features`): only the rest trains, on
-        # every cached view of each training image.
-        cached = read_feature_cache(
-            train, params.preprocess, {"train": train_paths, "val": val_paths}, features_dir
-        )
-        views = cached["train"].shape[1]
-        train_inputs = cached["train"].reshape(-1, *cached["train"].shape[2:])
-        train_ds = feature_dataset(
-            train_inputs,
-            np.repeat(train_labels, views),
-            train.batch_size,
-            shuffle_seed=train.seed,
-            weights=None if weights is None else np.repeat(weights, views),
-        )
-        val_ds = feature_dataset(cached["val"][:, 0], val_labels, train.batch_size)
-        fitted = build_trainable_part(train, train_inputs.shape[1:])
-        copy_weights(model, fitted)
-        steps_per_epoch = len(train_inputs) // train.batch_size
-    else:
-        train_ds = make_dataset(
-            train_paths,
-            train_labels,
-            train.image_size,
-            train.batch_size,
-            shuffle_seed=train.seed,
-            weights=weights,
-        )
-        val_ds = make_dataset(val_paths, val_labels, train.image_size, train.batch_size)
-        fitted = model
-        steps_per_epoch = len(train_paths) // train.batch_size
-    compile_model(fitted, train, steps_per_epoch)
+    splits = read_splits(manifest_path, train.batch_size)
+    setup = fit_setup(train, params.preprocess, splits, features_dir)
     experiment_id = configure_tracking(params.mlflow)
-    # A name of its own: MLflow draws its random names from Python's generator, which the seed
-    # fixes, so every run of the same params would be called alike in the UI.
-    started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
-    run_name = f"{train.architecture} seed {train.seed} {started}"
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
-        mlflow.log_params(flatten(params))
-        mlflow.set_tags(
-            {
-                "stage": "train",
-                "git_commit": git_commit(),
-                "data_manifest_sha256": file_sha256(manifest_path),
-            }
-            | source_tags(read_sources_summary(sources_file))
-            | experiment_run_tags()
-        )
-        counts = images_per_source(manifest).reset_index()
-        mlflow.log_table(counts, "data/images_per_source.json")
-        tracker = EpochTracker()
-        fitted.fit(
-            train_ds,
-            validation_data=val_ds,
-            epochs=train.epochs,
-            shuffle=False,  # the dataset reshuffles itself, with the seed
-            callbacks=make_callbacks(train, tracker),
-            verbose=0,
-        )
-        history = pd.DataFrame(tracker.rows, columns=HISTORY_COLUMNS)
-        summary = training_summary(
-            history, tracker.seconds, len(train_paths), bool(train.early_stopping_patience)
-        )
-        # Figures of the saved weights on the validation split: what params are chosen on,
-        # since only `evaluate` reads the test split.
-        val_probabilities = fitted.predict(val_ds, verbose=0)
-        model = saved_model(model, fitted)
-        summary["calibration"] = calibrate(model, train, val_labels, val_probabilities)
-        temperature = summary["calibration"]["temperature"]
-        if temperature != 1.0:
-            # What the calibrated model now gives (val_ds may hold cached features, not images).
-            val_probabilities = rescale(val_probabilities, temperature)
-        summary["validation"] = validation_figures(val_labels, val_probabilities)
-        mlflow.log_metrics(summary_metrics(summary))
-        mlflow.log_figure(plot_curves(history), "training_curves.png")
-        mlflow.log_dict({"labels": list(LABELS)}, "labels.json")
-        example = next(iter(make_dataset(val_paths[:1], val_labels[:1], train.image_size, 1)))
-        example = example[0].numpy()
-        model_info = log_keras_model(model, example)
-
-    run_info = {
-        "run_id": run.info.run_id,
-        "experiment_id": experiment_id,
-        "model_uri": model_info.model_uri,
-        "tracking_uri": mlflow.get_tracking_uri(),
-        "labels": list(LABELS),
-        "image_size": train.image_size,
-        "temperature": summary["calibration"]["temperature"],
-    }
-    for path in vars(outputs).values():
-        path.parent.mkdir(parents=True, exist_ok=True)
-    model.save(outputs.model)
-    outputs.run_info.write_text(json.dumps(run_info, indent=2) + "\n")
-    outputs.metrics.write_text(json.dumps(summary, indent=2) + "\n")
-    history.to_csv(outputs.history, index=False)
-    predictions_table(val_paths, val_labels, val_probabilities).to_csv(
-        outputs.validation_predictions, index=False
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name(train)) as run:
+        log_run_inputs(params, manifest_path, splits, sources_file)
+        trained = fit_and_calibrate(train, splits, setup)
+        model_info = log_trained(trained, splits, train.image_size)
+    run_info = RunInfo(
+        run_id=run.info.run_id,
+        experiment_id=experiment_id,
+        model_uri=model_info.model_uri,
+        tracking_uri=mlflow.get_tracking_uri(),
+        labels=list(LABELS),
+        image_size=train.image_size,
+        temperature=trained.metrics.calibration.temperature,
     )
+    write_outputs(outputs, trained, run_info, splits)
+    metrics = trained.metrics
     log.info(
         "run %s: val accuracy %.4f, balanced accuracy %.4f, melanoma AUC %s (saved epoch %d), "
         "%.1f s/epoch, %.0f images/s",
         run.info.run_id,
-        summary["validation"]["accuracy"],
-        summary["validation"]["balanced_accuracy"],
-        summary["validation"]["melanoma_auc"],
-        summary["saved_model_epoch"],
-        summary["seconds_per_epoch"],
-        summary["images_per_second"],
+        metrics.validation.accuracy,
+        metrics.validation.balanced_accuracy,
+        metrics.validation.melanoma_auc,
+        metrics.saved_model_epoch,
+        metrics.seconds_per_epoch,
+        metrics.images_per_second,
     )
     return run_info

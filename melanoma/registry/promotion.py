@@ -33,8 +33,7 @@ from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
 from melanoma.config import PromotionParams, RegistryParams
 from melanoma.data.dataset import make_dataset
-from melanoma.evaluation.metrics import HEADLINE_METRICS, threshold_free_figure
-from melanoma.evaluation.report import evaluation_sections
+from melanoma.evaluation.metrics import threshold_free_metric
 from melanoma.model.predict import (
     ModelLoadError,
     load_model,
@@ -42,6 +41,7 @@ from melanoma.model.predict import (
     predict_split,
 )
 from melanoma.model.training import log_keras_model
+from melanoma.reports import HEADLINE_METRICS, MetricsReport, RunInfo
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class Decision:
 
 
 def source_run(
-    run_info: dict, experiment_id: str, model_file: Path, example_image: str
+    run_info: RunInfo, experiment_id: str, model_file: Path, example_image: str
 ) -> tuple[str, str]:
     """(run id, model URI) to evaluate into: the training run of run_info if this store has it.
 
@@ -83,28 +83,28 @@ def source_run(
     `example_image` as input example), and is used instead; once, whenever it is asked again.
     """
     try:
-        mlflow.get_run(run_info["run_id"])
-        return run_info["run_id"], run_info["model_uri"]
+        mlflow.get_run(run_info.run_id)
+        return run_info.run_id, run_info.model_uri
     except MlflowException as error:
         if error.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
             raise
     for earlier in mlflow.search_runs(
         [experiment_id],
-        filter_string=f"tags.{SOURCE_RUN_TAG} = '{run_info['run_id']}'",
+        filter_string=f"tags.{SOURCE_RUN_TAG} = '{run_info.run_id}'",
         output_format="list",
     ):
         if LOGGED_MODEL_TAG in earlier.data.tags:
             return earlier.info.run_id, earlier.data.tags[LOGGED_MODEL_TAG]
     log.warning(
         "training run %s is not in the tracking store %s: logging %s into a new run",
-        run_info["run_id"],
+        run_info.run_id,
         mlflow.get_tracking_uri(),
         model_file,
     )
     with mlflow.start_run(
         experiment_id=experiment_id,
         run_name="register (training run not in this store)",
-        tags={SOURCE_RUN_TAG: run_info["run_id"]},
+        tags={SOURCE_RUN_TAG: run_info.run_id},
     ) as run:
         model = keras.saving.load_model(model_file)
         example = make_dataset([example_image], np.zeros(1, np.int32), model_input_size(model), 1)
@@ -119,7 +119,7 @@ class ScoredImages:
     the challenger's probabilities, and the set of each image (the bootstrap resamples within
     each set, so every draw keeps the sets' sizes)."""
 
-    true: np.ndarray
+    label_indices: np.ndarray
     probabilities: np.ndarray
     sets: np.ndarray
 
@@ -130,7 +130,7 @@ class ScoredImages:
 
 @dataclass(frozen=True)
 class Comparison:
-    """Challenger minus champion in one figure, with its paired bootstrap interval."""
+    """Challenger minus champion in one metric, with its paired bootstrap interval."""
 
     metric: str
     difference: float
@@ -157,15 +157,15 @@ def paired_bootstrap(
 ) -> Comparison:
     """The difference in `metric` (challenger minus champion) on the same images, and its
     percentile interval over `params.bootstrap_samples` resamples that draw the same images for
-    both models. Draws where the figure is undefined (no melanoma drawn, for the AUC) are
+    both models. Draws where the metric is undefined (no melanoma drawn, for the AUC) are
     skipped."""
     rng = np.random.default_rng(params.seed)
     groups = [np.flatnonzero(images.sets == name) for name in np.unique(images.sets)]
 
     def difference(rows: np.ndarray) -> float:
-        true = images.true[rows]
-        new = threshold_free_figure(metric, true, images.probabilities[rows])
-        return new - threshold_free_figure(metric, true, champion_probabilities[rows])
+        label_indices = images.label_indices[rows]
+        new = threshold_free_metric(metric, label_indices, images.probabilities[rows])
+        return new - threshold_free_metric(metric, label_indices, champion_probabilities[rows])
 
     draws = []
     for _ in range(params.bootstrap_samples):
@@ -177,7 +177,7 @@ def paired_bootstrap(
     low, high = np.percentile(draws, [tail, 100 - tail]) if len(draws) else (math.nan, math.nan)
     return Comparison(
         metric=metric,
-        difference=difference(np.arange(len(images.true))),
+        difference=difference(np.arange(len(images.label_indices))),
         low=float(low),
         high=float(high),
         confidence=params.confidence,
@@ -187,7 +187,7 @@ def paired_bootstrap(
 
 
 def champion_probabilities(
-    model_uri: str, paths: Sequence[str], true: np.ndarray, batch_size: int
+    model_uri: str, paths: Sequence[str], label_indices: np.ndarray, batch_size: int
 ) -> np.ndarray | None:
     """The champion's probabilities on the images; None if it cannot be loaded."""
     try:
@@ -195,18 +195,18 @@ def champion_probabilities(
     except ModelLoadError as error:
         log.warning("%s", error)
         return None
-    return predict_split(model, paths, true, batch_size)
+    return predict_split(model, paths, label_indices, batch_size)
 
 
 def version_tags(
-    report: dict, run_id: str, test_data_sha256: str, manifest_sha256: str, git_commit: str
+    report: MetricsReport, run_id: str, test_data_sha256: str, manifest_sha256: str, git_commit: str
 ) -> dict[str, str]:
     """What a registry user needs to trust a version: its alert threshold, its figures on every
     evaluation set and what produced it."""
-    tags = {THRESHOLD_TAG: str(report["operating_point"]["threshold"])}
-    for set_name, figures in evaluation_sections(report):
-        tags |= {f"{set_name}_{name}": str(figures[name]) for name in HEADLINE_METRICS}
-        tags[f"{set_name}_images"] = str(figures["images"])
+    tags = {THRESHOLD_TAG: str(report.operating_point.threshold)}
+    for set_name, section in report.sections():
+        tags |= {f"{set_name}_{name}": str(getattr(section, name)) for name in HEADLINE_METRICS}
+        tags[f"{set_name}_images"] = str(section.images)
     tags.update(
         test_data_sha256=test_data_sha256,
         augmented_manifest_sha256=manifest_sha256,
@@ -262,12 +262,12 @@ def decide_promotion(
         return Decision(
             False, f"{comparison.metric} is undefined on these images: the champion stays"
         )
-    figures = (
+    evidence = (
         f"{comparison.describe(champion_version)}; the lower bound must exceed {min_improvement}"
     )
     if comparison.low > min_improvement + TOLERANCE:
-        return Decision(True, f"better: {figures}")
-    return Decision(False, f"not shown to be better: {figures}")
+        return Decision(True, f"better: {evidence}")
+    return Decision(False, f"not shown to be better: {evidence}")
 
 
 def registered_threshold(reference: str) -> float | None:

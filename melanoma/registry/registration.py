@@ -24,18 +24,16 @@ from melanoma.evaluation.external import read_external_sets
 from melanoma.evaluation.metrics import read_predictions
 from melanoma.evaluation.model_card import (
     card_facts,
-    figures_table,
+    metrics_table,
     registry_description,
 )
 from melanoma.evaluation.report import (
     TEST,
     EvaluationSet,
     evaluation_lineage,
-    evaluation_sections,
     evaluation_sets,
     tracked_metrics,
 )
-from melanoma.model.run_info import read_run_info
 from melanoma.model.serving import log_served_model, serving_config
 from melanoma.registry.promotion import (
     KEPT,
@@ -49,12 +47,13 @@ from melanoma.registry.promotion import (
     source_run,
     version_tags,
 )
+from melanoma.reports import MetricsReport, RunInfo
 from melanoma.tracking import configure_tracking
 
 log = logging.getLogger(__name__)
 
 # The per-class figures and interval bounds of every set, one table (not metrics) in the run.
-FIGURES_TABLE_ARTIFACT = "evaluation/figures.json"
+METRICS_TABLE_ARTIFACT = "evaluation/figures.json"
 # The digits of the probabilities in evaluate's predictions files.
 PROBABILITY_DIGITS = 6
 
@@ -71,13 +70,6 @@ class Registration:
     model_uri: str
 
 
-def read_report(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise RegistryError(f"{path}: cannot be read as JSON ({error}); run `evaluate`") from None
-
-
 def predictions_file(set_name: str) -> Path:
     return paths.PREDICTIONS_FILE if set_name == TEST else paths.external_predictions(set_name)
 
@@ -87,9 +79,9 @@ def evaluated_images(set_names: list[str]) -> ScoredImages:
     predictions files hold them (every image, the threshold-choosing half included)."""
     parts = [(name, *read_predictions(predictions_file(name))) for name in set_names]
     return ScoredImages(
-        true=np.concatenate([true for _, true, _ in parts]),
+        label_indices=np.concatenate([label_indices for _, label_indices, _ in parts]),
         probabilities=np.concatenate([probabilities for _, _, probabilities in parts]),
-        sets=np.concatenate([[name] * len(true) for name, true, _ in parts]),
+        sets=np.concatenate([[name] * len(label_indices) for name, label_indices, _ in parts]),
     )
 
 
@@ -107,7 +99,7 @@ def champion_scorer(params: Params, images: ScoredImages) -> Callable[[str], np.
             probabilities = champion_probabilities(
                 champion_uri,
                 [path for s in sets for path in s.paths],
-                images.true,
+                images.label_indices,
                 params.train.batch_size,
             )
         return None if probabilities is None else probabilities.round(PROBABILITY_DIGITS)
@@ -117,26 +109,26 @@ def champion_scorer(params: Params, images: ScoredImages) -> Callable[[str], np.
 
 def check_same_images(sets: list[EvaluationSet], images: ScoredImages) -> None:
     for evaluation_set in sets:
-        listed = images.true[images.sets == evaluation_set.name]
-        if not np.array_equal(listed, evaluation_set.true):
+        listed = images.label_indices[images.sets == evaluation_set.name]
+        if not np.array_equal(listed, evaluation_set.label_indices):
             raise RegistryError(
                 f"{predictions_file(evaluation_set.name)} does not list the images of set "
                 f"{evaluation_set.name} as they are now: run `evaluate` again"
             )
 
 
-def log_evaluation(params: Params, report: dict) -> None:
+def log_evaluation(params: Params, report: MetricsReport) -> None:
     """evaluate's figures, plots and card, into the active run."""
     # Tags, not params: evaluate may run again on the same training run with other values.
     mlflow.set_tags(
         flatten(params.evaluate, "evaluate.")
         | flatten(params.registry, "registry.")
-        | {"evaluate.warnings": "; ".join(report["warnings"]) or "none"}
+        | {"evaluate.warnings": "; ".join(report.warnings) or "none"}
     )
     mlflow.log_metrics(tracked_metrics(report))
     # log_dict, not log_table: log_table appends to an existing file, and evaluate may run
     # again on the same run. The content is log_table's: {"columns": [...], "data": [...]}.
-    mlflow.log_dict(figures_table(report), FIGURES_TABLE_ARTIFACT)
+    mlflow.log_dict(metrics_table(report), METRICS_TABLE_ARTIFACT)
     for path in (paths.METRICS_FILE, paths.PREDICTIONS_FILE, paths.GALLERY_FILE, paths.MODEL_CARD):
         mlflow.log_artifact(str(path), artifact_path="evaluation")
     mlflow.log_artifacts(str(paths.PLOTS_DIR), artifact_path="evaluation")
@@ -144,33 +136,36 @@ def log_evaluation(params: Params, report: dict) -> None:
         mlflow.log_artifacts(str(paths.EXTERNAL_DIR), artifact_path="evaluation/external")
 
 
-def log_served(params: Params, report: dict, example_file: Path) -> str:
+def log_served(params: Params, report: MetricsReport, example_file: Path) -> str:
     """Log the served model of the trained model file, with the report's threshold, into the
     active run; return its model URI."""
     model = keras.saving.load_model(paths.MODEL_FILE)
-    threshold = report["operating_point"]["threshold"]
+    threshold = report.operating_point.threshold
     return log_served_model(model, serving_config(params, threshold), example_file).model_uri
 
 
 def register_evaluated_model(params: Params, git_commit: str) -> Registration:
     """Log the evaluation to the model's run, give the model its version with the model card as
     description, and decide its promotion against the champion."""
-    run_info = read_run_info(paths.RUN_FILE)
-    report = read_report(paths.METRICS_FILE)
+    run_info = RunInfo.read(paths.RUN_FILE)
+    report = MetricsReport.read(paths.METRICS_FILE)
     experiment_id = configure_tracking(params.mlflow)
     test = evaluation_sets([])[0]
     run_id, model_uri = source_run(run_info, experiment_id, paths.MODEL_FILE, test.paths[0])
     lineage = evaluation_lineage(git_commit, test)
     facts = card_facts(
-        params, report, run_info | {"run_id": run_id, "model_uri": model_uri}, lineage
+        params,
+        report,
+        run_info.model_copy(update={"run_id": run_id, "model_uri": model_uri}),
+        lineage,
     )
-    images = evaluated_images([name for name, _ in evaluation_sections(report)])
+    images = evaluated_images([name for name, _ in report.sections()])
     tags = version_tags(
         report,
         run_id,
-        lineage["test images sha256"],
-        lineage["augmented manifest sha256"],
-        lineage["git commit"],
+        lineage.test_images_sha256,
+        lineage.augmented_manifest_sha256,
+        lineage.git_commit,
     ) | {TRAINED_MODEL_TAG: model_uri}
     with mlflow.start_run(run_id=run_id):
         log_evaluation(params, report)

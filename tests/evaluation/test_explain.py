@@ -179,12 +179,12 @@ def test_overlays_for_readable_images_only(tmp_path, image_bytes):
 
 
 def test_gallery_holds_every_melanoma_and_the_top_false_alarms():
-    true = np.array([MELANOMA_INDEX, NEVUS, MELANOMA_INDEX, NEVUS, 0, NEVUS])
+    label_indices = np.array([MELANOMA_INDEX, NEVUS, MELANOMA_INDEX, NEVUS, 0, NEVUS])
     p_melanoma = np.array([0.9, 0.8, 0.1, 0.3, 0.6, 0.05])
     probabilities = np.zeros((6, len(LABELS)))
     probabilities[:, MELANOMA_INDEX] = p_melanoma
 
-    cases = gallery_cases(true, probabilities, threshold=0.25, false_alarms=2)
+    cases = gallery_cases(label_indices, probabilities, threshold=0.25, false_alarms=2)
 
     assert cases == [(0, "found"), (2, "missed"), (1, "false alarm"), (4, "false alarm")]
 
@@ -195,12 +195,12 @@ def test_gallery_file_from_test_images(tmp_path, image_bytes):
         path = tmp_path / f"ISIC_{n}.png"
         path.write_bytes(image_bytes(n, (SIZE, SIZE), "PNG"))
         paths.append(str(path))
-    true = np.array([MELANOMA_INDEX, MELANOMA_INDEX, NEVUS, NEVUS])
+    label_indices = np.array([MELANOMA_INDEX, MELANOMA_INDEX, NEVUS, NEVUS])
     probabilities = np.full((4, len(LABELS)), 0.05)
     probabilities[:, MELANOMA_INDEX] = [0.7, 0.1, 0.6, 0.2]
 
     output = tmp_path / "reports" / "melanoma_gallery.png"
-    cases = write_gallery(build_model(_params()), paths, true, probabilities, 0.5, output)
+    cases = write_gallery(build_model(_params()), paths, label_indices, probabilities, 0.5, output)
 
     assert [kind for _, kind in cases] == ["found", "missed", "false alarm"]
     assert Image.open(output).size[0] > 0

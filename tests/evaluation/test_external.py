@@ -76,7 +76,7 @@ def test_every_file_is_scored_rejected_or_excluded_with_a_reason(external_folder
     assert len(images.paths) == counts["scored"] == 16
     assert Image.open(images.paths[0]).size == (40, 40)
     assert (images.scored["status"] == SCORED).all()
-    assert images.true.tolist() == [1] * 6 + [3] * 5 + [4] * 5
+    assert images.label_indices.tolist() == [1] * 6 + [3] * 5 + [4] * 5
 
 
 @pytest.mark.parametrize("problem", ["missing", "empty"])

@@ -31,7 +31,7 @@ def _row(predicted: int, p_predicted: float, p_melanoma: float) -> list[float]:
     return row.tolist()
 
 
-# (true, predicted, P(predicted), P(melanoma)): 8 images of 3 classes, worked out by hand below.
+# (label, predicted, P(predicted), P(melanoma)): 8 images of 3 classes, worked out by hand below.
 CASES = [
     (MEL, MEL, 0.7, 0.7),
     (MEL, NEVUS, 0.5, 0.35),
@@ -103,9 +103,11 @@ def test_bootstrap_intervals_bracket_the_estimate_and_repeat_with_the_seed():
 
 
 def test_perfect_predictions_have_a_degenerate_interval():
-    true = np.array([MEL, MEL, NEVUS, BCC, BCC, NEVUS])
-    probabilities = np.eye(len(LABELS))[true]
-    assert bootstrap_intervals(true, probabilities, 0.5, samples=50, seed=0)["accuracy"] == (1, 1)
+    label_indices = np.array([MEL, MEL, NEVUS, BCC, BCC, NEVUS])
+    probabilities = np.eye(len(LABELS))[label_indices]
+    assert bootstrap_intervals(label_indices, probabilities, 0.5, samples=50, seed=0)[
+        "accuracy"
+    ] == (1, 1)
 
 
 def test_report_is_strict_json_with_intervals_next_to_each_figure():
@@ -134,9 +136,9 @@ def test_report_without_bootstrap_has_no_intervals_and_names_absent_classes(capl
 
 def test_multi_class_figures_average_the_classes_present_only():
     # Predicting a class that no image has must not drag macro F1 down with a class of F1 0.
-    true = np.array([MEL, MEL, NEVUS, NEVUS])
+    label_indices = np.array([MEL, MEL, NEVUS, NEVUS])
     probabilities = np.eye(len(LABELS))[[MEL, BCC, NEVUS, NEVUS]]
-    figures = evaluation_metrics(true, probabilities, threshold=0.5)
+    figures = evaluation_metrics(label_indices, probabilities, threshold=0.5)
     assert figures["macro_f1"] == pytest.approx((2 / 3 + 1) / 2)  # not (2/3 + 1 + 0) / 3
     assert figures["balanced_accuracy"] == pytest.approx((1 / 2 + 1) / 2)
 
@@ -144,8 +146,8 @@ def test_multi_class_figures_average_the_classes_present_only():
 def test_predictions_round_trip_through_their_table(tmp_path):
     paths = [f"img{i}.png" for i in range(len(TRUE))]
     predictions_table(paths, TRUE, PROBABILITIES).to_csv(tmp_path / "p.csv", index=False)
-    true, probabilities = read_predictions(tmp_path / "p.csv")
-    np.testing.assert_array_equal(true, TRUE)
+    label_indices, probabilities = read_predictions(tmp_path / "p.csv")
+    np.testing.assert_array_equal(label_indices, TRUE)
     np.testing.assert_allclose(probabilities, PROBABILITIES, atol=1e-6)
 
 
@@ -165,13 +167,13 @@ def test_images_hash_depends_on_bytes_and_labels_not_order(tmp_path):
     a, b = tmp_path / "a.png", tmp_path / "b.png"
     a.write_bytes(b"one")
     b.write_bytes(b"two")
-    paths, true = [str(a), str(b)], np.array([MEL, NEVUS])
-    digest = images_sha256(paths, true)
+    paths, label_indices = [str(a), str(b)], np.array([MEL, NEVUS])
+    digest = images_sha256(paths, label_indices)
 
-    assert images_sha256(paths[::-1], true[::-1]) == digest
+    assert images_sha256(paths[::-1], label_indices[::-1]) == digest
     assert images_sha256(paths, np.array([MEL, BCC])) != digest
     b.write_bytes(b"changed")
-    assert images_sha256(paths, true) != digest
+    assert images_sha256(paths, label_indices) != digest
 
 
 def test_plots_are_written_as_png(tmp_path):

@@ -15,37 +15,44 @@ from mlflow import MlflowClient
 from melanoma.config import OperatingPoint, flatten, parse_params
 from melanoma.data.manifest import AUGMENTED_COLUMNS, images_per_source, read_manifest
 from melanoma.evaluation.model_card import (
-    CARD_FIGURES,
+    CARD_METRICS,
     DESCRIPTION_LIMIT,
     FEW_IMAGES,
-    FIGURE_NAMES,
     LIMITATIONS_HEADING,
     LINEAGE_HEADING,
+    METRIC_NAMES,
     OLD_ARCHIVE_IDS_BELOW,
     CardFacts,
-    figures_table,
+    metrics_table,
     registry_description,
     render_card,
 )
 from melanoma.evaluation.operating_point import choose_threshold
 from melanoma.evaluation.report import (
     EvaluationSet,
+    Lineage,
     OperatingPointChoice,
-    evaluation_sections,
     set_section,
 )
 from melanoma.labels import LABELS, MELANOMA_INDEX
+from melanoma.reports import (
+    MetricsReport,
+    RunInfo,
+    Section,
+    TrainMetrics,
+    ValidationReport,
+)
 
 NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w])")
 CELL = re.compile(r"^(\S+)(?: \((\S+)–(\S+)\))?$")
 
 
-def _report() -> dict:
+def _report() -> MetricsReport:
     return copy.deepcopy(_made_up_report())
 
 
 @cache
-def _made_up_report(seed: int = 0) -> dict:
+def _made_up_report(seed: int = 0) -> MetricsReport:
     """reports/metrics.json as evaluation_report writes it, from made-up probabilities: the
     test split (every class) and one external set (three classes, so some figures undefined),
     calibrated with temperature 1.3."""
@@ -55,26 +62,84 @@ def _made_up_report(seed: int = 0) -> dict:
     chooser = rng.dirichlet(np.ones(len(LABELS)), len(chooser_true))
     threshold = choose_threshold(chooser_true, chooser, 0.85, 0.95)
     choice = OperatingPointChoice(threshold, "the validation split (54 images)", {})
-    report = {
-        "operating_point": choice.describe(params),
-        "temperature": 1.3,
-        "bootstrap_samples": 30,
-        "test": {},
-        "external": {},
-        "warnings": ["test: a made-up warning with 1 figure 0.123"],
-    }
+    sections = {}
     for name, labels in (("test", np.arange(len(LABELS))), ("ext2018", np.array([3, 4, 1]))):
-        true = np.repeat(labels, 5)
-        probabilities = rng.dirichlet(np.ones(len(LABELS)) * 0.5, len(true))
-        probabilities[true == MELANOMA_INDEX, MELANOMA_INDEX] += 0.5
+        label_indices = np.repeat(labels, 5)
+        probabilities = rng.dirichlet(np.ones(len(LABELS)) * 0.5, len(label_indices))
+        probabilities[label_indices == MELANOMA_INDEX, MELANOMA_INDEX] += 0.5
         probabilities /= probabilities.sum(axis=1, keepdims=True)
-        images = EvaluationSet(name, [f"{i}.png" for i in range(len(true))], [], true)
-        section = set_section(images, probabilities, threshold.value, 1.3, params, 30, seed)
-        if name == "test":
-            report["test"] = section
-        else:
-            report["external"][name] = section
-    return json.loads(json.dumps(report))  # as read back from the file: no numpy types
+        images = EvaluationSet(
+            name, [f"{i}.png" for i in range(len(label_indices))], [], label_indices
+        )
+        sections[name] = set_section(images, probabilities, threshold.value, 1.3, params, 30, seed)
+    report = MetricsReport(
+        operating_point=choice.describe(params),
+        temperature=1.3,
+        bootstrap_samples=30,
+        test=sections.pop("test"),
+        external=sections,
+        warnings=["test: a made-up warning with 1 figure 0.123"],
+        threshold_rules={},
+    )
+    # As read back from the file: no numpy types.
+    return MetricsReport.model_validate(json.loads(json.dumps(report.to_dict())))
+
+
+def _validation(**changes) -> ValidationReport:
+    """reports/validation.json of a validate run without the reference check, with `changes`."""
+    report = {
+        "success": True,
+        "failures": [],
+        "policy": {
+            "on_label_conflict": "drop",
+            "on_leak": "drop_from_train",
+            "on_duplicate": "keep_first",
+            "on_reference_disagreement": "relabel",
+        },
+        "expectations": [],
+        "class_counts": {"accepted": {}, "used": {}},
+        "too_few_training_images": {"threshold": 20, "labels": {}},
+        "reference_labels": {"file": None},
+        "label_conflicts": [{}, {}],
+        "leaks": [{}],
+        "duplicates": [],
+        "sources": {},
+        "same_image_copies": {"count": 0, "examples": []},
+        "near_duplicates": {"max_distance": 0, "count": 0, "pairs": []},
+        "same_group_as_test": {"count": 0, "files": []},
+        "decisions": {"use": 2045, "drop": 316},
+        "removed": {"duplicate": 4, "label_conflict": 310},
+    }
+    return ValidationReport.model_validate(report | changes)
+
+
+def _training() -> TrainMetrics:
+    epoch = {"loss": 0.91, "accuracy": 0.67, "val_loss": 1.02, "val_accuracy": 0.68}
+    return TrainMetrics(
+        epochs_run=20,
+        final=epoch,
+        best_epoch=20,
+        best=epoch,
+        saved_model_epoch=20,
+        train_images=180,
+        first_epoch_seconds=2.5,
+        seconds_per_epoch=2.25,
+        images_per_second=80.0,
+        training_seconds=45.25,
+        calibration={
+            "temperature": 1.3,
+            "validation_ece_uncalibrated": 0.09,
+            "validation_brier_uncalibrated": 0.45,
+            "validation_ece": 0.04,
+            "validation_brier": 0.41,
+        },
+        validation={
+            "accuracy": 0.68,
+            "balanced_accuracy": 0.59,
+            "macro_f1": 0.52,
+            "melanoma_auc": 0.94,
+        },
+    )
 
 
 def _images() -> pd.DataFrame:
@@ -96,27 +161,21 @@ def _images() -> pd.DataFrame:
 def _facts(**changes) -> CardFacts:
     facts = {
         "report": _report(),
-        "run_info": {"run_id": "a" * 32, "model_uri": "models:/m-1", "image_size": 64},
+        "run_info": RunInfo(
+            run_id="a" * 32,
+            experiment_id="1",
+            model_uri="models:/m-1",
+            tracking_uri="sqlite:///mlruns/mlflow.db",
+            labels=list(LABELS),
+            image_size=64,
+            temperature=1.3,
+        ),
         "params": {"train.architecture": "resnet", "train.epochs": 20},
-        "lineage": {"git commit": "c" * 40, "test images sha256": "d" * 64},
-        "training": {
-            "validation": {"accuracy": 0.68, "balanced_accuracy": 0.59, "melanoma_auc": 0.94},
-            "calibration": {
-                "temperature": 1.3,
-                "validation_ece": 0.04,
-                "validation_ece_uncalibrated": 0.09,
-                "validation_brier": 0.41,
-                "validation_brier_uncalibrated": 0.45,
-            },
-        },
-        "validation": {
-            "policy": {"on_label_conflict": "drop"},
-            "label_conflicts": [{}, {}],
-            "leaks": [{}],
-            "duplicates": [],
-            "decisions": {"use": 2045, "drop": 316},
-            "removed": {"duplicate": 4, "label_conflict": 310},
-        },
+        "lineage": Lineage(
+            git_commit="c" * 40, test_images_sha256="d" * 64, augmented_manifest_sha256="e" * 64
+        ),
+        "training": _training(),
+        "validation": _validation(),
         "images": _images(),
         "model_name": "melanoma-cnn",
     }
@@ -148,24 +207,24 @@ def _assert_cell(cell: str, section: dict, name: str) -> None:
             assert float(shown) == pytest.approx(section[key], abs=5e-4), (cell, key)
 
 
-def assert_tables_match_report(card: str, report: dict) -> None:
+def assert_tables_match_report(card: str, report: MetricsReport) -> None:
     """Every cell of the card's evaluation, alert and calibration tables holds the figure of
     reports/metrics.json for its set (column or row) and figure (row or column)."""
-    sections = dict(evaluation_sections(report))
+    sections = {name: section.to_dict() for name, section in report.sections()}
 
     header, rows = _table(_section(card, "## Evaluation"))
     assert header[1:] == list(sections)
     by_name = {row[0]: row[1:] for row in rows}
-    assert set(by_name) == {"images", "melanomas", *(FIGURE_NAMES[f] for f in CARD_FIGURES)}
+    assert set(by_name) == {"images", "melanomas", *(METRIC_NAMES[f] for f in CARD_METRICS)}
     for column, set_name in enumerate(header[1:]):
         section = sections[set_name]
         assert int(by_name["images"][column]) == section["images"]
         assert int(by_name["melanomas"][column]) == section["melanomas"]
-        for figure in CARD_FIGURES:
-            _assert_cell(by_name[FIGURE_NAMES[figure]][column], section, figure)
+        for figure in CARD_METRICS:
+            _assert_cell(by_name[METRIC_NAMES[figure]][column], section, figure)
 
     alert = _section(card, "## Melanoma alert")
-    assert f"P(melanoma) >= {report['operating_point']['threshold']:.4f}" in alert
+    assert f"P(melanoma) >= {report.operating_point.threshold:.4f}" in alert
     header, rows = _table(alert)
     assert header == ["set", "melanomas", "sensitivity", "specificity", "below target"]
     assert [row[0] for row in rows] == list(sections)
@@ -184,7 +243,7 @@ def assert_tables_match_report(card: str, report: dict) -> None:
         keys = ("ece_uncalibrated", "ece", "brier_uncalibrated", "brier")
         expected = [section.get(k, section[k.removesuffix("_uncalibrated")]) for k in keys]
         assert [float(v) for v in shown] == pytest.approx(expected, abs=5e-4)
-    assert f"Temperature {report['temperature']:.3f}" in card
+    assert f"Temperature {report.temperature:.3f}" in card
 
 
 def test_every_figure_of_the_evaluation_alert_and_calibration_tables_is_the_reports():
@@ -192,7 +251,7 @@ def test_every_figure_of_the_evaluation_alert_and_calibration_tables_is_the_repo
     card = render_card(facts)
     assert_tables_match_report(card, facts.report)
     # The external set has three classes: its macro figures exist, some per-class ones do not.
-    assert facts.report["external"]["ext2018"]["seborrheic_keratosis_recall"] is None
+    assert facts.report.external["ext2018"].seborrheic_keratosis_recall is None
     _, rows = _table(_section(card, "## Calibration"))
     assert rows[0] == ["validation", "0.090", "0.040", "0.450", "0.410"]
 
@@ -207,6 +266,8 @@ def _fact_numbers(value: object, found: set[float]) -> None:
     elif isinstance(value, list | tuple):
         for item in value:
             _fact_numbers(item, found)
+    elif isinstance(value, Section):
+        _fact_numbers(value.to_dict(), found)
     elif isinstance(value, bool) or value is None:
         return
     elif isinstance(value, int | float | np.integer | np.floating):
@@ -231,7 +292,8 @@ def assert_every_number_is_a_fact(card: str, facts: CardFacts) -> None:
             per_source = images_per_source(facts.images).groupby(level="source").sum()
             counts += per_source.stack().tolist()
         _fact_numbers(counts, known)
-    _fact_numbers([len(v) for v in facts.validation.values() if isinstance(v, list)], known)
+    validation = facts.validation.to_dict() if facts.validation is not None else {}
+    _fact_numbers([len(v) for v in validation.values() if isinstance(v, list)], known)
     known |= {0.0, float(OLD_ARCHIVE_IDS_BELOW), float(FEW_IMAGES)}
     known.add(
         95.0
@@ -257,8 +319,9 @@ def test_every_number_in_the_card_is_a_fact_not_a_hand_written_one():
 
 def test_the_card_shows_validate_findings_archive_mix_and_thin_classes():
     facts = _facts(
-        validation=_facts().validation
-        | {"label_references": [{"image_id": "ISIC_1"}] * 3, "decisions": {"relabel": 7}}
+        validation=_validation(
+            label_references=[{"image_id": "ISIC_1"}] * 3, decisions={"relabel": 7}
+        )
     )
     card = render_card(facts)
     assert "2 label-conflict groups" in card and "1 leak groups" in card
@@ -279,7 +342,7 @@ def test_the_card_shows_validate_findings_archive_mix_and_thin_classes():
 
 
 def test_missing_facts_are_said_to_be_missing_and_the_card_still_renders():
-    card = render_card(_facts(training={}, validation={}, images=None, lineage={}))
+    card = render_card(_facts(training=None, validation=None, images=None, lineage=None))
     assert "Unknown: reports/validation.json was not available." in card
     assert "Image counts per class: unknown" in card
     assert "## Evaluation" in card and "Classes with too few images" not in card
@@ -305,12 +368,13 @@ def test_the_registry_gets_the_whole_card_or_one_without_its_params():
 
 def test_the_figures_table_holds_every_figure_with_its_interval():
     report = _report()
-    table = figures_table(report)
+    table = metrics_table(report)
     # Strict JSON (no NaN): undefined figures stay null, as in reports/metrics.json.
     assert json.loads(json.dumps(table, allow_nan=False)) == table
     rows = {(r[0], r[1]): r[2:] for r in table["data"]}
     assert table["columns"] == ["set", "figure", "value", "ci_low", "ci_high"]
-    for set_name, section in evaluation_sections(report):
+    for set_name, section in report.sections():
+        section = section.to_dict()
         figures = [
             k
             for k, v in section.items()
@@ -330,30 +394,30 @@ def test_one_pipeline_run_holds_at_most_25_metrics_and_the_card_of_its_facts(pip
     and the headline figures; the card is a declared output, written from the run's reports,
     and the registered version's description."""
     root = pipeline_repo.root
-    run_info = json.loads((root / "models/run.json").read_text())
-    report = json.loads((root / "reports/metrics.json").read_text())
+    run_info = RunInfo.read(root / "models/run.json")
+    report = MetricsReport.read(root / "reports/metrics.json")
     client = MlflowClient(pipeline_repo.tracking_uri)
-    run = client.get_run(run_info["run_id"])
+    run = client.get_run(run_info.run_id)
 
     assert len(run.data.metrics) <= 25, sorted(run.data.metrics)
     assert {"val_loss", "val_accuracy", "learning_rate", "test_melanoma_auc"} <= set(
         run.data.metrics
     )
-    assert run.data.metrics["test_accuracy"] == report["test"]["accuracy"]
+    assert run.data.metrics["test_accuracy"] == report.test.accuracy
 
     card = (root / "reports/model_card.md").read_text()
     stage = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]["evaluate"]
     assert {"reports/model_card.md": {"cache": False}} in stage["outs"]
     assert f"MLflow run `{run.info.run_id}`" in card
     # Facts of the other stages: validate's decisions and train's validation figures.
-    validation = json.loads((root / "reports/validation.json").read_text())
+    validation = ValidationReport.read(root / "reports/validation.json")
     assert (
         "Decisions per image: "
-        + ", ".join(f"{k} {v}" for k, v in sorted(validation["decisions"].items()))
+        + ", ".join(f"{k} {v}" for k, v in sorted(validation.decisions.items()))
         in card
     )
-    training = json.loads((root / "reports/train_metrics.json").read_text())
-    assert f"Melanoma AUC: validation {training['validation']['melanoma_auc']:.3f}" in card
+    training = TrainMetrics.read(root / "reports/train_metrics.json")
+    assert f"Melanoma AUC: validation {training.validation.melanoma_auc:.3f}" in card
     # Every figure the card shows is the report's, every number a fact of the pipeline.
     assert_tables_match_report(card, report)
     facts = CardFacts(

@@ -12,35 +12,37 @@ def test_each_rule_is_judged_on_the_reporting_half_it_never_saw():
     # Validation melanomas score high; on the external set every score is lower (a shift).
     validation = melanoma_scores([0.9, 0.85, 0.8, 0.75, 0.7] * 4, [0.2] * 20)
     rng = np.random.default_rng(0)
-    true, probabilities = melanoma_scores(
+    label_indices, probabilities = melanoma_scores(
         list(rng.uniform(0.2, 0.6, 40)), list(rng.uniform(0.0, 0.4, 40))
     )
-    external = EvaluationSet("ext", [""] * len(true), [""] * len(true), true)
+    external = EvaluationSet(
+        "ext", [""] * len(label_indices), [""] * len(label_indices), label_indices
+    )
     params = OperatingPoint(target_sensitivity=0.8, confidence=0.9)
 
     rules = threshold_rules(params, 7, validation, [external], {"ext": probabilities})
 
     assert set(rules) == {"validation", "ext", "pooled", "shift_margin"}
-    choose, report = split_halves(true, 7)
-    expected = choose_threshold(true[choose], probabilities[choose], 0.8, 0.9).value
-    assert rules["ext"]["threshold"] == expected
+    choose, report = split_halves(label_indices, 7)
+    expected = choose_threshold(label_indices[choose], probabilities[choose], 0.8, 0.9).value
+    assert rules["ext"].threshold == expected
     for rule in rules.values():
         scores = probabilities[report, MELANOMA_INDEX]
-        is_melanoma = true[report] == MELANOMA_INDEX
-        delivered = rule["reporting_halves"]["ext"]
-        assert delivered["melanomas"] == is_melanoma.sum() == 20
-        assert delivered["sensitivity"] == np.mean(scores[is_melanoma] >= rule["threshold"])
-        assert delivered["specificity"] == np.mean(scores[~is_melanoma] < rule["threshold"])
+        is_melanoma = label_indices[report] == MELANOMA_INDEX
+        delivered = rule.reporting_halves["ext"]
+        assert delivered.melanomas == is_melanoma.sum() == 20
+        assert delivered.sensitivity == np.mean(scores[is_melanoma] >= rule.threshold)
+        assert delivered.specificity == np.mean(scores[~is_melanoma] < rule.threshold)
     # The validation threshold does not survive the shift; the external half's does.
-    assert rules["validation"]["reporting_halves"]["ext"]["sensitivity"] < 0.5
-    assert rules["ext"]["reporting_halves"]["ext"]["sensitivity"] >= 0.8
+    assert rules["validation"].reporting_halves["ext"].sensitivity < 0.5
+    assert rules["ext"].reporting_halves["ext"].sensitivity >= 0.8
 
 
 def _shifted_external():
     """Validation melanomas spread over 0.05-0.95; the external set's score 0.2 lower."""
     validation = melanoma_scores(list(np.linspace(0.05, 0.95, 40)), [0.02] * 40)
-    true, probabilities = melanoma_scores(list(np.linspace(0.0, 0.75, 30)), [0.01] * 30)
-    return validation, {"ext": (true, probabilities)}
+    label_indices, probabilities = melanoma_scores(list(np.linspace(0.0, 0.75, 30)), [0.01] * 30)
+    return validation, {"ext": (label_indices, probabilities)}
 
 
 def test_pooled_chooses_on_validation_and_the_choosing_halves_as_one_set():
@@ -49,9 +51,9 @@ def test_pooled_chooses_on_validation_and_the_choosing_halves_as_one_set():
 
     threshold, chosen_on = rule_threshold("pooled", params, validation, choosers)
 
-    true = np.concatenate([validation[0], choosers["ext"][0]])
+    label_indices = np.concatenate([validation[0], choosers["ext"][0]])
     probabilities = np.concatenate([validation[1], choosers["ext"][1]])
-    assert threshold == choose_threshold(true, probabilities, 0.8, 0.9)
+    assert threshold == choose_threshold(label_indices, probabilities, 0.8, 0.9)
     assert threshold.melanomas == 70
     assert "validation split and the choosing half of ext (140 images)" in chosen_on
 

@@ -21,8 +21,8 @@ def _overconfident(n: int = 3000, seed: int = 0) -> tuple[np.ndarray, np.ndarray
     rng = np.random.default_rng(seed)
     logits = rng.normal(0, 1.5, (n, len(LABELS)))
     honest = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-    true = np.array([rng.choice(len(LABELS), p=p) for p in honest])
-    return true, rescale(honest, 1 / 3)
+    label_indices = np.array([rng.choice(len(LABELS), p=p) for p in honest])
+    return label_indices, rescale(honest, 1 / 3)
 
 
 def test_rescale_keeps_the_ranking_and_can_be_undone():
@@ -37,14 +37,16 @@ def test_rescale_keeps_the_ranking_and_can_be_undone():
 
 
 def test_fitted_temperature_recovers_the_overconfidence_and_lowers_ece():
-    true, probabilities = _overconfident()
-    temperature = fit_temperature(true, probabilities)
+    label_indices, probabilities = _overconfident()
+    temperature = fit_temperature(label_indices, probabilities)
 
     assert temperature == pytest.approx(3.0, rel=0.1)
-    before = expected_calibration_error(true, probabilities)
-    after = expected_calibration_error(true, rescale(probabilities, temperature))
+    before = expected_calibration_error(label_indices, probabilities)
+    after = expected_calibration_error(label_indices, rescale(probabilities, temperature))
     assert before > 0.15 and after < 0.03
-    assert brier_score(true, rescale(probabilities, temperature)) < brier_score(true, probabilities)
+    assert brier_score(label_indices, rescale(probabilities, temperature)) < brier_score(
+        label_indices, probabilities
+    )
 
 
 def test_ece_and_brier_on_hand_computed_cases():
@@ -73,7 +75,9 @@ def test_folding_the_temperature_into_the_output_layer_calibrates_the_model_itse
 
 
 def test_reliability_diagram_is_a_png(tmp_path):
-    true, probabilities = _overconfident(200)
-    figure = plot_reliability(true, rescale(probabilities, 3.0), probabilities, "test split")
+    label_indices, probabilities = _overconfident(200)
+    figure = plot_reliability(
+        label_indices, rescale(probabilities, 3.0), probabilities, "test split"
+    )
     save_figure(figure, tmp_path / "reliability.png")
     assert (tmp_path / "reliability.png").read_bytes().startswith(b"\x89PNG")

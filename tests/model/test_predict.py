@@ -89,10 +89,10 @@ def test_predict_files_keeps_order_reports_bad_files_and_batches(
 
 
 def test_files_and_manifest_images_get_the_same_probabilities(evaluation_project, tiny_classifier):
-    paths, true = evaluation_project
+    paths, label_indices = evaluation_project
     model = tiny_classifier()
     from_files = predict_files(model, [Path(p) for p in paths], INGEST_SIZE, MAX_PIXELS)
-    from_split = predict_split(model, paths, true, batch_size=4)
+    from_split = predict_split(model, paths, label_indices, batch_size=4)
 
     assert from_split.shape == (len(paths), len(LABELS))
     np.testing.assert_allclose(

@@ -115,11 +115,11 @@ def test_speed_leaves_out_the_first_epoch_and_best_epoch_has_the_lowest_val_loss
         }
     )
     summary = training_summary(history, [10.0, 2.0, 4.0], train_images=300, early_stopping=True)
-    assert summary["seconds_per_epoch"] == 3.0
-    assert summary["images_per_second"] == 100.0
-    assert summary["best_epoch"] == 2 and summary["best"]["val_accuracy"] == 0.4
-    assert summary["final"]["val_accuracy"] == 0.3
-    assert summary["saved_model_epoch"] == 2
+    assert summary.seconds_per_epoch == 3.0
+    assert summary.images_per_second == 100.0
+    assert summary.best_epoch == 2 and summary.best.val_accuracy == 0.4
+    assert summary.final.val_accuracy == 0.3
+    assert summary.saved_model_epoch == 2
 
 
 @pytest.mark.parametrize("calibration", ["none", "temperature"])
@@ -129,19 +129,21 @@ def test_calibrate_folds_the_fitted_temperature_into_the_model_or_leaves_it(cali
         inputs, keras.layers.Dense(len(LABELS), activation="softmax", name="probabilities")(inputs)
     )
     x = np.random.default_rng(0).normal(size=(60, 3)).astype("float32") * 5
-    true = np.random.default_rng(1).integers(0, len(LABELS), 60)  # unrelated: overconfident
+    label_indices = np.random.default_rng(1).integers(
+        0, len(LABELS), 60
+    )  # unrelated: overconfident
     before = model.predict(x, verbose=0)
     params = train_params(calibration=calibration)
 
-    figures = calibrate(model, params, true, before)
+    fitted = calibrate(model, params, label_indices, before)
 
     after = model.predict(x, verbose=0)
     if calibration == "none":
-        assert figures["temperature"] == 1.0 and np.array_equal(after, before)
+        assert fitted.temperature == 1.0 and np.array_equal(after, before)
     else:
-        assert figures["temperature"] > 1.0
-        np.testing.assert_allclose(after, rescale(before, figures["temperature"]), atol=1e-5)
-    assert figures["validation_ece"] <= figures["validation_ece_uncalibrated"] + 1e-12
+        assert fitted.temperature > 1.0
+        np.testing.assert_allclose(after, rescale(before, fitted.temperature), atol=1e-5)
+    assert fitted.validation_ece <= fitted.validation_ece_uncalibrated + 1e-12
 
 
 @pytest.mark.slow  # trains twice, for real
@@ -166,14 +168,14 @@ def test_training_run_is_tracked_per_epoch_and_reproducible(augmented_project, t
     )
     run_info = run_training(params, AUGMENTED, first)
 
-    assert json.loads(first.run_info.read_text()) == run_info
-    assert run_info["labels"] == list(LABELS)
-    assert run_info["image_size"] == params.train.image_size
-    assert run_info["tracking_uri"] == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert json.loads(first.run_info.read_text()) == run_info.to_dict()
+    assert run_info.labels == list(LABELS)
+    assert run_info.image_size == params.train.image_size
+    assert run_info.tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
 
-    client = MlflowClient(run_info["tracking_uri"])
-    run = client.get_run(run_info["run_id"])
-    assert run.info.experiment_id == run_info["experiment_id"]
+    client = MlflowClient(run_info.tracking_uri)
+    run = client.get_run(run_info.run_id)
+    assert run.info.experiment_id == run_info.experiment_id
     assert client.get_experiment(run.info.experiment_id).name == params.mlflow.experiment
     assert run.data.params["train.epochs"] == str(epochs)
     assert run.data.params["augment.target_per_class"] == "8"
@@ -210,11 +212,13 @@ def test_training_run_is_tracked_per_epoch_and_reproducible(augmented_project, t
     # Calibrated (the default): T is fitted on these predictions and folded into the model, so
     # the saved validation probabilities are the calibrated ones, at least as likely as before.
     temperature = metrics["calibration"]["temperature"]
-    assert run_info["temperature"] == temperature != 1.0
+    assert run_info.temperature == temperature != 1.0
     assert run.data.metrics["temperature"] == pytest.approx(temperature)
-    true, calibrated = read_predictions(first.validation_predictions)
+    label_indices, calibrated = read_predictions(first.validation_predictions)
     uncalibrated = rescale(calibrated, 1 / temperature)
-    assert negative_log_likelihood(true, calibrated) <= negative_log_likelihood(true, uncalibrated)
+    assert negative_log_likelihood(label_indices, calibrated) <= negative_log_likelihood(
+        label_indices, uncalibrated
+    )
 
     # The saved model's contract, and the logged model is the same model.
     model = keras.saving.load_model(first.model)
@@ -224,15 +228,15 @@ def test_training_run_is_tracked_per_epoch_and_reproducible(augmented_project, t
     probabilities = model.predict(images, verbose=0)
     assert probabilities.shape == (3, len(LABELS))
     assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
-    logged = mlflow.keras.load_model(run_info["model_uri"])
+    logged = mlflow.keras.load_model(run_info.model_uri)
     assert np.allclose(logged.predict(images, verbose=0), probabilities, atol=1e-6)
-    signature = mlflow.models.get_model_info(run_info["model_uri"]).signature
+    signature = mlflow.models.get_model_info(run_info.model_uri).signature
     assert signature.inputs.inputs[0].type == np.dtype("uint8")
 
     # Same params, same data: the same curves, to the last bit.
     second = TrainOutputs(**{k: tmp_path / "b" / v.name for k, v in vars(first).items()})
     rerun = run_training(params, AUGMENTED, second)
-    assert rerun["run_id"] != run_info["run_id"]
+    assert rerun.run_id != run_info.run_id
     pd.testing.assert_frame_equal(pd.read_csv(second.history), history)
 
 
@@ -333,7 +337,7 @@ def test_fine_tuning_trains_the_top_blocks_only_and_saves_a_plain_keras_model(
     # Saved without the per-backbone-rate optimizer: plain Keras and MLflow load it.
     model = keras.saving.load_model(outputs.model)
     assert getattr(model, "optimizer", None) is None
-    logged = mlflow.keras.load_model(run_info["model_uri"])
+    logged = mlflow.keras.load_model(run_info.model_uri)
     images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     np.testing.assert_allclose(
         logged.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-6

@@ -30,6 +30,7 @@ from melanoma.registry.promotion import (
     source_run,
 )
 from melanoma.tracking import configure_tracking
+from tests.helpers import train_run_info
 
 NAME = "melanoma-test"  # registry.model_name of the mlflow_project params
 
@@ -40,24 +41,28 @@ PROMOTION = PromotionParams(bootstrap_samples=300, confidence=0.95, seed=0)
 
 
 def _made_up(n: int = 400, signal: float = 1.5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(true, probabilities) of n images, half melanoma; `signal` sets how well P(melanoma)
+    """(label_indices, probabilities) of n images, half melanoma; `signal` sets how well P(melanoma)
     separates them (0: chance)."""
     rng = np.random.default_rng(seed)
-    true = np.where(np.arange(n) % 2 == 0, MELANOMA_INDEX, LABELS.index("nevus"))
-    score = rng.normal(0, 1, n) + signal * (true == MELANOMA_INDEX)
+    label_indices = np.where(np.arange(n) % 2 == 0, MELANOMA_INDEX, LABELS.index("nevus"))
+    score = rng.normal(0, 1, n) + signal * (label_indices == MELANOMA_INDEX)
     probabilities = np.full((n, len(LABELS)), 0.0)
     probabilities[:, MELANOMA_INDEX] = 1 / (1 + np.exp(-score))
     probabilities[:, LABELS.index("nevus")] = 1 - probabilities[:, MELANOMA_INDEX]
-    return true, probabilities
+    return label_indices, probabilities
 
 
-def _images(true: np.ndarray, probabilities: np.ndarray) -> ScoredImages:
-    sets = np.where(np.arange(len(true)) < len(true) // 4, "test", "external")
-    return ScoredImages(true, probabilities, sets)
+def _images(label_indices: np.ndarray, probabilities: np.ndarray) -> ScoredImages:
+    sets = np.where(np.arange(len(label_indices)) < len(label_indices) // 4, "test", "external")
+    return ScoredImages(label_indices, probabilities, sets)
 
 
-def _decide(challenger: np.ndarray, champion: np.ndarray, true: np.ndarray, margin: float = 0.0):
-    comparison = paired_bootstrap("melanoma_auc", _images(true, challenger), champion, PROMOTION)
+def _decide(
+    challenger: np.ndarray, champion: np.ndarray, label_indices: np.ndarray, margin: float = 0.0
+):
+    comparison = paired_bootstrap(
+        "melanoma_auc", _images(label_indices, challenger), champion, PROMOTION
+    )
     return comparison, decide_promotion("4", comparison, margin)
 
 
@@ -66,16 +71,16 @@ def test_first_version_becomes_champion():
 
 
 def test_an_identical_challenger_never_moves_the_alias():
-    true, probabilities = _made_up()
-    comparison, decision = _decide(probabilities, probabilities.copy(), true)
+    label_indices, probabilities = _made_up()
+    comparison, decision = _decide(probabilities, probabilities.copy(), label_indices)
     assert comparison.difference == comparison.low == comparison.high == 0.0
     assert not decision.promote and "not shown to be better" in decision.reason
 
 
 def test_a_clearly_better_challenger_moves_it_and_the_reason_says_by_how_much():
-    true, weak = _made_up(signal=0.3, seed=1)
+    label_indices, weak = _made_up(signal=0.3, seed=1)
     _, strong = _made_up(signal=2.5, seed=1)
-    comparison, decision = _decide(strong, weak, true)
+    comparison, decision = _decide(strong, weak, label_indices)
 
     assert comparison.low > 0.1 and decision.promote
     assert comparison.images == {"external": 300, "test": 100}
@@ -87,29 +92,31 @@ def test_a_clearly_better_challenger_moves_it_and_the_reason_says_by_how_much():
 
 def test_an_equal_model_with_other_noise_does_not_move_it():
     # Same skill, independent random errors: two trainings that differ only by their seed.
-    true, champion = _made_up(signal=1.5, seed=2)
+    label_indices, champion = _made_up(signal=1.5, seed=2)
     for seed in range(3, 8):
         _, challenger = _made_up(signal=1.5, seed=seed)
-        comparison, decision = _decide(challenger, champion, true)
+        comparison, decision = _decide(challenger, champion, label_indices)
         assert comparison.difference != 0
         assert not decision.promote
 
 
 def test_resampling_keeps_each_set_whole_and_is_seeded():
-    true, probabilities = _made_up(seed=3)
+    label_indices, probabilities = _made_up(seed=3)
     _, other = _made_up(seed=4)
-    first = paired_bootstrap("balanced_accuracy", _images(true, probabilities), other, PROMOTION)
+    first = paired_bootstrap(
+        "balanced_accuracy", _images(label_indices, probabilities), other, PROMOTION
+    )
     assert first == paired_bootstrap(
-        "balanced_accuracy", _images(true, probabilities), other, PROMOTION
+        "balanced_accuracy", _images(label_indices, probabilities), other, PROMOTION
     )
     assert first.samples == 300
 
 
 def test_undefined_metric_or_unscorable_champion():
-    true = np.full(20, MELANOMA_INDEX)  # no other class: no AUC in any draw
+    label_indices = np.full(20, MELANOMA_INDEX)  # no other class: no AUC in any draw
     _, probabilities = _made_up(20)
     comparison = paired_bootstrap(
-        "melanoma_auc", _images(true, probabilities), probabilities, PROMOTION
+        "melanoma_auc", _images(label_indices, probabilities), probabilities, PROMOTION
     )
     assert not decide_promotion("1", comparison, 0.0).promote
     assert decide_promotion("1", None, 0.0).promote  # the champion could not be scored
@@ -210,9 +217,9 @@ def test_the_same_model_keeps_its_version_and_its_decision_is_refreshed(mlflow_p
 
 
 def test_margin_comes_from_the_registry_params(mlflow_project, new_model):
-    true, probabilities = _made_up(seed=6)
+    label_indices, probabilities = _made_up(seed=6)
     _, better = _made_up(signal=2.0, seed=6)
-    images = _images(true, better)
+    images = _images(label_indices, better)
     gain = paired_bootstrap("melanoma_auc", images, probabilities, PROMOTION).low
     params = mlflow_project.registry.model_copy(update={"min_improvement": gain + 0.05})
     register_and_decide(*new_model(), params, "d", {}, images, lambda uri: None)
@@ -268,7 +275,7 @@ def test_source_run_is_the_training_run_when_the_store_has_it(
     mlflow_project, tiny_classifier, log_model
 ):
     run_id, uri = log_model(tiny_classifier())
-    info = {"run_id": run_id, "model_uri": uri, "image_size": 16}
+    info = train_run_info(run_id, uri)
     experiment_id = configure_tracking(mlflow_project.mlflow)
     assert source_run(info, experiment_id, "unused.keras", "unused.png") == (run_id, uri)
 
@@ -279,13 +286,13 @@ def test_missing_training_run_gets_a_new_run_with_the_model_file(
     paths, _ = evaluation_project
     model = tiny_classifier()
     model.save("model.keras")
-    info = {"run_id": "0" * 32, "model_uri": "models:/m-gone", "image_size": 16}
+    info = train_run_info("0" * 32, "models:/m-gone")
     experiment_id = configure_tracking(mlflow_project.mlflow)
 
     run_id, uri = source_run(info, experiment_id, "model.keras", paths[0])
 
-    assert run_id != info["run_id"]
-    assert mlflow.get_run(run_id).data.tags[SOURCE_RUN_TAG] == info["run_id"]
+    assert run_id != info.run_id
+    assert mlflow.get_run(run_id).data.tags[SOURCE_RUN_TAG] == info.run_id
     loaded = mlflow.keras.load_model(uri)
     images = np.zeros((2, 16, 16, 3), np.uint8)
     np.testing.assert_allclose(loaded.predict(images, verbose=0), model.predict(images, verbose=0))
@@ -294,16 +301,16 @@ def test_missing_training_run_gets_a_new_run_with_the_model_file(
 def test_champion_is_rescored_on_the_same_images(
     mlflow_project, tiny_classifier, log_model, evaluation_project
 ):
-    paths, true = evaluation_project
+    paths, label_indices = evaluation_project
     always_melanoma = np.full(len(LABELS), 0.02)
     always_melanoma[MELANOMA_INDEX] = 1 - 0.02 * (len(LABELS) - 1)
     _, uri = log_model(tiny_classifier(always_melanoma.tolist()))
     mlflow.register_model(uri, NAME)
 
-    probabilities = champion_probabilities(f"models:/{NAME}/1", paths, true, batch_size=4)
+    probabilities = champion_probabilities(f"models:/{NAME}/1", paths, label_indices, batch_size=4)
 
     np.testing.assert_allclose(probabilities, np.tile(always_melanoma, (len(paths), 1)), atol=1e-6)
-    assert champion_probabilities(f"models:/{NAME}/9", paths, true, 4) is None
+    assert champion_probabilities(f"models:/{NAME}/9", paths, label_indices, 4) is None
 
 
 def test_threshold_travels_with_the_registered_version(mlflow_project, model_uri):
