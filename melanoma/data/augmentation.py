@@ -17,8 +17,8 @@ from PIL import Image, ImageEnhance, ImageStat
 from tqdm import tqdm
 
 from melanoma.config import AugmentParams
-from melanoma.labels import LABELS
 from melanoma.data.manifest import USE
+from melanoma.labels import LABELS
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,8 @@ class AugmentationPlan:
     train: pd.DataFrame
     val: pd.DataFrame
     test: pd.DataFrame
-    copies: pd.DataFrame  # source, source_image_id, source_image_path, label, copy_index, image_path
+    # source, source_image_id, source_image_path, label, copy_index, image_path
+    copies: pd.DataFrame
 
 
 def usable_images(
@@ -226,7 +227,8 @@ def write_copies(copies: pd.DataFrame, params: AugmentParams) -> None:
 
 
 def augmented_manifest(plan: AugmentationPlan) -> pd.DataFrame:
-    """Every image the model sees, with split and lineage (melanoma.data.manifest.AUGMENTED_COLUMNS)."""
+    """Every image the model sees, with split and lineage
+    (melanoma.data.manifest.AUGMENTED_COLUMNS)."""
 
     def originals(rows: pd.DataFrame, split: str) -> pd.DataFrame:
         return pd.DataFrame(

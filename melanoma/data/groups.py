@@ -75,8 +75,10 @@ def image_groups(images: pd.DataFrame, near_pairs: pd.DataFrame) -> pd.Series:
     for values in keys.values():
         shared = values.dropna()
         # Link each image to the first of its key: a star per key is as connected as a clique.
-        first = pd.Series(shared.index, index=shared.index).groupby(shared.to_numpy()).transform(
-            "first"
+        first = (
+            pd.Series(shared.index, index=shared.index)
+            .groupby(shared.to_numpy())
+            .transform("first")
         )
         edges.append((position[shared.index].to_numpy(), position[first.to_numpy()].to_numpy()))
     rows = np.concatenate([a for a, _ in edges]).astype(np.int64)

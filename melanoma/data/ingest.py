@@ -50,7 +50,6 @@ import pandas as pd
 from tqdm import tqdm
 
 from melanoma.config import DataSource, FolderSource, IngestParams, TableSource
-from melanoma.paths import SOURCES_SUMMARY
 from melanoma.data import images, sources
 from melanoma.data.manifest import (
     ACCEPTED,
@@ -59,6 +58,7 @@ from melanoma.data.manifest import (
     write_manifest,
 )
 from melanoma.data.table_sources import MISSING_IMAGE, open_table_source
+from melanoma.paths import SOURCES_SUMMARY
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +99,7 @@ def safe_stem(stem: str) -> str:
     return cleaned or "image"
 
 
-def ingest(
-    data_sources: list[DataSource], output_dir: Path, params: IngestParams
-) -> pd.DataFrame:
+def ingest(data_sources: list[DataSource], output_dir: Path, params: IngestParams) -> pd.DataFrame:
     """Ingest every file of every source into output_dir; return the manifest it wrote."""
     check_source_paths(data_sources)
     manifests = []

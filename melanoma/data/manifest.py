@@ -43,7 +43,8 @@ VALIDATED_COLUMNS = [
     "decision",  # use | drop
     "decision_reason",  # why dropped: label_conflict, leak, duplicate, ingest:<reason>, ...
     "duplicate_group",  # the pixel hash shared with other images, empty if none
-    "group",  # copies, one lesion's images, near-duplicates (melanoma.data.groups); one side of a split
+    # copies, one lesion's images, near-duplicates (melanoma.data.groups): one side of a split
+    "group",
     "folder_label",  # the label of the class folder (ingest's label)
     "label_source",  # folder | reference: where `label` came from (empty if rejected at ingest)
     "reference_class",  # the class ISIC's ground truth gives the image, empty if none

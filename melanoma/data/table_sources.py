@@ -67,9 +67,7 @@ def open_table_source(source: TableSource, param: str) -> Source:
         elif file.path == table:
             files.append(replace(file, problem=LABEL_TABLE, detail="the source's label table"))
         elif not file.path.startswith(image_folder) or "/" in stem or stem not in by_id:
-            files.append(
-                replace(file, problem=NOT_IN_TABLE, detail=f"no row of {table} names it")
-            )
+            files.append(replace(file, problem=NOT_IN_TABLE, detail=f"no row of {table} names it"))
         else:
             listed.add(stem)
             files.append(_placed(file, by_id[stem], table, source))
@@ -161,7 +159,9 @@ def _placed(file: SourceFile, rows: pd.DataFrame, table: str, source: TableSourc
     placed = replace(file, split=source.split)
     usable = rows[rows["problem"] == ""]
     if usable.empty:
-        return replace(placed, problem=UNKNOWN_LABEL, detail=f"{in_table}: {rows['problem'].iloc[0]}")
+        return replace(
+            placed, problem=UNKNOWN_LABEL, detail=f"{in_table}: {rows['problem'].iloc[0]}"
+        )
     if usable["label"].nunique() > 1:
         return replace(
             placed,
@@ -181,7 +181,13 @@ def _placed(file: SourceFile, rows: pd.DataFrame, table: str, source: TableSourc
 
 def _warn(files: list[SourceFile], where: str) -> None:
     """One warning per kind of bad row, naming the first few (the manifest names them all)."""
-    table_problems = (NOT_IN_TABLE, UNKNOWN_LABEL, CONFLICTING_LABELS, MISSING_LESION_ID, MISSING_IMAGE)
+    table_problems = (
+        NOT_IN_TABLE,
+        UNKNOWN_LABEL,
+        CONFLICTING_LABELS,
+        MISSING_LESION_ID,
+        MISSING_IMAGE,
+    )
     for problem in table_problems:
         bad = [f for f in files if f.problem == problem]
         if bad:

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from melanoma.config import AugmentParams
 from melanoma.data.augmentation import (
     augment_image,
     augmented_manifest,
@@ -16,9 +17,8 @@ from melanoma.data.augmentation import (
     split_train_val,
     write_copies,
 )
-from melanoma.config import AugmentParams
-from melanoma.labels import LABELS
 from melanoma.data.manifest import VALIDATED_COLUMNS, read_manifest
+from melanoma.labels import LABELS
 
 VALIDATED = Path("data/validated/manifest.csv")
 OUT = Path("data/augmented")

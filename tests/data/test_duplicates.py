@@ -301,7 +301,10 @@ def test_one_copy_per_isic_id_and_no_lesion_on_both_sides_of_the_test_split(inge
     }
     group = manifest["group"]
     # Lesion L0 and the collection's copy of its image are one group, kept for training.
-    assert group["ham", "images/ISIC_0100000.jpg"] == group["isic", "Train/actinic_keratosis/ISIC_0000000.jpg"]
+    assert (
+        group["ham", "images/ISIC_0100000.jpg"]
+        == group["isic", "Train/actinic_keratosis/ISIC_0000000.jpg"]
+    )
     # The re-encoded copy is found by its pHash and grouped with its original.
     assert group["ham", "images/ISIC_0100009.jpg"] == group["isic", manifest.index[3][1]]
     [near] = checks.near_duplicates

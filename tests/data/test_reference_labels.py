@@ -7,13 +7,13 @@ import pytest
 
 from melanoma.config import DEFAULT_REFERENCE_CLASSES, ValidateParams
 from melanoma.data.duplicates import resolve_content
-from melanoma.labels import LABELS
 from melanoma.data.reference_labels import (
     ReferenceLabelsError,
     check_labels,
     isic_id,
     load_reference_labels,
 )
+from melanoma.labels import LABELS
 
 # The class column of each folder label's images in the default ingest_manifest rows.
 CLASS_OF = DEFAULT_REFERENCE_CLASSES

@@ -6,7 +6,6 @@ import pytest
 
 from melanoma.config import ValidateParams
 from melanoma.data.duplicates import resolve_content
-from melanoma.labels import LABELS
 from melanoma.data.validation import (
     SUITE_FILE,
     ExpectationResult,
@@ -15,6 +14,7 @@ from melanoma.data.validation import (
     load_suites,
     run_expectations,
 )
+from melanoma.labels import LABELS
 
 # The names (GX `description`) of the expectations in melanoma/data/expectations/manifest_suite.json
 LABELS_KNOWN = "labels within the nine"
