@@ -191,6 +191,7 @@ class AlertThreshold(Section):
     """The melanoma alert threshold and how it was chosen (`operating_point`)."""
 
     threshold: float
+    rule: str  # evaluate.operating_point.choose_on
     chosen_on: str  # in words, with the number of images
     target_sensitivity: float
     confidence: float

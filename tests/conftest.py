@@ -138,6 +138,7 @@ def _tiny_params() -> dict:
     raw["train"].update(
         architecture="resnet",
         freeze="none",
+        backbone_learning_rate=None,
         learning_rate=0.001,
         image_size=TINY_SIZE,
         filters=[8, 16],

@@ -16,7 +16,9 @@ def raw() -> dict:
     """The project's params with a resnet from scratch, which the cases below are written for
     (the default is a frozen, pretrained efficientnet_lite0)."""
     raw = yaml.safe_load(PARAMS_YAML.read_text())
-    raw["train"].update(architecture="resnet", image_size=64, freeze="none")
+    raw["train"].update(
+        architecture="resnet", image_size=64, freeze="none", backbone_learning_rate=None
+    )
     return raw
 
 

@@ -64,6 +64,7 @@ def _metrics_report() -> dict:
     return {
         "operating_point": {
             "threshold": 0.25,
+            "rule": "validation",
             "chosen_on": "the validation split (27 images)",
             "target_sensitivity": 0.85,
             "confidence": 0.95,

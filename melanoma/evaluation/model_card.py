@@ -408,9 +408,9 @@ def alert(report: MetricsReport) -> list[str]:
     lines = [
         "## Melanoma alert",
         "",
-        f"**MELANOMA ALERT** when P(melanoma) >= {number(point.threshold, 4)}, chosen on "
-        f"{point.chosen_on}: the highest threshold whose lower confidence bound of "
-        f"sensitivity reaches {number(point.target_sensitivity)} at confidence "
+        f"**MELANOMA ALERT** when P(melanoma) >= {number(point.threshold, 4)}, chosen by the "
+        f"rule `{point.rule}` on {point.chosen_on}: the highest threshold whose lower "
+        f"confidence bound of sensitivity reaches {number(point.target_sensitivity)} at confidence "
         f"{number(point.confidence)} ({number(point.caught)} of "
         f"{number(point.melanomas)} melanomas caught there, lower bound "
         f"{number(point.sensitivity_lower_bound)}; target reachable: "
@@ -427,7 +427,33 @@ def alert(report: MetricsReport) -> list[str]:
         ]
         for name, s in report.sections()
     ]
-    return lines + _table(["set", "melanomas", "sensitivity", "specificity", "below target"], rows)
+    lines += _table(["set", "melanomas", "sensitivity", "specificity", "below target"], rows)
+    return lines + rules_delivered(report)
+
+
+def rules_delivered(report: MetricsReport) -> list[str]:
+    """What each rule's threshold delivered on the reporting half of each external set: the
+    evidence for the rule this model uses."""
+    rows = [
+        [
+            f"`{rule}`" + (" (this model's)" if rule == report.operating_point.rule else ""),
+            number(result.threshold, 4),
+            name,
+            number(half.sensitivity),
+            number(half.specificity),
+        ]
+        for rule, result in report.threshold_rules.items()
+        for name, half in result.reporting_halves.items()
+    ]
+    if not rows:
+        return []
+    header = ["rule", "threshold", "reporting half of", "sensitivity", "specificity"]
+    return [
+        "",
+        "Every rule's threshold on the images none of them chose on:",
+        "",
+        *_table(header, rows),
+    ]
 
 
 def calibration(report: MetricsReport, training: TrainMetrics | None) -> list[str]:

@@ -122,6 +122,7 @@ class OperatingPointChoice:
         t = self.threshold
         return AlertThreshold(
             threshold=t.value,
+            rule=params.choose_on,
             chosen_on=self.chosen_on,
             target_sensitivity=params.target_sensitivity,
             confidence=params.confidence,

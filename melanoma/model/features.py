@@ -81,6 +81,11 @@ def cache_key(params: TrainParams, preprocess: PreprocessParams) -> dict | None:
     return key
 
 
+def views_per_split(params: TrainParams) -> dict[str, int]:
+    """Training images are cached in `train.views` views; validation images as they are."""
+    return {"train": params.views, "val": 1}
+
+
 def _key_file(params: TrainParams, preprocess: PreprocessParams) -> dict | None:
     key = cache_key(params, preprocess)
     return None if key is None else {**key, "views": params.views}
@@ -104,7 +109,7 @@ def write_feature_cache(
     if key is not None:
         manifest = read_manifest(manifest_path, AUGMENTED_COLUMNS)
         split_paths = {split: split_rows(manifest, split, manifest_path)[0] for split in SPLITS}
-        split_views = {"train": params.views, "val": 1}
+        split_views = views_per_split(params)
         store = FeatureStore(store_dir, key)
         content = {p: file_sha256(Path(p)) for paths in split_paths.values() for p in paths}
         wanted = {
@@ -229,11 +234,10 @@ def read_feature_cache(
                 "run `dvc repro features`"
             )
         features[split] = stored[f"{split}_features"]
-    views = {"train": params.views}
     for split, array in features.items():
-        if array.shape[1] != views.get(split, 1):
+        if array.shape[1] != views_per_split(params)[split]:
             raise FeatureCacheError(
                 f"{arrays_path}: {array.shape[1]} views of the {split} images, train params "
-                f"need {views.get(split, 1)}; run `dvc repro features`"
+                f"need {views_per_split(params)[split]}; run `dvc repro features`"
             )
     return features
