@@ -10,7 +10,6 @@ stage (`critical`) or is only reported (`warning`), so no code here knows which 
 import json
 import logging
 import shutil
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -24,7 +23,7 @@ from melanoma.data.duplicates import (
 from melanoma.data.manifest import ACCEPTED, INGEST_COLUMNS, USE
 from melanoma.data.reference_labels import DISAGREES, REFERENCE, ReferenceLabels
 from melanoma.labels import LABELS
-from melanoma.reports import ReferenceCheck, ValidationReport
+from melanoma.reports import ExpectationOutcome, ReferenceCheck, ValidationReport
 
 SUITE_FILE = Path(__file__).parent / "expectations" / "manifest_suite.json"
 SPLITS = ("train", "test")
@@ -35,17 +34,6 @@ UNEXPECTED_SHOWN = 20
 ROW_NAMES = {"manifest": ["source", "source_path"], "class_counts": ["label", "split"]}
 # Copies of one image in two sources named in the report; the validated manifest names them all.
 EXAMPLES_LISTED = 20
-
-
-@dataclass(frozen=True)
-class ExpectationResult:
-    suite: str
-    name: str
-    expectation: str
-    column: str | None
-    success: bool
-    critical: bool
-    observed_value: object
 
 
 def load_suites(path: Path = SUITE_FILE) -> dict[str, dict]:
@@ -118,7 +106,7 @@ def run_expectations(
     policy: ValidateParams,
     docs_dir: Path,
     suite_file: Path = SUITE_FILE,
-) -> list[ExpectationResult]:
+) -> list[ExpectationOutcome]:
     """Run the suites on a validated manifest and build GX Data Docs in `docs_dir`."""
     # GX logs hundreds of INFO lines about its own set-up; its warnings still come through.
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
@@ -177,9 +165,9 @@ def run_expectations(
     return results
 
 
-def _result(suite: str, result: dict) -> ExpectationResult:
+def _result(suite: str, result: dict) -> ExpectationOutcome:
     config = result["expectation_config"]
-    return ExpectationResult(
+    return ExpectationOutcome(
         suite=suite,
         name=config.get("description") or config["type"],
         expectation=config["type"],
@@ -204,7 +192,7 @@ def _observed_value(result: dict) -> object:
     return observed
 
 
-def critical_failures(expectations: list[ExpectationResult]) -> list[str]:
+def critical_failures(expectations: list[ExpectationOutcome]) -> list[str]:
     return [
         f"{e.suite}: {e.name} failed (observed: {json.dumps(e.observed_value, default=str)})"
         for e in expectations
@@ -213,7 +201,7 @@ def critical_failures(expectations: list[ExpectationResult]) -> list[str]:
 
 
 def build_report(
-    expectations: list[ExpectationResult],
+    expectations: list[ExpectationOutcome],
     checks: ContentChecks,
     policy: ValidateParams,
     reference: ReferenceLabels | None = None,
@@ -231,7 +219,7 @@ def build_report(
             "on_duplicate": policy.on_duplicate,
             "on_reference_disagreement": policy.on_reference_disagreement,
         },
-        "expectations": [asdict(e) for e in expectations],
+        "expectations": [e.to_dict() for e in expectations],
         "class_counts": {
             column: counts_by_label(counts, column) for column in ("accepted", "used")
         },

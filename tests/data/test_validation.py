@@ -8,13 +8,13 @@ from melanoma.config import ValidateParams
 from melanoma.data.duplicates import resolve_content
 from melanoma.data.validation import (
     SUITE_FILE,
-    ExpectationResult,
     class_counts,
     critical_failures,
     load_suites,
     run_expectations,
 )
 from melanoma.labels import LABELS
+from melanoma.reports import ExpectationOutcome
 
 # The names (GX `description`) of the expectations in melanoma/data/expectations/manifest_suite.json
 LABELS_KNOWN = "labels within the nine"
@@ -36,14 +36,14 @@ def policy(**changes) -> ValidateParams:
     return ValidateParams(**{**values, **changes})
 
 
-def validate(manifest: pd.DataFrame, tmp_path: Path, **changes) -> dict[str, ExpectationResult]:
+def validate(manifest: pd.DataFrame, tmp_path: Path, **changes) -> dict[str, ExpectationOutcome]:
     chosen = policy(**changes)
     checks = resolve_content(manifest, chosen)
     results = run_expectations(checks.manifest, chosen, tmp_path / "data_docs")
     return {r.name: r for r in results}
 
 
-def failed(results: dict[str, ExpectationResult]) -> set[str]:
+def failed(results: dict[str, ExpectationOutcome]) -> set[str]:
     return {name for name, r in results.items() if not r.success}
 
 
