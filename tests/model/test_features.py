@@ -21,7 +21,9 @@ NO_PREPROCESS = PreprocessParams()
 
 
 def _frozen(project: dict, **train) -> dict:
+    """The tiny project with a pretrained Lite0 frozen per `train`, without colour constancy."""
     project["train"].update(architecture="efficientnet_lite0", random_flip=False, **train)
+    project["preprocess"] = {"color_constancy": "none", "shades_of_gray_p": 6}
     return project
 
 
@@ -59,7 +61,7 @@ def test_the_cache_holds_every_view_of_training_images_and_validation_as_is(
     assert cached["train"].shape[:2] == (len(paths["train"]), 2)
     assert cached["val"].shape[:2] == (len(paths["val"]), 1)
     assert cached["train"].shape[2:] == (1, 1, 192)  # block 13's output at 32 px
-    extractor = frozen_part(build_model(params.train), params.train)
+    extractor = frozen_part(build_model(params.train, params.preprocess), params.train)
     images = tf.stack([load_image(p, params.train.image_size) for p in paths["train"][:3]])
     mirrored = extractor.predict(tf.image.flip_left_right(images), verbose=0)
     np.testing.assert_allclose(cached["train"][:3, 1], mirrored, rtol=1e-5, atol=1e-4)
