@@ -67,7 +67,7 @@ def test_a_head_only_experiment_reuses_the_features_of_a_frozen_backbone(pipelin
     key = json.loads((repo.root / "data/features/key.json").read_text())
     assert key["architecture"] == "efficientnet_lite0" and key["image_size"] == 32
     with np.load(repo.root / "data/features/features.npz") as cached:
-        assert cached["train_features"].shape[1] == 1280
+        assert cached["train_features"].shape[1:] == (1, 1280)  # (images, views, features)
 
     again = repo.run(
         "dvc", "exp", "run", "--name", "frozen-lr", *overrides, "-S", "train.learning_rate=0.01"

@@ -33,6 +33,7 @@ from melanoma.evaluation.report import (
     Lineage,
     OperatingPointChoice,
     set_section,
+    threshold_rules,
 )
 from melanoma.labels import LABELS, MELANOMA_INDEX
 from melanoma.reports import (
@@ -62,7 +63,7 @@ def _made_up_report(seed: int = 0) -> MetricsReport:
     chooser = rng.dirichlet(np.ones(len(LABELS)), len(chooser_true))
     threshold = choose_threshold(chooser_true, chooser, 0.85, 0.95)
     choice = OperatingPointChoice(threshold, "the validation split (54 images)", {})
-    sections = {}
+    sections, evaluation_sets, set_probabilities = {}, [], {}
     for name, labels in (("test", np.arange(len(LABELS))), ("ext2018", np.array([3, 4, 1]))):
         label_indices = np.repeat(labels, 5)
         probabilities = rng.dirichlet(np.ones(len(LABELS)) * 0.5, len(label_indices))
@@ -72,6 +73,11 @@ def _made_up_report(seed: int = 0) -> MetricsReport:
             name, [f"{i}.png" for i in range(len(label_indices))], [], label_indices
         )
         sections[name] = set_section(images, probabilities, threshold.value, 1.3, params, 30, seed)
+        evaluation_sets.append(images)
+        set_probabilities[name] = probabilities
+    rules = threshold_rules(
+        params, seed, (chooser_true, chooser), evaluation_sets, set_probabilities
+    )
     report = MetricsReport(
         operating_point=choice.describe(params),
         temperature=1.3,
@@ -79,7 +85,7 @@ def _made_up_report(seed: int = 0) -> MetricsReport:
         test=sections.pop("test"),
         external=sections,
         warnings=["test: a made-up warning with 1 figure 0.123"],
-        threshold_rules={},
+        threshold_rules=rules,
     )
     # As read back from the file: no numpy types.
     return MetricsReport.model_validate(json.loads(json.dumps(report.to_dict())))
@@ -188,11 +194,21 @@ def _section(card: str, heading: str) -> str:
     return card[start : end if end >= 0 else None]
 
 
+def _tables(text: str) -> list[tuple[list[str], list[list[str]]]]:
+    """Every Markdown table in text, in order: (header, rows of cells)."""
+    tables, lines = [], []
+    for line in [*text.splitlines(), ""]:
+        if line.strip().startswith("|"):
+            lines.append([c.strip() for c in line.strip().strip("|").split("|")])
+        elif lines:
+            tables.append((lines[0], lines[2:]))
+            lines = []
+    return tables
+
+
 def _table(text: str) -> tuple[list[str], list[list[str]]]:
-    """The first Markdown table in text: (header, rows of cells)."""
-    lines = [line.strip() for line in text.splitlines() if line.strip().startswith("|")]
-    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
-    return cells[0], cells[2:]
+    """The first Markdown table in text."""
+    return _tables(text)[0]
 
 
 def _assert_cell(cell: str, section: dict, name: str) -> None:
@@ -234,6 +250,23 @@ def assert_tables_match_report(card: str, report: MetricsReport) -> None:
         _assert_cell(sensitivity, section, "melanoma_sensitivity")
         _assert_cell(specificity, section, "melanoma_specificity")
         assert below == ("yes" if section["alert_below_target"] else "no")
+    # What every threshold rule delivered on each reporting half, the model's own rule marked.
+    header, rows = _tables(alert)[1]
+    assert header == ["rule", "threshold", "reporting half of", "sensitivity", "specificity"]
+    delivered = [
+        (rule, result.threshold, name, half)
+        for rule, result in report.threshold_rules.items()
+        for name, half in result.reporting_halves.items()
+    ]
+    assert len(rows) == len(delivered) > 0
+    for row, (rule, threshold, name, half) in zip(rows, delivered, strict=True):
+        own = rule == report.operating_point.rule
+        assert row[0] == f"`{rule}`" + (" (this model's)" if own else "")
+        assert float(row[1]) == pytest.approx(threshold, abs=5e-5)
+        assert row[2] == name
+        assert [float(row[3]), float(row[4])] == pytest.approx(
+            [half.sensitivity, half.specificity], abs=5e-4
+        )
 
     _, rows = _table(_section(card, "## Calibration"))
     calibrated = [row for row in rows if row[0] in sections]
