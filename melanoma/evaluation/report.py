@@ -144,6 +144,19 @@ def choosing_halves(
     }
 
 
+def choosing_rows(
+    sets: list[EvaluationSet],
+    halves: dict[str, tuple[np.ndarray, np.ndarray]],
+    probabilities: dict[str, np.ndarray],
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Each split set's choosing half as (label indices, probabilities): what rules choose on."""
+    by_name = {s.name: s for s in sets}
+    return {
+        name: (by_name[name].label_indices[choose], probabilities[name][choose])
+        for name, (choose, _) in halves.items()
+    }
+
+
 def rule_threshold(
     rule: str,
     params: OperatingPoint,
@@ -220,11 +233,7 @@ def choose_operating_point(
         # The set the rule names chooses on its half even without two melanomas to report.
         chooser = next(s for s in sets if s.name == params.choose_on)
         halves = {chooser.name: split_halves(chooser.label_indices, seed)}
-    by_name = {s.name: s for s in sets}
-    choosers = {
-        name: (by_name[name].label_indices[choose], probabilities[name][choose])
-        for name, (choose, _) in halves.items()
-    }
+    choosers = choosing_rows(sets, halves, probabilities)
     threshold, chosen_on = rule_threshold(params.choose_on, params, validation, choosers)
     if params.choose_on != VALIDATION:
         for name, (choose, _) in halves.items():
@@ -267,10 +276,7 @@ def threshold_rules(
     """
     by_name = {s.name: s for s in sets}
     halves = choosing_halves(sets, seed)
-    choosers = {
-        name: (by_name[name].label_indices[choose], probabilities[name][choose])
-        for name, (choose, _) in halves.items()
-    }
+    choosers = choosing_rows(sets, halves, probabilities)
     rules = {}
     for rule in [VALIDATION, *choosers, *((POOLED, SHIFT_MARGIN) if choosers else ())]:
         threshold, _ = rule_threshold(rule, params, validation, choosers)
