@@ -129,19 +129,25 @@ def _probability(text: str) -> float:
 
 
 def _load_model(reference: str | None, params: Params):
-    from melanoma.model.predict import is_mlflow_uri, load_model
+    """(reference, Keras model, its unfamiliar-image detector or None)."""
+    from melanoma.model.predict import is_mlflow_uri, load_model_and_detector
     from melanoma.tracking import configure_tracking
 
     reference = reference or f"models:/{params.registry.model_name}@champion"
     if is_mlflow_uri(reference) or Path(reference).is_dir():
         configure_tracking(params.mlflow)
     log.info("loading model %s", reference)
-    return reference, load_model(reference)
+    model, detector = load_model_and_detector(reference)
+    if detector is None:
+        log.warning(
+            "%s carries no unfamiliar-image detector: answers say unfamiliar null", reference
+        )
+    return reference, model, detector
 
 
 def _images_and_model(args: argparse.Namespace, params: Params) -> tuple | int:
-    """(image files, model reference, model) for `args.paths` and `args.model`, or the exit
-    code if there is no image or no model."""
+    """(image files, model reference, model, detector) for `args.paths` and `args.model`, or
+    the exit code if there is no image or no model."""
     from melanoma.model.predict import ModelLoadError, find_images, model_input_size
 
     files = find_images(args.paths)
@@ -149,12 +155,12 @@ def _images_and_model(args: argparse.Namespace, params: Params) -> tuple | int:
         log.error("no image files in %s", ", ".join(args.paths))
         return SOME_FILES_FAILED
     try:
-        reference, model = _load_model(args.model, params)
+        reference, model, detector = _load_model(args.model, params)
         model_input_size(model)  # a model that does not take RGB squares fails here, once
     except ModelLoadError as error:
         log.error("%s", error)
         return CANNOT_RUN
-    return files, reference, model
+    return files, reference, model, detector
 
 
 def _predict(args: argparse.Namespace, params: Params) -> int:
@@ -167,7 +173,7 @@ def _predict(args: argparse.Namespace, params: Params) -> int:
     loaded = _images_and_model(args, params)
     if isinstance(loaded, int):
         return loaded
-    files, reference, model = loaded
+    files, reference, model, detector = loaded
     threshold = args.threshold
     if threshold is None:
         # The version's own threshold: params.yaml may have changed since it was registered.
@@ -187,7 +193,7 @@ def _predict(args: argparse.Namespace, params: Params) -> int:
     if isinstance(explainer, int):
         return explainer
     predictions = predict_files(
-        model, files, params.ingest.image_size, params.ingest.max_image_pixels
+        model, files, params.ingest.image_size, params.ingest.max_image_pixels, detector
     )
     overlays: list[str | None] = [None] * len(predictions)
     if explainer is not None:
@@ -247,6 +253,11 @@ def _text_output(
     if prediction.melanoma_alert(threshold):
         probability = prediction.melanoma_probability
         line += f"  MELANOMA ALERT: P(melanoma) {probability:.3f} >= {threshold:.4g}"
+    if prediction.unfamiliar:
+        line += (
+            f"  UNFAMILIAR: unlike the training images (score {prediction.unfamiliar_score:.3g}),"
+            " the answer may be meaningless"
+        )
     line += "\n  " + ", ".join(f"{label} {p:.3f}" for label, p in ranked)
     return line + (f"\n  overlay: {overlay}" if overlay else "")
 
@@ -262,6 +273,8 @@ def _json_output(reference: str, threshold: float, predictions: list["ImagePredi
                     "probabilities": prediction.probabilities,
                     "melanoma_probability": prediction.melanoma_probability,
                     "melanoma_alert": prediction.melanoma_alert(threshold),
+                    "unfamiliar": prediction.unfamiliar,
+                    "unfamiliar_score": prediction.unfamiliar_score,
                 }
             )
         else:

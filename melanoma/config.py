@@ -481,6 +481,33 @@ class PreprocessParams(_Section):
     shades_of_gray_p: float = Field(6.0, ge=1, le=32)
 
 
+class UnfamiliarParams(_Section):
+    """The unfamiliar-image warning (melanoma.sites.unfamiliar), fitted by `train`."""
+
+    depth: str = Field(
+        "pooled",
+        min_length=1,
+        description="where the score looks in efficientnet_lite0: `pooled` (the classifier's "
+        "features) or a backbone layer such as block14_add; other architectures: pooled",
+    )
+    neighbours: int = Field(10, ge=1, description="k of the distance to the k-th nearest")
+    fit_images: int = Field(2000, ge=50, description="training images the score compares with")
+    validation_flagged: float = Field(
+        0.002, gt=0, lt=0.5, description="share of the validation split above the threshold"
+    )
+
+
+class SiteParams(_Section):
+    """A clinic's own alert threshold (`melanoma site calibrate`, melanoma.sites)."""
+
+    target_sensitivity: float = Field(
+        0.80, gt=0.5, lt=1, description="promised on the site's images beyond its sample"
+    )
+    confidence: float = Field(
+        0.90, gt=0.5, lt=1, description="how often the promise holds over samples"
+    )
+
+
 class Params(_Section):
     data: DataParams
     ingest: IngestParams
@@ -491,6 +518,8 @@ class Params(_Section):
     evaluate: EvaluateParams
     registry: RegistryParams
     serve: ServeParams = ServeParams()
+    unfamiliar: UnfamiliarParams = UnfamiliarParams()
+    sites: SiteParams = SiteParams()
     mlflow: MlflowParams
 
     @model_validator(mode="after")

@@ -20,6 +20,8 @@ FEATURES_DIR = Path("data/features")
 FEATURE_STORE_DIR = Path("data/feature_store")
 
 MODEL_FILE = Path("models/model.keras")
+# the unfamiliar-image score's Gaussians and threshold (melanoma.sites.unfamiliar), beside the model
+UNFAMILIAR_FILE = Path("models/unfamiliar.npz")
 RUN_FILE = Path("models/run.json")  # which MLflow run and logged model `train` made
 TRAIN_METRICS = Path("reports/train_metrics.json")
 TRAIN_HISTORY = Path("reports/train_history.csv")

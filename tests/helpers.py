@@ -89,9 +89,11 @@ def train_run_info(run_id: str, model_uri: str, temperature: float = 1.0) -> Run
 
 
 def write_train_outputs(model, run_id: str, model_uri: str, temperature: float = 1.0) -> None:
-    """models/ as the train stage leaves it, for `model` logged in run_id as model_uri."""
+    """models/ as the train stage leaves it, for `model` logged in run_id as model_uri (its
+    unfamiliar-image detector fitted on noise images)."""
     Path("models").mkdir(exist_ok=True)
     model.save(paths.MODEL_FILE)
+    fitted_detector(model, noise_images(40, model.input_shape[1])).save(paths.UNFAMILIAR_FILE)
     train_run_info(run_id, model_uri, temperature).write(paths.RUN_FILE)
 
 
@@ -104,3 +106,21 @@ def melanoma_scores(melanoma: list[float], other: list[float]) -> tuple[np.ndarr
     probabilities[:, MELANOMA_INDEX] = melanoma + other
     probabilities[:, LABELS.index("nevus")] = 1 - probabilities[:, MELANOMA_INDEX]
     return label_indices, probabilities
+
+
+def fitted_detector(model, familiar: np.ndarray, neighbours: int = 3, flagged: float = 0.1):
+    """An unfamiliar-image detector of `model` at its pooled features, fitted and thresholded
+    on uint8 images `familiar` (n, size, size, 3): the first half fits, the rest sets the
+    threshold."""
+    from melanoma.sites.unfamiliar import POOLED, fit_detector, probe
+
+    _, features = probe(model, POOLED).predict_on_batch(familiar)
+    half = len(familiar) // 2
+    return fit_detector(features[:half], features[half:], POOLED, neighbours, flagged)
+
+
+def noise_images(n: int, size: int, seed: int = 0) -> np.ndarray:
+    """n uint8 images of uniform noise, like the `image_bytes` fixture's: their mean colours
+    are all near mid-grey."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, size, size, 3)).astype(np.uint8)

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from PIL import Image
 
 from melanoma.cli import CANNOT_RUN, OK, SOME_FILES_FAILED, main
 from melanoma.registry.promotion import THRESHOLD_TAG, Decision, record_decision
+from tests.helpers import fitted_detector, noise_images
 
 ROOT = Path(__file__).resolve().parents[1]
 CONSTANT = [0.05, 0.05, 0.05, 0.5, 0.1, 0.1, 0.05, 0.05, 0.05]  # P(melanoma) = 0.5
@@ -82,6 +84,45 @@ def test_predict_json_with_a_model_file_needs_a_threshold(photos, keras_file, ca
     assert code == SOME_FILES_FAILED
     (failure,) = json.loads(capsys.readouterr().out)["predictions"]
     assert failure["reason"] == "not_an_image" and failure["path"] == "notes.jpg"
+
+
+def test_predict_warns_of_an_unfamiliar_image_beside_the_alert(
+    photos, tiny_classifier, capsys, caplog
+):
+    model = tiny_classifier()  # answers by mean colour
+    model.save("model.keras")
+    solid = Path("solid.png")
+    Image.new("RGB", (40, 40), (200, 20, 20)).save(solid)
+    command = [
+        "predict",
+        str(photos[0]),
+        str(solid),
+        "--model",
+        "model.keras",
+        "--threshold",
+        "0.01",
+    ]
+
+    # No detector beside the model file: the answer says so rather than guessing.
+    assert main([*command, "--json"]) == OK
+    first = json.loads(capsys.readouterr().out)["predictions"][0]
+    assert first["unfamiliar"] is None and first["unfamiliar_score"] is None
+    assert "model.keras carries no unfamiliar-image detector" in caplog.text
+
+    # Beside it, as `train` writes models/: the noisy photo is familiar, the solid red is not.
+    fitted_detector(model, noise_images(40, 16)).save(Path("unfamiliar.npz"))
+    assert main([*command, "--json"]) == OK
+    photo, red = json.loads(capsys.readouterr().out)["predictions"]
+    assert (photo["unfamiliar"], red["unfamiliar"]) == (False, True)
+    assert red["unfamiliar_score"] > photo["unfamiliar_score"]
+    assert isinstance(red["melanoma_alert"], bool)  # the alert is still given, beside it
+
+    assert main(command) == OK
+    lines = capsys.readouterr().out.splitlines()
+    assert "UNFAMILIAR" not in lines[0]
+    assert (
+        lines[2].startswith("solid.png: ") and "UNFAMILIAR: unlike the training images" in lines[2]
+    )
 
 
 def test_predict_uses_the_threshold_of_the_registered_version(photos, champion, capsys):

@@ -18,6 +18,7 @@ from melanoma.labels import LABELS, MELANOMA
 from melanoma.model.predict import predict_files, read_image, to_model_size
 from melanoma.model.serving import ServingConfig, log_served_model, request_body
 from melanoma.registry.promotion import Decision, record_decision
+from tests.helpers import fitted_detector, noise_images
 
 INGEST_SIZE, MAX_PIXELS = 32, 1_000_000
 CONFIG = dict(
@@ -56,10 +57,11 @@ def served(mlflow_project, tiny_classifier, image_bytes, tmp_path):
         p.probabilities[MELANOMA] for p in predict_files(model, paths, INGEST_SIZE, MAX_PIXELS)
     ]
     threshold = float(np.mean(sorted(melanoma)[:2]))  # one file under it, two at or above
+    detector_file = tmp_path / "unfamiliar.npz"
+    fitted_detector(model, noise_images(40, 16)).save(detector_file)
     with mlflow.start_run():
-        uri = log_served_model(
-            model, ServingConfig(melanoma_threshold=threshold, **CONFIG), paths[0]
-        ).model_uri
+        config = ServingConfig(melanoma_threshold=threshold, **CONFIG)
+        uri = log_served_model(model, detector_file, config, paths[0]).model_uri
     mlflow.register_model(uri, "melanoma-test")
     record_decision(mlflow.MlflowClient(), "melanoma-test", "1", Decision(True, "first"))
 
@@ -108,6 +110,18 @@ def test_files_and_pixels_get_the_predict_probabilities_and_the_alert(served):
     status, answer = post(url, json.dumps(frame).encode())
     assert status == 200, answer
     assert answer["predictions"][0]["probabilities"] == answers[1]["probabilities"]
+
+
+def test_an_image_unlike_the_training_images_is_answered_with_the_warning(served):
+    url, _, paths, _, _ = served
+    noise = request_body(paths[:1], MAX_PIXELS)["inputs"][0]
+    status, answer = post(url, json.dumps({"inputs": [noise, _png(40, 40)]}).encode())
+    assert status == 200, answer
+    like_training, solid_colour = answer["predictions"]
+    assert like_training["unfamiliar"] is False
+    assert solid_colour["unfamiliar"] is True
+    assert solid_colour["unfamiliar_score"] > like_training["unfamiliar_score"]
+    assert "melanoma_alert" in solid_colour  # the alert is still given beside the warning
 
 
 def _png(width: int, height: int) -> str:

@@ -20,6 +20,8 @@ from tqdm import tqdm
 from melanoma.data.dataset import make_dataset, resize_uint8
 from melanoma.data.images import ImageRejected, decode_rgb, square_resize
 from melanoma.labels import LABELS, MELANOMA
+from melanoma.paths import UNFAMILIAR_FILE
+from melanoma.sites.unfamiliar import DetectorFileError, UnfamiliarDetector, probe
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +29,8 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 UNREADABLE = "unreadable"
 BATCH_SIZE = 32  # images per model call: bounds memory, whatever the number of files
+# Where a served MLflow model (melanoma.model.serving) keeps its files: pyfunc's artifacts.
+ARTIFACTS_DIR = "artifacts"
 
 
 class ModelLoadError(Exception):
@@ -41,6 +45,10 @@ class ImagePrediction:
     probabilities: dict[str, float] | None = None
     reason: str | None = None
     error: str | None = None
+    # The unfamiliar-image score and whether it is above the model's threshold (None: the
+    # model carries no detector)
+    unfamiliar_score: float | None = None
+    unfamiliar: bool | None = None
 
     @property
     def ok(self) -> bool:
@@ -65,15 +73,32 @@ def is_mlflow_uri(reference: str) -> bool:
 def load_model(reference: str) -> keras.Model:
     """A Keras model from an MLflow URI (models:/name@alias, models:/name/3, runs:/id/model),
     a .keras file, or a directory holding an MLflow model."""
+    return load_model_and_detector(reference)[0]
+
+
+def load_model_and_detector(reference: str) -> tuple[keras.Model, UnfamiliarDetector | None]:
+    """The Keras model of `reference` (as `load_model`) and the unfamiliar-image detector
+    stored with it: in a served MLflow model, artifacts/unfamiliar.npz; beside a .keras file,
+    unfamiliar.npz (as `train` writes models/). None if there is none."""
     local = not is_mlflow_uri(reference)
     if local and not Path(reference).exists():
         raise ModelLoadError(f"model {reference}: no such file, and not an MLflow model URI")
     try:
         if local and Path(reference).is_file():
-            return keras.saving.load_model(reference)
-        return mlflow.keras.load_model(reference)
+            model = keras.saving.load_model(reference)
+            detector_file = Path(reference).with_name(UNFAMILIAR_FILE.name)
+        else:
+            folder = reference if local else mlflow.artifacts.download_artifacts(reference)
+            model = mlflow.keras.load_model(folder)
+            detector_file = Path(folder) / ARTIFACTS_DIR / UNFAMILIAR_FILE.name
     except Exception as error:  # MLflow, Keras and h5py each raise their own kinds
         raise ModelLoadError(f"model {reference} cannot be loaded: {error}") from error
+    if not detector_file.is_file():
+        return model, None
+    try:
+        return model, UnfamiliarDetector.load(detector_file)
+    except DetectorFileError as error:
+        raise ModelLoadError(f"model {reference}: {error}") from None
 
 
 def model_input_size(model: keras.Model) -> int:
@@ -135,11 +160,17 @@ def to_model_size(images: np.ndarray, size: int) -> np.ndarray:
 
 
 def predict_files(
-    model: keras.Model, paths: Sequence[Path], ingest_size: int, max_pixels: int
+    model: keras.Model,
+    paths: Sequence[Path],
+    ingest_size: int,
+    max_pixels: int,
+    detector: UnfamiliarDetector | None = None,
 ) -> list[ImagePrediction]:
     """One ImagePrediction per path, in order; unusable files get an error, the rest are
-    predicted in batches of BATCH_SIZE."""
+    predicted in batches of BATCH_SIZE. With a detector, each also gets its unfamiliar score,
+    from the same pass through the model."""
     size = model_input_size(model)
+    scorer = ImageScorer(model, detector)
     results: dict[int, ImagePrediction] = {}
     batches = _batches(list(enumerate(paths)), BATCH_SIZE)
     total = -(-len(paths) // BATCH_SIZE)
@@ -158,13 +189,29 @@ def predict_files(
         if not readable:
             continue
         images = to_model_size(np.stack([image for _, image in readable]), size)
-        probabilities = np.asarray(model.predict_on_batch(images), dtype=np.float64)
-        for (position, _), row in zip(readable, probabilities, strict=True):
+        probabilities, scores = scorer(images)
+        for index, (position, _) in enumerate(readable):
             results[position] = ImagePrediction(
                 str(paths[position]),
-                probabilities={label: float(p) for label, p in zip(LABELS, row, strict=True)},
+                probabilities=dict(zip(LABELS, map(float, probabilities[index]), strict=True)),
+                unfamiliar_score=None if scores is None else float(scores[index]),
+                unfamiliar=None if scores is None else bool(detector.is_unfamiliar(scores[index])),
             )
     return [results[position] for position in range(len(paths))]
+
+
+class ImageScorer:
+    """uint8 images -> (class probabilities, unfamiliar scores or None), in one model call."""
+
+    def __init__(self, model: keras.Model, detector: UnfamiliarDetector | None):
+        self.detector = detector
+        self.model = model if detector is None else probe(model, detector.depth)
+
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        if self.detector is None:
+            return np.asarray(self.model.predict_on_batch(images), dtype=np.float64), None
+        probabilities, features = self.model.predict_on_batch(images)
+        return np.asarray(probabilities, dtype=np.float64), self.detector.scores(features)
 
 
 def predict_split(

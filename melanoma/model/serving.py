@@ -41,17 +41,24 @@ import melanoma
 from melanoma.config import Params
 from melanoma.data.images import ImageRejected, decode_rgb
 from melanoma.labels import LABELS, MELANOMA
-from melanoma.model.predict import UNREADABLE, image_from_bytes, model_input_size, to_model_size
+from melanoma.model.predict import (
+    ARTIFACTS_DIR,
+    UNREADABLE,
+    image_from_bytes,
+    model_input_size,
+    to_model_size,
+)
 from melanoma.model.training import model_requirements
+from melanoma.sites.unfamiliar import UnfamiliarDetector, probe
 
 log = logging.getLogger(__name__)
 
 IMAGE_COLUMN = "image"
 SERVED_MODEL_ARTIFACT = "served_model"
 KERAS_ARTIFACT = "keras_model"
+UNFAMILIAR_ARTIFACT = "unfamiliar"
 # pyfunc copies each artifact to artifacts/<file name>; the keras flavor reads <data>/model.keras.
 KERAS_FILE = "model.keras"
-ARTIFACTS_DIR = "artifacts"
 # Reason codes of a refused request value, beside those of melanoma.data.images.
 NOT_BASE64 = "not_base64"
 TOO_LARGE = "too_large"
@@ -165,9 +172,14 @@ def request_images(values: Sequence, config: ServingConfig, model_size: int) -> 
     return np.stack(images)
 
 
-def answers(probabilities: np.ndarray, threshold: float) -> pd.DataFrame:
-    """One row per image: top label, P(melanoma), the alert at `threshold`, the threshold, and
-    the nine probabilities by label."""
+def answers(
+    probabilities: np.ndarray,
+    threshold: float,
+    unfamiliar_scores: np.ndarray,
+    detector: UnfamiliarDetector,
+) -> pd.DataFrame:
+    """One row per image: top label, P(melanoma), the alert at `threshold`, the threshold, the
+    nine probabilities by label, and whether the image is unfamiliar, with its score."""
     melanoma = probabilities[:, LABELS.index(MELANOMA)]
     return pd.DataFrame(
         {
@@ -178,6 +190,8 @@ def answers(probabilities: np.ndarray, threshold: float) -> pd.DataFrame:
             "probabilities": [
                 dict(zip(LABELS, map(float, row), strict=True)) for row in probabilities
             ],
+            "unfamiliar": detector.is_unfamiliar(unfamiliar_scores),
+            "unfamiliar_score": unfamiliar_scores,
         }
     )
 
@@ -212,20 +226,28 @@ with warnings.catch_warnings(record=True):
 
             self.config = ServingConfig(**context.model_config)
             model = keras.saving.load_model(context.artifacts[KERAS_ARTIFACT])
+            self.detector = UnfamiliarDetector.load(context.artifacts[UNFAMILIAR_ARTIFACT])
             self.model_size = model_input_size(model)
             shape = (None, self.model_size, self.model_size, 3)
-            # A fixed signature: traced once, whatever the batch size, and safe to call from the
-            # server's request threads at once.
-            self._probabilities = tf.function(
-                lambda images: model(images, training=False),
+            # Probabilities and the unfamiliar score's features in one pass. A fixed signature:
+            # traced once, whatever the batch size, and safe to call from the server's request
+            # threads at once.
+            scorer = probe(model, self.detector.depth)
+            self._outputs = tf.function(
+                lambda images: scorer(images, training=False),
                 input_signature=[tf.TensorSpec(shape, tf.uint8)],
             )
-            self._probabilities(np.zeros((1, *shape[1:]), np.uint8))
+            self._outputs(np.zeros((1, *shape[1:]), np.uint8))
 
         def predict(self, context, model_input, params=None) -> pd.DataFrame:
             images = request_images(_request_values(model_input), self.config, self.model_size)
-            probabilities = np.asarray(self._probabilities(images), dtype=np.float64)
-            return answers(probabilities, self.config.melanoma_threshold)
+            probabilities, features = (np.asarray(o) for o in self._outputs(images))
+            return answers(
+                probabilities.astype(np.float64),
+                self.config.melanoma_threshold,
+                self.detector.scores(features),
+                self.detector,
+            )
 
 
 def request_body(paths: Sequence[Path], max_pixels: int) -> dict[str, list[str]]:
@@ -257,6 +279,8 @@ def _signature() -> ModelSignature:
                 ColSpec(DataType.boolean, "melanoma_alert"),
                 ColSpec(DataType.double, "melanoma_threshold"),
                 ColSpec(probabilities, "probabilities"),
+                ColSpec(DataType.boolean, "unfamiliar"),
+                ColSpec(DataType.double, "unfamiliar_score"),
             ]
         ),
     )
@@ -280,8 +304,11 @@ def _save_served_model(path: str, mlflow_model: Model, **kwargs) -> None:
 _SERVED_FLAVOR = SimpleNamespace(__name__="mlflow.pyfunc", save_model=_save_served_model)
 
 
-def log_served_model(model: keras.Model, config: ServingConfig, example_file: Path) -> ModelInfo:
-    """Log the served model into the active run; register the returned model_uri.
+def log_served_model(
+    model: keras.Model, detector_file: Path, config: ServingConfig, example_file: Path
+) -> ModelInfo:
+    """Log the served model, with the unfamiliar-image detector of `detector_file`, into the
+    active run; register the returned model_uri.
 
     Its input example holds both kinds of `image` value: the base64 of `example_file` and the
     same image as pixels."""
@@ -301,7 +328,7 @@ def log_served_model(model: keras.Model, config: ServingConfig, example_file: Pa
             name=SERVED_MODEL_ARTIFACT,
             flavor=_SERVED_FLAVOR,
             python_model=MelanomaServedModel(),
-            artifacts={KERAS_ARTIFACT: str(model_file)},
+            artifacts={KERAS_ARTIFACT: str(model_file), UNFAMILIAR_ARTIFACT: str(detector_file)},
             code_paths=[str(Path(melanoma.__file__).parent)],
             model_config=asdict(config),
             signature=_signature(),

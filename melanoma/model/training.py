@@ -25,7 +25,7 @@ from mlflow.models import Model, ModelSignature, infer_signature
 from mlflow.models.model import ModelInfo
 
 from melanoma import paths
-from melanoma.config import Params, PreprocessParams, TrainParams, flatten
+from melanoma.config import Params, PreprocessParams, TrainParams, UnfamiliarParams, flatten
 from melanoma.data.dataset import make_dataset, split_rows
 from melanoma.data.manifest import (
     AUGMENTED_COLUMNS,
@@ -45,6 +45,7 @@ from melanoma.model.calibration import (
 )
 from melanoma.model.features import read_feature_cache
 from melanoma.reports import Calibration, EpochMetrics, FitSummary, RunInfo, TrainMetrics
+from melanoma.sites.unfamiliar import UnfamiliarDetector, fit_on_splits
 from melanoma.tracking import configure_tracking, experiment_run_tags, git_commit
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ class TrainOutputs:
     """Where the train stage writes (the outs, metrics and plots of dvc.yaml)."""
 
     model: Path = paths.MODEL_FILE
+    unfamiliar: Path = paths.UNFAMILIAR_FILE
     run_info: Path = paths.RUN_FILE
     metrics: Path = paths.TRAIN_METRICS
     history: Path = paths.TRAIN_HISTORY
@@ -541,12 +543,15 @@ class Trained:
     history: pd.DataFrame  # HISTORY_COLUMNS, one row per epoch
     metrics: TrainMetrics
     val_probabilities: np.ndarray
+    unfamiliar: UnfamiliarDetector
 
 
-def fit_and_calibrate(params: TrainParams, splits: Splits, setup: FitSetup) -> Trained:
+def fit_and_calibrate(
+    params: TrainParams, unfamiliar: UnfamiliarParams, splits: Splits, setup: FitSetup
+) -> Trained:
     """Fit (each epoch logged to the active MLflow run), then calibrate on the validation
     split and measure the saved model there: what params are chosen on, since only
-    `evaluate` reads the test split."""
+    `evaluate` reads the test split. Last, the unfamiliar-image score of the saved model."""
     tracker = EpochTracker()
     setup.fitted.fit(
         setup.train,
@@ -571,7 +576,10 @@ def fit_and_calibrate(params: TrainParams, splits: Splits, setup: FitSetup) -> T
         calibration=calibration,
         validation=validation_metrics(splits.val_labels, val_probabilities),
     )
-    return Trained(model, history, metrics, val_probabilities)
+    detector = fit_on_splits(
+        model, splits.train_paths, splits.val_paths, unfamiliar, params.batch_size, params.seed
+    )
+    return Trained(model, history, metrics, val_probabilities, detector)
 
 
 def run_name(params: TrainParams) -> str:
@@ -604,6 +612,7 @@ def log_trained(trained: Trained, splits: Splits, image_size: int) -> ModelInfo:
     mlflow.log_metrics(summary_metrics(trained.metrics))
     mlflow.log_figure(plot_curves(trained.history), "training_curves.png")
     mlflow.log_dict({"labels": list(LABELS)}, "labels.json")
+    mlflow.log_metric("unfamiliar_threshold", trained.unfamiliar.threshold)
     example = next(iter(make_dataset(splits.val_paths[:1], splits.val_labels[:1], image_size, 1)))
     return log_keras_model(trained.model, example[0].numpy())
 
@@ -614,6 +623,7 @@ def write_outputs(
     for path in vars(outputs).values():
         path.parent.mkdir(parents=True, exist_ok=True)
     trained.model.save(outputs.model)
+    trained.unfamiliar.save(outputs.unfamiliar)
     run_info.write(outputs.run_info)
     trained.metrics.write(outputs.metrics)
     trained.history.to_csv(outputs.history, index=False)
@@ -643,7 +653,7 @@ def run_training(
     experiment_id = configure_tracking(params.mlflow)
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name(train)) as run:
         log_run_inputs(params, manifest_path, splits, sources_file)
-        trained = fit_and_calibrate(train, splits, setup)
+        trained = fit_and_calibrate(train, params.unfamiliar, splits, setup)
         model_info = log_trained(trained, splits, train.image_size)
     run_info = RunInfo(
         run_id=run.info.run_id,

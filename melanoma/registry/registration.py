@@ -141,7 +141,8 @@ def log_served(params: Params, report: MetricsReport, example_file: Path) -> str
     active run; return its model URI."""
     model = keras.saving.load_model(paths.MODEL_FILE)
     threshold = report.operating_point.threshold
-    return log_served_model(model, serving_config(params, threshold), example_file).model_uri
+    config = serving_config(params, threshold)
+    return log_served_model(model, paths.UNFAMILIAR_FILE, config, example_file).model_uri
 
 
 def register_evaluated_model(params: Params, git_commit: str) -> Registration:

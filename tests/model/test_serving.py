@@ -7,7 +7,7 @@ import pytest
 
 from melanoma.data.images import ImageRejected
 from melanoma.labels import LABELS
-from melanoma.model.predict import predict_files
+from melanoma.model.predict import load_model_and_detector, predict_files
 from melanoma.model.serving import (
     IMAGE_COLUMN,
     RequestRefused,
@@ -17,6 +17,8 @@ from melanoma.model.serving import (
     request_body,
     request_images,
 )
+from melanoma.sites.unfamiliar import POOLED, UnfamiliarDetector
+from tests.helpers import fitted_detector, noise_images
 
 CONFIG = ServingConfig(
     melanoma_threshold=0.3,
@@ -77,8 +79,11 @@ def test_answers_hold_the_alert_at_the_threshold():
     probabilities = np.full((2, len(LABELS)), 0.05)
     probabilities[0, LABELS.index("melanoma")] = 0.6
     probabilities[1, LABELS.index("nevus")] = 0.6
-    table = answers(probabilities, 0.3)
+    detector = UnfamiliarDetector(POOLED, np.eye(3, dtype=np.float32), 1, threshold=0.5)
+    table = answers(probabilities, 0.3, np.array([0.9, 0.2]), detector)
     assert table["top_label"].tolist() == ["melanoma", "nevus"]
+    assert table["unfamiliar"].tolist() == [True, False]
+    assert table["unfamiliar_score"].tolist() == [0.9, 0.2]
     assert table["melanoma_alert"].tolist() == [True, False]
     assert table["melanoma_probability"].tolist() == [0.6, 0.05]
     assert table["probabilities"][1]["nevus"] == 0.6 and len(table["probabilities"][1]) == 9
@@ -101,8 +106,10 @@ def test_logged_served_model_is_pyfunc_and_keras_and_says_both_input_kinds(
     model = tiny_classifier()
     photo = tmp_path / "photo.png"
     photo.write_bytes(image_bytes(3, (50, 40), "PNG"))
+    detector_file = tmp_path / "unfamiliar.npz"
+    fitted_detector(model, noise_images(40, 16)).save(detector_file)
     with mlflow.start_run():
-        uri = log_served_model(model, CONFIG, photo).model_uri
+        uri = log_served_model(model, detector_file, CONFIG, photo).model_uri
 
     info = mlflow.models.get_model_info(uri)
     assert info.flavors["python_function"]["config"]["melanoma_threshold"] == 0.3
@@ -117,8 +124,14 @@ def test_logged_served_model_is_pyfunc_and_keras_and_says_both_input_kinds(
     keras_model = mlflow.keras.load_model(uri)
     np.testing.assert_array_equal(keras_model.get_weights()[0], model.get_weights()[0])
 
+    # The detector travels with it: `melanoma predict` reads the same one.
+    _, detector = load_model_and_detector(uri)
+    assert detector.threshold == fitted_detector(model, noise_images(40, 16)).threshold
+
     served = mlflow.pyfunc.load_model(uri).predict(example.to_frame())
-    expected = predict_files(model, [photo], 32, 1_000_000)[0]
+    expected = predict_files(model, [photo], 32, 1_000_000, detector)[0]
+    assert served["unfamiliar_score"].tolist() == pytest.approx([expected.unfamiliar_score] * 2)
+    assert served["unfamiliar"].tolist() == [expected.unfamiliar] * 2
     for row in range(2):  # the file and its pixels
         np.testing.assert_allclose(
             [served["probabilities"][row][label] for label in LABELS],

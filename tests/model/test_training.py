@@ -28,6 +28,7 @@ from melanoma.model.training import (
     sample_weights,
     training_summary,
 )
+from melanoma.sites.unfamiliar import POOLED, UnfamiliarDetector, pooled_features, probe
 from tests.helpers import train_params
 
 AUGMENTED = Path("data/augmented/manifest.csv")
@@ -161,6 +162,7 @@ def test_training_run_is_tracked_per_epoch_and_reproducible(augmented_project, t
     epochs = params.train.epochs
     first = TrainOutputs(
         model=tmp_path / "a/model.keras",
+        unfamiliar=tmp_path / "a/unfamiliar.npz",
         run_info=tmp_path / "a/run.json",
         metrics=tmp_path / "a/metrics.json",
         history=tmp_path / "a/history.csv",
@@ -232,6 +234,15 @@ def test_training_run_is_tracked_per_epoch_and_reproducible(augmented_project, t
     assert np.allclose(logged.predict(images, verbose=0), probabilities, atol=1e-6)
     signature = mlflow.models.get_model_info(run_info.model_uri).signature
     assert signature.inputs.inputs[0].type == np.dtype("uint8")
+
+    # The unfamiliar-image score beside the model: its threshold flags the validation share
+    # asked for (the tiny split: at most one image), and it is logged with the run.
+    detector = UnfamiliarDetector.load(first.unfamiliar)
+    assert detector.depth == POOLED  # a resnet has no EfficientNet-Lite0 block 14
+    val_paths = val_rows["image_path"].tolist()
+    features = pooled_features(probe(model, POOLED), val_paths, 32, batch_size=8)
+    assert detector.is_unfamiliar(detector.scores(features)).sum() <= 1
+    assert run.data.metrics["unfamiliar_threshold"] == pytest.approx(detector.threshold)
 
     # Same params, same data: the same curves, to the last bit.
     second = TrainOutputs(**{k: tmp_path / "b" / v.name for k, v in vars(first).items()})

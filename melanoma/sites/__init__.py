@@ -1,0 +1,1 @@
+"""A clinic (site) of its own: the unfamiliar-image warning, its operating point, drift."""

@@ -1,0 +1,181 @@
+"""The `unfamiliar` score: how far an image's features lie from the training split's.
+
+A chart, a screenshot, a blank or noisy image or a photograph still gets nine probabilities
+that sum to one, and often a melanoma alert. The score warns of such images. It is the cosine
+distance from the image's features to its k-th nearest neighbour among a seeded sample of the
+training split's (deep nearest neighbours, Sun et al. 2022), the features being the
+mean-pooled output of one layer of the network (`unfamiliar.depth`). The threshold flags
+`unfamiliar.validation_flagged` of the validation split.
+
+Measured on the pipeline's model (bench/unfamiliar.py, docs/evaluation.md), the default, block
+14 of EfficientNet-Lite0, flags every non-lesion image and almost no lesion image of a source
+the score was not fitted on; a Mahalanobis distance on the classifier's pooled features missed
+a quarter of the non-lesion images and flagged a fifth of the other source's lesions. Unfamiliar
+means "not a dermoscopic lesion image": a clinic's shift is the drift check's business.
+"""
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+from keras import layers
+
+from melanoma.config import UnfamiliarParams
+from melanoma.data.dataset import make_dataset
+from melanoma.model.architectures import OUTPUT_NAME
+from melanoma.model.efficientnet_lite import BACKBONE_NAME
+
+log = logging.getLogger(__name__)
+
+POOLED = "pooled"  # the features the classifier's last layer takes: every architecture has them
+
+
+class DetectorFileError(Exception):
+    """An unfamiliar-detector file that cannot be read; the message names it."""
+
+
+@dataclass(frozen=True)
+class UnfamiliarDetector:
+    """The training sample's unit-length features at `depth`, k and the threshold."""
+
+    depth: str
+    reference: np.ndarray  # (n, d), each row of unit length
+    neighbours: int
+    threshold: float
+
+    def scores(self, features: np.ndarray) -> np.ndarray:
+        """The score of each image (rows of `features`, taken at `depth`): 1 - the cosine
+        similarity to its k-th most similar training image."""
+        similarities = _unit_rows(features) @ self.reference.T
+        kth = np.partition(similarities, -self.neighbours, axis=1)[:, -self.neighbours]
+        return 1.0 - kth
+
+    def is_unfamiliar(self, scores: np.ndarray) -> np.ndarray:
+        return scores > self.threshold
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as file:
+            np.savez(
+                file,
+                depth=np.array(self.depth),
+                reference=self.reference.astype(np.float32),
+                neighbours=np.int64(self.neighbours),
+                threshold=np.float64(self.threshold),
+            )
+
+    @classmethod
+    def load(cls, path: Path) -> "UnfamiliarDetector":
+        try:
+            with np.load(path) as arrays:
+                return cls(
+                    depth=str(arrays["depth"]),
+                    reference=arrays["reference"],
+                    neighbours=int(arrays["neighbours"]),
+                    threshold=float(arrays["threshold"]),
+                )
+        except (OSError, KeyError, ValueError) as error:
+            raise DetectorFileError(
+                f"{path}: not an unfamiliar-image detector file ({error})"
+            ) from None
+
+
+def _unit_rows(features: np.ndarray) -> np.ndarray:
+    features = np.asarray(features, dtype=np.float32)
+    norms = np.linalg.norm(features, axis=1, keepdims=True)
+    return features / np.maximum(norms, 1e-12)
+
+
+def probe(model: keras.Model, depth: str) -> keras.Model:
+    """uint8 images -> [probabilities, the pooled features at `depth`], in one pass.
+
+    A `depth` other than POOLED is a layer of the EfficientNet-Lite0 backbone, its output
+    averaged over the image as the backbone pools its last one.
+    """
+    if depth == POOLED:
+        # What the softmax layer takes (after the dropout, which is the identity in inference).
+        return keras.Model(model.inputs, [model.output, model.layers[-1].input])
+    if not _has_lite0_backbone(model):
+        raise ValueError(f"unfamiliar.depth {depth}: model {model.name} has no {BACKBONE_NAME}")
+    backbone = model.get_layer(BACKBONE_NAME)
+    if depth not in {layer.name for layer in backbone.layers}:
+        raise ValueError(f"unfamiliar.depth: {depth} is not a layer of {BACKBONE_NAME}")
+    inside = layers.GlobalAveragePooling2D()(backbone.get_layer(depth).output)
+    # The backbone again, with the layer's pooled output as an output too; the head on top.
+    pooled, features = keras.Model(backbone.inputs, [backbone.output, inside])(
+        model.get_layer("scale").output
+    )
+    return keras.Model(model.inputs, [model.get_layer(OUTPUT_NAME)(pooled), features])
+
+
+def _has_lite0_backbone(model: keras.Model) -> bool:
+    return any(layer.name == BACKBONE_NAME for layer in model.layers)
+
+
+def fit_detector(
+    train_features: np.ndarray,
+    val_features: np.ndarray,
+    depth: str,
+    neighbours: int,
+    validation_flagged: float,
+) -> UnfamiliarDetector:
+    """The detector of the training features, its threshold above all but
+    `validation_flagged` of the validation scores."""
+    if len(train_features) < neighbours:
+        raise ValueError(
+            f"unfamiliar.neighbours={neighbours} exceeds the {len(train_features)} training "
+            "images the score is fitted on"
+        )
+    unthresholded = UnfamiliarDetector(depth, _unit_rows(train_features), neighbours, np.inf)
+    val_scores = unthresholded.scores(val_features)
+    threshold = float(np.quantile(val_scores, 1 - validation_flagged))
+    log.info(
+        "unfamiliar-image threshold %.4f: %d of %d validation images above it",
+        threshold,
+        np.sum(val_scores > threshold),
+        len(val_scores),
+    )
+    return UnfamiliarDetector(depth, unthresholded.reference, neighbours, threshold)
+
+
+def pooled_features(
+    extractor: keras.Model, image_paths: Sequence[str], image_size: int, batch_size: int
+) -> np.ndarray:
+    """The probe's features (n, d) of manifest images, read by the training input pipeline."""
+    labels = np.zeros(len(image_paths), int)
+    dataset = make_dataset(list(image_paths), labels, image_size, batch_size)
+    _probabilities, features = extractor.predict(
+        dataset.map(lambda images, _labels: images), verbose=0
+    )
+    return np.asarray(features)
+
+
+def fit_on_splits(
+    model: keras.Model,
+    train_paths: Sequence[str],
+    val_paths: Sequence[str],
+    params: UnfamiliarParams,
+    batch_size: int,
+    seed: int,
+) -> UnfamiliarDetector:
+    """The detector of a trained model: fitted on a seeded sample of `params.fit_images`
+    training images, its threshold set on the validation images. `params.depth` is a layer of
+    efficientnet_lite0's backbone: other architectures are scored on their pooled features."""
+    chosen = np.random.default_rng(seed).permutation(len(train_paths))[: params.fit_images]
+    fit_paths = [train_paths[i] for i in sorted(chosen)]
+    depth = params.depth if _has_lite0_backbone(model) else POOLED
+    extractor = probe(model, depth)
+    size = model.input_shape[1]
+    log.info(
+        "fitting the unfamiliar-image score at %s on %d training images", depth, len(fit_paths)
+    )
+    return fit_detector(
+        pooled_features(extractor, fit_paths, size, batch_size),
+        pooled_features(extractor, val_paths, size, batch_size),
+        depth,
+        params.neighbours,
+        params.validation_flagged,
+    )
