@@ -82,12 +82,19 @@ def _parser() -> argparse.ArgumentParser:
         "(last convolutional block) for melanoma and for the top class, and the probabilities "
         "(created if missing; checked writable before anything else)",
     )
-    predict.add_argument(
+    alert = predict.add_mutually_exclusive_group()
+    alert.add_argument(
         "--threshold",
         type=_probability,
         help="raise the melanoma alert when P(melanoma) >= this (default: the threshold "
         "evaluate chose for the registered version, its tag melanoma_threshold; required for "
         "a model file or a runs:/ URI, which carry none)",
+    )
+    alert.add_argument(
+        "--site",
+        metavar="NAME",
+        help="raise the alert at the threshold calibrated for this site and the registered "
+        "version (`melanoma site calibrate`)",
     )
     predict.set_defaults(handler=_predict)
 
@@ -104,6 +111,33 @@ def _parser() -> argparse.ArgumentParser:
     promote = commands.add_parser("promote", help="make a registered version the champion, by hand")
     promote.add_argument("version", help="version number of registry.model_name")
     promote.set_defaults(handler=_promote)
+
+    site = commands.add_parser(
+        "site",
+        help="a clinic's own alert threshold: calibrate it on a labelled sample, list them",
+        description="A site (a clinic) labels a sample of its own images; its alert threshold "
+        "is chosen on it and stored with the registry version (tag site.<NAME>).",
+    )
+    site_commands = site.add_subparsers(dest="site_command", required=True, metavar="ACTION")
+    calibrate = site_commands.add_parser(
+        "calibrate",
+        help="choose and store a site's threshold from a labelled folder <class>/<image>",
+        description="Score the labelled sample DIR (<class>/<image>, as the external sets) "
+        "with the version and store the site's threshold with it; calibrating again replaces "
+        "it. A sample that cannot support the promise (sites.target_sensitivity with "
+        "sites.confidence) is refused, naming the melanomas it would need, and nothing is "
+        "stored.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    calibrate.add_argument("name", metavar="NAME", help="the site: a plain identifier")
+    calibrate.add_argument("folder", type=Path, metavar="DIR", help="the labelled sample")
+    calibrate.add_argument(
+        "--version", help="version of registry.model_name (default: the champion)"
+    )
+    calibrate.set_defaults(handler=_site_calibrate)
+    listing = site_commands.add_parser("list", help="every version's sites and their figures")
+    listing.set_defaults(handler=_site_list)
 
     rollback = commands.add_parser(
         "rollback", help="give the champion alias back to the previous one"
@@ -175,7 +209,11 @@ def _predict(args: argparse.Namespace, params: Params) -> int:
         return loaded
     files, reference, model, detector = loaded
     threshold = args.threshold
-    if threshold is None:
+    if args.site is not None:
+        threshold = _site_threshold(reference, args.site)
+        if threshold is None:
+            return CANNOT_RUN
+    elif threshold is None:
         # The version's own threshold: params.yaml may have changed since it was registered.
         try:
             threshold = registered_threshold(reference)
@@ -202,7 +240,7 @@ def _predict(args: argparse.Namespace, params: Params) -> int:
         size, max_pixels = params.ingest.image_size, params.ingest.max_image_pixels
         overlays = write_overlays(explainer, predictions, size, max_pixels, threshold, args.explain)
     if args.json:
-        output = _json_output(reference, threshold, predictions)
+        output = _json_output(reference, threshold, predictions, args.site)
         if explainer is not None:
             pairs = zip(output["predictions"], predictions, overlays, strict=True)
             for item, prediction, overlay in pairs:
@@ -262,7 +300,9 @@ def _text_output(
     return line + (f"\n  overlay: {overlay}" if overlay else "")
 
 
-def _json_output(reference: str, threshold: float, predictions: list["ImagePrediction"]) -> dict:
+def _json_output(
+    reference: str, threshold: float, predictions: list["ImagePrediction"], site: str | None
+) -> dict:
     items = []
     for prediction in predictions:
         if prediction.ok:
@@ -281,7 +321,95 @@ def _json_output(reference: str, threshold: float, predictions: list["ImagePredi
             items.append(
                 {"path": prediction.path, "error": prediction.error, "reason": prediction.reason}
             )
-    return {"model": reference, "melanoma_threshold": threshold, "predictions": items}
+    head = {"model": reference} | ({"site": site} if site is not None else {})
+    return head | {"melanoma_threshold": threshold, "predictions": items}
+
+
+def _site_threshold(reference: str, site: str) -> float | None:
+    """The threshold of `site` for the version `reference` names; None (logged) if none."""
+    from mlflow import MlflowClient
+
+    from melanoma.registry.promotion import RegistryError
+    from melanoma.sites.registry import SiteError, site_for_reference
+
+    try:
+        version, record = site_for_reference(MlflowClient(), reference, site)
+    except (SiteError, RegistryError) as error:
+        log.error("%s", error)
+        return None
+    log.info("melanoma alert threshold %s, of site %s for v%s", record.threshold, site, version)
+    return record.threshold
+
+
+def _site_calibrate(args: argparse.Namespace, params: Params) -> int:
+    from mlflow import MlflowClient
+
+    from melanoma.model.predict import ModelLoadError, load_model
+    from melanoma.registry.promotion import RegistryError, registered_threshold
+    from melanoma.sites.calibration import calibrate_site
+    from melanoma.sites.operating_point import SiteSampleError
+    from melanoma.sites.registry import SiteError, check_site_name, resolve_version, store_site
+    from melanoma.tracking import configure_tracking
+
+    configure_tracking(params.mlflow)
+    client, name = MlflowClient(), params.registry.model_name
+    try:
+        check_site_name(args.name)
+        version = resolve_version(client, name, args.version)
+        reference = f"models:/{name}/{version}"
+        global_threshold = registered_threshold(reference)
+        model = load_model(reference)
+        record = calibrate_site(model, args.name, args.folder, global_threshold, params)
+    except (SiteError, RegistryError, ModelLoadError, SiteSampleError) as error:
+        log.error("%s; nothing stored", error)
+        return CANNOT_RUN
+    store_site(client, name, version, record)
+    print(
+        f"{name} v{version}: site {record.name}: alert at P(melanoma) >= {record.threshold:.4g} "
+        f"({record.images} images, {record.melanomas} melanomas; on the sample: sensitivity "
+        f"{record.sample_sensitivity:.3f}, specificity {record.sample_specificity:.3f}; the "
+        f"global {record.global_threshold:.4g} gives {record.global_sensitivity:.3f} / "
+        f"{record.global_specificity:.3f})"
+    )
+    return OK
+
+
+def _site_list(args: argparse.Namespace, params: Params) -> int:
+    import pandas as pd
+    from mlflow import MlflowClient
+
+    from melanoma.registry.promotion import RegistryError
+    from melanoma.sites.registry import all_sites
+    from melanoma.tracking import configure_tracking
+
+    configure_tracking(params.mlflow)
+    name = params.registry.model_name
+    try:
+        sites = all_sites(MlflowClient(), name)
+    except RegistryError as error:
+        log.error("%s", error)
+        return CANNOT_RUN
+    if not sites:
+        print(f"{name}: no site calibrated (`melanoma site calibrate NAME DIR`)")
+        return OK
+    table = pd.DataFrame(
+        {
+            "version": version,
+            "site": record.name,
+            "threshold": record.threshold,
+            "images": record.images,
+            "melanomas": record.melanomas,
+            "sensitivity": record.sample_sensitivity,
+            "specificity": record.sample_specificity,
+            "global sens.": record.global_sensitivity,
+            "global spec.": record.global_specificity,
+            "calibrated": record.calibrated_at,
+        }
+        for version, record in sites
+    )
+    print(f"{name}: sensitivity and specificity on each site's sample")
+    print(table.to_string(index=False, float_format=lambda value: f"{value:.3f}"))
+    return OK
 
 
 def _request(args: argparse.Namespace, params: Params) -> int:
