@@ -348,7 +348,13 @@ def _site_calibrate(args: argparse.Namespace, params: Params) -> int:
     from melanoma.registry.promotion import RegistryError, registered_threshold
     from melanoma.sites.calibration import calibrate_site
     from melanoma.sites.operating_point import SiteSampleError
-    from melanoma.sites.registry import SiteError, check_site_name, resolve_version, store_site
+    from melanoma.sites.registry import (
+        SiteError,
+        check_site_name,
+        refresh_card_sites,
+        resolve_version,
+        store_site,
+    )
     from melanoma.tracking import configure_tracking
 
     configure_tracking(params.mlflow)
@@ -364,6 +370,7 @@ def _site_calibrate(args: argparse.Namespace, params: Params) -> int:
         log.error("%s; nothing stored", error)
         return CANNOT_RUN
     store_site(client, name, version, record)
+    refresh_card_sites(client, name, version)
     print(
         f"{name} v{version}: site {record.name}: alert at P(melanoma) >= {record.threshold:.4g} "
         f"({record.images} images, {record.melanomas} melanomas; on the sample: sensitivity "

@@ -124,3 +124,24 @@ def noise_images(n: int, size: int, seed: int = 0) -> np.ndarray:
     are all near mid-grey."""
     rng = np.random.default_rng(seed)
     return rng.integers(0, 256, (n, size, size, 3)).astype(np.uint8)
+
+
+def site_record(name: str, threshold: float):
+    """A SiteRecord as `melanoma site calibrate` stores it, with made-up sample figures."""
+    from melanoma.sites.registry import SiteRecord
+
+    return SiteRecord(
+        name=name,
+        threshold=threshold,
+        images=200,
+        melanomas=20,
+        sample_sensitivity=0.95,
+        sample_specificity=0.6,
+        global_threshold=0.5,
+        global_sensitivity=0.7,
+        global_specificity=0.8,
+        target_sensitivity=0.8,
+        confidence=0.9,
+        folder="/data/sample",
+        calibrated_at="2026-12-07T10:00:00+00:00",
+    )

@@ -18,7 +18,8 @@ from melanoma.labels import LABELS, MELANOMA
 from melanoma.model.predict import predict_files, read_image, to_model_size
 from melanoma.model.serving import ServingConfig, log_served_model, request_body
 from melanoma.registry.promotion import Decision, record_decision
-from tests.helpers import fitted_detector, noise_images
+from melanoma.sites.registry import store_site
+from tests.helpers import fitted_detector, noise_images, site_record
 
 INGEST_SIZE, MAX_PIXELS = 32, 1_000_000
 CONFIG = dict(
@@ -181,3 +182,28 @@ def test_bad_requests_get_a_400_naming_the_problem_and_the_next_one_is_answered(
     status, answer = post(url, inputs(good))
     assert status == 200 and len(answer["predictions"]) == 1
     assert _snapshot(*server_folders) == files_before
+
+
+def test_a_site_field_raises_the_alert_at_that_sites_threshold(served):
+    url, model, paths, threshold, _ = served
+    melanoma = [
+        p.probabilities[MELANOMA] for p in predict_files(model, paths, INGEST_SIZE, MAX_PIXELS)
+    ]
+    body = request_body(paths, MAX_PIXELS)
+
+    # Calibrated while the server runs: the next request sees it.
+    site_threshold = max(melanoma) + 1e-6  # above every file: no alert at this site
+    store_site(mlflow.MlflowClient(), "melanoma-test", "1", site_record("clinic_a", site_threshold))
+    status, answer = post(url, json.dumps(body | {"params": {"site": "clinic_a"}}).encode())
+    assert status == 200, answer
+    for got in answer["predictions"]:
+        assert got["site"] == "clinic_a"
+        assert got["melanoma_threshold"] == pytest.approx(site_threshold)
+        assert got["melanoma_alert"] is False
+
+    status, answer = post(url, json.dumps(body).encode())  # no site: the global threshold
+    assert status == 200 and answer["predictions"][0]["melanoma_threshold"] == threshold
+
+    status, answer = post(url, json.dumps(body | {"params": {"site": "clinic_b"}}).encode())
+    assert status == 400
+    assert "melanoma-test v1 has no site 'clinic_b'; its sites: clinic_a" in answer["message"]

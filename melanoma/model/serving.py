@@ -35,7 +35,16 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.models.model import ModelInfo
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
-from mlflow.types.schema import AnyType, ColSpec, DataType, Object, Property, Schema
+from mlflow.types.schema import (
+    AnyType,
+    ColSpec,
+    DataType,
+    Object,
+    ParamSchema,
+    ParamSpec,
+    Property,
+    Schema,
+)
 
 import melanoma
 from melanoma.config import Params
@@ -49,11 +58,13 @@ from melanoma.model.predict import (
     to_model_size,
 )
 from melanoma.model.training import model_requirements
+from melanoma.sites.registry import SiteError, served_site
 from melanoma.sites.unfamiliar import UnfamiliarDetector, probe
 
 log = logging.getLogger(__name__)
 
 IMAGE_COLUMN = "image"
+SITE_PARAM = "site"  # {"inputs": [...], "params": {"site": "clinic_a"}}: that site's threshold
 SERVED_MODEL_ARTIFACT = "served_model"
 KERAS_ARTIFACT = "keras_model"
 UNFAMILIAR_ARTIFACT = "unfamiliar"
@@ -177,9 +188,11 @@ def answers(
     threshold: float,
     unfamiliar_scores: np.ndarray,
     detector: UnfamiliarDetector,
+    site: str | None = None,
 ) -> pd.DataFrame:
-    """One row per image: top label, P(melanoma), the alert at `threshold`, the threshold, the
-    nine probabilities by label, and whether the image is unfamiliar, with its score."""
+    """One row per image: top label, P(melanoma), the alert at `threshold` (the site's, if
+    one is named), the threshold, the site, the nine probabilities by label, and whether the
+    image is unfamiliar, with its score."""
     melanoma = probabilities[:, LABELS.index(MELANOMA)]
     return pd.DataFrame(
         {
@@ -187,6 +200,7 @@ def answers(
             "melanoma_probability": melanoma,
             "melanoma_alert": melanoma >= threshold,
             "melanoma_threshold": threshold,
+            "site": site,
             "probabilities": [
                 dict(zip(LABELS, map(float, row), strict=True)) for row in probabilities
             ],
@@ -225,6 +239,9 @@ with warnings.catch_warnings(record=True):
             import tensorflow as tf
 
             self.config = ServingConfig(**context.model_config)
+            # The run and logged model this is: a site's threshold is looked up by them in
+            # the registry, at request time, so a site calibrated while serving is answered.
+            self.logged = Model.load(Path(context.artifacts[KERAS_ARTIFACT]).parents[1])
             model = keras.saving.load_model(context.artifacts[KERAS_ARTIFACT])
             self.detector = UnfamiliarDetector.load(context.artifacts[UNFAMILIAR_ARTIFACT])
             self.model_size = model_input_size(model)
@@ -240,13 +257,23 @@ with warnings.catch_warnings(record=True):
             self._outputs(np.zeros((1, *shape[1:]), np.uint8))
 
         def predict(self, context, model_input, params=None) -> pd.DataFrame:
+            site = (params or {}).get(SITE_PARAM) or None
+            threshold = self.config.melanoma_threshold
+            if site is not None:
+                try:
+                    threshold = served_site(
+                        self.logged.run_id, self.logged.model_id, site
+                    ).threshold
+                except SiteError as error:
+                    raise RequestRefused(str(error)) from None
             images = request_images(_request_values(model_input), self.config, self.model_size)
             probabilities, features = (np.asarray(o) for o in self._outputs(images))
             return answers(
                 probabilities.astype(np.float64),
-                self.config.melanoma_threshold,
+                threshold,
                 self.detector.scores(features),
                 self.detector,
+                site,
             )
 
 
@@ -278,11 +305,14 @@ def _signature() -> ModelSignature:
                 ColSpec(DataType.double, "melanoma_probability"),
                 ColSpec(DataType.boolean, "melanoma_alert"),
                 ColSpec(DataType.double, "melanoma_threshold"),
+                ColSpec(DataType.string, "site", required=False),
                 ColSpec(probabilities, "probabilities"),
                 ColSpec(DataType.boolean, "unfamiliar"),
                 ColSpec(DataType.double, "unfamiliar_score"),
             ]
         ),
+        # "" is no site: the version's global threshold.
+        params=ParamSchema([ParamSpec(SITE_PARAM, DataType.string, "")]),
     )
 
 

@@ -48,6 +48,7 @@ from melanoma.registry.promotion import (
     version_tags,
 )
 from melanoma.reports import MetricsReport, RunInfo
+from melanoma.sites.registry import refresh_card_sites
 from melanoma.tracking import configure_tracking
 
 log = logging.getLogger(__name__)
@@ -184,6 +185,8 @@ def register_evaluated_model(params: Params, git_commit: str) -> Registration:
             images,
             champion_scorer(params, images),
         )
+        # A re-registered version keeps its sites in its card.
+        refresh_card_sites(MlflowClient(), params.registry.model_name, version)
         registration = Registration(
             model_name=params.registry.model_name,
             version=version,

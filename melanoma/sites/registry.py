@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from melanoma.registry.promotion import MODEL_URI, RegistryError, champion_version
 
 SITE_TAG_PREFIX = "site."
+# The last section of a version's description (its model card): rewritten on each calibration.
+SITES_HEADING = "## Sites"
 # A site's name is part of a tag key and of the command line: lower case, digits, underscores.
 SITE_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
@@ -80,8 +82,7 @@ def store_site(client: MlflowClient, model_name: str, version: str, record: Site
 
 def version_sites(client: MlflowClient, model_name: str, version: str) -> dict[str, SiteRecord]:
     """The sites of a version, by name (a tag that is not a site record is skipped)."""
-    tags = client.get_model_version(model_name, version).tags
-    return _sites_of(tags)
+    return sites_of_tags(client.get_model_version(model_name, version).tags)
 
 
 def all_sites(client: MlflowClient, model_name: str) -> list[tuple[str, SiteRecord]]:
@@ -92,11 +93,11 @@ def all_sites(client: MlflowClient, model_name: str) -> list[tuple[str, SiteReco
         raise RegistryError(f"{model_name}: {error.message}") from None
     rows = []
     for version in sorted(versions, key=lambda v: int(v.version)):
-        rows += [(version.version, record) for record in _sites_of(version.tags).values()]
+        rows += [(version.version, record) for record in sites_of_tags(version.tags).values()]
     return rows
 
 
-def _sites_of(tags: dict[str, str]) -> dict[str, SiteRecord]:
+def sites_of_tags(tags: dict[str, str]) -> dict[str, SiteRecord]:
     sites = {}
     for key, value in sorted(tags.items()):
         if key.startswith(SITE_TAG_PREFIX):
@@ -125,8 +126,59 @@ def site_for_reference(client: MlflowClient, reference: str, site: str) -> tuple
         )
     except MlflowException as error:
         raise RegistryError(f"{reference}: {error.message}") from None
-    sites = version_sites(client, name, version)
+    return version, find_site(name, version, version_sites(client, name, version), site)
+
+
+def served_site(run_id: str, model_id: str | None, site: str) -> SiteRecord:
+    """The record of `site` for the registered version of a served model (its run and logged
+    model id); SiteError if the model is not a registered version or has no such site."""
+    versions = MlflowClient().search_model_versions(f"run_id = '{run_id}'")
+    versions = [v for v in versions if model_id is None or v.source == f"models:/{model_id}"]
+    if not versions:
+        raise SiteError(
+            f"site {site!r}: the served model is not a registered version, so it has no sites"
+        )
+    version = versions[0]
+    return find_site(version.name, version.version, sites_of_tags(version.tags), site)
+
+
+def find_site(model_name: str, version: str, sites: dict[str, SiteRecord], site: str) -> SiteRecord:
+    """The record of `site` among a version's sites; SiteError naming those it has."""
     if site not in sites:
         known = ", ".join(sites) or "none: `melanoma site calibrate NAME DIR` adds one"
-        raise SiteError(f"{name} v{version} has no site {site!r}; its sites: {known}")
-    return version, sites[site]
+        raise SiteError(f"{model_name} v{version} has no site {site!r}; its sites: {known}")
+    return sites[site]
+
+
+def sites_section(sites: dict[str, SiteRecord]) -> str:
+    """The model card's section listing a version's sites (markdown)."""
+    lines = [
+        SITES_HEADING,
+        "",
+        "The alert threshold of each clinic that calibrated this version on a labelled sample "
+        "(`melanoma site calibrate`; `melanoma predict --site NAME`). Sensitivity and "
+        "specificity are on the site's sample, at its threshold and at the global one.",
+        "",
+        "| site | threshold | images | melanomas | sensitivity | specificity "
+        "| global sens. | global spec. | calibrated |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for record in sites.values():
+        lines.append(
+            f"| {record.name} | {record.threshold:.4g} | {record.images} | {record.melanomas} "
+            f"| {record.sample_sensitivity:.3f} | {record.sample_specificity:.3f} "
+            f"| {record.global_sensitivity:.3f} | {record.global_specificity:.3f} "
+            f"| {record.calibrated_at} |"
+        )
+    return "\n".join(lines)
+
+
+def refresh_card_sites(client: MlflowClient, model_name: str, version: str) -> None:
+    """Make the version's description (its model card) end with its current sites."""
+    current = client.get_model_version(model_name, version)
+    card = (current.description or "").split("\n" + SITES_HEADING + "\n")[0].rstrip()
+    sites = sites_of_tags(current.tags)
+    if sites:
+        card += "\n\n" + sites_section(sites)
+    if card != (current.description or ""):
+        client.update_model_version(model_name, version, description=card)

@@ -81,6 +81,11 @@ def test_calibrating_again_replaces_the_site_and_another_version_has_its_own(reg
     assert (replaced.images, replaced.melanomas) == (45, 15) != (first.images, first.melanomas)
     assert list(_sites("1")) == ["clinic_a"] and list(_sites("2")) == ["clinic_a"]
 
+    # The version's card (its description) lists its sites, once, with the latest figures.
+    card = mlflow.MlflowClient().get_model_version(MODEL, "1").description
+    assert card.count("## Sites") == 1
+    assert f"| clinic_a | {replaced.threshold:.4g} | 45 | 15 |" in card
+
 
 @pytest.mark.parametrize(
     ("arguments", "message"),
