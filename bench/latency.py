@@ -19,7 +19,12 @@ from bench.process import peak_rss_mib
 from melanoma.config import load_params
 from melanoma.labels import LABELS
 from melanoma.logs import setup_logging
-from melanoma.model.predict import ImagePrediction, find_images, load_model, predict_files
+from melanoma.model.predict import (
+    ImagePrediction,
+    find_images,
+    load_model_and_detector,
+    predict_files,
+)
 
 log = logging.getLogger(__name__)
 
@@ -27,20 +32,21 @@ log = logging.getLogger(__name__)
 def timed_predictions(
     model_file: Path, paths: list[Path], ingest_size: int, max_pixels: int
 ) -> dict:
-    """Load time, first-call time, then per-image milliseconds and predictions of `paths`."""
+    """Load time, first-call time, then per-image milliseconds and predictions of `paths`
+    (with the unfamiliar-image score, when the model has its detector beside it)."""
     started = time.perf_counter()
-    model = load_model(str(model_file))
+    model, detector = load_model_and_detector(str(model_file))
     load_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
-    predict_files(model, paths[:1], ingest_size, max_pixels)
+    predict_files(model, paths[:1], ingest_size, max_pixels, detector)
     first_call_ms = (time.perf_counter() - started) * 1000
 
     milliseconds: list[float] = []
     predictions: list[ImagePrediction] = []
     for path in tqdm(paths, desc="predict latency", unit="image"):
         started = time.perf_counter()
-        predictions.extend(predict_files(model, [path], ingest_size, max_pixels))
+        predictions.extend(predict_files(model, [path], ingest_size, max_pixels, detector))
         milliseconds.append((time.perf_counter() - started) * 1000)
     p50, p95 = np.percentile(milliseconds, [50, 95])
     failed = [p.path for p in predictions if not p.ok]

@@ -138,6 +138,20 @@ def _parser() -> argparse.ArgumentParser:
     calibrate.set_defaults(handler=_site_calibrate)
     listing = site_commands.add_parser("list", help="every version's sites and their figures")
     listing.set_defaults(handler=_site_list)
+    check = site_commands.add_parser(
+        "check",
+        help="does a batch of unlabelled images look like the version's validation split?",
+        description="Compare the images of DIR (no labels) with the version's validation "
+        "split: P(melanoma) by a Kolmogorov-Smirnov test, the embedding by MMD with a "
+        "permutation p-value. One line says whether the batch looks like the training data or "
+        "its site should be calibrated; unfamiliar images are counted and left out.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    check.add_argument("folder", type=Path, metavar="DIR", help="the batch: image files")
+    check.add_argument("--version", help="version of registry.model_name (default: the champion)")
+    check.add_argument("--json", action="store_true", help="machine-readable output")
+    check.set_defaults(handler=_site_check)
 
     rollback = commands.add_parser(
         "rollback", help="give the champion alias back to the previous one"
@@ -417,6 +431,72 @@ def _site_list(args: argparse.Namespace, params: Params) -> int:
     print(f"{name}: sensitivity and specificity on each site's sample")
     print(table.to_string(index=False, float_format=lambda value: f"{value:.3f}"))
     return OK
+
+
+def _site_check(args: argparse.Namespace, params: Params) -> int:
+    from dataclasses import asdict
+
+    import numpy as np
+    from mlflow import MlflowClient
+
+    from melanoma.model.predict import (
+        ModelLoadError,
+        find_images,
+        load_model_and_detector,
+        load_stored_file,
+        predict_files,
+    )
+    from melanoma.paths import DRIFT_REFERENCE_FILE
+    from melanoma.registry.promotion import RegistryError
+    from melanoma.sites.drift import DriftReference, DriftReferenceError, check_drift
+    from melanoma.sites.registry import resolve_version
+    from melanoma.tracking import configure_tracking
+
+    configure_tracking(params.mlflow)
+    name = params.registry.model_name
+    files = find_images([args.folder])
+    if not files:
+        log.error("no image files in %s", args.folder)
+        return CANNOT_RUN
+    try:
+        version = resolve_version(MlflowClient(), name, args.version)
+        reference = f"models:/{name}/{version}"
+        model, detector = load_model_and_detector(reference)
+        reference_file = load_stored_file(reference, DRIFT_REFERENCE_FILE.name)
+        if detector is None or reference_file is None:
+            raise DriftReferenceError(
+                f"{name} v{version} carries no drift reference (registered before the drift "
+                "check): check with a version trained since"
+            )
+        validation = DriftReference.load(reference_file)
+    except (RegistryError, ModelLoadError, DriftReferenceError) as error:
+        log.error("%s", error)
+        return CANNOT_RUN
+    predictions = predict_files(
+        model, files, params.ingest.image_size, params.ingest.max_image_pixels, detector
+    )
+    compared = [p for p in predictions if p.ok and not p.unfamiliar]
+    unreadable = sum(not p.ok for p in predictions)
+    unfamiliar = sum(bool(p.unfamiliar) for p in predictions)
+    if len(compared) < 2:
+        log.error("%s: %d images left to compare (the check needs 2)", args.folder, len(compared))
+        return CANNOT_RUN
+    result = check_drift(
+        validation,
+        np.array([p.melanoma_probability for p in compared]),
+        np.stack([p.features for p in compared]),
+        params.sites.drift_alpha,
+        params.sites.drift_permutations,
+    )
+    if args.json:
+        output = {"folder": str(args.folder), "model": reference, "files": len(files)}
+        output |= {"unreadable": unreadable, "unfamiliar": unfamiliar, "drifted": result.drifted}
+        print(json.dumps(output | asdict(result), indent=2))
+    else:
+        verdict = result.verdict(f"the validation split of {name} v{version}")
+        left_out = f"{unfamiliar} unfamiliar and {unreadable} unreadable files left out"
+        print(f"{args.folder}: {left_out}; {verdict}")
+    return SOME_FILES_FAILED if unreadable else OK
 
 
 def _request(args: argparse.Namespace, params: Params) -> int:

@@ -506,6 +506,13 @@ class SiteParams(_Section):
     confidence: float = Field(
         0.90, gt=0.5, lt=1, description="how often the promise holds over samples"
     )
+    drift_alpha: float = Field(
+        0.01,
+        gt=0,
+        lt=0.5,
+        description="`site check`: a batch like validation is flagged this often",
+    )
+    drift_permutations: int = Field(500, ge=50, description="of the embedding test's p-value")
 
 
 class Params(_Section):

@@ -22,6 +22,8 @@ FEATURE_STORE_DIR = Path("data/feature_store")
 MODEL_FILE = Path("models/model.keras")
 # the unfamiliar-image score's Gaussians and threshold (melanoma.sites.unfamiliar), beside the model
 UNFAMILIAR_FILE = Path("models/unfamiliar.npz")
+# the validation split's P(melanoma) and features, what the drift check compares a batch with
+DRIFT_REFERENCE_FILE = Path("models/drift_reference.npz")
 RUN_FILE = Path("models/run.json")  # which MLflow run and logged model `train` made
 TRAIN_METRICS = Path("reports/train_metrics.json")
 TRAIN_HISTORY = Path("reports/train_history.csv")

@@ -90,10 +90,12 @@ def train_run_info(run_id: str, model_uri: str, temperature: float = 1.0) -> Run
 
 def write_train_outputs(model, run_id: str, model_uri: str, temperature: float = 1.0) -> None:
     """models/ as the train stage leaves it, for `model` logged in run_id as model_uri (its
-    unfamiliar-image detector fitted on noise images)."""
+    unfamiliar-image detector and drift reference made of noise images)."""
     Path("models").mkdir(exist_ok=True)
     model.save(paths.MODEL_FILE)
-    fitted_detector(model, noise_images(40, model.input_shape[1])).save(paths.UNFAMILIAR_FILE)
+    images = noise_images(40, model.input_shape[1])
+    fitted_detector(model, images).save(paths.UNFAMILIAR_FILE)
+    drift_reference(model, images).save(paths.DRIFT_REFERENCE_FILE)
     train_run_info(run_id, model_uri, temperature).write(paths.RUN_FILE)
 
 
@@ -117,6 +119,15 @@ def fitted_detector(model, familiar: np.ndarray, neighbours: int = 3, flagged: f
     _, features = probe(model, POOLED).predict_on_batch(familiar)
     half = len(familiar) // 2
     return fit_detector(features[:half], features[half:], POOLED, neighbours, flagged)
+
+
+def drift_reference(model, images: np.ndarray):
+    """The drift reference of `model` on uint8 images, as `train` keeps validation's."""
+    from melanoma.sites.drift import DriftReference
+    from melanoma.sites.unfamiliar import POOLED, probe
+
+    probabilities, features = probe(model, POOLED).predict_on_batch(images)
+    return DriftReference(melanoma=probabilities[:, MELANOMA_INDEX], features=features)
 
 
 def noise_images(n: int, size: int, seed: int = 0) -> np.ndarray:

@@ -62,7 +62,7 @@ def served(mlflow_project, tiny_classifier, image_bytes, tmp_path):
     fitted_detector(model, noise_images(40, 16)).save(detector_file)
     with mlflow.start_run():
         config = ServingConfig(melanoma_threshold=threshold, **CONFIG)
-        uri = log_served_model(model, detector_file, config, paths[0]).model_uri
+        uri = log_served_model(model, config, paths[0], [detector_file]).model_uri
     mlflow.register_model(uri, "melanoma-test")
     record_decision(mlflow.MlflowClient(), "melanoma-test", "1", Decision(True, "first"))
 

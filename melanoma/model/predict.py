@@ -8,8 +8,9 @@ here as in the evaluate stage.
 """
 
 import logging
+import weakref
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import keras
@@ -49,6 +50,8 @@ class ImagePrediction:
     # model carries no detector)
     unfamiliar_score: float | None = None
     unfamiliar: bool | None = None
+    # the features the score compares (the drift check's embedding); None without a detector
+    features: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -78,27 +81,49 @@ def load_model(reference: str) -> keras.Model:
 
 def load_model_and_detector(reference: str) -> tuple[keras.Model, UnfamiliarDetector | None]:
     """The Keras model of `reference` (as `load_model`) and the unfamiliar-image detector
-    stored with it: in a served MLflow model, artifacts/unfamiliar.npz; beside a .keras file,
-    unfamiliar.npz (as `train` writes models/). None if there is none."""
-    local = not is_mlflow_uri(reference)
-    if local and not Path(reference).exists():
-        raise ModelLoadError(f"model {reference}: no such file, and not an MLflow model URI")
+    stored with it (`stored_file`); None if there is none."""
+    model_file = _model_location(reference)
     try:
-        if local and Path(reference).is_file():
-            model = keras.saving.load_model(reference)
-            detector_file = Path(reference).with_name(UNFAMILIAR_FILE.name)
+        if model_file.is_file():
+            model = keras.saving.load_model(model_file)
         else:
-            folder = reference if local else mlflow.artifacts.download_artifacts(reference)
-            model = mlflow.keras.load_model(folder)
-            detector_file = Path(folder) / ARTIFACTS_DIR / UNFAMILIAR_FILE.name
+            model = mlflow.keras.load_model(str(model_file))
     except Exception as error:  # MLflow, Keras and h5py each raise their own kinds
         raise ModelLoadError(f"model {reference} cannot be loaded: {error}") from error
-    if not detector_file.is_file():
+    detector_file = stored_file(model_file, UNFAMILIAR_FILE.name)
+    if detector_file is None:
         return model, None
     try:
         return model, UnfamiliarDetector.load(detector_file)
     except DetectorFileError as error:
         raise ModelLoadError(f"model {reference}: {error}") from None
+
+
+def load_stored_file(reference: str, name: str) -> Path | None:
+    """The file `name` stored with the model `reference` names (`stored_file`), or None."""
+    return stored_file(_model_location(reference), name)
+
+
+def _model_location(reference: str) -> Path:
+    """A local .keras file or MLflow model folder for `reference` (downloaded if a URI)."""
+    if not is_mlflow_uri(reference):
+        if not Path(reference).exists():
+            raise ModelLoadError(f"model {reference}: no such file, and not an MLflow model URI")
+        return Path(reference)
+    try:
+        return Path(mlflow.artifacts.download_artifacts(reference))
+    except Exception as error:  # MLflow raises its own kinds, and OSError
+        raise ModelLoadError(f"model {reference} cannot be loaded: {error}") from error
+
+
+def stored_file(model_location: Path, name: str) -> Path | None:
+    """A file stored with a model (`name`, e.g. unfamiliar.npz): in a served MLflow model,
+    artifacts/<name>; beside a .keras file, <name> (as `train` writes models/). None if absent."""
+    if model_location.is_file():
+        candidate = model_location.with_name(name)
+    else:
+        candidate = model_location / ARTIFACTS_DIR / name
+    return candidate if candidate.is_file() else None
 
 
 def model_input_size(model: keras.Model) -> int:
@@ -189,29 +214,45 @@ def predict_files(
         if not readable:
             continue
         images = to_model_size(np.stack([image for _, image in readable]), size)
-        probabilities, scores = scorer(images)
+        probabilities, features = scorer(images)
+        scores = None if features is None else detector.scores(features)
         for index, (position, _) in enumerate(readable):
             results[position] = ImagePrediction(
                 str(paths[position]),
                 probabilities=dict(zip(LABELS, map(float, probabilities[index]), strict=True)),
                 unfamiliar_score=None if scores is None else float(scores[index]),
                 unfamiliar=None if scores is None else bool(detector.is_unfamiliar(scores[index])),
+                features=None if features is None else features[index],
             )
     return [results[position] for position in range(len(paths))]
 
 
+# The probe of each model, per depth: a caller that predicts one file at a time must not build
+# (and trace) it again for every call.
+_PROBES: "weakref.WeakKeyDictionary[keras.Model, dict[str, keras.Model]]" = (
+    weakref.WeakKeyDictionary()
+)
+
+
 class ImageScorer:
-    """uint8 images -> (class probabilities, unfamiliar scores or None), in one model call."""
+    """uint8 images -> (class probabilities, the detector's features or None), in one model
+    call."""
 
     def __init__(self, model: keras.Model, detector: UnfamiliarDetector | None):
         self.detector = detector
-        self.model = model if detector is None else probe(model, detector.depth)
+        if detector is None:
+            self.model = model
+        else:
+            by_depth = _PROBES.setdefault(model, {})
+            if detector.depth not in by_depth:
+                by_depth[detector.depth] = probe(model, detector.depth)
+            self.model = by_depth[detector.depth]
 
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         if self.detector is None:
             return np.asarray(self.model.predict_on_batch(images), dtype=np.float64), None
         probabilities, features = self.model.predict_on_batch(images)
-        return np.asarray(probabilities, dtype=np.float64), self.detector.scores(features)
+        return np.asarray(probabilities, dtype=np.float64), np.asarray(features)
 
 
 def predict_split(

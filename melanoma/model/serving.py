@@ -58,6 +58,7 @@ from melanoma.model.predict import (
     to_model_size,
 )
 from melanoma.model.training import model_requirements
+from melanoma.paths import UNFAMILIAR_FILE
 from melanoma.sites.registry import SiteError, served_site
 from melanoma.sites.unfamiliar import UnfamiliarDetector, probe
 
@@ -67,7 +68,7 @@ IMAGE_COLUMN = "image"
 SITE_PARAM = "site"  # {"inputs": [...], "params": {"site": "clinic_a"}}: that site's threshold
 SERVED_MODEL_ARTIFACT = "served_model"
 KERAS_ARTIFACT = "keras_model"
-UNFAMILIAR_ARTIFACT = "unfamiliar"
+UNFAMILIAR_ARTIFACT = UNFAMILIAR_FILE.stem  # each stored file's artifact key is its stem
 # pyfunc copies each artifact to artifacts/<file name>; the keras flavor reads <data>/model.keras.
 KERAS_FILE = "model.keras"
 # Reason codes of a refused request value, beside those of melanoma.data.images.
@@ -335,10 +336,11 @@ _SERVED_FLAVOR = SimpleNamespace(__name__="mlflow.pyfunc", save_model=_save_serv
 
 
 def log_served_model(
-    model: keras.Model, detector_file: Path, config: ServingConfig, example_file: Path
+    model: keras.Model, config: ServingConfig, example_file: Path, stored_files: Sequence[Path]
 ) -> ModelInfo:
-    """Log the served model, with the unfamiliar-image detector of `detector_file`, into the
-    active run; register the returned model_uri.
+    """Log the served model into the active run, with the files `train` keeps beside the model
+    (`stored_files`: the unfamiliar-image detector, the drift reference) in its artifacts;
+    register the returned model_uri.
 
     Its input example holds both kinds of `image` value: the base64 of `example_file` and the
     same image as pixels."""
@@ -358,7 +360,7 @@ def log_served_model(
             name=SERVED_MODEL_ARTIFACT,
             flavor=_SERVED_FLAVOR,
             python_model=MelanomaServedModel(),
-            artifacts={KERAS_ARTIFACT: str(model_file), UNFAMILIAR_ARTIFACT: str(detector_file)},
+            artifacts={KERAS_ARTIFACT: str(model_file)} | {f.stem: str(f) for f in stored_files},
             code_paths=[str(Path(melanoma.__file__).parent)],
             model_config=asdict(config),
             signature=_signature(),

@@ -45,7 +45,7 @@ from melanoma.model.calibration import (
 )
 from melanoma.model.features import read_feature_cache
 from melanoma.reports import Calibration, EpochMetrics, FitSummary, RunInfo, TrainMetrics
-from melanoma.sites.unfamiliar import UnfamiliarDetector, fit_on_splits
+from melanoma.sites.fitting import SiteReferences, fit_references
 from melanoma.tracking import configure_tracking, experiment_run_tags, git_commit
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,7 @@ class TrainOutputs:
 
     model: Path = paths.MODEL_FILE
     unfamiliar: Path = paths.UNFAMILIAR_FILE
+    drift_reference: Path = paths.DRIFT_REFERENCE_FILE
     run_info: Path = paths.RUN_FILE
     metrics: Path = paths.TRAIN_METRICS
     history: Path = paths.TRAIN_HISTORY
@@ -543,7 +544,7 @@ class Trained:
     history: pd.DataFrame  # HISTORY_COLUMNS, one row per epoch
     metrics: TrainMetrics
     val_probabilities: np.ndarray
-    unfamiliar: UnfamiliarDetector
+    site_references: SiteReferences  # the unfamiliar-image detector and the drift reference
 
 
 def fit_and_calibrate(
@@ -551,7 +552,8 @@ def fit_and_calibrate(
 ) -> Trained:
     """Fit (each epoch logged to the active MLflow run), then calibrate on the validation
     split and measure the saved model there: what params are chosen on, since only
-    `evaluate` reads the test split. Last, the unfamiliar-image score of the saved model."""
+    `evaluate` reads the test split. Last, what the saved model's sites need: the
+    unfamiliar-image detector and the drift check's reference."""
     tracker = EpochTracker()
     setup.fitted.fit(
         setup.train,
@@ -576,10 +578,10 @@ def fit_and_calibrate(
         calibration=calibration,
         validation=validation_metrics(splits.val_labels, val_probabilities),
     )
-    detector = fit_on_splits(
+    references = fit_references(
         model, splits.train_paths, splits.val_paths, unfamiliar, params.batch_size, params.seed
     )
-    return Trained(model, history, metrics, val_probabilities, detector)
+    return Trained(model, history, metrics, val_probabilities, references)
 
 
 def run_name(params: TrainParams) -> str:
@@ -612,7 +614,7 @@ def log_trained(trained: Trained, splits: Splits, image_size: int) -> ModelInfo:
     mlflow.log_metrics(summary_metrics(trained.metrics))
     mlflow.log_figure(plot_curves(trained.history), "training_curves.png")
     mlflow.log_dict({"labels": list(LABELS)}, "labels.json")
-    mlflow.log_metric("unfamiliar_threshold", trained.unfamiliar.threshold)
+    mlflow.log_metric("unfamiliar_threshold", trained.site_references.unfamiliar.threshold)
     example = next(iter(make_dataset(splits.val_paths[:1], splits.val_labels[:1], image_size, 1)))
     return log_keras_model(trained.model, example[0].numpy())
 
@@ -623,7 +625,8 @@ def write_outputs(
     for path in vars(outputs).values():
         path.parent.mkdir(parents=True, exist_ok=True)
     trained.model.save(outputs.model)
-    trained.unfamiliar.save(outputs.unfamiliar)
+    trained.site_references.unfamiliar.save(outputs.unfamiliar)
+    trained.site_references.drift.save(outputs.drift_reference)
     run_info.write(outputs.run_info)
     trained.metrics.write(outputs.metrics)
     trained.history.to_csv(outputs.history, index=False)

@@ -143,7 +143,8 @@ def log_served(params: Params, report: MetricsReport, example_file: Path) -> str
     model = keras.saving.load_model(paths.MODEL_FILE)
     threshold = report.operating_point.threshold
     config = serving_config(params, threshold)
-    return log_served_model(model, paths.UNFAMILIAR_FILE, config, example_file).model_uri
+    stored = [paths.UNFAMILIAR_FILE, paths.DRIFT_REFERENCE_FILE]
+    return log_served_model(model, config, example_file, stored).model_uri
 
 
 def register_evaluated_model(params: Params, git_commit: str) -> Registration:

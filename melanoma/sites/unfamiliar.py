@@ -15,7 +15,6 @@ means "not a dermoscopic lesion image": a clinic's shift is the drift check's bu
 """
 
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,8 +22,6 @@ import keras
 import numpy as np
 from keras import layers
 
-from melanoma.config import UnfamiliarParams
-from melanoma.data.dataset import make_dataset
 from melanoma.model.architectures import OUTPUT_NAME
 from melanoma.model.efficientnet_lite import BACKBONE_NAME
 
@@ -49,7 +46,7 @@ class UnfamiliarDetector:
     def scores(self, features: np.ndarray) -> np.ndarray:
         """The score of each image (rows of `features`, taken at `depth`): 1 - the cosine
         similarity to its k-th most similar training image."""
-        similarities = _unit_rows(features) @ self.reference.T
+        similarities = unit_rows(features) @ self.reference.T
         kth = np.partition(similarities, -self.neighbours, axis=1)[:, -self.neighbours]
         return 1.0 - kth
 
@@ -83,7 +80,7 @@ class UnfamiliarDetector:
             ) from None
 
 
-def _unit_rows(features: np.ndarray) -> np.ndarray:
+def unit_rows(features: np.ndarray) -> np.ndarray:
     features = np.asarray(features, dtype=np.float32)
     norms = np.linalg.norm(features, axis=1, keepdims=True)
     return features / np.maximum(norms, 1e-12)
@@ -111,6 +108,12 @@ def probe(model: keras.Model, depth: str) -> keras.Model:
     return keras.Model(model.inputs, [model.get_layer(OUTPUT_NAME)(pooled), features])
 
 
+def depth_of(model: keras.Model, depth: str) -> str:
+    """`depth` (unfamiliar.depth, an EfficientNet-Lite0 layer) for a Lite0 model; POOLED for
+    the other architectures."""
+    return depth if _has_lite0_backbone(model) else POOLED
+
+
 def _has_lite0_backbone(model: keras.Model) -> bool:
     return any(layer.name == BACKBONE_NAME for layer in model.layers)
 
@@ -129,7 +132,7 @@ def fit_detector(
             f"unfamiliar.neighbours={neighbours} exceeds the {len(train_features)} training "
             "images the score is fitted on"
         )
-    unthresholded = UnfamiliarDetector(depth, _unit_rows(train_features), neighbours, np.inf)
+    unthresholded = UnfamiliarDetector(depth, unit_rows(train_features), neighbours, np.inf)
     val_scores = unthresholded.scores(val_features)
     threshold = float(np.quantile(val_scores, 1 - validation_flagged))
     log.info(
@@ -139,43 +142,3 @@ def fit_detector(
         len(val_scores),
     )
     return UnfamiliarDetector(depth, unthresholded.reference, neighbours, threshold)
-
-
-def pooled_features(
-    extractor: keras.Model, image_paths: Sequence[str], image_size: int, batch_size: int
-) -> np.ndarray:
-    """The probe's features (n, d) of manifest images, read by the training input pipeline."""
-    labels = np.zeros(len(image_paths), int)
-    dataset = make_dataset(list(image_paths), labels, image_size, batch_size)
-    _probabilities, features = extractor.predict(
-        dataset.map(lambda images, _labels: images), verbose=0
-    )
-    return np.asarray(features)
-
-
-def fit_on_splits(
-    model: keras.Model,
-    train_paths: Sequence[str],
-    val_paths: Sequence[str],
-    params: UnfamiliarParams,
-    batch_size: int,
-    seed: int,
-) -> UnfamiliarDetector:
-    """The detector of a trained model: fitted on a seeded sample of `params.fit_images`
-    training images, its threshold set on the validation images. `params.depth` is a layer of
-    efficientnet_lite0's backbone: other architectures are scored on their pooled features."""
-    chosen = np.random.default_rng(seed).permutation(len(train_paths))[: params.fit_images]
-    fit_paths = [train_paths[i] for i in sorted(chosen)]
-    depth = params.depth if _has_lite0_backbone(model) else POOLED
-    extractor = probe(model, depth)
-    size = model.input_shape[1]
-    log.info(
-        "fitting the unfamiliar-image score at %s on %d training images", depth, len(fit_paths)
-    )
-    return fit_detector(
-        pooled_features(extractor, fit_paths, size, batch_size),
-        pooled_features(extractor, val_paths, size, batch_size),
-        depth,
-        params.neighbours,
-        params.validation_flagged,
-    )

@@ -109,7 +109,7 @@ def test_logged_served_model_is_pyfunc_and_keras_and_says_both_input_kinds(
     detector_file = tmp_path / "unfamiliar.npz"
     fitted_detector(model, noise_images(40, 16)).save(detector_file)
     with mlflow.start_run():
-        uri = log_served_model(model, detector_file, CONFIG, photo).model_uri
+        uri = log_served_model(model, CONFIG, photo, [detector_file]).model_uri
 
     info = mlflow.models.get_model_info(uri)
     assert info.flavors["python_function"]["config"]["melanoma_threshold"] == 0.3

@@ -28,7 +28,9 @@ from melanoma.model.training import (
     sample_weights,
     training_summary,
 )
-from melanoma.sites.unfamiliar import POOLED, UnfamiliarDetector, pooled_features, probe
+from melanoma.sites.drift import DriftReference
+from melanoma.sites.fitting import probe_outputs
+from melanoma.sites.unfamiliar import POOLED, UnfamiliarDetector, probe
 from tests.helpers import train_params
 
 AUGMENTED = Path("data/augmented/manifest.csv")
@@ -163,6 +165,7 @@ def test_training_run_is_tracked_per_epoch_and_reproducible(augmented_project, t
     first = TrainOutputs(
         model=tmp_path / "a/model.keras",
         unfamiliar=tmp_path / "a/unfamiliar.npz",
+        drift_reference=tmp_path / "a/drift_reference.npz",
         run_info=tmp_path / "a/run.json",
         metrics=tmp_path / "a/metrics.json",
         history=tmp_path / "a/history.csv",
@@ -240,8 +243,12 @@ def test_training_run_is_tracked_per_epoch_and_reproducible(augmented_project, t
     detector = UnfamiliarDetector.load(first.unfamiliar)
     assert detector.depth == POOLED  # a resnet has no EfficientNet-Lite0 block 14
     val_paths = val_rows["image_path"].tolist()
-    features = pooled_features(probe(model, POOLED), val_paths, 32, batch_size=8)
+    _, features = probe_outputs(probe(model, POOLED), val_paths, 32, batch_size=8)
     assert detector.is_unfamiliar(detector.scores(features)).sum() <= 1
+    # The drift reference is what the saved model gives on the validation split.
+    drift = DriftReference.load(first.drift_reference)
+    np.testing.assert_allclose(drift.features, features, atol=1e-5)
+    np.testing.assert_allclose(drift.melanoma, val_predictions["p_melanoma"], atol=1e-5)
     assert run.data.metrics["unfamiliar_threshold"] == pytest.approx(detector.threshold)
 
     # Same params, same data: the same curves, to the last bit.

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from melanoma.cli import CANNOT_RUN, OK, main
+from melanoma.cli import CANNOT_RUN, OK, SOME_FILES_FAILED, main
+from melanoma.model.serving import ServingConfig, log_served_model
 from melanoma.registry.promotion import THRESHOLD_TAG, Decision, record_decision
 from melanoma.sites.registry import version_sites
+from tests.helpers import drift_reference, fitted_detector, noise_images
 
 MODEL = "melanoma-test"
 
@@ -113,3 +115,52 @@ def test_a_bad_sample_or_name_is_refused_naming_it_and_nothing_is_stored(
     assert main(["site", "calibrate", *arguments]) == CANNOT_RUN
     assert message in caplog.text and "nothing stored" in caplog.text
     assert _sites("1") == {} and _sites("2") == {}
+
+
+@pytest.fixture
+def served_registry(mlflow_project, tiny_classifier, tmp_path) -> None:
+    """melanoma-test v1, champion: the tiny classifier logged as `register` logs it, with an
+    unfamiliar-image detector and a drift reference made of noise images (its "validation")."""
+    model = tiny_classifier()
+    images = noise_images(80, 16)
+    stored = [tmp_path / "unfamiliar.npz", tmp_path / "drift_reference.npz"]
+    fitted_detector(model, images, flagged=0.02).save(stored[0])
+    drift_reference(model, images).save(stored[1])
+    example = tmp_path / "example.png"
+    Image.fromarray(images[0]).save(example)
+    config = ServingConfig(0.45, 32, 1_000_000, 8, 200_000)
+    with mlflow.start_run():
+        uri = log_served_model(model, config, example, stored).model_uri
+    mlflow.register_model(uri, MODEL, tags={THRESHOLD_TAG: "0.45"})
+    record_decision(mlflow.MlflowClient(), MODEL, "1", Decision(True, "first"))
+
+
+def _batch(folder: Path, low: int, high: int, seed: int) -> Path:
+    """30 noise PNGs whose pixels lie in [low, high): a brighter range is another camera."""
+    folder.mkdir()
+    rng = np.random.default_rng(seed)
+    for n in range(30):
+        pixels = rng.integers(low, high, (16, 16, 3)).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"image{n}.png")
+    return folder
+
+
+def test_site_check_tells_a_batch_like_validation_from_a_shifted_one(served_registry, capsys):
+    like = _batch(Path("like"), 0, 256, seed=5)
+    assert main(["site", "check", str(like)]) == OK
+    line = capsys.readouterr().out
+    assert line.startswith("like: ") and "images look like the validation split of" in line
+
+    brighter = _batch(Path("brighter"), 60, 256, seed=6)
+    (brighter / "notes.png").write_text("not an image")
+    assert main(["site", "check", str(brighter), "--json"]) == SOME_FILES_FAILED
+    result = json.loads(capsys.readouterr().out)
+    assert result["drifted"] is True and result["score_p_value"] < 0.005
+    assert (result["files"], result["unreadable"]) == (31, 1)
+    assert result["images"] == 30 - result["unfamiliar"]
+
+
+def test_site_check_of_a_version_without_a_drift_reference_says_so(registry, caplog):
+    _batch(Path("batch"), 0, 256, seed=7)
+    assert main(["site", "check", "batch"]) == CANNOT_RUN
+    assert "melanoma-test v1 carries no drift reference" in caplog.text

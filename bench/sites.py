@@ -1,0 +1,200 @@
+"""Simulated sites: a model trained on one source, the other source and the ISIC 2018 external
+set as clinics it never saw. How each site threshold rule keeps its promise, how often the
+unfamiliar warning fires, and whether the drift check tells a site from validation.
+
+Run from the project root after `dvc repro augment` (it reads data/augmented, never the test
+split). Resumable steps, each well under 40 minutes on 2 cores; a step whose result file exists
+is skipped:
+
+    python -m bench.sites models      # per (training source, seed): train, then score every site
+    python -m bench.sites table       # the tables, from the models' scores (seconds)
+
+`models` step `<source>_seed<seed>` (about 5 minutes): trains params.yaml on that source's
+train/val rows alone with the pipeline's own code (cached activations from data/feature_store,
+MLflow in a store of its own), then writes bench/results/sites/<step>/scores.npz: for its own
+validation split, each other source's non-test images, the ISIC 2018 external set and the
+non-lesion images of bench/non_lesion.py, each image's P(melanoma), label, pooled features at
+the unfamiliar score's depth and the model's unfamiliar score.
+"""
+
+import argparse
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench.non_lesion import write_non_lesion_images
+from melanoma.logs import setup_logging
+
+log = logging.getLogger(__name__)
+
+MANIFEST = Path("data/augmented/manifest.csv")
+EXTERNAL = Path("../shared/datasets/isic2018-test-external")
+RESULTS = Path("bench/results/sites")
+SOURCES = ("isic_collection", "ham10000")
+SEEDS = (42, 43, 44)
+SCORES_FILE = "scores.npz"
+ISIC2018 = "isic2018"
+NON_LESION = "non_lesion"
+VALIDATION = "validation"
+
+
+def step_name(source: str, seed: int) -> str:
+    return f"{source}_seed{seed}"
+
+
+def one_source_manifest(source: str, out: Path) -> Path:
+    """The augmented manifest's train and val rows of `source` alone."""
+    manifest = pd.read_csv(MANIFEST)
+    rows = manifest[(manifest["source"] == source) & manifest["split"].isin(["train", "val"])]
+    path = out / "manifest.csv"
+    rows.to_csv(path, index=False)
+    return path
+
+
+def site_images(train_source: str) -> dict[str, tuple[list[Path], np.ndarray]]:
+    """The sites of a model trained on `train_source`: (image files, is melanoma) of every other
+    source's non-test, non-augmented images, and of the ISIC 2018 external set."""
+    from melanoma.data.sources import walk_directory
+    from melanoma.evaluation.external import place
+    from melanoma.labels import MELANOMA
+
+    manifest = pd.read_csv(MANIFEST)
+    sites = {}
+    for source in SOURCES:
+        if source == train_source:
+            continue
+        rows = manifest[
+            (manifest["source"] == source)
+            & manifest["split"].isin(["train", "val"])
+            & ~manifest["augmented"]
+        ]
+        sites[source] = (
+            [Path(p) for p in rows["image_path"]],
+            (rows["label"] == MELANOMA).to_numpy(),
+        )
+    files = [place(f) for f in walk_directory(EXTERNAL)]
+    labelled = sorted((f.path, f.label) for f in files if not f.problem)
+    sites[ISIC2018] = (
+        [EXTERNAL / path for path, _ in labelled],
+        np.array([label == MELANOMA for _, label in labelled]),
+    )
+    return sites
+
+
+def score(model, detector, paths: list[Path], params) -> dict[str, np.ndarray]:
+    """P(melanoma), the features at the detector's depth and the unfamiliar score of files."""
+    from tqdm import tqdm
+
+    from melanoma.labels import MELANOMA_INDEX
+    from melanoma.model.predict import read_image, to_model_size
+    from melanoma.sites.unfamiliar import probe
+
+    extractor = probe(model, detector.depth)
+    size, max_pixels = params.ingest.image_size, params.ingest.max_image_pixels
+    melanoma, features = [], []
+    for start in tqdm(range(0, len(paths), 64), desc="score", unit="batch", leave=False):
+        images = np.stack([read_image(p, size, max_pixels) for p in paths[start : start + 64]])
+        probabilities, batch_features = extractor.predict_on_batch(
+            to_model_size(images, model.input_shape[1])
+        )
+        melanoma.append(np.asarray(probabilities)[:, MELANOMA_INDEX])
+        features.append(np.asarray(batch_features))
+    features = np.concatenate(features)
+    return {
+        "melanoma": np.concatenate(melanoma),
+        "features": features,
+        "unfamiliar": detector.scores(features),
+    }
+
+
+def run_model_step(source: str, seed: int) -> Path:
+    """Train on `source` alone and score every site; returns the scores file."""
+    import yaml
+
+    from bench.project import override_params
+    from melanoma.config import PARAMS_FILE, parse_params
+    from melanoma.labels import MELANOMA
+    from melanoma.model.features import write_feature_cache
+    from melanoma.model.predict import load_model_and_detector
+    from melanoma.model.training import TrainOutputs, run_training
+
+    out = RESULTS / step_name(source, seed)
+    scores_file = out / SCORES_FILE
+    if scores_file.exists():
+        log.info("%s: done before, skipped", scores_file)
+        return scores_file
+    out.mkdir(parents=True, exist_ok=True)
+    params_file = out / "params.yaml"
+    shutil.copy(PARAMS_FILE, params_file)
+    override_params(params_file, {"train.seed": seed})
+    params = parse_params(yaml.safe_load(params_file.read_text()))
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{(RESULTS / 'mlflow.db').resolve()}"
+    manifest = one_source_manifest(source, out)
+    outputs = TrainOutputs(**{k: out / v.name for k, v in vars(TrainOutputs()).items()})
+    if not outputs.run_info.exists():  # written last by training: a model trained before
+        write_feature_cache(params.train, params.preprocess, manifest, out / "features")
+        run_training(params, manifest, outputs, out / "features")
+        shutil.rmtree(out / "features")
+    model, detector = load_model_and_detector(str(outputs.model))
+
+    val = pd.read_csv(manifest).query("split == 'val'")
+    groups = {
+        VALIDATION: ([Path(p) for p in val["image_path"]], (val["label"] == MELANOMA).to_numpy())
+    }
+    groups |= site_images(source)
+    with tempfile.TemporaryDirectory() as scratch:
+        non_lesion = write_non_lesion_images(Path(scratch), Path("reports/plots"))
+        arrays = {}
+        for name, (paths, is_melanoma) in {
+            **groups,
+            NON_LESION: (non_lesion, np.zeros(len(non_lesion), bool)),
+        }.items():
+            log.info("%s: scoring %s (%d images)", out.name, name, len(paths))
+            for key, value in score(model, detector, paths, params).items():
+                arrays[f"{name}/{key}"] = value
+            arrays[f"{name}/is_melanoma"] = is_melanoma
+    arrays["unfamiliar_threshold"] = np.float64(detector.threshold)
+    with open(scores_file.with_suffix(".partial.npz"), "wb") as file:
+        np.savez(file, **arrays)
+    scores_file.with_suffix(".partial.npz").rename(scores_file)
+    log.info("%s: written", scores_file)
+    return scores_file
+
+
+def load_scores(step: str) -> dict[str, dict[str, np.ndarray]]:
+    """{group: {melanoma, features, unfamiliar, is_melanoma}} of a model step, and the
+    unfamiliar threshold under key `unfamiliar_threshold`."""
+    with np.load(RESULTS / step / SCORES_FILE) as arrays:
+        groups: dict = {}
+        for key in arrays.files:
+            if "/" in key:
+                group, field = key.split("/")
+                groups.setdefault(group, {})[field] = arrays[key]
+        groups["unfamiliar_threshold"] = float(arrays["unfamiliar_threshold"])
+    return groups
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("step", choices=["models", "table"])
+    parser.add_argument("--sources", nargs="+", default=list(SOURCES))
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+    args = parser.parse_args()
+    setup_logging()
+    if args.step == "models":
+        for seed in args.seeds:
+            for source in args.sources:
+                run_model_step(source, seed)
+    else:
+        from bench.sites_tables import print_tables
+
+        print_tables([step_name(source, seed) for seed in args.seeds for source in args.sources])
+
+
+if __name__ == "__main__":
+    main()

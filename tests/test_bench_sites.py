@@ -1,0 +1,66 @@
+"""The simulated-site bench's tables (bench/sites_tables.py) on made-up scores of two models:
+what `python -m bench.sites table` prints, without training."""
+
+from pathlib import Path
+
+import numpy as np
+from scipy.special import expit
+
+from bench.sites import RESULTS, SCORES_FILE
+from bench.sites_tables import TABLES, print_tables
+from melanoma.config import SiteParams
+
+
+def _group(rng, n: int, melanoma_share: float, shift: float = 0.0, moved: float = 0.0) -> dict:
+    """A group's scores: melanoma logits ~ N(1 + shift, 1.5), others' ~ N(-2 + shift, 1.5);
+    features ~ N(1, 0.3) in 8 dimensions, `moved` along the first two (another camera)."""
+    is_melanoma = rng.random(n) < melanoma_share
+    logits = np.where(is_melanoma, 1.0, -2.0) + shift + rng.normal(0, 1.5, n)
+    features = rng.normal(1, 0.3, (n, 8)) + moved * np.array([1, -1, 0, 0, 0, 0, 0, 0])
+    return {
+        "melanoma": expit(logits),
+        "features": features,
+        "unfamiliar": rng.random(n) * 0.1,
+        "is_melanoma": is_melanoma,
+    }
+
+
+def _write_step(step: str, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    groups = {
+        "validation": _group(rng, 600, 0.2),
+        "other_clinic": _group(rng, 900, 0.2, shift=-1.0, moved=0.8),
+        "non_lesion": _group(rng, 30, 0.0),
+    }
+    groups["non_lesion"]["unfamiliar"] += 1
+    arrays = {f"{g}/{k}": v for g, fields in groups.items() for k, v in fields.items()}
+    (RESULTS / step).mkdir(parents=True)
+    with open(RESULTS / step / SCORES_FILE, "wb") as file:
+        np.savez(file, unfamiliar_threshold=np.float64(0.5), **arrays)
+
+
+def test_the_tables_hold_each_rule_the_drift_check_and_the_warning(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    for seed in (42, 43):
+        _write_step(f"made_up_seed{seed}", seed)
+    params = SiteParams(target_sensitivity=0.8, confidence=0.9, drift_permutations=100)
+    tables = print_tables(["made_up_seed42", "made_up_seed43", "made_up_seed44"], params)
+
+    printed = capsys.readouterr().out
+    assert "## rules" in printed and "## drift" in printed and "## warning" in printed
+    assert Path(TABLES).is_file()
+    rules = tables["rules"].loc["made_up"]
+    for rule in ("logit_normal (default)", "order_statistic", "beta_prior", "global"):
+        assert (("other_clinic", 20, rule)) in rules.index
+    kept = float(rules.loc[("other_clinic", 20, "logit_normal (default)"), "kept"].split(" ± ")[0])
+    assert kept >= 0.75  # made-up logit-normal scores: the rule's own assumption holds
+    # The global threshold does not move with the clinic's shifted scores.
+    missed = rules.loc[("other_clinic", 20, "global"), "kept"]
+    assert float(missed.split(" ± ")[0]) < kept
+
+    drift = tables["drift"].loc["made_up", "drifted"]
+    assert float(drift["other_clinic"].split(" ± ")[0]) >= 0.8
+    assert float(drift["validation (held out)"].split(" ± ")[0]) <= 0.1
+    warning = tables["warning"].loc["made_up", "flagged"]
+    assert float(warning["non_lesion"].split(" ± ")[0]) == 1.0
+    assert float(warning["validation"].split(" ± ")[0]) == 0.0
