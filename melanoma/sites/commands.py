@@ -1,0 +1,221 @@
+"""`melanoma site ...`: a clinic's own alert threshold and drift check, from the command line.
+
+`calibrate` stores a site's threshold with a registry version (melanoma.sites.calibration,
+melanoma.sites.registry), `list` shows them, `check` compares a batch of unlabelled images with
+the version's validation split (melanoma.sites.drift). Like melanoma.cli, the handlers import
+TensorFlow and MLflow themselves, so that `--help` answers at once.
+"""
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from melanoma.config import Params
+from melanoma.exit_codes import CANNOT_RUN, EXIT_CODES, OK, SOME_FILES_FAILED
+
+log = logging.getLogger("melanoma")
+
+
+def add_site_commands(commands) -> None:
+    """The `site` command and its actions, under the `melanoma` command's subparsers."""
+    site = commands.add_parser(
+        "site",
+        help="a clinic's own alert threshold (calibrate, list) and drift check (check)",
+        description="A site (a clinic) labels a sample of its own images; its alert threshold "
+        "is chosen on it and stored with the registry version (tag site.<NAME>).",
+    )
+    site_commands = site.add_subparsers(dest="site_command", required=True, metavar="ACTION")
+    calibrate = site_commands.add_parser(
+        "calibrate",
+        help="choose and store a site's threshold from a labelled folder <class>/<image>",
+        description="Score the labelled sample DIR (<class>/<image>, as the external sets) "
+        "with the version and store the site's threshold with it; calibrating again replaces "
+        "it. A sample that cannot support the promise (sites.target_sensitivity with "
+        "sites.confidence) is refused, naming the melanomas it would need, and nothing is "
+        "stored.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    calibrate.add_argument("name", metavar="NAME", help="the site: a plain identifier")
+    calibrate.add_argument("folder", type=Path, metavar="DIR", help="the labelled sample")
+    calibrate.add_argument(
+        "--version", help="version of registry.model_name (default: the champion)"
+    )
+    calibrate.set_defaults(handler=_site_calibrate)
+    listing = site_commands.add_parser("list", help="every version's sites and their figures")
+    listing.set_defaults(handler=_site_list)
+    check = site_commands.add_parser(
+        "check",
+        help="does a batch of unlabelled images look like the version's validation split?",
+        description="Compare the images of DIR (no labels) with the version's validation "
+        "split: P(melanoma) by a Kolmogorov-Smirnov test, the embedding by MMD with a "
+        "permutation p-value. One line says whether the batch looks like the training data or "
+        "its site should be calibrated; unfamiliar images are counted and left out.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    check.add_argument("folder", type=Path, metavar="DIR", help="the batch: image files")
+    check.add_argument("--version", help="version of registry.model_name (default: the champion)")
+    check.add_argument("--json", action="store_true", help="machine-readable output")
+    check.set_defaults(handler=_site_check)
+
+
+def site_threshold(reference: str, site: str) -> float | None:
+    """The threshold of `site` for the version `reference` names; None (logged) if none."""
+    from mlflow import MlflowClient
+
+    from melanoma.registry.promotion import RegistryError
+    from melanoma.sites.registry import SiteError, site_for_reference
+
+    try:
+        version, record = site_for_reference(MlflowClient(), reference, site)
+    except (SiteError, RegistryError) as error:
+        log.error("%s", error)
+        return None
+    log.info("melanoma alert threshold %s, of site %s for v%s", record.threshold, site, version)
+    return record.threshold
+
+
+def _site_calibrate(args: argparse.Namespace, params: Params) -> int:
+    from mlflow import MlflowClient
+
+    from melanoma.model.predict import ModelLoadError, load_model
+    from melanoma.registry.promotion import RegistryError, registered_threshold
+    from melanoma.sites.calibration import calibrate_site
+    from melanoma.sites.operating_point import SiteSampleError
+    from melanoma.sites.registry import (
+        SiteError,
+        check_site_name,
+        refresh_card_sites,
+        resolve_version,
+        store_site,
+    )
+    from melanoma.tracking import configure_tracking
+
+    configure_tracking(params.mlflow)
+    client, name = MlflowClient(), params.registry.model_name
+    try:
+        check_site_name(args.name)
+        version = resolve_version(client, name, args.version)
+        reference = f"models:/{name}/{version}"
+        global_threshold = registered_threshold(reference)
+        model = load_model(reference)
+        record = calibrate_site(model, args.name, args.folder, global_threshold, params)
+    except (SiteError, RegistryError, ModelLoadError, SiteSampleError) as error:
+        log.error("%s; nothing stored", error)
+        return CANNOT_RUN
+    store_site(client, name, version, record)
+    refresh_card_sites(client, name, version)
+    print(
+        f"{name} v{version}: site {record.name}: alert at P(melanoma) >= {record.threshold:.4g} "
+        f"({record.images} images, {record.melanomas} melanomas; on the sample: sensitivity "
+        f"{record.sample_sensitivity:.3f}, specificity {record.sample_specificity:.3f}; the "
+        f"global {record.global_threshold:.4g} gives {record.global_sensitivity:.3f} / "
+        f"{record.global_specificity:.3f})"
+    )
+    return OK
+
+
+def _site_list(args: argparse.Namespace, params: Params) -> int:
+    import pandas as pd
+    from mlflow import MlflowClient
+
+    from melanoma.registry.promotion import RegistryError
+    from melanoma.sites.registry import all_sites
+    from melanoma.tracking import configure_tracking
+
+    configure_tracking(params.mlflow)
+    name = params.registry.model_name
+    try:
+        sites = all_sites(MlflowClient(), name)
+    except RegistryError as error:
+        log.error("%s", error)
+        return CANNOT_RUN
+    if not sites:
+        print(f"{name}: no site calibrated (`melanoma site calibrate NAME DIR`)")
+        return OK
+    table = pd.DataFrame(
+        {
+            "version": version,
+            "site": record.name,
+            "threshold": record.threshold,
+            "images": record.images,
+            "melanomas": record.melanomas,
+            "sensitivity": record.sample_sensitivity,
+            "specificity": record.sample_specificity,
+            "global sens.": record.global_sensitivity,
+            "global spec.": record.global_specificity,
+            "calibrated": record.calibrated_at,
+        }
+        for version, record in sites
+    )
+    print(f"{name}: sensitivity and specificity on each site's sample")
+    print(table.to_string(index=False, float_format=lambda value: f"{value:.3f}"))
+    return OK
+
+
+def _site_check(args: argparse.Namespace, params: Params) -> int:
+    from dataclasses import asdict
+
+    import numpy as np
+    from mlflow import MlflowClient
+
+    from melanoma.model.predict import (
+        ModelLoadError,
+        find_images,
+        load_model_and_detector,
+        load_stored_file,
+        predict_files,
+    )
+    from melanoma.paths import DRIFT_REFERENCE_FILE
+    from melanoma.registry.promotion import RegistryError
+    from melanoma.sites.drift import DriftReference, DriftReferenceError, check_drift
+    from melanoma.sites.registry import resolve_version
+    from melanoma.tracking import configure_tracking
+
+    configure_tracking(params.mlflow)
+    name = params.registry.model_name
+    files = find_images([args.folder])
+    if not files:
+        log.error("no image files in %s", args.folder)
+        return CANNOT_RUN
+    try:
+        version = resolve_version(MlflowClient(), name, args.version)
+        reference = f"models:/{name}/{version}"
+        model, detector = load_model_and_detector(reference)
+        reference_file = load_stored_file(reference, DRIFT_REFERENCE_FILE.name)
+        if detector is None or reference_file is None:
+            raise DriftReferenceError(
+                f"{name} v{version} carries no drift reference (registered before the drift "
+                "check): check with a version trained since"
+            )
+        validation = DriftReference.load(reference_file)
+    except (RegistryError, ModelLoadError, DriftReferenceError) as error:
+        log.error("%s", error)
+        return CANNOT_RUN
+    predictions = predict_files(
+        model, files, params.ingest.image_size, params.ingest.max_image_pixels, detector
+    )
+    compared = [p for p in predictions if p.ok and not p.unfamiliar]
+    unreadable = sum(not p.ok for p in predictions)
+    unfamiliar = sum(bool(p.unfamiliar) for p in predictions)
+    if len(compared) < 2:
+        log.error("%s: %d images left to compare (the check needs 2)", args.folder, len(compared))
+        return CANNOT_RUN
+    result = check_drift(
+        validation,
+        np.array([p.melanoma_probability for p in compared]),
+        np.stack([p.features for p in compared]),
+        params.sites.drift_alpha,
+        params.sites.drift_permutations,
+    )
+    if args.json:
+        output = {"folder": str(args.folder), "model": reference, "files": len(files)}
+        output |= {"unreadable": unreadable, "unfamiliar": unfamiliar, "drifted": result.drifted}
+        print(json.dumps(output | asdict(result), indent=2))
+    else:
+        verdict = result.verdict(f"the validation split of {name} v{version}")
+        left_out = f"{unfamiliar} unfamiliar and {unreadable} unreadable files left out"
+        print(f"{args.folder}: {left_out}; {verdict}")
+    return SOME_FILES_FAILED if unreadable else OK
