@@ -192,8 +192,10 @@ def main() -> None:
                 run_model_step(source, seed)
     else:
         from bench.sites_tables import print_tables
+        from melanoma.config import load_params
 
-        print_tables([step_name(source, seed) for seed in args.seeds for source in args.sources])
+        steps = [step_name(source, seed) for seed in args.seeds for source in args.sources]
+        print_tables(steps, load_params().sites)
 
 
 if __name__ == "__main__":
