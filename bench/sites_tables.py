@@ -4,9 +4,11 @@ steps (seconds; nothing is trained here).
 - **Rules**: for each model (one training source, one seed) and each site it never saw, draws
   of a labelled sample (m melanomas and the site's own share of other lesions, stratified;
   DRAWS per seed) for m in SAMPLE_MELANOMAS; each rule's threshold from the sample (and, for
-  `beta_prior`, the model's validation split), then on the site's *other* images: whether
-  sensitivity >= the target, the specificity, and its gap to the best threshold in hindsight
-  (the one that gives exactly the target sensitivity there).
+  `beta_prior` and `global`, the model's validation split), then on the site's *other*
+  images: whether sensitivity >= the target, the specificity, and its gap to the best
+  threshold in hindsight (the one that gives exactly the target sensitivity there).
+  Evaluate's own rule (Clopper-Pearson) on the sample alone is not listed: its criterion is
+  the order statistic's, and it picks the same threshold.
 - **Drift**: the model's validation split halved (seeded): one half is the reference; DRAWS
   batches of BATCH images from the other half and from each site are checked against it.
 - **Warning**: the share of each group the model's unfamiliar-image score flags.
@@ -47,27 +49,6 @@ def _two_class(is_melanoma: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray,
     return label_indices, probabilities
 
 
-def order_statistic(is_melanoma, scores, params: SiteParams, _validation) -> float:
-    """The highest k-th lowest melanoma score that holds the target with the confidence,
-    distribution-free: P(Beta(k, n + 1 - k) <= 1 - target) >= confidence."""
-    melanoma = np.sort(scores[is_melanoma])
-    n, target = len(melanoma), params.target_sensitivity
-    ks = [k for k in range(1, n + 1) if beta.cdf(1 - target, k, n + 1 - k) >= params.confidence]
-    if not ks:
-        raise SiteSampleError("too few melanomas")
-    return float(melanoma[max(ks) - 1])
-
-
-def clopper_pearson(is_melanoma, scores, params: SiteParams, _validation) -> float:
-    """The pipeline's own rule (evaluate), on the sample alone."""
-    chosen = choose_threshold(
-        *_two_class(is_melanoma, scores), params.target_sensitivity, params.confidence
-    )
-    if not chosen.target_reachable:
-        raise SiteSampleError("too few melanomas")
-    return chosen.value
-
-
 def beta_prior(is_melanoma, scores, params: SiteParams, validation) -> float:
     """The highest threshold whose sensitivity, Beta posterior of the sample's counts with
     validation's sensitivity there as a prior of PRIOR_MELANOMAS melanomas, reaches the target
@@ -84,9 +65,15 @@ def beta_prior(is_melanoma, scores, params: SiteParams, validation) -> float:
     return float(np.min(melanoma))
 
 
-def logit_normal(is_melanoma, scores, params: SiteParams, _validation) -> float:
-    """The default (melanoma.sites.operating_point)."""
-    return choose_site_threshold(is_melanoma, scores, params).threshold
+def site_rule(name: str):
+    """A rule of melanoma.sites.operating_point (`sites.rule`), as the bench calls rules."""
+
+    def choose(is_melanoma, scores, params: SiteParams, _validation) -> float:
+        return choose_site_threshold(
+            is_melanoma, scores, params.model_copy(update={"rule": name})
+        ).threshold
+
+    return choose
 
 
 def global_threshold(_is_melanoma, _scores, _params, validation) -> float:
@@ -97,9 +84,8 @@ def global_threshold(_is_melanoma, _scores, _params, validation) -> float:
 
 
 RULES = {
-    "logit_normal (default)": logit_normal,
-    "order_statistic": order_statistic,
-    "clopper_pearson": clopper_pearson,
+    "order_statistic (default)": site_rule("order_statistic"),
+    "logit_normal": site_rule("logit_normal"),
     "beta_prior": beta_prior,
     "global": global_threshold,
 }

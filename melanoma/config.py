@@ -500,6 +500,7 @@ class UnfamiliarParams(_Section):
 class SiteParams(_Section):
     """A clinic's own alert threshold (`melanoma site calibrate`, melanoma.sites)."""
 
+    rule: Literal["order_statistic", "logit_normal"] = "order_statistic"
     target_sensitivity: float = Field(
         0.80, gt=0.5, lt=1, description="promised on the site's images beyond its sample"
     )

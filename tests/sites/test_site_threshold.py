@@ -9,7 +9,8 @@ from melanoma.sites.operating_point import (
     melanomas_needed,
 )
 
-PARAMS = SiteParams(target_sensitivity=0.80, confidence=0.90)
+PARAMS = SiteParams(target_sensitivity=0.80, confidence=0.90)  # order_statistic, the default
+LOGIT_NORMAL = PARAMS.model_copy(update={"rule": "logit_normal"})
 
 
 def _sample(rng, melanomas: int, others: int, shift: float = 0.0):
@@ -20,17 +21,39 @@ def _sample(rng, melanomas: int, others: int, shift: float = 0.0):
     return np.arange(melanomas + others) < melanomas, expit(logits)
 
 
-def test_the_promise_holds_on_the_sites_other_melanomas_in_the_stated_share_of_samples():
-    rng = np.random.default_rng(0)
-    # The site's melanomas, all of them: the true sensitivity of any threshold is known.
-    population = expit(rng.normal(0.5, 1.5, 200_000))
+def _share_kept(params: SiteParams, melanoma_logits, seed: int) -> float:
+    """Over 1000 samples of 20 melanomas (logits drawn by `melanoma_logits(rng, n)`) and 180
+    other lesions, the share whose threshold holds the target on all the site's melanomas."""
+    rng = np.random.default_rng(seed)
+    population = expit(melanoma_logits(rng, 200_000))
     kept = []
     for _ in range(1000):
-        is_melanoma, scores = _sample(rng, 20, 180, shift=-0.5)
-        threshold = choose_site_threshold(is_melanoma, scores, PARAMS).threshold
-        kept.append(np.mean(population >= threshold) >= PARAMS.target_sensitivity)
-    # 90% confidence: over 1000 samples, 0.90 +- 0.03 (three binomial standard deviations).
-    assert np.mean(kept) == pytest.approx(0.90, abs=0.03)
+        scores = np.concatenate([expit(melanoma_logits(rng, 20)), expit(rng.normal(-2, 1.5, 180))])
+        is_melanoma = np.arange(200) < 20
+        threshold = choose_site_threshold(is_melanoma, scores, params).threshold
+        kept.append(np.mean(population >= threshold) >= params.target_sensitivity)
+    return float(np.mean(kept))
+
+
+def normal(rng, n):
+    return rng.normal(0.5, 1.5, n)
+
+
+def skewed(rng, n):
+    """A long left tail: a few melanomas the model nearly misses."""
+    return 2 - rng.gamma(1.0, 1.5, n)
+
+
+def test_the_order_statistic_keeps_the_promise_whatever_the_scores_distribution():
+    # 90% confidence: over 1000 samples, at least 0.90 - 0.03 (three binomial sd); the
+    # discrete order statistics make it conservative (about 0.93 at n = 20).
+    assert _share_kept(PARAMS, normal, 0) >= 0.87
+    assert _share_kept(PARAMS, skewed, 1) >= 0.87
+
+
+def test_the_logit_normal_bound_keeps_it_for_normal_logits():
+    # Exact for normal logits; on the simulated sites it slipped (bench/sites.py).
+    assert _share_kept(LOGIT_NORMAL, normal, 2) == pytest.approx(0.90, abs=0.03)
 
 
 def test_more_melanomas_give_a_threshold_nearer_the_true_one():
@@ -39,7 +62,7 @@ def test_more_melanomas_give_a_threshold_nearer_the_true_one():
     gaps = {}
     for melanomas in (20, 80):
         thresholds = [
-            choose_site_threshold(*_sample(rng, melanomas, 200), PARAMS).threshold
+            choose_site_threshold(*_sample(rng, melanomas, 200), LOGIT_NORMAL).threshold
             for _ in range(200)
         ]
         gaps[melanomas] = true_threshold - np.median(thresholds)
