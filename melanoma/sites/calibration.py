@@ -9,7 +9,6 @@ without them would not be the one the clinic labelled for. Files beside the clas
 (README, checksums, a labels table) are ignored.
 """
 
-import logging
 import tempfile
 from pathlib import Path
 
@@ -26,8 +25,6 @@ from melanoma.model.predict import predict_files
 from melanoma.paths import INGESTED_MANIFEST
 from melanoma.sites.operating_point import SiteSampleError, choose_site_threshold
 from melanoma.sites.registry import SiteRecord, now
-
-log = logging.getLogger(__name__)
 
 MAX_PROBLEMS_LISTED = 10
 
