@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import zipfile
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,18 +20,18 @@ from PIL import Image
 from bench.project import command_env, copy_project
 from melanoma.data.manifest import AUGMENTED_COLUMNS, INGEST_COLUMNS, VALIDATED_COLUMNS
 from melanoma.labels import LABELS
-from tests.helpers import HAM_LABELS, table_source_params, write_table_source
+from tests.helpers import (
+    HAM_LABELS,
+    MODEL_SIZE,
+    build_tiny_classifier,
+    image_file_bytes,
+    table_source_params,
+    write_table_source,
+)
 
 # --- tiny ISIC-like sources (ingest, validate, pipeline tests) ---------------------------------
 
 ISIC_TOP_FOLDER = "Skin cancer ISIC The International Skin Imaging Collaboration"
-
-
-def _image_bytes(seed: int, size: tuple[int, int] = (16, 16), fmt: str = "JPEG") -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels, "RGB").save(buffer, fmt)
-    return buffer.getvalue()
 
 
 def _default_isic_files() -> dict[str, bytes]:
@@ -39,7 +40,7 @@ def _default_isic_files() -> dict[str, bytes]:
         (split, label.replace("_", " ")) for label in LABELS for split in ("Train", "Train", "Test")
     ]
     return {
-        f"{split}/{folder}/ISIC_{n:07d}.jpg": _image_bytes(n)
+        f"{split}/{folder}/ISIC_{n:07d}.jpg": image_file_bytes(n)
         for n, (split, folder) in enumerate(places)
     }
 
@@ -50,7 +51,7 @@ def image_bytes() -> Callable[..., bytes]:
 
     Same arguments, same bytes: plant an exact duplicate by reusing a seed.
     """
-    return _image_bytes
+    return image_file_bytes
 
 
 @pytest.fixture
@@ -316,8 +317,6 @@ def reference_csv(tmp_path: Path) -> Callable[..., Path]:
 
 # --- tiny models and an MLflow registry (evaluate, registry, predict, cli, serve tests) -------
 
-MODEL_SIZE = 16  # input side of the tiny models: smaller than TINY_SIZE, so images get resized
-
 
 @pytest.fixture(scope="session")
 def _empty_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -330,22 +329,16 @@ def _empty_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture
-def mlflow_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _empty_mlflow_db: Path):
-    """A project directory, made the cwd, with MLflow pointed at a new SQLite store in it.
-
-    Writes ./params.yaml (the tiny params with train.image_size=MODEL_SIZE, 20 bootstrap
-    samples, registry.model_name "melanoma-test", 200 promotion bootstrap samples, one external
-    set "tinyext" (write_external_set at ./external) that chooses the threshold) and returns it
-    parsed (melanoma.config.Params).
-    """
+@contextmanager
+def _mlflow_project_at(root: Path, monkeypatch: pytest.MonkeyPatch, empty_db: Path):
+    """mlflow_project's set-up in `root`, undone on exit."""
     import mlflow
 
     from melanoma.config import parse_params
 
-    monkeypatch.chdir(tmp_path)
-    shutil.copyfile(_empty_mlflow_db, tmp_path / "mlflow.db")
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.chdir(root)
+    shutil.copyfile(empty_db, root / "mlflow.db")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     # MLflow keeps a process-wide tracking URI that wins over the environment variable.
     mlflow.set_tracking_uri(uri)
@@ -353,7 +346,7 @@ def mlflow_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _empty_mlflo
     raw["train"]["image_size"] = MODEL_SIZE
     raw["evaluate"]["bootstrap_samples"] = 20
     raw["evaluate"]["external_sets"] = [
-        {"name": "tinyext", "path": str(write_external_set(tmp_path / "external"))}
+        {"name": "tinyext", "path": str(write_external_set(root / "external"))}
     ]
     raw["evaluate"]["operating_point"]["choose_on"] = "tinyext"
     raw["registry"]["model_name"] = "melanoma-test"
@@ -366,6 +359,31 @@ def mlflow_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _empty_mlflo
 
 
 @pytest.fixture
+def mlflow_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _empty_mlflow_db: Path):
+    """A project directory, made the cwd, with MLflow pointed at a new SQLite store in it.
+
+    Writes ./params.yaml (the tiny params with train.image_size=MODEL_SIZE, 20 bootstrap
+    samples, registry.model_name "melanoma-test", 200 promotion bootstrap samples, one external
+    set "tinyext" (write_external_set at ./external) that chooses the threshold) and returns it
+    parsed (melanoma.config.Params).
+    """
+    with _mlflow_project_at(tmp_path, monkeypatch, _empty_mlflow_db) as params:
+        yield params
+
+
+@pytest.fixture(scope="module")
+def module_mlflow_project(tmp_path_factory: pytest.TempPathFactory, _empty_mlflow_db: Path):
+    """mlflow_project shared by every test of a module: for what costs seconds to set up in it
+    (a served model), built once."""
+    root = tmp_path_factory.mktemp("project")
+    with (
+        pytest.MonkeyPatch.context() as monkeypatch,
+        _mlflow_project_at(root, monkeypatch, _empty_mlflow_db) as params,
+    ):
+        yield params
+
+
+@pytest.fixture
 def tiny_classifier() -> Callable:
     """tiny_classifier(probabilities=None, size=MODEL_SIZE) -> keras.Model with the train
     contract: uint8 (None, size, size, 3) in, 9 softmax probabilities (LABELS order) out.
@@ -373,23 +391,7 @@ def tiny_classifier() -> Callable:
     With `probabilities` (9 values summing to 1) it answers them for every image. Without, its
     answer depends on the image's mean colour, with fixed weights: the same model every call.
     """
-
-    def build(probabilities: list[float] | None = None, size: int = MODEL_SIZE):
-        import keras
-
-        inputs = keras.Input((size, size, 3), dtype="uint8")
-        features = keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 255)(inputs))
-        dense = keras.layers.Dense(len(LABELS), activation="softmax")
-        model = keras.Model(inputs, dense(features))
-        if probabilities is None:
-            kernel = np.random.default_rng(7).normal(0, 4, (3, len(LABELS)))
-            bias = np.zeros(len(LABELS))
-        else:
-            kernel, bias = np.zeros((3, len(LABELS))), np.log(probabilities)
-        dense.set_weights([kernel.astype("float32"), bias.astype("float32")])
-        return model
-
-    return build
+    return build_tiny_classifier
 
 
 @pytest.fixture

@@ -1,10 +1,12 @@
 """Helpers shared by test modules (fixtures live in conftest.py)."""
 
+import io
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from melanoma import paths
 from melanoma.config import TrainParams
@@ -156,3 +158,31 @@ def site_record(name: str, threshold: float):
         folder="/data/sample",
         calibrated_at="2026-12-07T10:00:00+00:00",
     )
+
+
+MODEL_SIZE = 16  # input side of the tiny models: smaller than TINY_SIZE, so images get resized
+
+
+def image_file_bytes(seed: int, size: tuple[int, int] = (16, 16), fmt: str = "JPEG") -> bytes:
+    """The bytes of a random-pixel RGB image file (the image_bytes fixture's)."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, "RGB").save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def build_tiny_classifier(probabilities: list[float] | None = None, size: int = MODEL_SIZE):
+    """The model of the tiny_classifier fixture."""
+    import keras
+
+    inputs = keras.Input((size, size, 3), dtype="uint8")
+    features = keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 255)(inputs))
+    dense = keras.layers.Dense(len(LABELS), activation="softmax")
+    model = keras.Model(inputs, dense(features))
+    if probabilities is None:
+        kernel = np.random.default_rng(7).normal(0, 4, (3, len(LABELS)))
+        bias = np.zeros(len(LABELS))
+    else:
+        kernel, bias = np.zeros((3, len(LABELS))), np.log(probabilities)
+    dense.set_weights([kernel.astype("float32"), bias.astype("float32")])
+    return model

@@ -19,7 +19,13 @@ from melanoma.model.predict import predict_files, read_image, to_model_size
 from melanoma.model.serving import ServingConfig, log_served_model, request_body
 from melanoma.registry.promotion import Decision, record_decision
 from melanoma.sites.registry import store_site
-from tests.helpers import fitted_detector, noise_images, site_record
+from tests.helpers import (
+    build_tiny_classifier,
+    fitted_detector,
+    image_file_bytes,
+    noise_images,
+    site_record,
+)
 
 INGEST_SIZE, MAX_PIXELS = 32, 1_000_000
 CONFIG = dict(
@@ -47,13 +53,15 @@ def _snapshot(*folders: Path) -> set[tuple[str, int]]:
     return {(str(p), p.stat().st_size) for folder in folders for p in folder.rglob("*")}
 
 
-@pytest.fixture
-def served(mlflow_project, tiny_classifier, image_bytes, tmp_path):
+@pytest.fixture(scope="module")
+def served(module_mlflow_project, tmp_path_factory):
     """(server URL, the Keras model, image files, the registered threshold, the server's
     working and temporary folders): models:/melanoma-test@champion logged by log_served_model
-    with an alert threshold between the files' P(melanoma), served on loopback."""
-    model = tiny_classifier()
-    paths = _files(tmp_path / "photos", image_bytes)
+    with an alert threshold between the files' P(melanoma), served on loopback. One server for
+    the module (its start costs seconds): a test must leave the registry's alert as it found it."""
+    tmp_path = tmp_path_factory.mktemp("served")
+    model = build_tiny_classifier()
+    paths = _files(tmp_path / "photos", image_file_bytes)
     melanoma = [
         p.probabilities[MELANOMA] for p in predict_files(model, paths, INGEST_SIZE, MAX_PIXELS)
     ]
