@@ -2,18 +2,22 @@
 
 What the registry version points to is an MLflow pyfunc model logged by `log_served_model`
 after evaluation: the Keras model file, the `melanoma` package (code_paths, so the server
-decodes images with the very functions ingest and `melanoma predict` use) and its config, which
-holds the alert threshold chosen for it. The same MLmodel also has the `keras` flavor, reading
-the same file, so `mlflow.keras.load_model` (predict, explain, the champion's re-scoring) works
-on it as on any logged Keras model.
+decodes images with the very functions ingest and `melanoma predict` use), its config, which
+holds the alert threshold chosen for it, and the files `train` keeps beside the model (the
+unfamiliar-image detector, the drift reference). The same MLmodel also has the `keras` flavor,
+reading the same file, so `mlflow.keras.load_model` (predict, explain, the champion's
+re-scoring) works on it as on any logged Keras model.
 
 A request is one column, `image`, one row per image: the base64 of an image file (JPEG, PNG,
 BMP, ...; decoded, centre-cropped and resized exactly as ingest does it), or the image as
 S x S x 3 uint8 RGB values (S = the model's input size). One column of either kind is the only
 schema that keeps the original `{"inputs": [pixel arrays]}` body working, so its type is Any.
-The answer, per image: the nine probabilities, the top label, P(melanoma), and the alert at the
-version's own threshold. Every image of a request goes through the model in one call of a
-`tf.function` traced once at load (not `model.predict`, which builds an input pipeline per call).
+A request may name a site (`"params": {"site": NAME}`): the alert is then raised at the
+threshold `melanoma site calibrate` stored for it with this version, read from the registry.
+The answer, per image: the nine probabilities, the top label, P(melanoma), the alert at the
+version's own threshold (or the site's), and whether the image is unfamiliar. Every image of a
+request goes through the model in one call of a `tf.function` traced once at load (not
+`model.predict`, which builds an input pipeline per call).
 """
 
 import base64

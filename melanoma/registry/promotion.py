@@ -394,9 +394,10 @@ def promote_by_hand(client: MlflowClient, name: str, version: str) -> str | None
         raise RegistryError(f"{name} v{version} is already the champion")
     _set_champion(client, name, version)
     was = f"v{previous}" if previous else "none"
-    client.set_model_version_tag(
-        name, version, MANUAL_TAG, f"promoted by hand at {_now()} (champion was {was})"
-    )
+    by_hand = f"promoted by hand at {_now()} (champion was {was})"
+    client.set_model_version_tag(name, version, MANUAL_TAG, by_hand)
+    # What `register` reports for a version that is the champion already: why it is.
+    client.set_model_version_tag(name, version, REASON_TAG, by_hand)
     return previous
 
 

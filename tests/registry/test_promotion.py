@@ -238,6 +238,8 @@ def test_promote_by_hand_then_roll_back(mlflow_project, new_model):
     assert promote_by_hand(client, NAME, "3") == "1"
     assert champion_version(client, NAME) == "3"
     assert "promoted by hand" in _tags("3")[MANUAL_TAG]
+    # Registering v3 again (`register` re-run) finds it champion and says why: by hand.
+    assert _tags("3")[REASON_TAG] == _tags("3")[MANUAL_TAG]
     assert promote_by_hand(client, NAME, "2") == "3"
 
     assert rollback(client, NAME) == ("2", "3")
