@@ -87,28 +87,19 @@ def site_images(train_source: str) -> dict[str, tuple[list[Path], np.ndarray]]:
 
 
 def score(model, detector, paths: list[Path], params) -> dict[str, np.ndarray]:
-    """P(melanoma), the features at the detector's depth and the unfamiliar score of files."""
-    from tqdm import tqdm
+    """P(melanoma), the features at the detector's depth and the unfamiliar score of files,
+    through `melanoma predict`'s own code path."""
+    from melanoma.model.predict import predict_files
 
-    from melanoma.labels import MELANOMA_INDEX
-    from melanoma.model.predict import read_image, to_model_size
-    from melanoma.sites.unfamiliar import probe
-
-    extractor = probe(model, detector.depth)
     size, max_pixels = params.ingest.image_size, params.ingest.max_image_pixels
-    melanoma, features = [], []
-    for start in tqdm(range(0, len(paths), 64), desc="score", unit="batch", leave=False):
-        images = np.stack([read_image(p, size, max_pixels) for p in paths[start : start + 64]])
-        probabilities, batch_features = extractor.predict_on_batch(
-            to_model_size(images, model.input_shape[1])
-        )
-        melanoma.append(np.asarray(probabilities)[:, MELANOMA_INDEX])
-        features.append(np.asarray(batch_features))
-    features = np.concatenate(features)
+    predictions = predict_files(model, paths, size, max_pixels, detector)
+    unusable = [p.path for p in predictions if not p.ok]
+    if unusable:
+        raise RuntimeError(f"{len(unusable)} images cannot be read: {unusable[:5]}")
     return {
-        "melanoma": np.concatenate(melanoma),
-        "features": features,
-        "unfamiliar": detector.scores(features),
+        "melanoma": np.array([p.melanoma_probability for p in predictions]),
+        "features": np.stack([p.features for p in predictions]),
+        "unfamiliar": np.array([p.unfamiliar_score for p in predictions]),
     }
 
 

@@ -76,21 +76,15 @@ def is_mlflow_uri(reference: str) -> bool:
 def load_model(reference: str) -> keras.Model:
     """A Keras model from an MLflow URI (models:/name@alias, models:/name/3, runs:/id/model),
     a .keras file, or a directory holding an MLflow model."""
-    return load_model_and_detector(reference)[0]
+    return _keras_model(model_location(reference), reference)
 
 
 def load_model_and_detector(reference: str) -> tuple[keras.Model, UnfamiliarDetector | None]:
     """The Keras model of `reference` (as `load_model`) and the unfamiliar-image detector
     stored with it (`stored_file`); None if there is none."""
-    model_file = _model_location(reference)
-    try:
-        if model_file.is_file():
-            model = keras.saving.load_model(model_file)
-        else:
-            model = mlflow.keras.load_model(str(model_file))
-    except Exception as error:  # MLflow, Keras and h5py each raise their own kinds
-        raise ModelLoadError(f"model {reference} cannot be loaded: {error}") from error
-    detector_file = stored_file(model_file, UNFAMILIAR_FILE.name)
+    location = model_location(reference)
+    model = _keras_model(location, reference)
+    detector_file = stored_file(location, UNFAMILIAR_FILE.name)
     if detector_file is None:
         return model, None
     try:
@@ -99,13 +93,9 @@ def load_model_and_detector(reference: str) -> tuple[keras.Model, UnfamiliarDete
         raise ModelLoadError(f"model {reference}: {error}") from None
 
 
-def load_stored_file(reference: str, name: str) -> Path | None:
-    """The file `name` stored with the model `reference` names (`stored_file`), or None."""
-    return stored_file(_model_location(reference), name)
-
-
-def _model_location(reference: str) -> Path:
-    """A local .keras file or MLflow model folder for `reference` (downloaded if a URI)."""
+def model_location(reference: str) -> Path:
+    """A local .keras file or MLflow model folder for `reference` (downloaded if a URI): what
+    the load functions read, and where `stored_file` looks."""
     if not is_mlflow_uri(reference):
         if not Path(reference).exists():
             raise ModelLoadError(f"model {reference}: no such file, and not an MLflow model URI")
@@ -113,6 +103,15 @@ def _model_location(reference: str) -> Path:
     try:
         return Path(mlflow.artifacts.download_artifacts(reference))
     except Exception as error:  # MLflow raises its own kinds, and OSError
+        raise ModelLoadError(f"model {reference} cannot be loaded: {error}") from error
+
+
+def _keras_model(location: Path, reference: str) -> keras.Model:
+    try:
+        if location.is_file():
+            return keras.saving.load_model(location)
+        return mlflow.keras.load_model(str(location))
+    except Exception as error:  # MLflow, Keras and h5py each raise their own kinds
         raise ModelLoadError(f"model {reference} cannot be loaded: {error}") from error
 
 
@@ -239,7 +238,7 @@ class ImageScorer:
     call."""
 
     def __init__(self, model: keras.Model, detector: UnfamiliarDetector | None):
-        self.detector = detector
+        self.with_features = detector is not None
         if detector is None:
             self.model = model
         else:
@@ -249,7 +248,7 @@ class ImageScorer:
             self.model = by_depth[detector.depth]
 
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        if self.detector is None:
+        if not self.with_features:
             return np.asarray(self.model.predict_on_batch(images), dtype=np.float64), None
         probabilities, features = self.model.predict_on_batch(images)
         return np.asarray(probabilities, dtype=np.float64), np.asarray(features)

@@ -165,8 +165,9 @@ def _site_check(args: argparse.Namespace, params: Params) -> int:
         ModelLoadError,
         find_images,
         load_model_and_detector,
-        load_stored_file,
+        model_location,
         predict_files,
+        stored_file,
     )
     from melanoma.paths import DRIFT_REFERENCE_FILE
     from melanoma.registry.promotion import RegistryError
@@ -183,8 +184,9 @@ def _site_check(args: argparse.Namespace, params: Params) -> int:
     try:
         version = resolve_version(MlflowClient(), name, args.version)
         reference = f"models:/{name}/{version}"
-        model, detector = load_model_and_detector(reference)
-        reference_file = load_stored_file(reference, DRIFT_REFERENCE_FILE.name)
+        location = model_location(reference)  # downloaded once, read twice
+        model, detector = load_model_and_detector(str(location))
+        reference_file = stored_file(location, DRIFT_REFERENCE_FILE.name)
         if detector is None or reference_file is None:
             raise DriftReferenceError(
                 f"{name} v{version} carries no drift reference (registered before the drift "
