@@ -9,6 +9,7 @@ from melanoma.evaluation.metrics import (
     bootstrap_intervals,
     evaluation_metrics,
     images_sha256,
+    melanoma_auc,
     metrics_report,
     plot_confusion_matrix,
     plot_melanoma_roc,
@@ -80,6 +81,17 @@ def test_alert_is_raised_at_the_threshold_itself():
     just_above = evaluation_metrics(TRUE, PROBABILITIES, threshold=0.36)
     assert at_threshold["melanoma_sensitivity"] == pytest.approx(2 / 3)
     assert just_above["melanoma_sensitivity"] == pytest.approx(1 / 3)
+
+
+def test_melanoma_auc_is_sklearn_s_with_ties_counted_half():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    is_melanoma = rng.random(300) < 0.2
+    scores = np.round(rng.random(300) + 0.3 * is_melanoma, 1)  # rounded: many ties
+    assert melanoma_auc(is_melanoma, scores) == pytest.approx(roc_auc_score(is_melanoma, scores))
+    assert melanoma_auc(np.array([True, False]), np.array([0.5, 0.5])) == 0.5
+    assert math.isnan(melanoma_auc(np.array([True, True]), np.array([0.1, 0.9])))
 
 
 def test_auc_is_undefined_without_melanoma_in_the_test_set():

@@ -159,7 +159,12 @@ def test_colour_constancy_is_inside_the_saved_model(tmp_path):
     assert not np.allclose(plain.predict(images, verbose=0), model.predict(images, verbose=0))
 
 
-@pytest.mark.parametrize("train_batch_norm", [False, True])
+@pytest.mark.parametrize(
+    "train_batch_norm",
+    # Each case traces a Lite0 training step (5-10 s); the batch norms' case holds the other's
+    # checks and more, so `make test-fast` runs that one.
+    [pytest.param(False, marks=pytest.mark.slow), True],
+)
 def test_training_top_blocks_on_cached_activations_equals_training_them_on_images(
     train_batch_norm,
 ):
