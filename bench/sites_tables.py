@@ -3,7 +3,7 @@ steps (seconds; nothing is trained here).
 
 - **Rules**: for each model (one training source, one seed) and each site it never saw, draws
   of a labelled sample (m melanomas and the site's own share of other lesions, stratified;
-  DRAWS per seed) for m in SAMPLE_MELANOMAS; each rule's threshold from the sample (and, for
+  SAMPLE_DRAWS per seed) for m in SAMPLE_MELANOMAS; each rule's threshold from the sample (and, for
   `beta_prior` and `global`, the model's validation split), then on the site's *other*
   images: whether sensitivity >= the target, the specificity, and its gap to the best
   threshold in hindsight (the one that gives exactly the target sensitivity there).
@@ -33,7 +33,9 @@ from melanoma.sites.operating_point import SiteSampleError, choose_site_threshol
 log = logging.getLogger(__name__)
 
 SAMPLE_MELANOMAS = (20, 40, 80)
-DRAWS = 20
+# Samples per site and model: a share near 0.90 is then known to about ±0.03 per model.
+SAMPLE_DRAWS = 100
+DRAWS = 20  # drift batches per group, as the issue's target counts them
 BATCH = 100
 MIN_LEFT = 15  # melanomas the site must keep beyond the sample to measure a sensitivity on
 PRIOR_MELANOMAS = 20  # beta_prior: validation's weight, in melanomas
@@ -53,16 +55,15 @@ def beta_prior(is_melanoma, scores, params: SiteParams, validation) -> float:
     """The highest threshold whose sensitivity, Beta posterior of the sample's counts with
     validation's sensitivity there as a prior of PRIOR_MELANOMAS melanomas, reaches the target
     with the confidence."""
-    val_melanoma = validation["melanoma"][validation["is_melanoma"]]
-    melanoma = scores[is_melanoma]
-    for threshold in np.sort(np.concatenate([melanoma, val_melanoma]))[::-1]:
-        prior = np.mean(val_melanoma >= threshold)
-        caught = np.sum(melanoma >= threshold)
-        a = 1 + PRIOR_MELANOMAS * prior + caught
-        b = 1 + PRIOR_MELANOMAS * (1 - prior) + len(melanoma) - caught
-        if beta.sf(params.target_sensitivity, a, b) >= params.confidence:
-            return float(threshold)
-    return float(np.min(melanoma))
+    val_melanoma = np.sort(validation["melanoma"][validation["is_melanoma"]])
+    melanoma = np.sort(scores[is_melanoma])
+    thresholds = np.unique(np.concatenate([melanoma, val_melanoma]))[::-1]
+    prior = 1 - np.searchsorted(val_melanoma, thresholds) / len(val_melanoma)
+    caught = len(melanoma) - np.searchsorted(melanoma, thresholds)
+    a = 1 + PRIOR_MELANOMAS * prior + caught
+    b = 1 + PRIOR_MELANOMAS * (1 - prior) + len(melanoma) - caught
+    reached = np.flatnonzero(beta.sf(params.target_sensitivity, a, b) >= params.confidence)
+    return float(thresholds[reached[0]]) if len(reached) else float(melanoma[0])
 
 
 def site_rule(name: str):
@@ -104,7 +105,7 @@ def rule_rows(step: str, scores: dict, params: SiteParams) -> list[dict]:
             if len(melanomas) - m < MIN_LEFT:
                 continue
             k = round(m * len(others) / len(melanomas))
-            for draw in range(DRAWS):
+            for draw in range(SAMPLE_DRAWS):
                 sample = np.concatenate(
                     [rng.choice(melanomas, m, replace=False), rng.choice(others, k, replace=False)]
                 )
@@ -178,11 +179,42 @@ def warning_rows(step: str, scores: dict) -> list[dict]:
 
 def _seed_spread(frame: pd.DataFrame, by: list[str], figures: list[str]) -> pd.DataFrame:
     """Mean over the draws per step, then mean ± sd over the seeds (steps of one source)."""
-    frame = frame.assign(seedless=frame["step"].str.replace(r"_seed\d+$", "", regex=True))
-    per_step = frame.groupby(["seedless", "step", *by])[figures].mean().reset_index()
+    per_step = _seedless(frame).groupby(["seedless", "step", *by])[figures].mean().reset_index()
     grouped = per_step.groupby(["seedless", *by])[figures]
     mean, sd = grouped.mean(), grouped.std().fillna(0)
     return mean.map(lambda v: f"{v:.3f}") + " ± " + sd.map(lambda v: f"{v:.3f}")
+
+
+def _seedless(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.assign(seedless=frame["step"].str.replace(r"_seed\d+$", "", regex=True))
+
+
+def target_table(rules: pd.DataFrame, drift: pd.DataFrame, warning: pd.DataFrame) -> pd.DataFrame:
+    """The issue's targets, each against its figure (mean over seeds and draws) per model
+    source and group: the default rule at 20 melanomas, the drift check, the warning."""
+    default = rules[(rules["rule"] == "order_statistic (default)") & (rules["melanomas"] == 20)]
+    per_site = _seedless(default).groupby(["seedless", "site"])[["kept", "gap"]].mean()
+    drifted = _seedless(drift).groupby(["seedless", "batch"])["drifted"].mean()
+    flagged = _seedless(warning).groupby(["seedless", "group"])["flagged"].mean()
+    rows = []
+    for (source, site), row in per_site.iterrows():
+        rows.append(
+            ("kept >= 0.90 of samples of 20", source, site, row["kept"], row["kept"] >= 0.9)
+        )
+        rows.append(("specificity gap <= 0.15", source, site, row["gap"], row["gap"] <= 0.15))
+    for (source, batch), share in drifted.items():
+        held_out = batch == "validation (held out)"
+        met = share <= 0.05 if held_out else share >= 0.95
+        target = "drift flags <= 5%" if held_out else "drift flags the site (>= 95%)"
+        rows.append((target, source, batch, share, met))
+    for (source, group), share in flagged.items():
+        if group == "validation":
+            rows.append(("warning <= 2% of validation", source, group, share, share <= 0.02))
+        elif group == NON_LESION:
+            rows.append(("warning >= 95% of non-lesions", source, group, share, share >= 0.95))
+        else:
+            rows.append(("warning <= 10% of another source", source, group, share, share <= 0.1))
+    return pd.DataFrame(rows, columns=["target", "seedless", "group", "figure", "met"]).round(3)
 
 
 def print_tables(steps: list[str], params: SiteParams) -> dict[str, pd.DataFrame]:
@@ -199,18 +231,17 @@ def print_tables(steps: list[str], params: SiteParams) -> dict[str, pd.DataFrame
         rules += rule_rows(step, scores, params)
         drift += drift_rows(step, scores, params.drift_alpha, params.drift_permutations)
         warning += warning_rows(step, scores)
+    rules, drift, warning = pd.DataFrame(rules), pd.DataFrame(drift), pd.DataFrame(warning)
     tables = {
-        "rules": _seed_spread(
-            pd.DataFrame(rules), ["site", "melanomas", "rule"], ["kept", "specificity", "gap"]
-        ),
-        "drift": _seed_spread(pd.DataFrame(drift), ["batch"], ["drifted"]),
-        "warning": _seed_spread(pd.DataFrame(warning), ["group"], ["flagged"]),
+        "rules": _seed_spread(rules, ["site", "melanomas", "rule"], ["kept", "specificity", "gap"]),
+        "drift": _seed_spread(drift, ["batch"], ["drifted"]),
+        "warning": _seed_spread(warning, ["group"], ["flagged"]),
+        "targets": target_table(rules, drift, warning).set_index(["target", "seedless", "group"]),
     }
     with pd.option_context("display.width", 200, "display.max_rows", 500):
         for name, table in tables.items():
-            print(
-                f"\n## {name} (trained on one source: mean ± sd over {len(present)} models' seeds)"
-            )
+            spread = "mean over seeds and draws" if name == "targets" else "mean ± sd over seeds"
+            print(f"\n## {name} ({len(present)} models, each trained on one source: {spread})")
             print(table.to_string())
     TABLES.write_text(
         json.dumps(
