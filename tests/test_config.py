@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from melanoma.config import ParamsError, load_params, parse_params
+from melanoma.config import LITE, ParamsError, load_params, parse_params
 
 PARAMS_YAML = Path(__file__).resolve().parents[1] / "params.yaml"
 
@@ -244,8 +244,6 @@ def test_unfamiliar_depth_must_be_a_layer_of_the_chosen_lite_backbone(raw):
 
 
 def test_a_missing_weights_wheel_names_the_distribution_before_any_work(raw, monkeypatch):
-    from melanoma.model.lite_specs import LITE
-
     missing = dataclasses.replace(LITE["efficientnet_lite1"], package="no_such_weights_package")
     monkeypatch.setitem(LITE, "efficientnet_lite1", missing)
     lite1 = _with(raw, "train", architecture="efficientnet_lite1", image_size=240)
