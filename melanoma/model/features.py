@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from melanoma.config import PreprocessParams, TrainParams
+from melanoma.config import PreprocessParams, TrainParams, lite_spec
 from melanoma.data.dataset import make_dataset, split_rows
 from melanoma.data.manifest import AUGMENTED_COLUMNS, file_sha256, read_manifest
 from melanoma.paths import FEATURE_STORE_DIR, FEATURES_DIR
@@ -64,18 +64,17 @@ def cache_key(params: TrainParams, preprocess: PreprocessParams) -> dict | None:
     """What the cached features depend on; None when the backbone trains whole (no cache)."""
     if not params.caches_features:
         return None
-    from melanoma.model.efficientnet_lite import WEIGHTS_SHA256, cut_layer
-
+    spec = lite_spec(params.architecture)
     key = {
         "architecture": params.architecture,
-        "weights_sha256": WEIGHTS_SHA256,
+        "weights_sha256": spec.sha256,
         "image_size": params.image_size,
         "mixed_precision": params.mixed_precision,
     }
     # Named only when they differ from the pooled features of unaltered images, so that the
     # stores made before these params existed stay valid.
     if params.freeze != "all":
-        key["output"] = cut_layer(params.freeze)
+        key["output"] = spec.cut_layer(params.freeze)
     if preprocess.color_constancy == "shades_of_gray":
         key["color_constancy"] = {"shades_of_gray": preprocess.shades_of_gray_p}
     return key

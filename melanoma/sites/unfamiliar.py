@@ -22,8 +22,8 @@ import keras
 import numpy as np
 from keras import layers
 
+from melanoma.config import LITE
 from melanoma.model.architectures import OUTPUT_NAME
-from melanoma.model.efficientnet_lite import BACKBONE_NAME
 
 log = logging.getLogger(__name__)
 
@@ -89,17 +89,19 @@ def unit_rows(features: np.ndarray) -> np.ndarray:
 def probe(model: keras.Model, depth: str) -> keras.Model:
     """uint8 images -> [probabilities, the pooled features at `depth`], in one pass.
 
-    A `depth` other than POOLED is a layer of the EfficientNet-Lite0 backbone, its output
+    A `depth` other than POOLED is a layer of the EfficientNet-Lite backbone, its output
     averaged over the image as the backbone pools its last one.
     """
     if depth == POOLED:
         # What the softmax layer takes (after the dropout, which is the identity in inference).
         return keras.Model(model.inputs, [model.output, model.layers[-1].input])
-    if not _has_lite0_backbone(model):
-        raise ValueError(f"unfamiliar.depth {depth}: model {model.name} has no {BACKBONE_NAME}")
-    backbone = model.get_layer(BACKBONE_NAME)
+    backbone = _lite_backbone(model)
+    if backbone is None:
+        raise ValueError(
+            f"unfamiliar.depth {depth}: model {model.name} has no EfficientNet-Lite backbone"
+        )
     if depth not in {layer.name for layer in backbone.layers}:
-        raise ValueError(f"unfamiliar.depth: {depth} is not a layer of {BACKBONE_NAME}")
+        raise ValueError(f"unfamiliar.depth: {depth} is not a layer of {backbone.name}")
     inside = layers.GlobalAveragePooling2D()(backbone.get_layer(depth).output)
     # The backbone again, with the layer's pooled output as an output too; the head on top.
     pooled, features = keras.Model(backbone.inputs, [backbone.output, inside])(
@@ -109,13 +111,14 @@ def probe(model: keras.Model, depth: str) -> keras.Model:
 
 
 def depth_of(model: keras.Model, depth: str) -> str:
-    """`depth` (unfamiliar.depth, an EfficientNet-Lite0 layer) for a Lite0 model; POOLED for
+    """`depth` (unfamiliar.depth, an EfficientNet-Lite layer) for a Lite model; POOLED for
     the other architectures."""
-    return depth if _has_lite0_backbone(model) else POOLED
+    return depth if _lite_backbone(model) is not None else POOLED
 
 
-def _has_lite0_backbone(model: keras.Model) -> bool:
-    return any(layer.name == BACKBONE_NAME for layer in model.layers)
+def _lite_backbone(model: keras.Model) -> keras.Model | None:
+    names = {spec.backbone_name for spec in LITE.values()}
+    return next((layer for layer in model.layers if layer.name in names), None)
 
 
 def fit_detector(

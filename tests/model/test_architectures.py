@@ -221,12 +221,16 @@ def _layer(model, name):
     raise KeyError(name)
 
 
-def test_frozen_part_and_trainable_part_compose_to_the_model():
+@pytest.mark.parametrize(
+    ("architecture", "size"),
+    [("efficientnet_lite0", SIZE), ("efficientnet_lite1", 240), ("efficientnet_lite2", 260)],
+)
+def test_frozen_part_and_trainable_part_compose_to_the_model(architecture, size):
     from melanoma.model.architectures import build_trainable_part, copy_weights, frozen_part
 
-    params = _params(architecture="efficientnet_lite0", freeze=3, dropout=0.0)
+    params = _params(architecture=architecture, image_size=size, freeze=3, dropout=0.0)
     model = build_model(params)
-    images = _random_images(3)
+    images = np.random.default_rng(0).integers(0, 256, (3, size, size, 3), dtype=np.uint8)
     activations = frozen_part(model, params).predict(images, verbose=0)
     part = build_trainable_part(params, activations.shape[1:])
     copy_weights(model, part)

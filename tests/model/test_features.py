@@ -115,3 +115,7 @@ def test_the_key_names_what_the_cache_depends_on_and_keeps_older_stores_valid():
     assert shades["color_constancy"] == {"shades_of_gray": 6.0}
     assert features.cache_key(frozen.model_copy(update={"freeze": "none"}), NO_PREPROCESS) is None
     assert json.dumps(plain) != json.dumps(top)
+    # Another Lite: its own weights, and its own layer below the top blocks.
+    lite2 = frozen.model_copy(update={"architecture": "efficientnet_lite2", "freeze": 3})
+    key = features.cache_key(lite2, NO_PREPROCESS)
+    assert key["weights_sha256"].startswith("9656183e") and key["output"] == "block17_add"

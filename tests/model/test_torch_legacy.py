@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from melanoma.model.efficientnet_lite import WEIGHTS_SHA256, read_weights
+from melanoma.config import LITE
+from melanoma.model.efficientnet_lite import read_weights
 from melanoma.model.torch_legacy import (
     MAGIC_NUMBER,
     PROTOCOL_VERSION,
@@ -128,7 +129,7 @@ def test_a_legacy_file_reads_back_its_tensors_in_order(legacy_file, tensors):
 
 
 def test_the_packaged_weights_are_read_whole():
-    state = read_weights()
+    state = read_weights("efficientnet_lite0")
     assert len(state) == 296
     assert state["_conv_stem.weight"].shape == (32, 3, 3, 3)
     assert state["_fc.weight"].shape == (1000, 1280)
@@ -165,11 +166,11 @@ def test_a_sha256_mismatch_is_refused_before_reading(legacy_file):
         read_state_dict(path, "0" * 64)
     # The packaged file's known value refuses any other file, however well-formed.
     with pytest.raises(WeightsFileError, match="sha256 mismatch"):
-        read_weights(path)
-    assert sha != WEIGHTS_SHA256
+        read_weights("efficientnet_lite0", path)
+    assert sha not in {spec.sha256 for spec in LITE.values()}
 
 
 def test_a_missing_file_is_named(tmp_path):
     missing = tmp_path / "absent.pth"
     with pytest.raises(WeightsFileError, match=rf"{missing}: no such weights file"):
-        read_state_dict(missing, WEIGHTS_SHA256)
+        read_state_dict(missing, LITE["efficientnet_lite0"].sha256)

@@ -298,7 +298,7 @@ def test_a_frozen_backbone_trains_its_head_on_cached_features_and_saves_the_whol
     augmented_project, tmp_path
 ):
     from melanoma.evaluation.metrics import probability_column
-    from melanoma.model.efficientnet_lite import BACKBONE_NAME, pretrained_backbone
+    from melanoma.model.efficientnet_lite import pretrained_backbone
     from melanoma.model.features import FeatureCacheError, read_feature_cache, write_feature_cache
     from melanoma.model.predict import predict_files
 
@@ -327,8 +327,8 @@ def test_a_frozen_backbone_trains_its_head_on_cached_features_and_saves_the_whol
     found = [[p.probabilities[label] for label in LABELS] for p in predicted]
     np.testing.assert_allclose(found, expected, atol=1e-5)
     # Only the head trained: the backbone still has the ImageNet weights.
-    pretrained = pretrained_backbone(params.train.image_size).get_weights()
-    saved = model.get_layer(BACKBONE_NAME).get_weights()
+    pretrained = pretrained_backbone("efficientnet_lite0", params.train.image_size).get_weights()
+    saved = model.get_layer("efficientnet_lite0_backbone").get_weights()
     assert all(np.array_equal(a, b) for a, b in zip(saved, pretrained, strict=True))
 
     # Features made for another input size are not silently reused.
@@ -341,7 +341,7 @@ def test_a_frozen_backbone_trains_its_head_on_cached_features_and_saves_the_whol
 def test_fine_tuning_trains_the_top_blocks_only_and_saves_a_plain_keras_model(
     augmented_project, tmp_path
 ):
-    from melanoma.model.efficientnet_lite import BACKBONE_NAME, pretrained_backbone
+    from melanoma.model.efficientnet_lite import pretrained_backbone
     from melanoma.model.features import write_feature_cache
 
     augmented_project["train"].update(
@@ -360,8 +360,8 @@ def test_fine_tuning_trains_the_top_blocks_only_and_saves_a_plain_keras_model(
     np.testing.assert_allclose(
         logged.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-6
     )
-    reference = pretrained_backbone(params.train.image_size)
-    saved = model.get_layer(BACKBONE_NAME)
+    reference = pretrained_backbone("efficientnet_lite0", params.train.image_size)
+    saved = model.get_layer("efficientnet_lite0_backbone")
     for layer in reference.layers:
         if not layer.weights:
             continue

@@ -72,7 +72,7 @@ def test_probe_gives_the_probabilities_and_a_backbone_layer_in_one_model():
     with pytest.raises(ValueError, match="block99_add is not a layer"):
         probe(model, "block99_add")
     simple = build_model(train_params())
-    with pytest.raises(ValueError, match="has no efficientnet_lite0_backbone"):
+    with pytest.raises(ValueError, match="has no EfficientNet-Lite backbone"):
         probe(simple, "block14_add")
     _, pooled = probe(simple, POOLED).predict_on_batch(images)
     assert pooled.shape[0] == 3
