@@ -21,7 +21,7 @@ import keras
 import numpy as np
 from keras import layers
 
-from melanoma.config import FEATURES, STEM_FILTERS, BlockSpec, lite_spec
+from melanoma.model.lite_specs import FEATURES, STEM_FILTERS, BlockSpec, lite_spec
 from melanoma.model.torch_legacy import WeightsFileError, read_state_dict
 
 log = logging.getLogger(__name__)

@@ -22,8 +22,8 @@ import keras
 import numpy as np
 from keras import layers
 
-from melanoma.config import LITE
 from melanoma.model.architectures import OUTPUT_NAME
+from melanoma.model.lite_specs import LITE
 
 log = logging.getLogger(__name__)
 

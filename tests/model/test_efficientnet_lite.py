@@ -9,9 +9,9 @@ import keras
 import numpy as np
 import pytest
 
-from melanoma.config import LITE
 from melanoma.model import efficientnet_lite
 from melanoma.model.architectures import build_model, feature_extractor
+from melanoma.model.lite_specs import LITE
 from melanoma.model.torch_legacy import WeightsFileError
 from tests.helpers import train_params
 

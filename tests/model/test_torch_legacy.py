@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from melanoma.config import LITE
 from melanoma.model.efficientnet_lite import read_weights
+from melanoma.model.lite_specs import LITE
 from melanoma.model.torch_legacy import (
     MAGIC_NUMBER,
     PROTOCOL_VERSION,
