@@ -132,7 +132,9 @@ def _probability(text: str) -> float:
 
 
 def _load_model(reference: str | None, params: Params):
-    """(reference, Keras model, its unfamiliar-image detector or None)."""
+    """(reference, Keras model, its unfamiliar-image detector or None). A trained model (a
+    .keras file, a training run's model) gets `predict.views` test-time views; a registered
+    version keeps the views it was registered with (melanoma.model.predict.scored_with_views)."""
     from melanoma.model.predict import is_mlflow_uri, load_model_and_detector
     from melanoma.tracking import configure_tracking
 
@@ -140,7 +142,7 @@ def _load_model(reference: str | None, params: Params):
     if is_mlflow_uri(reference) or Path(reference).is_dir():
         configure_tracking(params.mlflow)
     log.info("loading model %s", reference)
-    model, detector = load_model_and_detector(reference)
+    model, detector = load_model_and_detector(reference, params.predict.views)
     if detector is None:
         log.warning(
             "%s carries no unfamiliar-image detector: answers say unfamiliar null", reference
@@ -242,9 +244,10 @@ def _explain_folder_ok(folder: Path) -> bool:
 def _explainer(model):
     """Grad-CAM for the model, or CANNOT_RUN if it has no convolutional block to explain."""
     from melanoma.evaluation.explain import ExplainError, grad_cam
+    from melanoma.model.views import trained_model
 
     try:
-        return grad_cam(model)
+        return grad_cam(trained_model(model))  # of the image itself, whatever the views
     except ExplainError as error:
         log.error("%s", error)
         return CANNOT_RUN

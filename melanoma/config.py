@@ -477,6 +477,18 @@ class EvaluateParams(_Section):
         return self
 
 
+class PredictParams(_Section):
+    """How evaluate, `melanoma predict` and the served model score an image
+    (melanoma.model.views)."""
+
+    views: Literal[1, 2, 4, 8] = Field(
+        1,
+        description="test-time views: the probabilities are the mean over exact views of the "
+        "image, as train.views names them: 1 the image, 2 + its mirror, 4 + the vertical flip "
+        "and the half turn, 8 + the quarter turns and transposes",
+    )
+
+
 class PromotionParams(_Section):
     """The paired bootstrap of the primary metric's difference, challenger minus champion."""
 
@@ -560,6 +572,7 @@ class Params(_Section):
     augment: AugmentParams
     preprocess: PreprocessParams = PreprocessParams()
     train: TrainParams
+    predict: PredictParams = PredictParams()
     evaluate: EvaluateParams
     registry: RegistryParams
     serve: ServeParams = ServeParams()

@@ -1,7 +1,12 @@
 """Stage `evaluate`: score the trained model on the test split and every external set, choose the
 melanoma alert threshold, and write the figures, plots and model card. Nothing here talks to
 MLflow: stage `register` logs these outputs and registers the model, so a tracking server that
-is down fails registration, not evaluation."""
+is down fails registration, not evaluation.
+
+Every set is scored by the trained model with `predict.views` test-time views
+(melanoma.model.views), the graph `register` logs as the served model; with more than one view
+the validation split is scored again by it, so that the threshold is chosen on the same
+averaged scores (with one, train's validation predictions are those scores)."""
 
 import logging
 import tempfile
@@ -17,7 +22,6 @@ from melanoma.evaluation.external import (
     check_folder,
     read_external_sets,
 )
-from melanoma.evaluation.metrics import read_predictions
 from melanoma.evaluation.model_card import card_facts, render_card
 from melanoma.evaluation.report import (
     TEST,
@@ -26,9 +30,11 @@ from melanoma.evaluation.report import (
     evaluation_report,
     evaluation_sets,
     threshold_rules,
+    validation_scores,
 )
 from melanoma.logs import exit_on, setup_logging
 from melanoma.model.predict import predict_split
+from melanoma.model.views import trained_model, with_views
 from melanoma.paths import (
     GALLERY_FILE,
     METRICS_FILE,
@@ -57,7 +63,7 @@ def main() -> None:
         for index, external in enumerate(evaluate.external_sets):
             check_folder(external, index)  # a missing folder stops before any work
         run_info = RunInfo.read(RUN_FILE)
-    model = keras.saving.load_model(MODEL_FILE)
+    model = with_views(keras.saving.load_model(MODEL_FILE), params.predict.views)
 
     # External images are ingested into a scratch folder that lives as long as they are read.
     with tempfile.TemporaryDirectory(prefix="external-") as scratch:
@@ -71,7 +77,7 @@ def main() -> None:
             s.name: predict_split(model, s.paths, s.label_indices, params.train.batch_size)
             for s in sets
         }
-        validation = read_predictions(VALIDATION_PREDICTIONS)
+        validation = validation_scores(model, VALIDATION_PREDICTIONS, params.train.batch_size)
         choice = choose_operating_point(
             evaluate.operating_point, evaluate.seed, validation, sets, probabilities
         )
@@ -91,7 +97,7 @@ def main() -> None:
         report.write(METRICS_FILE)
         test = sets[0]
         write_gallery(
-            model,
+            trained_model(model),  # Grad-CAM of the image itself
             test.paths,
             test.label_indices,
             probabilities[TEST],

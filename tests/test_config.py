@@ -132,6 +132,9 @@ def test_the_project_params_are_valid():
             "train_batch_norm is for freeze=n",
         ),
         ("train", {"source_weighting": "cap"}, "train.source_weighting"),
+        ("predict", {"views": 3}, r"predict\.views"),
+        ("predict", {"views": 16}, r"predict\.views"),
+        ("predict", {"views": "all"}, r"predict\.views"),
         ("preprocess", {"color_constancy": "grey_world"}, "preprocess.color_constancy"),
         ("preprocess", {"shades_of_gray_p": 0}, "preprocess.shades_of_gray_p"),
         (

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import keras
 import numpy as np
 import pandas as pd
 
@@ -24,6 +25,7 @@ from melanoma.evaluation.metrics import (
     plot_confusion_matrix,
     plot_melanoma_roc,
     predictions_table,
+    read_predictions,
     save_figure,
 )
 from melanoma.evaluation.operating_point import (
@@ -32,8 +34,10 @@ from melanoma.evaluation.operating_point import (
     sensitivity_upper_bound,
     split_halves,
 )
-from melanoma.labels import MELANOMA_INDEX
+from melanoma.labels import LABELS, MELANOMA_INDEX
 from melanoma.model.calibration import calibration_metrics, plot_reliability, uncalibrated
+from melanoma.model.predict import predict_split
+from melanoma.model.views import views_of
 from melanoma.paths import AUGMENTED_MANIFEST
 from melanoma.reports import (
     AlertThreshold,
@@ -59,6 +63,21 @@ TRACKED_METRICS = (
     "melanoma_sensitivity",
     "melanoma_specificity",
 )
+
+
+def validation_scores(
+    model: keras.Model, train_predictions: Path, batch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(label indices, probabilities) of the validation split as `model` scores it: train's
+    predictions file (reports/validation_predictions.csv) itself for a model without test-time
+    views, else the file's images, in its order, scored again by `model` (averaged views)."""
+    if views_of(model) == 1:
+        return read_predictions(train_predictions)
+    table = pd.read_csv(train_predictions)
+    label_indices = table["label"].map(LABELS.index).to_numpy(dtype=np.int32)
+    log.info("the %d validation images scored with %d views", len(table), views_of(model))
+    probabilities = predict_split(model, table["image_path"].tolist(), label_indices, batch_size)
+    return label_indices, probabilities
 
 
 @dataclass(frozen=True)

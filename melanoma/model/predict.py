@@ -4,7 +4,9 @@ An image goes through exactly the steps a training image went through: `melanoma
 decodes it to RGB and crops/resizes it to a square at the ingest size (what the ingest stage
 writes), then it is resized to the model's input size by `melanoma.data.dataset.resize_uint8`, as in
 training and evaluation. So a file from data/ingested gets the same probabilities
-here as in the evaluate stage.
+here as in the evaluate stage. A trained model (a .keras file, the training run's model) is
+scored with `predict.views` test-time views (the `views` argument); a registered version carries
+the views its threshold was chosen on and keeps them (melanoma.model.views).
 """
 
 import logging
@@ -21,8 +23,9 @@ from tqdm import tqdm
 from melanoma.data.dataset import make_dataset, resize_uint8
 from melanoma.data.images import ImageRejected, decode_rgb, square_resize
 from melanoma.labels import LABELS, MELANOMA
+from melanoma.model.views import carrying_views, probe
 from melanoma.paths import UNFAMILIAR_FILE
-from melanoma.sites.unfamiliar import DetectorFileError, UnfamiliarDetector, probe
+from melanoma.sites.unfamiliar import DetectorFileError, UnfamiliarDetector
 
 log = logging.getLogger(__name__)
 
@@ -73,17 +76,21 @@ def is_mlflow_uri(reference: str) -> bool:
     return "://" in reference or reference.startswith(("models:/", "runs:/"))
 
 
-def load_model(reference: str) -> keras.Model:
+def load_model(reference: str, views: int = 1) -> keras.Model:
     """A Keras model from an MLflow URI (models:/name@alias, models:/name/3, runs:/id/model),
-    a .keras file, or a directory holding an MLflow model."""
-    return _keras_model(model_location(reference), reference)
+    a .keras file, or a directory holding an MLflow model. A trained model gets `views`
+    test-time views (`scored_with_views`); a served model (a registered version) keeps its own."""
+    location = model_location(reference)
+    return scored_with_views(_keras_model(location, reference), location, views)
 
 
-def load_model_and_detector(reference: str) -> tuple[keras.Model, UnfamiliarDetector | None]:
+def load_model_and_detector(
+    reference: str, views: int = 1
+) -> tuple[keras.Model, UnfamiliarDetector | None]:
     """The Keras model of `reference` (as `load_model`) and the unfamiliar-image detector
     stored with it (`stored_file`); None if there is none."""
     location = model_location(reference)
-    model = _keras_model(location, reference)
+    model = scored_with_views(_keras_model(location, reference), location, views)
     detector_file = stored_file(location, UNFAMILIAR_FILE.name)
     if detector_file is None:
         return model, None
@@ -91,6 +98,16 @@ def load_model_and_detector(reference: str) -> tuple[keras.Model, UnfamiliarDete
         return model, UnfamiliarDetector.load(detector_file)
     except DetectorFileError as error:
         raise ModelLoadError(f"model {reference}: {error}") from None
+
+
+def scored_with_views(model: keras.Model, location: Path, views: int) -> keras.Model:
+    """The model loaded from `location` as it is scored: a served model (an MLflow model with
+    pyfunc artifacts: what a registry version points to) as it is, with the views its threshold
+    was chosen on, even none; a trained model (a .keras file, a training run's Keras model) with
+    `views` test-time views, unless it carries views of its own."""
+    if location.is_dir() and (location / ARTIFACTS_DIR).is_dir():
+        return model
+    return carrying_views(model, views)
 
 
 def model_location(reference: str) -> Path:
@@ -235,7 +252,7 @@ _PROBES: "weakref.WeakKeyDictionary[keras.Model, dict[str, keras.Model]]" = (
 
 class ImageScorer:
     """uint8 images -> (class probabilities, the detector's features or None), in one model
-    call."""
+    call (with views: the probabilities averaged over them, the features of the image itself)."""
 
     def __init__(self, model: keras.Model, detector: UnfamiliarDetector | None):
         self.with_features = detector is not None

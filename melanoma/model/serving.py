@@ -4,9 +4,13 @@ What the registry version points to is an MLflow pyfunc model logged by `log_ser
 after evaluation: the Keras model file, the `melanoma` package (code_paths, so the server
 decodes images with the very functions ingest and `melanoma predict` use), its config, which
 holds the alert threshold chosen for it, and the files `train` keeps beside the model (the
-unfamiliar-image detector, the drift reference). The same MLmodel also has the `keras` flavor,
-reading the same file, so `mlflow.keras.load_model` (predict, explain, the champion's
-re-scoring) works on it as on any logged Keras model.
+unfamiliar-image detector, the drift reference). With `predict.views` above 1 the Keras file
+is the model with its test-time views (melanoma.model.views), the very graph evaluate chose
+the threshold with; its layers are this package's, registered with Keras, so whatever loads
+it imports `melanoma.model.views` first (this module does, through melanoma.model.predict).
+The same MLmodel also has the `keras` flavor, reading the same file, so
+`mlflow.keras.load_model` (predict, explain, the champion's re-scoring) works on it as on any
+logged Keras model.
 
 A request is one column, `image`, one row per image: the base64 of an image file (JPEG, PNG,
 BMP, ...; decoded, centre-cropped and resized exactly as ingest does it), or the image as
@@ -62,9 +66,10 @@ from melanoma.model.predict import (
     to_model_size,
 )
 from melanoma.model.training import model_requirements
+from melanoma.model.views import probe
 from melanoma.paths import UNFAMILIAR_FILE
 from melanoma.sites.registry import SiteError, served_site
-from melanoma.sites.unfamiliar import UnfamiliarDetector, probe
+from melanoma.sites.unfamiliar import UnfamiliarDetector
 
 log = logging.getLogger(__name__)
 

@@ -61,6 +61,8 @@ SOURCE_RUN_TAG = "source_run_id"
 LOGGED_MODEL_TAG = "logged_model_uri"
 # On a version: the trained (Keras) model its served model wraps.
 TRAINED_MODEL_TAG = "trained_model_uri"
+# On a version: the test-time views its served model averages (predict.views; absent: 1).
+VIEWS_TAG = "predict_views"
 
 
 class RegistryError(Exception):
@@ -331,14 +333,18 @@ def registered_source(
     client: MlflowClient, name: str, run_id: str, tags: dict[str, str]
 ) -> str | None:
     """The model source of a version of `name` registered from run_id with these tags' values
-    of TRAINED_MODEL_TAG and THRESHOLD_TAG: the served model already logged for this trained
-    model and threshold, which a re-run registers again instead of logging another."""
-    wanted = {key: tags[key] for key in (TRAINED_MODEL_TAG, THRESHOLD_TAG)}
+    of TRAINED_MODEL_TAG, THRESHOLD_TAG and VIEWS_TAG: the served model already logged for
+    this trained model, threshold and views, which a re-run registers again instead of logging
+    another. A version without VIEWS_TAG (registered before views existed) has one view."""
+    one_view = {VIEWS_TAG: "1"}
+    wanted = {
+        key: {**one_view, **tags}[key] for key in (TRAINED_MODEL_TAG, THRESHOLD_TAG, VIEWS_TAG)
+    }
     found = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
     matching = sorted(
         (int(v.version), v.source)
         for v in found
-        if all(v.tags.get(key) == value for key, value in wanted.items())
+        if all({**one_view, **v.tags}.get(key) == value for key, value in wanted.items())
     )
     return matching[0][1] if matching else None
 

@@ -33,12 +33,16 @@ from melanoma.evaluation.report import (
     evaluation_lineage,
     evaluation_sets,
     tracked_metrics,
+    validation_scores,
 )
+from melanoma.labels import MELANOMA_INDEX
 from melanoma.model.serving import log_served_model, serving_config
+from melanoma.model.views import views_of, with_views
 from melanoma.registry.promotion import (
     KEPT,
     PROMOTED,
     TRAINED_MODEL_TAG,
+    VIEWS_TAG,
     RegistryError,
     ScoredImages,
     champion_probabilities,
@@ -48,6 +52,7 @@ from melanoma.registry.promotion import (
     version_tags,
 )
 from melanoma.reports import MetricsReport, RunInfo
+from melanoma.sites.drift import DriftReference
 from melanoma.sites.registry import refresh_card_sites
 from melanoma.tracking import configure_tracking
 
@@ -138,13 +143,35 @@ def log_evaluation(params: Params, report: MetricsReport) -> None:
 
 
 def log_served(params: Params, report: MetricsReport, example_file: Path) -> str:
-    """Log the served model of the trained model file, with the report's threshold, into the
-    active run; return its model URI."""
-    model = keras.saving.load_model(paths.MODEL_FILE)
+    """Log the served model of the trained model file, with `predict.views` test-time views
+    (the graph evaluate scored with) and the report's threshold, into the active run; return
+    its model URI."""
+    model = with_views(keras.saving.load_model(paths.MODEL_FILE), params.predict.views)
     threshold = report.operating_point.threshold
     config = serving_config(params, threshold)
-    stored = [paths.UNFAMILIAR_FILE, paths.DRIFT_REFERENCE_FILE]
-    return log_served_model(model, config, example_file, stored).model_uri
+    with tempfile.TemporaryDirectory(prefix="drift-") as scratch:
+        drift = drift_reference_file(model, params.train.batch_size, Path(scratch))
+        stored = [paths.UNFAMILIAR_FILE, drift]
+        return log_served_model(model, config, example_file, stored).model_uri
+
+
+def drift_reference_file(model: keras.Model, batch_size: int, scratch: Path) -> Path:
+    """The drift reference of the served model: train's (models/drift_reference.npz) for a
+    model without test-time views; with views, its P(melanoma) replaced by the validation
+    split's averaged ones (what the served model answers), its features (the image itself)
+    kept, written to `scratch` under the same name."""
+    if views_of(model) == 1:
+        return paths.DRIFT_REFERENCE_FILE
+    reference = DriftReference.load(paths.DRIFT_REFERENCE_FILE)
+    _, probabilities = validation_scores(model, paths.VALIDATION_PREDICTIONS, batch_size)
+    if len(probabilities) != len(reference.melanoma):
+        raise RegistryError(
+            f"{paths.VALIDATION_PREDICTIONS} holds {len(probabilities)} validation images, "
+            f"{paths.DRIFT_REFERENCE_FILE} {len(reference.melanoma)}: run `dvc repro train`"
+        )
+    averaged = DriftReference(probabilities[:, MELANOMA_INDEX], reference.features)
+    averaged.save(scratch / paths.DRIFT_REFERENCE_FILE.name)
+    return scratch / paths.DRIFT_REFERENCE_FILE.name
 
 
 def register_evaluated_model(params: Params, git_commit: str) -> Registration:
@@ -169,7 +196,7 @@ def register_evaluated_model(params: Params, git_commit: str) -> Registration:
         lineage.test_images_sha256,
         lineage.augmented_manifest_sha256,
         lineage.git_commit,
-    ) | {TRAINED_MODEL_TAG: model_uri}
+    ) | {TRAINED_MODEL_TAG: model_uri, VIEWS_TAG: str(params.predict.views)}
     with mlflow.start_run(run_id=run_id):
         log_evaluation(params, report)
         # What the version points to is the served model, which carries the alert threshold:
