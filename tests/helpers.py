@@ -186,3 +186,18 @@ def build_tiny_classifier(probabilities: list[float] | None = None, size: int = 
         kernel, bias = np.zeros((3, len(LABELS))), np.log(probabilities)
     dense.set_weights([kernel.astype("float32"), bias.astype("float32")])
     return model
+
+
+def position_classifier(size: int = MODEL_SIZE):
+    """A tiny classifier whose answer depends on where each pixel is (flattened pixels, one
+    dense softmax): unlike build_tiny_classifier's pooling, it tells the views of an image
+    apart (test-time views)."""
+    import keras
+
+    inputs = keras.Input((size, size, 3), dtype="uint8")
+    pixels = keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(inputs))
+    dense = keras.layers.Dense(len(LABELS), activation="softmax")
+    model = keras.Model(inputs, dense(pixels))
+    kernel = np.random.default_rng(11).normal(0, 0.5, (size * size * 3, len(LABELS)))
+    dense.set_weights([kernel.astype("float32"), np.zeros(len(LABELS), "float32")])
+    return model

@@ -153,3 +153,54 @@ def test_register_without_evaluate_outputs_names_the_missing_file(
 
     assert f"{paths.METRICS_FILE}: cannot be read as JSON" in caplog.text
     assert not paths.REGISTRATION_FILE.exists()
+
+
+def test_with_views_evaluate_chooses_on_and_register_serves_the_averaged_scores(
+    evaluation_project, log_model
+):
+    """predict.views 4: validation is scored again with the views, the served model answers
+    evaluate's test probabilities, its drift reference holds the averaged validation scores,
+    and the version says its views."""
+    import yaml
+
+    from melanoma.config import PARAMS_FILE
+    from melanoma.evaluation.metrics import predictions_table, read_predictions
+    from melanoma.labels import MELANOMA_INDEX
+    from melanoma.model.predict import load_model, model_location, predict_split, stored_file
+    from melanoma.model.views import views_of, with_views
+    from melanoma.sites.drift import DriftReference
+    from tests.helpers import position_classifier
+
+    test_paths, test_labels = evaluation_project
+    raw = yaml.safe_load(PARAMS_FILE.read_text())
+    raw["predict"] = {"views": 4}
+    PARAMS_FILE.write_text(yaml.safe_dump(raw))
+    model = position_classifier()
+    run_id, model_uri = log_model(model)
+    write_train_outputs(model, run_id, model_uri)
+    # train's validation predictions (one view) and drift reference, of real images
+    one_view = predict_split(model, test_paths, test_labels, 8)
+    validation = predictions_table(test_paths, test_labels, one_view)
+    validation.to_csv(paths.VALIDATION_PREDICTIONS, index=False)
+    reference = DriftReference.load(paths.DRIFT_REFERENCE_FILE)
+    DriftReference(validation["p_melanoma"].to_numpy(), reference.features[: len(test_paths)]).save(
+        paths.DRIFT_REFERENCE_FILE
+    )
+
+    evaluate.main()
+    register.main()
+
+    averaged = predict_split(with_views(model, 4), test_paths, test_labels, 8)
+    _, evaluated = read_predictions(paths.PREDICTIONS_FILE)
+    assert abs(averaged - one_view).max() > 1e-3
+    assert abs(evaluated - averaged).max() < 1e-5
+    version = MlflowClient().get_model_version(NAME, "1")
+    assert version.tags["predict_views"] == "4"
+    served = load_model(f"models:/{NAME}/1", views=1)
+    assert views_of(served) == 4
+    assert abs(predict_split(served, test_paths, test_labels, 8) - averaged).max() < 1e-5
+    drift = DriftReference.load(
+        stored_file(model_location(f"models:/{NAME}/1"), paths.DRIFT_REFERENCE_FILE.name)
+    )
+    assert abs(drift.melanoma - averaged[:, MELANOMA_INDEX]).max() < 1e-5
+    assert len(drift.features) == len(test_paths)  # train's features, of the image itself

@@ -22,19 +22,7 @@ from melanoma.model.serving import IMAGE_COLUMN, log_served_model, serving_confi
 from melanoma.model.views import VIEWS, probe, trained_model, views_of, with_views
 from melanoma.sites.unfamiliar import POOLED
 from melanoma.sites.unfamiliar import probe as identity_probe
-from tests.helpers import MODEL_SIZE, fitted_detector, noise_images
-
-
-def position_classifier(size: int = MODEL_SIZE) -> keras.Model:
-    """A tiny classifier whose answer depends on where each pixel is (flattened pixels, one
-    dense softmax): unlike a pooling model, it tells every view of an image apart."""
-    inputs = keras.Input((size, size, 3), dtype="uint8")
-    pixels = keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(inputs))
-    dense = keras.layers.Dense(len(LABELS), activation="softmax")
-    model = keras.Model(inputs, dense(pixels))
-    kernel = np.random.default_rng(11).normal(0, 0.5, (size * size * 3, len(LABELS)))
-    dense.set_weights([kernel.astype("float32"), np.zeros(len(LABELS), "float32")])
-    return model
+from tests.helpers import MODEL_SIZE, fitted_detector, noise_images, position_classifier
 
 
 def _transpose(x: np.ndarray) -> np.ndarray:
