@@ -1,15 +1,13 @@
 """Queued DVC experiments: each is its own MLflow run, named and tagged after the experiment,
 with its params logged so that the MLflow UI compares the runs side by side."""
 
-import json
-
-import numpy as np
 import pytest
 import yaml
 from mlflow import MlflowClient
 
 # End to end (a `dvc repro` or a server): `make test-fast` leaves it out; `make test` and CI
-# run it.
+# run it. That a head-only change re-uses the cached features is checked by the quick
+# benchmark's test (tests/test_bench.py), which makes that change anyway.
 pytestmark = pytest.mark.slow
 
 # Both differ from the baseline's params, so DVC's run cache cannot skip their training.
@@ -50,27 +48,3 @@ def test_two_queued_experiments_log_two_comparable_mlflow_runs(pipeline_repo, tm
         assert "test_balanced_accuracy" in run.data.metrics  # evaluate logged into the same run
     versions = client.search_model_versions(f"name='{params['registry']['model_name']}'")
     assert {v.run_id for v in versions} == {run.info.run_id for run in runs.values()}
-
-
-def test_a_head_only_experiment_reuses_the_features_of_a_frozen_backbone(pipeline_repo, tmp_path):
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    repo = pipeline_repo.clone(tmp_path / "repo", store, share_cache=True)
-    frozen = [
-        "train.architecture=efficientnet_lite0",
-        "train.freeze=all",
-        "train.random_flip=false",
-    ]
-    overrides = [arg for setting in frozen for arg in ("-S", setting)]
-
-    first = repo.run("dvc", "exp", "run", "--name", "frozen", *overrides)
-    assert "Running stage 'features'" in first and "Running stage 'evaluate'" in first
-    key = json.loads((repo.root / "data/features/key.json").read_text())
-    assert key["architecture"] == "efficientnet_lite0" and key["image_size"] == 32
-    with np.load(repo.root / "data/features/features.npz") as cached:
-        assert cached["train_features"].shape[1:] == (1, 1280)  # (images, views, features)
-
-    again = repo.run(
-        "dvc", "exp", "run", "--name", "frozen-lr", *overrides, "-S", "train.learning_rate=0.01"
-    )
-    assert "Running stage 'train'" in again
-    assert "Running stage 'features'" not in again  # the cached features are reused
