@@ -22,6 +22,7 @@ import logging
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -29,14 +30,17 @@ import pandas as pd
 import yaml
 
 from bench.ablation_lite0 import external_set
-from bench.project import override_params
-from melanoma.config import PARAMS_FILE, parse_params
+from bench.project import PROJECT, override_params
+from melanoma.config import PARAMS_FILE, load_params, parse_params
+from melanoma.evaluation.metrics import probability_column
 from melanoma.logs import setup_logging
 
 log = logging.getLogger(__name__)
 
-MANIFEST = Path("data/augmented/manifest.csv")
-RESULTS = Path("bench/results/ablation")
+MANIFEST = Path("data/augmented/manifest.csv")  # of the working directory: see `run`'s root
+RESULTS = PROJECT / "bench" / "results" / "ablation"
+PROJECT_PARAMS = PROJECT / "params.yaml"
+EXTERNAL_PROBABILITIES = "external_probabilities.npy"
 EXTERNAL_NAME = "isic2018"
 
 
@@ -45,59 +49,53 @@ def parse_override(text: str) -> tuple[str, object]:
     return name, yaml.safe_load(value)
 
 
-def run(name: str, overrides: dict, seed: int) -> dict:
+def run(
+    name: str, overrides: dict, seed: int, out: Path | None = None, root: Path | None = None
+) -> dict:
+    """Train params.yaml (of `root`, default the project) plus `overrides` with `seed` into `out`
+    (default RESULTS/name/seedN) and score it; a run whose `out` holds its row is not repeated.
+    `root` is a copy of the pipeline whose data/augmented the run reads (bench.ablation_steps
+    ingests at another size in one)."""
     import keras
-    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
-    from melanoma.evaluation.metrics import probability_column, validation_metrics
-    from melanoma.evaluation.operating_point import split_halves
     from melanoma.evaluation.report import EvaluationSet, threshold_rules
-    from melanoma.labels import LABELS, MELANOMA, MELANOMA_INDEX
+    from melanoma.labels import LABELS
     from melanoma.model.features import write_feature_cache
-    from melanoma.model.predict import predict_files
     from melanoma.model.training import TrainOutputs, run_training
 
-    out = RESULTS / name / f"seed{seed}"
+    out = (out or RESULTS / name / f"seed{seed}").resolve()
+    if (out / "row.json").exists():
+        return json.loads((out / "row.json").read_text())
+    root = (root or Path.cwd()).resolve()
     out.mkdir(parents=True, exist_ok=True)
     params_file = out / "params.yaml"
-    shutil.copy(PARAMS_FILE, params_file)
+    shutil.copy(root / PARAMS_FILE, params_file)
     override_params(params_file, {**overrides, "train.seed": seed})
     params = parse_params(yaml.safe_load(params_file.read_text()))
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{(RESULTS / 'mlflow.db').resolve()}"
-    store = RESULTS / "feature_store"
+    store = (RESULTS / "feature_store").resolve()
     if not store.exists() and Path("data/feature_store").exists():
         shutil.copytree("data/feature_store", store, copy_function=os.link)
-    started = time.perf_counter()
-    write_feature_cache(params.train, params.preprocess, MANIFEST, out / "features", store)
-    features_seconds = time.perf_counter() - started
-    outputs = TrainOutputs(**{k: out / v.name for k, v in vars(TrainOutputs()).items()})
-    run_training(params, MANIFEST, outputs, out / "features")
-    train_seconds = time.perf_counter() - started - features_seconds
-    shutil.rmtree(out / "features")
+    with working_directory(root):
+        started = time.perf_counter()
+        write_feature_cache(params.train, params.preprocess, MANIFEST, out / "features", store)
+        features_seconds = time.perf_counter() - started
+        outputs = TrainOutputs(**{k: out / v.name for k, v in vars(TrainOutputs()).items()})
+        run_training(params, MANIFEST, outputs, out / "features")
+        train_seconds = time.perf_counter() - started - features_seconds
+        shutil.rmtree(out / "features")
+        model = keras.saving.load_model(outputs.model)
+        figures = score_model(model, out, outputs.validation_predictions)
     metrics = json.loads(outputs.metrics.read_text())
-
     val = pd.read_csv(outputs.validation_predictions)
     columns = [probability_column(label) for label in LABELS]
-    val_true = val["label"].map(LABELS.index).to_numpy()
-    sources = pd.read_csv(MANIFEST).set_index("image_path")["source"]
-    per_source = {
-        source: float(roc_auc_score(rows["label"] == MELANOMA, rows[probability_column(MELANOMA)]))
-        for source, rows in val.groupby(val["image_path"].map(sources))
-        if rows["label"].eq(MELANOMA).any()
-    }
-
-    model = keras.saving.load_model(outputs.model)
     paths, true = external_set()
-    predicted = predict_files(
-        model, paths, params.ingest.image_size, params.ingest.max_image_pixels
-    )
-    probabilities = np.array([[p.probabilities[label] for label in LABELS] for p in predicted])
-    _, report = split_halves(true, params.evaluate.seed)
+    probabilities = np.load(out / EXTERNAL_PROBABILITIES)
     external = EvaluationSet(EXTERNAL_NAME, [str(p) for p in paths], [str(p) for p in paths], true)
     rules = threshold_rules(
         params.evaluate.operating_point,
         params.evaluate.seed,
-        (val_true, val[columns].to_numpy()),
+        (val["label"].map(LABELS.index).to_numpy(), val[columns].to_numpy()),
         [external],
         {EXTERNAL_NAME: probabilities},
     )
@@ -105,17 +103,7 @@ def run(name: str, overrides: dict, seed: int) -> dict:
         "name": name,
         "seed": seed,
         "overrides": overrides,
-        "validation": metrics["validation"],
-        "validation_melanoma_auc_per_source": per_source,
-        "external_report_half": {
-            "balanced_accuracy": float(
-                balanced_accuracy_score(true[report], probabilities[report].argmax(axis=1))
-            ),
-            "melanoma_auc": float(
-                roc_auc_score(true[report] == MELANOMA_INDEX, probabilities[report, MELANOMA_INDEX])
-            ),
-        },
-        "external_whole": validation_metrics(true, probabilities),
+        **figures,
         "threshold_rules": {
             rule: result.reporting_halves[EXTERNAL_NAME].model_dump()
             for rule, result in rules.items()
@@ -124,11 +112,87 @@ def run(name: str, overrides: dict, seed: int) -> dict:
         "images_per_second": metrics["images_per_second"],
         "features_seconds": features_seconds,
         "train_seconds": train_seconds,
+        "root": str(root),
+        "model_file": str(outputs.model),
+        "validation_predictions": str(outputs.validation_predictions),
+        "external_probabilities": str(out / EXTERNAL_PROBABILITIES),
     }
     with open(RESULTS / "results.jsonl", "a") as f:
         f.write(json.dumps(row) + "\n")
+    (out / "row.json").write_text(json.dumps(row, indent=2))
     log.info("%s", json.dumps(row))
     return row
+
+
+@contextmanager
+def working_directory(path: Path):
+    previous = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
+def score_model(model, out: Path, validation_file: Path | None = None) -> dict:
+    """Score `model` on the validation images that `out`'s training held out (read from the
+    working directory, as they were) and on the external set; write the external
+    probabilities to `out` (train's own validation predictions are `validation_file`: with
+    None, the validation images are scored again, as with test-time views); its figures."""
+    from melanoma.labels import LABELS
+    from melanoma.model.predict import predict_files, predict_split
+
+    validation = pd.read_csv(validation_file or out / "validation_predictions.csv")
+    if validation_file is None:
+        true = validation["label"].map(LABELS.index).to_numpy()
+        scored = predict_split(model, validation["image_path"], true, batch_size=64)
+        validation[[probability_column(label) for label in LABELS]] = scored
+    params = load_params(out / "params.yaml")
+    paths, _ = external_set()
+    predicted = predict_files(
+        model, paths, params.ingest.image_size, params.ingest.max_image_pixels
+    )
+    probabilities = np.array([[p.probabilities[label] for label in LABELS] for p in predicted])
+    if validation_file is not None:
+        np.save(out / EXTERNAL_PROBABILITIES, probabilities)
+    return figures_of(validation, probabilities)
+
+
+def figures_of(validation: pd.DataFrame, external_probabilities: np.ndarray) -> dict:
+    """Validation melanoma AUC (whole and per source: the folder after images/ in each path)
+    and the figures of the external set's reporting half."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    from melanoma.evaluation.metrics import melanoma_auc, validation_metrics
+    from melanoma.evaluation.operating_point import split_halves
+    from melanoma.labels import LABELS, MELANOMA_INDEX
+
+    columns = [probability_column(label) for label in LABELS]
+    true = validation["label"].map(LABELS.index).to_numpy()
+    sources = validation["image_path"].str.extract(r"images/([^/]+)/")[0]
+    per_source = {
+        source: melanoma_auc(
+            true[rows] == MELANOMA_INDEX, validation.loc[rows, columns[MELANOMA_INDEX]]
+        )
+        for source in sorted(sources.unique())
+        if (true[rows := (sources == source).to_numpy()] == MELANOMA_INDEX).any()
+    }
+    _, external_true = external_set()
+    _, report = split_halves(external_true, load_params(PROJECT_PARAMS).evaluate.seed)
+    reported = external_probabilities[report]
+    return {
+        "validation": validation_metrics(true, validation[columns].to_numpy()),
+        "validation_melanoma_auc_per_source": per_source,
+        "external_report_half": {
+            "balanced_accuracy": float(
+                balanced_accuracy_score(external_true[report], reported.argmax(axis=1))
+            ),
+            "melanoma_auc": melanoma_auc(
+                external_true[report] == MELANOMA_INDEX, reported[:, MELANOMA_INDEX]
+            ),
+        },
+        "external_whole": validation_metrics(external_true, external_probabilities),
+    }
 
 
 def summary() -> pd.DataFrame:
@@ -157,8 +221,13 @@ def summary() -> pd.DataFrame:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("name", nargs="?", help="the configuration's name in the results")
+    from bench.ablation_steps import STEPS, run_step
+
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog=f"Issue #29's resumable steps (bench/ablation_steps.py): {', '.join(STEPS)}",
+    )
+    parser.add_argument("name", nargs="?", help="a step, or a configuration's name in the results")
     parser.add_argument(
         "--set", action="append", default=[], metavar="PARAM=VALUE", help="dotted param override"
     )
@@ -166,7 +235,11 @@ def main() -> None:
     parser.add_argument("--summary", action="store_true", help="print the table of results")
     args = parser.parse_args()
     setup_logging()
-    if args.name:
+    if args.name in STEPS:
+        result = run_step(args.name)
+        with pd.option_context("display.width", 250, "display.max_columns", 50):
+            print(pd.DataFrame(result["table"]).set_index("name").T.to_string())
+    elif args.name:
         overrides = dict(parse_override(text) for text in args.set)
         for seed in args.seeds:
             run(args.name, overrides, seed)

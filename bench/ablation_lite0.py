@@ -29,7 +29,8 @@ from melanoma.logs import setup_logging
 log = logging.getLogger(__name__)
 
 MANIFEST = Path("data/augmented/manifest.csv")
-EXTERNAL = Path("../shared/datasets/isic2018-test-external")
+# Beside the project, wherever a run works (bench.ablation runs in copies of the pipeline too).
+EXTERNAL = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "isic2018-test-external"
 RESULTS = Path("bench/results/lite0")
 _FROZEN = {"architecture": "efficientnet_lite0", "freeze": "all", "random_flip": False}
 CONFIGS: dict[str, dict] = {

@@ -1,0 +1,226 @@
+"""Issue #29's measurement in resumable steps, each at most 40 minutes on 2 cores:
+
+    python -m bench.ablation backbone_lite0   # params.yaml (Lite0, 180 px, one block) x 3 seeds
+    python -m bench.ablation views            # 1 / 4 / 8 views of the best backbone's models
+    python -m bench.ablation ensemble         # its 3 seeds' probabilities averaged vs each alone
+    python -m bench.ablation blocks           # two fine-tuned blocks instead of one x 3 seeds
+    python -m bench.ablation backbone_lite1   # Lite1 at 240 px on data ingested at that size
+    python -m bench.ablation backbone_lite2   # Lite2 at 260 px (likewise)
+
+A step writes bench/results/ablation_STEP.json: its key (the code of melanoma/, params.yaml
+and the step's settings), one row per model or configuration and the table of means and
+standard deviations over seeds. A step whose file holds the same key is skipped; each seed's
+training keeps its own result (bench/results/ablation/STEP/seedN/row.json), so an interrupted
+step resumes at the next seed. `views` and `ensemble` train nothing: they score the models of
+the best backbone measured so far (validation melanoma AUC, the mean over both sources).
+
+Every figure is on data the model never trained on: the validation split, per source, and the
+reporting half of the ISIC 2018 external set (its choosing half picks thresholds, never a
+configuration).
+"""
+
+import hashlib
+import json
+import logging
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench.ablation import RESULTS, run
+from bench.project import PROJECT, command_env, copy_project
+
+log = logging.getLogger(__name__)
+
+SEEDS = (42, 43, 44)
+VIEWS = (1, 4, 8)
+# Backbones other than Lite0 take their native size: the data is ingested again at it, in a
+# copy of the pipeline (bench/results/ablation/data_<size>), before any training.
+BACKBONES = {
+    "lite0": {},
+    "lite1": {"train.architecture": "efficientnet_lite1", "train.image_size": 240},
+    "lite2": {"train.architecture": "efficientnet_lite2", "train.image_size": 260},
+}
+STEPS = (*(f"backbone_{name}" for name in BACKBONES), "views", "ensemble", "blocks")
+
+
+def step_file(step: str) -> Path:
+    return PROJECT / "bench" / "results" / f"ablation_{step}.json"
+
+
+def step_key(step: str) -> str:
+    """What a step's result depends on: the pipeline's code (committed tree and uncommitted
+    changes of melanoma/), params.yaml, and the step's own settings."""
+    git = ["git", "-C", str(PROJECT)]
+    tree = subprocess.run([*git, "rev-parse", "HEAD:melanoma"], capture_output=True, text=True)
+    diff = subprocess.run([*git, "diff", "HEAD", "--", "melanoma"], capture_output=True, text=True)
+    settings = {"seeds": SEEDS, "views": VIEWS, "backbones": BACKBONES}
+    parts = [tree.stdout, diff.stdout, (PROJECT / "params.yaml").read_text(), step]
+    parts.append(json.dumps(settings, sort_keys=True))
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+def run_step(step: str) -> dict:
+    """Run `step` unless its result exists for the same key; return the result."""
+    if step not in STEPS:
+        raise ValueError(f"unknown step {step!r}; steps: {', '.join(STEPS)}")
+    key, path = step_key(step), step_file(step)
+    if path.exists() and json.loads(path.read_text())["key"] == key:
+        log.info("%s: measured already for this code and params (%s)", step, path)
+        return json.loads(path.read_text())
+    workdir = RESULTS / step
+    if (workdir / "key").exists() and (workdir / "key").read_text() != key:
+        shutil.rmtree(workdir)  # seeds measured for other code or params
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "key").write_text(key)
+    started = time.perf_counter()
+    if step.startswith("backbone_"):
+        rows = backbone_rows(step, BACKBONES[step.removeprefix("backbone_")])
+    elif step == "blocks":
+        rows = [run(step, {"train.freeze": 2}, seed, workdir / f"seed{seed}") for seed in SEEDS]
+    else:
+        models = best_backbone_models()
+        rows = view_rows(models) if step == "views" else ensemble_rows(models)
+    result = {
+        "step": step,
+        "key": key,
+        "minutes": round((time.perf_counter() - started) / 60, 1),
+        "rows": rows,
+        "table": seed_table(rows).reset_index().to_dict("records"),
+    }
+    path.write_text(json.dumps(result, indent=2))
+    log.info("%s written", path)
+    return result
+
+
+def backbone_rows(step: str, overrides: dict) -> list[dict]:
+    size = overrides.get("train.image_size")
+    if size is None:
+        return [run(step, overrides, seed, RESULTS / step / f"seed{seed}") for seed in SEEDS]
+    copy = data_at(size)
+    return [run(step, overrides, seed, RESULTS / step / f"seed{seed}", copy) for seed in SEEDS]
+
+
+def data_at(size: int) -> Path:
+    """A copy of the pipeline whose stages up to augment ran with `ingest.image_size: size`."""
+    copy = RESULTS / f"data_{size}"
+    if (copy / "data" / "augmented" / "manifest.csv").exists():
+        return copy
+    if copy.exists():
+        shutil.rmtree(copy)
+    copy_project(copy, {"ingest.image_size": size})
+    log.info("ingesting the sources at %d px in %s", size, copy)
+    subprocess.run(["dvc", "repro", "augment"], cwd=copy, env=command_env(), check=True)
+    return copy
+
+
+def measured_backbones() -> dict[str, dict]:
+    return {
+        name: json.loads(step_file(f"backbone_{name}").read_text())
+        for name in BACKBONES
+        if step_file(f"backbone_{name}").exists()
+    }
+
+
+def best_backbone_models() -> list[dict]:
+    """The rows (one per seed) of the measured backbone with the highest mean validation
+    melanoma AUC over both sources."""
+    measured = measured_backbones()
+    if not measured:
+        raise RuntimeError("no backbone measured: run `python -m bench.ablation backbone_lite0`")
+
+    def mean_auc(result: dict) -> float:
+        return float(np.mean([_source_auc_mean(row) for row in result["rows"]]))
+
+    best = max(measured, key=lambda name: mean_auc(measured[name]))
+    log.info("best backbone so far: %s (of %s)", best, sorted(measured))
+    return [dict(row, backbone=best) for row in measured[best]["rows"]]
+
+
+def _source_auc_mean(row: dict) -> float:
+    return float(np.mean(list(row["validation_melanoma_auc_per_source"].values())))
+
+
+def view_rows(models: list[dict]) -> list[dict]:
+    """Each model scored again with each number of views (no training)."""
+    import keras
+
+    from bench.ablation import score_model, working_directory
+    from melanoma.model.views import with_views
+
+    rows = []
+    for model_row in models:
+        out = Path(model_row["model_file"]).parent
+        trained = keras.saving.load_model(out / Path(model_row["model_file"]).name)
+        for views in VIEWS:
+            started = time.perf_counter()
+            with working_directory(Path(model_row["root"])):
+                figures = score_model(with_views(trained, views), out)
+            seconds = time.perf_counter() - started
+            rows.append(
+                {
+                    "name": f"{model_row['backbone']} views {views}",
+                    "seed": model_row["seed"],
+                    **figures,
+                    "scoring_seconds": seconds,
+                }
+            )
+    return rows
+
+
+def ensemble_rows(models: list[dict]) -> list[dict]:
+    """The seeds' probabilities averaged, against each seed alone (its own rows)."""
+    from bench.ablation import figures_of
+
+    validation = [pd.read_csv(row["validation_predictions"]) for row in models]
+    external = [np.load(row["external_probabilities"]) for row in models]
+    columns = [c for c in validation[0].columns if c.startswith("p_")]
+    averaged = validation[0].copy()
+    averaged[columns] = np.mean([v[columns].to_numpy() for v in validation], axis=0)
+    alone = [dict(row, name=f"{row['backbone']} alone") for row in models]
+    together = {
+        "name": f"{models[0]['backbone']} ensemble of {len(models)}",
+        "seed": "+".join(str(row["seed"]) for row in models),
+        **figures_of(averaged, np.mean(external, axis=0)),
+    }
+    return [*alone, together]
+
+
+SECONDS = ("features_seconds", "train_seconds", "scoring_seconds")
+FIGURES = (
+    "val_melanoma_auc",
+    "val_auc_ham10000",
+    "val_auc_isic_collection",
+    "ext_melanoma_auc",
+    "ext_balanced_accuracy",
+    *SECONDS,
+)
+
+
+def seed_table(rows: list[dict]) -> pd.DataFrame:
+    """Mean ± sd over seeds of each configuration's figures (those its rows have)."""
+    frame = pd.DataFrame(
+        [
+            {
+                "name": row["name"],
+                "val_melanoma_auc": row["validation"]["melanoma_auc"],
+                **{
+                    f"val_auc_{source}": auc
+                    for source, auc in row["validation_melanoma_auc_per_source"].items()
+                },
+                "ext_melanoma_auc": row["external_report_half"]["melanoma_auc"],
+                "ext_balanced_accuracy": row["external_report_half"]["balanced_accuracy"],
+                **{k: row[k] for k in SECONDS if k in row},
+            }
+            for row in rows
+        ]
+    )
+    figures = [f for f in FIGURES if f in frame]
+    grouped = frame.groupby("name", sort=False)[figures]
+    means, sds = grouped.mean(), grouped.std().fillna(0)
+    table = means.map(lambda v: f"{v:.3f}") + " ± " + sds.map(lambda v: f"{v:.3f}")
+    table["seeds"] = grouped.size()
+    return table
