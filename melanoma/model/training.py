@@ -635,12 +635,14 @@ def fit_ensemble(
     (melanoma.model.ensemble). The returned Fit holds the members' mean curves, the seconds of
     all members per epoch and the mean of their validation probabilities."""
     members, fits, base = [], [], None
+    experiment = mlflow.active_run().info.experiment_id
     for index in range(params.ensemble):
         member = member_params(params, index)
         set_determinism(member.seed)
         setup = fit_setup(member, preprocess, splits, features_dir)
         name = f"member {index} seed {member.seed}"
-        with mlflow.start_run(run_name=name, nested=True):
+        # In the parent's experiment (start_run alone would use the default experiment).
+        with mlflow.start_run(run_name=name, nested=True, experiment_id=experiment):
             mlflow.set_tags(
                 {"stage": "train", "ensemble_member": str(index), "seed": str(member.seed)}
             )
@@ -650,7 +652,7 @@ def fit_ensemble(
                 {
                     f"validation_{metric}": value
                     for metric in TRACKED_VALIDATION_METRICS
-                    if (value := getattr(validation, metric)) is not None
+                    if (value := validation[metric]) is not None
                 }
             )
         if params.caches_features:

@@ -154,3 +154,82 @@ def test_an_ensemble_has_two_members_at_least():
     inputs = keras.Input((SIZE, SIZE, 3), dtype="uint8")
     with pytest.raises(ValueError, match="at least 2 members"):
         assemble(inputs, inputs, members, "one")
+
+
+def _outputs(directory):
+    from melanoma.model.training import TrainOutputs
+
+    return TrainOutputs(**{k: directory / v.name for k, v in vars(TrainOutputs()).items()})
+
+
+def _val_images(manifest) -> np.ndarray:
+    from melanoma.data.dataset import make_dataset
+    from melanoma.data.manifest import AUGMENTED_COLUMNS, read_manifest
+
+    rows = read_manifest(manifest, AUGMENTED_COLUMNS).query("split == 'val'")
+    dataset = make_dataset(rows["image_path"].tolist(), np.zeros(len(rows), int), SIZE, 64)
+    return np.concatenate([images.numpy() for images, _ in dataset])
+
+
+def test_train_fits_one_model_per_seed_in_nested_runs_and_saves_their_calibrated_mean(
+    augmented_project, tmp_path
+):
+    # Both runs in one test: the tiny project is built once, and k=1 is the reference.
+    from mlflow import MlflowClient
+
+    from melanoma.config import parse_params
+    from melanoma.model.training import run_training
+
+    manifest = tmp_path / "data/augmented/manifest.csv"
+    augmented_project["train"].update(architecture="simple_cnn", filters=[4], epochs=2)
+    single = parse_params(augmented_project)
+    augmented_project["train"]["ensemble"] = 2
+    params = parse_params(augmented_project)
+
+    info = run_training(params, manifest, _outputs(tmp_path / "ensemble"))
+    one = run_training(single, manifest, _outputs(tmp_path / "single"))
+
+    client = MlflowClient(info.tracking_uri)
+    parent = client.get_run(info.run_id)
+    assert parent.data.tags["ensemble"] == "2"
+    children = client.search_runs(
+        [info.experiment_id], f"tags.mlflow.parentRunId = '{info.run_id}'"
+    )
+    members = {run.data.tags["ensemble_member"]: run for run in children}
+    assert sorted(members) == ["0", "1"]
+    for index, run in members.items():
+        assert run.data.tags["seed"] == str(params.train.seed + int(index))
+        for curve in ("loss", "val_loss", "accuracy", "val_accuracy", "learning_rate"):
+            steps = [p.step for p in client.get_metric_history(run.info.run_id, curve)]
+            assert sorted(steps) == [1, 2], (index, curve)
+        assert "validation_accuracy" in run.data.metrics
+    # The parent's curves are the members' mean, epoch by epoch.
+    loss = {p.step: p.value for p in client.get_metric_history(info.run_id, "loss")}
+    for step in (1, 2):
+        member_losses = [
+            next(
+                p.value for p in client.get_metric_history(r.info.run_id, "loss") if p.step == step
+            )
+            for r in children
+        ]
+        assert loss[step] == pytest.approx(np.mean(member_losses))
+    # k=1 is one model in one run, as before.
+    assert not client.search_runs([one.experiment_id], f"tags.mlflow.parentRunId = '{one.run_id}'")
+    assert "ensemble" not in client.get_run(one.run_id).data.tags
+
+    images = _val_images(manifest)
+    model = keras.saving.load_model(tmp_path / "ensemble/model.keras")
+    single_model = keras.saving.load_model(tmp_path / "single/model.keras")
+    assert is_ensemble(model) and not is_ensemble(single_model)
+    each = [member.predict(images, verbose=0) for member in members_of(model)]
+    # Calibrated once: the temperature fitted on the mean of the members' probabilities.
+    np.testing.assert_allclose(
+        model.predict(images, verbose=0),
+        rescale(np.mean(each, axis=0), info.temperature),
+        atol=1e-5,
+    )
+    assert info.temperature != 1.0
+    # Member 0 is the model k=1 trains (same seed, same data, same steps).
+    np.testing.assert_allclose(
+        each[0], rescale(single_model.predict(images, verbose=0), 1 / one.temperature), atol=1e-5
+    )
