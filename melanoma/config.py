@@ -5,6 +5,7 @@ with the dotted name of the param in the message (for example `train.epochs`).
 """
 
 import importlib.util
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -22,6 +23,8 @@ _NO_WEIGHTS = ("simple_cnn", "resnet")
 _KERAS_BACKBONES = ("efficientnetb0", "mobilenetv3small")
 
 
+# train.ensemble: members averaged in one model; each costs one more training and pass.
+MAX_ENSEMBLE = 5
 _LITE_NAMES = "/".join(sorted(LITE))  # efficientnet_lite0/efficientnet_lite1/...
 
 
@@ -272,6 +275,14 @@ class TrainParams(_Section):
         "none",
         description="equal_per_class: within each class, every source's images weigh alike in "
         "total, so that a large archive does not define what a lesion looks like",
+    )
+    ensemble: int = Field(
+        1,
+        ge=1,
+        le=MAX_ENSEMBLE,
+        description="members trained with seeds seed, seed+1, ... on the same cached "
+        "activations; the saved model averages their probabilities (melanoma.model.ensemble). "
+        "1: one model",
     )
 
     @model_validator(mode="before")
@@ -586,6 +597,31 @@ class Params(_Section):
             raise ValueError(
                 f"train.image_size={self.train.image_size} exceeds ingest.image_size="
                 f"{self.ingest.image_size}: the model cannot see more pixels than were ingested"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _depth_shared_by_the_members(self) -> "Params":
+        # An ensemble shares the frozen blocks only: a layer above them is one per member.
+        train, depth = self.train, self.unfamiliar.depth
+        spec = LITE.get(train.architecture)
+        if (
+            train.ensemble == 1
+            or not spec
+            or depth == "pooled"
+            or not isinstance(train.freeze, int)
+        ):
+            return self
+        block = re.match(r"block(\d+)_", depth)
+        frozen = depth.startswith("stem") or (
+            block and int(block[1]) < spec.n_blocks - train.freeze
+        )
+        if not frozen:
+            raise ValueError(
+                f"unfamiliar.depth={depth!r} is in the top {train.freeze} blocks "
+                f"(train.freeze), which each of the train.ensemble={train.ensemble} members "
+                f"trains for itself: a layer at or below {spec.cut_layer(train.freeze)}, or "
+                "'pooled'"
             )
         return self
 

@@ -132,6 +132,9 @@ def test_the_project_params_are_valid():
             "train_batch_norm is for freeze=n",
         ),
         ("train", {"source_weighting": "cap"}, "train.source_weighting"),
+        ("train", {"ensemble": 0}, r"train\.ensemble: Input should be greater than or equal to 1"),
+        ("train", {"ensemble": 6}, r"train\.ensemble: Input should be less than or equal to 5"),
+        ("train", {"ensemble": "three"}, r"train\.ensemble"),
         ("predict", {"views": 3}, r"predict\.views"),
         ("predict", {"views": 16}, r"predict\.views"),
         ("predict", {"views": "all"}, r"predict\.views"),
@@ -245,6 +248,20 @@ def test_unfamiliar_depth_must_be_a_layer_of_the_chosen_lite_backbone(raw):
         parse_params(lite0)
     # Only the Lite models have named layers; the others score on pooled features.
     assert parse_params(_with(deep, "train", architecture="resnet", image_size=64))
+
+
+def test_an_ensemble_s_unfamiliar_depth_must_be_in_the_blocks_its_members_share(raw):
+    lite = _with(raw, "train", architecture="efficientnet_lite0", image_size=180, freeze=2)
+    assert parse_params(lite).train.ensemble == 1  # one model: block 14 may train
+    with pytest.raises(ParamsError, match="unfamiliar.depth='block14_add' is in the top 2 blocks"):
+        parse_params(_with(lite, "train", ensemble=3))
+    assert parse_params(_with(lite, "train", ensemble=3, freeze=1)).train.ensemble == 3
+    pooled = _with(lite, "train", ensemble=3)
+    pooled["unfamiliar"]["depth"] = "pooled"
+    assert parse_params(pooled)
+    shallow = _with(lite, "train", ensemble=3)
+    shallow["unfamiliar"]["depth"] = "block13_add"
+    assert parse_params(shallow)
 
 
 def test_a_missing_weights_wheel_names_the_distribution_before_any_work(raw, monkeypatch):

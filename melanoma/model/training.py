@@ -36,13 +36,20 @@ from melanoma.data.manifest import (
 )
 from melanoma.evaluation.metrics import predictions_table, validation_metrics
 from melanoma.labels import LABELS
-from melanoma.model.architectures import build_model, build_trainable_part, copy_weights
+from melanoma.model.architectures import (
+    INPUT_NAME,
+    build_model,
+    build_trainable_part,
+    copy_weights,
+    frozen_part,
+)
 from melanoma.model.calibration import (
     calibration_metrics,
     fit_temperature,
     fold_temperature,
     rescale,
 )
+from melanoma.model.ensemble import assemble
 from melanoma.model.features import read_feature_cache
 from melanoma.reports import Calibration, EpochMetrics, FitSummary, RunInfo, TrainMetrics
 from melanoma.sites.fitting import SiteReferences, fit_references
@@ -547,13 +554,18 @@ class Trained:
     site_references: SiteReferences  # the unfamiliar-image detector and the drift reference
 
 
-def fit_and_calibrate(
-    params: TrainParams, unfamiliar: UnfamiliarParams, splits: Splits, setup: FitSetup
-) -> Trained:
-    """Fit (each epoch logged to the active MLflow run), then calibrate on the validation
-    split and measure the saved model there: what params are chosen on, since only
-    `evaluate` reads the test split. Last, what the saved model's sites need: the
-    unfamiliar-image detector and the drift check's reference."""
+@dataclass(frozen=True)
+class Fit:
+    """One fitted model: its curves (HISTORY_COLUMNS), each epoch's seconds and its validation
+    probabilities (before calibration)."""
+
+    history: pd.DataFrame
+    seconds: list[float]
+    val_probabilities: np.ndarray
+
+
+def fit(params: TrainParams, setup: FitSetup) -> Fit:
+    """Fit `setup.fitted`, each epoch logged to the active MLflow run."""
     tracker = EpochTracker()
     setup.fitted.fit(
         setup.train,
@@ -564,24 +576,140 @@ def fit_and_calibrate(
         verbose=0,
     )
     history = pd.DataFrame(tracker.rows, columns=HISTORY_COLUMNS)
-    fit = training_summary(
-        history, tracker.seconds, len(splits.train_paths), bool(params.early_stopping_patience)
+    return Fit(history, tracker.seconds, setup.fitted.predict(setup.val, verbose=0))
+
+
+def fit_and_calibrate(
+    params: TrainParams, unfamiliar: UnfamiliarParams, splits: Splits, setup: FitSetup
+) -> Trained:
+    """Fit (each epoch logged to the active MLflow run), then calibrate on the validation
+    split and measure the saved model there: what params are chosen on, since only
+    `evaluate` reads the test split. Last, what the saved model's sites need: the
+    unfamiliar-image detector and the drift check's reference."""
+    fitted = fit(params, setup)
+    return calibrated(params, unfamiliar, splits, saved_model(setup.model, setup.fitted), fitted)
+
+
+def calibrated(
+    params: TrainParams,
+    unfamiliar: UnfamiliarParams,
+    splits: Splits,
+    model: keras.Model,
+    fitted: Fit,
+) -> Trained:
+    """`model` (whose uncalibrated validation probabilities `fitted` holds) calibrated, its
+    validation metrics, and the unfamiliar-image detector and drift reference fitted on it."""
+    fit_summary = training_summary(
+        fitted.history,
+        fitted.seconds,
+        len(splits.train_paths),
+        bool(params.early_stopping_patience),
     )
-    val_probabilities = setup.fitted.predict(setup.val, verbose=0)
-    model = saved_model(setup.model, setup.fitted)
+    val_probabilities = fitted.val_probabilities
     calibration = calibrate(model, params, splits.val_labels, val_probabilities)
     if calibration.temperature != 1.0:
         # What the calibrated model now gives (setup.val may hold cached features, not images).
         val_probabilities = rescale(val_probabilities, calibration.temperature)
     metrics = TrainMetrics(
-        **fit.to_dict(),
+        **fit_summary.to_dict(),
         calibration=calibration,
         validation=validation_metrics(splits.val_labels, val_probabilities),
     )
     references = fit_references(
         model, splits.train_paths, splits.val_paths, unfamiliar, params.batch_size, params.seed
     )
-    return Trained(model, history, metrics, val_probabilities, references)
+    return Trained(model, fitted.history, metrics, val_probabilities, references)
+
+
+def member_params(params: TrainParams, index: int) -> TrainParams:
+    """The train params of ensemble member `index`: the seed is train.seed + index."""
+    return params.model_copy(update={"seed": params.seed + index})
+
+
+def fit_ensemble(
+    params: TrainParams, preprocess: PreprocessParams, splits: Splits, features_dir: Path
+) -> tuple[keras.Model, Fit]:
+    """Fit the `params.ensemble` members one after the other, each with its own seed (its
+    initial head, dropout and shuffling) on the same cached activations, its curves in a
+    nested MLflow run of the active run; then assemble them into one model
+    (melanoma.model.ensemble). The returned Fit holds the members' mean curves, the seconds of
+    all members per epoch and the mean of their validation probabilities."""
+    members, fits, base = [], [], None
+    experiment = mlflow.active_run().info.experiment_id
+    for index in range(params.ensemble):
+        member = member_params(params, index)
+        set_determinism(member.seed)
+        setup = fit_setup(member, preprocess, splits, features_dir)
+        name = f"member {index} seed {member.seed}"
+        # In the parent's experiment (start_run alone would use the default experiment).
+        with mlflow.start_run(run_name=name, nested=True, experiment_id=experiment):
+            mlflow.set_tags(
+                {"stage": "train", "ensemble_member": str(index), "seed": str(member.seed)}
+            )
+            fitted = fit(member, setup)
+            validation = validation_metrics(splits.val_labels, fitted.val_probabilities)
+            mlflow.log_metrics(
+                {
+                    f"validation_{metric}": value
+                    for metric in TRACKED_VALIDATION_METRICS
+                    if (value := validation[metric]) is not None
+                }
+            )
+        if params.caches_features:
+            # The trained part alone: the frozen part is the same in every member.
+            base = setup.model if base is None else base
+            members.append(setup.fitted)
+        else:
+            members.append(saved_model(setup.model, setup.fitted))
+        fits.append(fitted)
+        del setup  # its datasets hold a copy of the cached activations
+    if base is None:
+        inputs = keras.Input(
+            members[0].input_shape[1:], dtype=members[0].inputs[0].dtype, name=INPUT_NAME
+        )
+        model = assemble(inputs, inputs, members, f"{params.architecture}_ensemble")
+    else:
+        frozen = frozen_part(base, params)
+        model = assemble(
+            frozen.inputs, frozen.outputs[0], members, f"{params.architecture}_ensemble"
+        )
+    log.info(
+        "ensemble of %d members: %d weights (one member alone: %d)",
+        len(members),
+        model.count_params(),
+        (members[0] if base is None else base).count_params(),
+    )
+    return model, _mean_fit(fits)
+
+
+def _mean_fit(fits: list[Fit]) -> Fit:
+    """The members' curves averaged epoch by epoch (over the epochs every member ran), the
+    seconds of each such epoch summed over the members, the mean validation probabilities."""
+    epochs = min(len(f.history) for f in fits)
+    history = sum(f.history.iloc[:epochs].reset_index(drop=True) for f in fits) / len(fits)
+    history["epoch"] = range(1, epochs + 1)
+    seconds = [float(sum(f.seconds[e] for f in fits)) for e in range(epochs)]
+    probabilities = np.mean([f.val_probabilities for f in fits], axis=0)
+    return Fit(history[HISTORY_COLUMNS], seconds, probabilities)
+
+
+def fit_ensemble_and_calibrate(
+    params: TrainParams,
+    preprocess: PreprocessParams,
+    unfamiliar: UnfamiliarParams,
+    splits: Splits,
+    features_dir: Path,
+) -> Trained:
+    """fit_ensemble, the members' mean curves logged to the active (parent) run as one model's
+    are, then the ensemble calibrated once on its validation probabilities (calibrated)."""
+    model, fitted = fit_ensemble(params, preprocess, splits, features_dir)
+    for row in fitted.history.to_dict("records"):
+        mlflow.log_metrics(
+            {name: float(row[name]) for name in [*EPOCH_METRICS, "learning_rate"]},
+            step=int(row["epoch"]),
+        )
+    mlflow.set_tag("ensemble", str(params.ensemble))
+    return calibrated(params, unfamiliar, splits, model, fitted)
 
 
 def run_name(params: TrainParams) -> str:
@@ -646,17 +774,25 @@ def run_training(
 
     With a frozen backbone (`train.freeze: all`) the head trains on the features cached in
     `features_dir` (stage `features`).
+    With `train.ensemble: k` > 1, k members train (seeds train.seed, +1, ...), each in a
+    nested run, and the saved model averages them (fit_ensemble).
 
     Returns the run info also written to `outputs.run_info`.
     """
     train = params.train
     set_determinism(train.seed)
     splits = read_splits(manifest_path, train.batch_size)
-    setup = fit_setup(train, params.preprocess, splits, features_dir)
+    if train.ensemble == 1:
+        setup = fit_setup(train, params.preprocess, splits, features_dir)
     experiment_id = configure_tracking(params.mlflow)
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name(train)) as run:
         log_run_inputs(params, manifest_path, splits, sources_file)
-        trained = fit_and_calibrate(train, params.unfamiliar, splits, setup)
+        if train.ensemble == 1:
+            trained = fit_and_calibrate(train, params.unfamiliar, splits, setup)
+        else:
+            trained = fit_ensemble_and_calibrate(
+                train, params.preprocess, params.unfamiliar, splits, features_dir
+            )
         model_info = log_trained(trained, splits, train.image_size)
     run_info = RunInfo(
         run_id=run.info.run_id,

@@ -22,6 +22,7 @@ import keras
 import numpy as np
 from keras import layers
 
+from melanoma.model import ensemble
 from melanoma.model.architectures import OUTPUT_NAME
 from melanoma.model.lite_specs import LITE
 
@@ -90,8 +91,12 @@ def probe(model: keras.Model, depth: str) -> keras.Model:
     """uint8 images -> [probabilities, the pooled features at `depth`], in one pass.
 
     A `depth` other than POOLED is a layer of the EfficientNet-Lite backbone, its output
-    averaged over the image as the backbone pools its last one.
+    averaged over the image as the backbone pools its last one. In an ensemble
+    (melanoma.model.ensemble) it is a layer of the frozen part the members share, and POOLED is
+    every member's pooled features side by side.
     """
+    if ensemble.is_ensemble(model):
+        return ensemble.probe(model, None if depth == POOLED else depth)
     if depth == POOLED:
         # What the softmax layer takes (after the dropout, which is the identity in inference).
         return keras.Model(model.inputs, [model.output, model.layers[-1].input])
@@ -112,7 +117,9 @@ def probe(model: keras.Model, depth: str) -> keras.Model:
 
 def depth_of(model: keras.Model, depth: str) -> str:
     """`depth` (unfamiliar.depth, an EfficientNet-Lite layer) for a Lite model; POOLED for
-    the other architectures."""
+    the other architectures (and an ensemble of whole models)."""
+    if ensemble.is_ensemble(model):
+        return depth if ensemble.shared_part(model) is not None else POOLED
     return depth if _lite_backbone(model) is not None else POOLED
 
 
