@@ -4,8 +4,8 @@
     python -m bench.ablation views            # 1 / 4 / 8 views of the best backbone's models
     python -m bench.ablation ensemble         # its 3 seeds' probabilities averaged vs each alone
     python -m bench.ablation blocks           # two fine-tuned blocks instead of one x 3 seeds
-    python -m bench.ablation backbone_lite1   # Lite1 at 240 px on data ingested at that size
-    python -m bench.ablation backbone_lite2   # Lite2 at 260 px (likewise)
+    python -m bench.ablation backbone_lite1   # Lite1 at 240 px (the data ingested again at 260)
+    python -m bench.ablation backbone_lite2   # Lite2 at 260 px (the same copy)
 
 A step writes bench/results/ablation_STEP.json: its key (the code of melanoma/, params.yaml
 and the step's settings), one row per model or configuration and the table of means and
@@ -31,14 +31,17 @@ import numpy as np
 import pandas as pd
 
 from bench.ablation import RESULTS, run
-from bench.project import PROJECT, command_env, copy_project
+from bench.project import PROJECT, command_env, copy_project, pin_source_deps
+from bench.run import project_reference_labels
+from melanoma.config import load_params
 
 log = logging.getLogger(__name__)
 
 SEEDS = (42, 43, 44)
 VIEWS = (1, 4, 8)
-# Backbones other than Lite0 take their native size: the data is ingested again at it, in a
-# copy of the pipeline (bench/results/ablation/data_<size>), before any training.
+# Backbones other than Lite0 take their native size: the data is ingested again, once, at the
+# largest (a copy of the pipeline in bench/results/ablation/data_260), and each resizes it down.
+LARGE_INGEST = 260
 BACKBONES = {
     "lite0": {},
     "lite1": {"train.architecture": "efficientnet_lite1", "train.image_size": 240},
@@ -57,7 +60,7 @@ def step_key(step: str) -> str:
     git = ["git", "-C", str(PROJECT)]
     tree = subprocess.run([*git, "rev-parse", "HEAD:melanoma"], capture_output=True, text=True)
     diff = subprocess.run([*git, "diff", "HEAD", "--", "melanoma"], capture_output=True, text=True)
-    settings = {"seeds": SEEDS, "views": VIEWS, "backbones": BACKBONES}
+    settings = {"seeds": SEEDS, "views": VIEWS, "backbones": BACKBONES, "ingest": LARGE_INGEST}
     parts = [tree.stdout, diff.stdout, (PROJECT / "params.yaml").read_text(), step]
     parts.append(json.dumps(settings, sort_keys=True))
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
@@ -97,10 +100,9 @@ def run_step(step: str) -> dict:
 
 
 def backbone_rows(step: str, overrides: dict) -> list[dict]:
-    size = overrides.get("train.image_size")
-    if size is None:
+    if "train.image_size" not in overrides:
         return [run(step, overrides, seed, RESULTS / step / f"seed{seed}") for seed in SEEDS]
-    copy = data_at(size)
+    copy = data_at(LARGE_INGEST)
     return [run(step, overrides, seed, RESULTS / step / f"seed{seed}", copy) for seed in SEEDS]
 
 
@@ -111,7 +113,14 @@ def data_at(size: int) -> Path:
         return copy
     if copy.exists():
         shutil.rmtree(copy)
-    copy_project(copy, {"ingest.image_size": size})
+    sources = load_params(PROJECT / "params.yaml").data.sources
+    absolute = [s.model_copy(update={"path": (PROJECT / s.path).resolve()}) for s in sources]
+    pinned = {
+        "data.sources": [source.model_dump(mode="json") for source in absolute],
+        **project_reference_labels(),
+        "ingest.image_size": size,
+    }
+    pin_source_deps(copy_project(copy, pinned) / "dvc.yaml", len(sources))
     log.info("ingesting the sources at %d px in %s", size, copy)
     subprocess.run(["dvc", "repro", "augment"], cwd=copy, env=command_env(), check=True)
     return copy
