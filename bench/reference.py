@@ -23,7 +23,7 @@ from bench.process import peak_rss_mib
 from bench.source import split_folder
 from melanoma.labels import LABELS, canonical_label
 from melanoma.logs import setup_logging
-from melanoma.model.training import EpochTimer, training_summary
+from melanoma.model.curves import EpochTimer, training_summary
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def train_reference(
     train_dir: Path, image_size: int, epochs: int
 ) -> tuple[keras.Model, list[str], dict]:
     """Train the recipe; return the model, its class (folder) names in output order, and the
-    summary of melanoma.model.training.training_summary (same speed definitions as the train
+    summary of melanoma.model.curves.training_summary (same speed definitions as the train
     stage)."""
     keras.utils.set_random_seed(NOTEBOOK_SEED)
     train_ds, val_ds = keras.utils.image_dataset_from_directory(

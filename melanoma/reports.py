@@ -133,7 +133,7 @@ class RunInfo(ReportFile):
 
 
 class EpochMetrics(Section):
-    """What Keras reports for one epoch (melanoma.model.training.EPOCH_METRICS)."""
+    """What Keras reports for one epoch (melanoma.model.curves.EPOCH_METRICS)."""
 
     loss: float
     accuracy: float

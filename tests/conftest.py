@@ -397,10 +397,10 @@ def tiny_classifier() -> Callable:
 @pytest.fixture
 def log_model(mlflow_project) -> Callable:
     """log_model(model) -> (run id, model URI): the model logged as the train stage logs it
-    (melanoma.model.training.log_keras_model), in a new run of the mlflow_project store."""
+    (melanoma.model.logged_model.log_keras_model), in a new run of the mlflow_project store."""
     import mlflow
 
-    from melanoma.model.training import log_keras_model
+    from melanoma.model.logged_model import log_keras_model
     from melanoma.tracking import configure_tracking
 
     def log(model) -> tuple[str, str]:

@@ -58,6 +58,7 @@ import melanoma
 from melanoma.config import Params
 from melanoma.data.images import ImageRejected, decode_rgb
 from melanoma.labels import LABELS, MELANOMA
+from melanoma.model.logged_model import model_requirements
 from melanoma.model.predict import (
     ARTIFACTS_DIR,
     UNREADABLE,
@@ -65,7 +66,6 @@ from melanoma.model.predict import (
     model_input_size,
     to_model_size,
 )
-from melanoma.model.training import model_requirements
 from melanoma.model.views import probe
 from melanoma.paths import UNFAMILIAR_FILE
 from melanoma.sites.registry import SiteError, served_site

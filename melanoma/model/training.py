@@ -6,22 +6,15 @@ MLflow run exists.
 """
 
 import logging
-import os
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib.metadata import version
 from pathlib import Path
-from types import SimpleNamespace
 
 import keras
 import mlflow
 import numpy as np
 import pandas as pd
 import tensorflow as tf
-from keras.optimizers.schedules import LearningRateSchedule
-from matplotlib.figure import Figure
-from mlflow.models import Model, ModelSignature, infer_signature
 from mlflow.models.model import ModelInfo
 
 from melanoma import paths
@@ -49,18 +42,25 @@ from melanoma.model.calibration import (
     fold_temperature,
     rescale,
 )
+from melanoma.model.curves import (
+    EPOCH_METRICS,
+    HISTORY_COLUMNS,
+    TRACKED_VALIDATION_METRICS,
+    EpochTracker,
+    make_callbacks,
+    plot_curves,
+    summary_metrics,
+    training_summary,
+)
 from melanoma.model.ensemble import assemble
 from melanoma.model.features import read_feature_cache
-from melanoma.reports import Calibration, EpochMetrics, FitSummary, RunInfo, TrainMetrics
+from melanoma.model.logged_model import log_keras_model
+from melanoma.model.optimization import BackboneRate, compile_model, sample_weights
+from melanoma.reports import Calibration, RunInfo, TrainMetrics
 from melanoma.sites.fitting import SiteReferences, fit_references
 from melanoma.tracking import configure_tracking, experiment_run_tags, git_commit
 
 log = logging.getLogger(__name__)
-
-HISTORY_COLUMNS = ["epoch", "accuracy", "val_accuracy", "loss", "val_loss", "learning_rate"]
-# What Keras reports each epoch and we track; the learning rate is read from the optimizer.
-EPOCH_METRICS = ["loss", "accuracy", "val_loss", "val_accuracy"]
-MODEL_ARTIFACT = "model"
 
 
 @dataclass(frozen=True)
@@ -82,128 +82,6 @@ def set_determinism(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-def class_weight_map(label_indices: np.ndarray, params: TrainParams) -> dict[int, float] | None:
-    """Keras `class_weight`, or None when every class weighs 1.
-
-    With `class_weights` on, a class weighs n_images / (n_classes_present * n_images_of_class);
-    an entry of `class_weight_overrides` then replaces the weight of its label.
-    """
-    if not params.class_weights and not params.class_weight_overrides:
-        return None
-    counts = np.bincount(label_indices, minlength=len(LABELS))
-    present = int(np.count_nonzero(counts))
-    weights = {}
-    for index, label in enumerate(LABELS):
-        balanced = len(label_indices) / (present * counts[index]) if counts[index] else 1.0
-        default = balanced if params.class_weights else 1.0
-        weights[index] = float(params.class_weight_overrides.get(label, default))
-    return weights
-
-
-def sample_weights(
-    label_indices: np.ndarray, sources: np.ndarray, params: TrainParams
-) -> np.ndarray | None:
-    """Each training image's weight, or None when every image weighs 1: its class weight
-    (class_weight_map) times, with `source_weighting: equal_per_class`, n_class /
-    (sources_in_class * n_class_of_its_source), so that within a class each source's images
-    weigh alike in total (and the class as much as before)."""
-    classes = class_weight_map(label_indices, params)
-    if classes is None and params.source_weighting == "none":
-        return None
-    weights = np.ones(len(label_indices))
-    if classes is not None:
-        weights *= np.array([classes[int(i)] for i in label_indices])
-    if params.source_weighting == "equal_per_class":
-        rows = pd.DataFrame({"label": label_indices, "source": sources})
-        per_source = rows.groupby(["label", "source"])["label"].transform("size")
-        per_class = rows.groupby("label")["label"].transform("size")
-        sources_in_class = rows.groupby("label")["source"].transform("nunique")
-        weights *= (per_class / (sources_in_class * per_source)).to_numpy()
-    return weights.astype(np.float32)
-
-
-def learning_rate(params: TrainParams, steps_per_epoch: int) -> float | LearningRateSchedule:
-    """The constant starting rate (lr_schedule=plateau: ReduceLROnPlateau lowers it), or a
-    per-step cosine decay to zero over the whole run, after `warmup_epochs` of linear warm-up."""
-    if params.lr_schedule == "plateau":
-        return params.learning_rate
-    warmup_steps = params.warmup_epochs * steps_per_epoch
-    return keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=0.0 if warmup_steps else params.learning_rate,
-        decay_steps=params.epochs * steps_per_epoch - warmup_steps,
-        warmup_target=params.learning_rate if warmup_steps else None,
-        warmup_steps=warmup_steps,
-    )
-
-
-def make_optimizer(
-    params: TrainParams, steps_per_epoch: int, backbone_variables: list | tuple = ()
-) -> keras.optimizers.Optimizer:
-    """The optimizer of params; weight decay is decoupled (AdamW-style) for all three.
-
-    sgd uses Nesterov momentum 0.9: plain SGD is too slow to be a useful choice.
-    With `backbone_variables` and a `backbone_learning_rate` other than `learning_rate`, those
-    variables step (and decay) at backbone_learning_rate / learning_rate of the rate, schedule
-    included: fine-tuning must not wash out the pretrained features.
-    """
-    rate = learning_rate(params, steps_per_epoch)
-    if params.optimizer == "adam":
-        cls, kwargs = keras.optimizers.Adam, {"weight_decay": params.weight_decay or None}
-    elif params.optimizer == "adamw":
-        cls, kwargs = keras.optimizers.AdamW, {"weight_decay": params.weight_decay}
-    else:
-        cls = keras.optimizers.SGD
-        kwargs = {"momentum": 0.9, "nesterov": True, "weight_decay": params.weight_decay or None}
-    factor = (params.backbone_learning_rate or params.learning_rate) / params.learning_rate
-    if factor == 1.0 or not backbone_variables:
-        return cls(rate, **kwargs)
-    return _with_backbone_rate(cls)(rate, backbone_variables, factor, **kwargs)
-
-
-class BackboneRate:
-    """Mixin for a Keras optimizer class: the given backbone variables step at `factor` times
-    the rate.
-
-    Keras has no per-variable learning rate; its update_step receives the rate for each
-    variable, so the mixin scales it there, and does the backbone's decoupled weight decay
-    itself at the same scale. A model compiled with it is saved through `inference_copy`.
-    """
-
-    def __init__(self, rate, backbone_variables, factor, **kwargs):
-        super().__init__(rate, **kwargs)
-        self._backbone_factor = factor
-        self._backbone_keys = {self._var_key(v) for v in backbone_variables}
-
-    def _is_backbone(self, variable) -> bool:
-        return self._var_key(variable) in self._backbone_keys
-
-    def _use_weight_decay(self, variable):
-        return not self._is_backbone(variable) and super()._use_weight_decay(variable)
-
-    def update_step(self, gradient, variable, learning_rate):
-        if self._is_backbone(variable):
-            learning_rate = keras.ops.cast(learning_rate, variable.dtype)
-            learning_rate = learning_rate * self._backbone_factor
-            if self.weight_decay:
-                decay = keras.ops.cast(self.weight_decay, variable.dtype) * learning_rate
-                variable.assign(variable - variable * decay)
-        return super().update_step(gradient, variable, learning_rate)
-
-
-def _with_backbone_rate(optimizer_class: type) -> type:
-    return type(f"{optimizer_class.__name__}BackboneRate", (BackboneRate, optimizer_class), {})
-
-
-def backbone_variables(model: keras.Model) -> list:
-    """The trainable variables of the nested backbone model(s) of `model`."""
-    return [
-        variable
-        for layer in model.layers
-        if isinstance(layer, keras.Model)
-        for variable in layer.trainable_variables
-    ]
-
-
 def inference_copy(model: keras.Model) -> keras.Model:
     """An uncompiled copy of a trained model with the same weights: what is saved, so the
     saved file names no optimizer class of this package (MLflow's server and any Keras load
@@ -212,176 +90,6 @@ def inference_copy(model: keras.Model) -> keras.Model:
     copy = keras.Model.from_config(model.get_config())
     copy.set_weights(model.get_weights())
     return copy
-
-
-def compile_model(model: keras.Model, params: TrainParams, steps_per_epoch: int) -> None:
-    model.compile(
-        optimizer=make_optimizer(params, steps_per_epoch, backbone_variables(model)),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=params.label_smoothing),
-        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
-    )
-
-
-class EpochTimer(keras.callbacks.Callback):
-    """Wall seconds of each epoch, training and validation pass together."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seconds: list[float] = []
-        self._started = 0.0
-
-    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self._started = time.perf_counter()
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        self.seconds.append(time.perf_counter() - self._started)
-
-
-class EpochTracker(EpochTimer):
-    """Logs each epoch's curves to the active MLflow run with step=epoch (1-based) and keeps them.
-
-    It must come before ReduceLROnPlateau in the callback list, so that the learning rate it
-    records is the one the epoch was trained with.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.rows: list[dict[str, float]] = []
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        super().on_epoch_end(epoch, logs)
-        learning_rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-        row = {name: float(logs[name]) for name in EPOCH_METRICS}
-        row["learning_rate"] = learning_rate
-        mlflow.log_metrics(row, step=epoch + 1)
-        self.rows.append({"epoch": epoch + 1, **row})
-        log.info(
-            "epoch %d: loss %.4f accuracy %.4f val_loss %.4f val_accuracy %.4f lr %.2g (%.1f s)",
-            epoch + 1,
-            row["loss"],
-            row["accuracy"],
-            row["val_loss"],
-            row["val_accuracy"],
-            learning_rate,
-            self.seconds[-1],
-        )
-
-
-def make_callbacks(params: TrainParams, tracker: EpochTracker) -> list[keras.callbacks.Callback]:
-    callbacks: list[keras.callbacks.Callback] = [tracker]
-    if params.early_stopping_patience:
-        callbacks.append(
-            keras.callbacks.EarlyStopping(
-                monitor="val_loss",
-                patience=params.early_stopping_patience,
-                restore_best_weights=True,
-            )
-        )
-    if params.reduce_lr_patience:
-        callbacks.append(
-            keras.callbacks.ReduceLROnPlateau(
-                monitor="val_loss",
-                factor=params.reduce_lr_factor,
-                patience=params.reduce_lr_patience,
-            )
-        )
-    return callbacks
-
-
-def training_summary(
-    history: pd.DataFrame, seconds: list[float], train_images: int, early_stopping: bool
-) -> FitSummary:
-    """Final and best-epoch (lowest val_loss) metrics and the speed, for reports/train_metrics.json.
-
-    The first epoch also traces the graph and fills the decoded-image cache, so the steady-state
-    speed comes from the later epochs when there are any.
-    """
-    best = history.loc[history["val_loss"].idxmin()]
-    final = history.iloc[-1]
-    steady = seconds[1:] or seconds
-    seconds_per_epoch = float(np.mean(steady))
-    return FitSummary(
-        epochs_run=len(history),
-        final=EpochMetrics(**{name: float(final[name]) for name in EPOCH_METRICS}),
-        best_epoch=int(best["epoch"]),
-        best=EpochMetrics(**{name: float(best[name]) for name in EPOCH_METRICS}),
-        # EarlyStopping(restore_best_weights=True) puts the best epoch's weights back at the end.
-        saved_model_epoch=int(best["epoch"]) if early_stopping else int(final["epoch"]),
-        train_images=train_images,
-        first_epoch_seconds=seconds[0],
-        seconds_per_epoch=seconds_per_epoch,
-        images_per_second=train_images / seconds_per_epoch,
-        training_seconds=float(np.sum(seconds)),
-    )
-
-
-# The validation metrics logged to MLflow; the rest of reports/train_metrics.json (macro F1,
-# the best epoch, seconds per epoch, Brier scores) stays in the file: with the curves and
-# evaluate's metrics, a run keeps to about 25 metrics, few enough to compare runs on at a glance.
-TRACKED_VALIDATION_METRICS = ("accuracy", "balanced_accuracy", "melanoma_auc")
-
-
-def summary_metrics(summary: TrainMetrics) -> dict[str, float]:
-    """The run's one-value metrics: speed, calibration, and the defined validation metrics."""
-    validation = {name: getattr(summary.validation, name) for name in TRACKED_VALIDATION_METRICS}
-    return {
-        "images_per_second": summary.images_per_second,
-        "temperature": summary.calibration.temperature,
-        "validation_ece": summary.calibration.validation_ece,
-    } | {f"validation_{name}": value for name, value in validation.items() if value is not None}
-
-
-def plot_curves(history: pd.DataFrame) -> Figure:
-    figure = Figure(figsize=(10, 4), layout="constrained")
-    loss_axes, accuracy_axes = figure.subplots(1, 2)
-    for axes, metric in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
-        axes.plot(history["epoch"], history[metric], marker="o", label=f"train {metric}")
-        axes.plot(history["epoch"], history[f"val_{metric}"], marker="o", label=f"val {metric}")
-        axes.set_xlabel("epoch")
-        axes.set_ylabel(metric)
-        axes.legend()
-    return figure
-
-
-def _save_keras_model(path: str, **kwargs) -> None:
-    # mlflow.keras.save_model writes the input example before it creates `path`, so log_model
-    # with an input example fails (mlflow/mlflow#16183, still open in 3.17); creating the
-    # directory first is the fix proposed there.
-    os.makedirs(path)
-    mlflow.keras.save_model(path=path, **kwargs)
-
-
-# mlflow.keras with the directory fix above; MLflow names the flavor after __name__.
-_KERAS_FLAVOR = SimpleNamespace(__name__="mlflow.keras", save_model=_save_keras_model)
-
-
-def log_keras_model(model: keras.Model, example: np.ndarray) -> ModelInfo:
-    """Log the model (keras flavor) with its uint8-image -> probabilities signature and example.
-
-    This is `mlflow.keras.log_model(model, name=..., signature=..., input_example=...)`, which
-    cannot be called as is with an input example (see _save_keras_model).
-    """
-    signature: ModelSignature = infer_signature(example, model.predict(example, verbose=0))
-    return Model.log(
-        artifact_path=None,
-        name=MODEL_ARTIFACT,
-        flavor=_KERAS_FLAVOR,
-        model=model,
-        signature=signature,
-        input_example=example,
-        pip_requirements=model_requirements(),
-    )
-
-
-def model_requirements() -> list[str]:
-    """The pip requirements logged with a model. Listing them skips MLflow's requirement
-    inference, which reloads the model in a subprocess (tens of seconds)."""
-    return [
-        f"keras=={keras.__version__}",
-        f"tensorflow-cpu=={version('tensorflow-cpu')}",
-        f"mlflow=={mlflow.__version__}",
-        f"pillow=={version('pillow')}",
-    ]
 
 
 def calibrate(

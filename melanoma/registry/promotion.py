@@ -34,13 +34,13 @@ from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from melanoma.config import PromotionParams, RegistryParams
 from melanoma.data.dataset import make_dataset
 from melanoma.evaluation.metrics import threshold_free_metric
+from melanoma.model.logged_model import log_keras_model
 from melanoma.model.predict import (
     ModelLoadError,
     load_model,
     model_input_size,
     predict_split,
 )
-from melanoma.model.training import log_keras_model
 from melanoma.reports import HEADLINE_METRICS, MetricsReport, RunInfo
 
 log = logging.getLogger(__name__)

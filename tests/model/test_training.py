@@ -17,17 +17,14 @@ from melanoma.data.manifest import (
 from melanoma.evaluation.metrics import read_predictions
 from melanoma.labels import LABELS
 from melanoma.model.calibration import negative_log_likelihood, rescale
-from melanoma.model.training import (
-    HISTORY_COLUMNS,
-    TrainOutputs,
-    calibrate,
+from melanoma.model.curves import HISTORY_COLUMNS, training_summary
+from melanoma.model.optimization import (
     class_weight_map,
     learning_rate,
     make_optimizer,
-    run_training,
     sample_weights,
-    training_summary,
 )
+from melanoma.model.training import TrainOutputs, calibrate, run_training
 from melanoma.sites.drift import DriftReference
 from melanoma.sites.fitting import probe_outputs
 from melanoma.sites.unfamiliar import POOLED, UnfamiliarDetector, probe
@@ -273,7 +270,7 @@ def _one_step_changes(backbone_learning_rate: float | None) -> tuple[np.ndarray,
         backbone_learning_rate=backbone_learning_rate,
         architecture="efficientnet_lite0",
     )
-    from melanoma.model.training import compile_model
+    from melanoma.model.optimization import compile_model
 
     compile_model(model, params, steps_per_epoch=1)
     before = [w.copy() for w in model.get_weights()]
