@@ -3,7 +3,7 @@
     python -m bench.ablation backbone_lite0   # params.yaml (Lite0, 180 px, one block) x 3 seeds
     python -m bench.ablation views            # 1 / 4 / 8 views of the best backbone's models
     python -m bench.ablation ensemble         # its 3 seeds' probabilities averaged vs each alone
-    python -m bench.ablation blocks           # two fine-tuned blocks instead of one x 3 seeds
+    python -m bench.ablation blocks           # the best backbone with 2 fine-tuned blocks x 3 seeds
     python -m bench.ablation backbone_lite1   # Lite1 at 240 px (the data ingested again at 260)
     python -m bench.ablation backbone_lite2   # Lite2 at 260 px (the same copy)
 
@@ -11,8 +11,9 @@ A step writes bench/results/ablation_STEP.json: its key (the code of melanoma/, 
 and the step's settings), one row per model or configuration and the table of means and
 standard deviations over seeds. A step whose file holds the same key is skipped; each seed's
 training keeps its own result (bench/results/ablation/STEP/seedN/row.json), so an interrupted
-step resumes at the next seed. `views` and `ensemble` train nothing: they score the models of
-the best backbone measured so far (validation melanoma AUC, the mean over both sources).
+step resumes at the next seed. `views`, `ensemble` and `blocks` take the best backbone
+measured so far (validation melanoma AUC, the mean over both sources); the first two train
+nothing, they score its models.
 
 Every figure is on data the model never trained on: the validation split, per source, and the
 reporting half of the ISIC 2018 external set (its choosing half picks thresholds, never a
@@ -83,7 +84,7 @@ def run_step(step: str) -> dict:
     if step.startswith("backbone_"):
         rows = backbone_rows(step, BACKBONES[step.removeprefix("backbone_")])
     elif step == "blocks":
-        rows = [run(step, {"train.freeze": 2}, seed, workdir / f"seed{seed}") for seed in SEEDS]
+        rows = block_rows(best_backbone_models(), workdir)
     else:
         models = best_backbone_models()
         rows = view_rows(models) if step == "views" else ensemble_rows(models)
@@ -151,6 +152,18 @@ def best_backbone_models() -> list[dict]:
 
 def _source_auc_mean(row: dict) -> float:
     return float(np.mean(list(row["validation_melanoma_auc_per_source"].values())))
+
+
+def block_rows(models: list[dict], workdir: Path) -> list[dict]:
+    """The best backbone with its two top blocks fine-tuned, each seed trained again, against
+    its rows with one (the default)."""
+    backbone, root = models[0]["backbone"], Path(models[0]["root"])
+    overrides = {**models[0]["overrides"], "train.freeze": 2}
+    two = [run("blocks", overrides, seed, workdir / f"seed{seed}", root) for seed in SEEDS]
+    return [
+        *(dict(row, name=f"{backbone} 1 block") for row in models),
+        *(dict(row, name=f"{backbone} 2 blocks") for row in two),
+    ]
 
 
 def view_rows(models: list[dict]) -> list[dict]:

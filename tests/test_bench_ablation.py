@@ -2,6 +2,7 @@
 skipped, what is averaged, what the table says. Nothing is trained here."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -112,3 +113,29 @@ def test_a_measured_step_is_skipped_until_code_or_params_change(results, monkeyp
 def test_each_step_has_its_own_key_for_the_same_code():
     assert ablation_steps.step_key("views") == ablation_steps.step_key("views")
     assert ablation_steps.step_key("views") != ablation_steps.step_key("blocks")
+
+
+def test_blocks_trains_the_best_backbone_with_two_blocks_in_its_own_data(results, monkeypatch):
+    trained = []
+
+    def run(name, overrides, seed, out, root):
+        trained.append((overrides, seed, root))
+        return {"name": name, "seed": seed}
+
+    monkeypatch.setattr(ablation_steps, "run", run)
+    best = [
+        {
+            "name": "backbone_lite1",
+            "seed": s,
+            "backbone": "lite1",
+            "root": "/copy",
+            "overrides": {"train.architecture": "efficientnet_lite1"},
+        }
+        for s in ablation_steps.SEEDS
+    ]
+
+    rows = ablation_steps.block_rows(best, results)
+
+    assert [row["name"] for row in rows] == ["lite1 1 block"] * 3 + ["lite1 2 blocks"] * 3
+    overrides = {"train.architecture": "efficientnet_lite1", "train.freeze": 2}
+    assert trained == [(overrides, seed, Path("/copy")) for seed in ablation_steps.SEEDS]
