@@ -94,8 +94,17 @@ def test_heat_map_maximum_lies_on_the_patch_that_decides_the_class():
         ({"architecture": "simple_cnn"}, "simple_cnn/max_pooling2d"),
         ({"architecture": "resnet"}, "resnet/re_lu"),
         ({"architecture": "resnet", "mixed_precision": True}, "resnet/re_lu"),
-        ({"architecture": "mobilenetv3small"}, "mobilenetv3small/MobileNetV3Small/activation"),
-        ({"architecture": "efficientnetb0"}, "efficientnetb0/efficientnetb0/top_activation"),
+        # keras.applications networks (2-4 s each to build): their own layer names only.
+        pytest.param(
+            {"architecture": "mobilenetv3small"},
+            "mobilenetv3small/MobileNetV3Small/activation",
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(
+            {"architecture": "efficientnetb0"},
+            "efficientnetb0/efficientnetb0/top_activation",
+            marks=pytest.mark.slow,
+        ),
     ],
 )
 def test_every_architecture_is_split_at_its_last_block_without_changing_its_answer(

@@ -115,6 +115,7 @@ def test_lite_members_share_one_frozen_part_and_the_probe_reaches_block_14(tmp_p
         probe(loaded, "block15_add")
 
 
+@pytest.mark.slow  # 9 s; sharing a frozen part is the freeze-1 test's in the fast suite
 def test_a_frozen_backbone_ensemble_shares_the_backbone():
     ensemble, frozen, members = _lite_ensemble(2, freeze="all")
     images = _images(3)
@@ -171,6 +172,7 @@ def _val_images(manifest) -> np.ndarray:
     return np.concatenate([images.numpy() for images, _ in dataset])
 
 
+@pytest.mark.slow  # trains three tiny models with MLflow (15 s): the only run_training of k > 1
 def test_train_fits_one_model_per_seed_in_nested_runs_and_saves_their_calibrated_mean(
     augmented_project, tmp_path
 ):
