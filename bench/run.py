@@ -36,7 +36,7 @@ from bench.project import PROJECT, command_env, copy_project, pin_source_deps
 from bench.seeds import SEED_METRICS, seed_spread, train_more_seeds
 from bench.source import label_index, split_folder, tiny_external_set, tiny_sources
 from melanoma import paths
-from melanoma.config import DataSource, FolderSource, Params, load_params
+from melanoma.config import Params, load_params
 from melanoma.data.manifest import (
     USE,
     VALIDATED_COLUMNS,
@@ -46,6 +46,7 @@ from melanoma.data.manifest import (
 from melanoma.evaluation.metrics import metrics_report
 from melanoma.labels import LABELS
 from melanoma.logs import setup_logging
+from melanoma.params.data import DataSource, FolderSource
 from melanoma.reports import EVALUATION_METRICS, MetricsReport, TrainMetrics
 
 log = logging.getLogger(__name__)

@@ -24,9 +24,9 @@ import pandas as pd
 from scipy.stats import beta
 
 from bench.sites import NON_LESION, RESULTS, VALIDATION, load_scores
-from melanoma.config import SiteParams
 from melanoma.evaluation.operating_point import choose_threshold
 from melanoma.labels import LABELS, MELANOMA_INDEX
+from melanoma.params.sites import SiteParams
 from melanoma.sites.drift import DriftReference, check_drift
 from melanoma.sites.operating_point import SiteSampleError, choose_site_threshold
 

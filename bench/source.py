@@ -8,10 +8,10 @@ from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
-from melanoma.config import DataSource, FolderSource, TableSource
 from melanoma.data.sources import open_source
 from melanoma.data.table_sources import read_label_table
 from melanoma.labels import LABELS, canonical_label
+from melanoma.params.data import DataSource, FolderSource, TableSource
 
 log = logging.getLogger(__name__)
 

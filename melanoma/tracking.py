@@ -11,7 +11,7 @@ from pathlib import Path
 
 import mlflow
 
-from melanoma.config import MlflowParams
+from melanoma.params.evaluation import MlflowParams
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ import pandas as pd
 from PIL import Image
 
 from melanoma import paths
-from melanoma.config import TrainParams
 from melanoma.labels import LABELS, MELANOMA_INDEX
+from melanoma.params.model import TrainParams
 from melanoma.reports import RunInfo
 
 

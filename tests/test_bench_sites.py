@@ -8,7 +8,7 @@ from scipy.special import expit
 
 from bench.sites import RESULTS, SCORES_FILE
 from bench.sites_tables import TABLES, print_tables
-from melanoma.config import SiteParams
+from melanoma.params.sites import SiteParams
 
 
 def _group(rng, n: int, melanoma_share: float, shift: float = 0.0, moved: float = 0.0) -> dict:

@@ -4,8 +4,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from melanoma.config import DEFAULT_REFERENCE_CLASSES as CLASS_OF
 from melanoma.data.manifest import INGEST_COLUMNS, VALIDATED_COLUMNS, read_manifest, write_manifest
+from melanoma.params.data import DEFAULT_REFERENCE_CLASSES as CLASS_OF
 from stages import validate as stage
 
 PARAMS_YAML = Path(__file__).resolve().parents[1] / "params.yaml"

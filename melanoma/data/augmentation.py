@@ -16,9 +16,9 @@ import pandas as pd
 from PIL import Image, ImageEnhance, ImageStat
 from tqdm import tqdm
 
-from melanoma.config import AugmentParams
 from melanoma.data.manifest import USE
 from melanoma.labels import LABELS
+from melanoma.params.data import AugmentParams
 
 log = logging.getLogger(__name__)
 

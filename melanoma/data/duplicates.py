@@ -48,7 +48,6 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from melanoma.config import ValidateParams
 from melanoma.data.groups import GROUP_ID_LENGTH, image_groups, near_duplicate_pairs
 from melanoma.data.manifest import ACCEPTED, DROP, USE, VALIDATED_COLUMNS
 from melanoma.data.reference_labels import (
@@ -60,6 +59,7 @@ from melanoma.data.reference_labels import (
     decide_conflict,
     isic_id,
 )
+from melanoma.params.data import ValidateParams
 
 LABEL_CONFLICT, LEAK, DUPLICATE = "label_conflict", "leak", "duplicate"
 LABEL_CONFLICT_BY_REFERENCE = "label_conflict_by_reference"

@@ -49,7 +49,6 @@ import imagehash
 import pandas as pd
 from tqdm import tqdm
 
-from melanoma.config import DataSource, FolderSource, IngestParams, TableSource
 from melanoma.data import images, sources
 from melanoma.data.manifest import (
     ACCEPTED,
@@ -58,6 +57,7 @@ from melanoma.data.manifest import (
     write_manifest,
 )
 from melanoma.data.table_sources import MISSING_IMAGE, open_table_source
+from melanoma.params.data import DataSource, FolderSource, IngestParams, TableSource
 from melanoma.paths import SOURCES_SUMMARY
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from melanoma.config import ValidateParams
+from melanoma.params.data import ValidateParams
 
 PARAM = "validate.reference_labels"
 IMAGE_COLUMN = "image"

@@ -25,8 +25,8 @@ from dataclasses import replace
 
 import pandas as pd
 
-from melanoma.config import TableSource
 from melanoma.data.sources import Source, SourceError, SourceFile, walk_directory
+from melanoma.params.data import TableSource
 
 log = logging.getLogger(__name__)
 

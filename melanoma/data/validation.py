@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from melanoma.config import ValidateParams
 from melanoma.data.duplicates import (
     LABEL_CONFLICT_BY_REFERENCE,
     REFERENCE_DISAGREEMENT,
@@ -23,6 +22,7 @@ from melanoma.data.duplicates import (
 from melanoma.data.manifest import ACCEPTED, INGEST_COLUMNS, USE
 from melanoma.data.reference_labels import DISAGREES, REFERENCE, ReferenceLabels
 from melanoma.labels import LABELS
+from melanoma.params.data import ValidateParams
 from melanoma.reports import ExpectationOutcome, ReferenceCheck, ValidationReport
 
 SUITE_FILE = Path(__file__).parent / "expectations" / "manifest_suite.json"

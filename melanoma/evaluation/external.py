@@ -23,11 +23,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from melanoma.config import ExternalSet, IngestParams
 from melanoma.data import sources
 from melanoma.data.ingest import OutputNames, ingest_file
 from melanoma.data.manifest import ACCEPTED, INGEST_COLUMNS, REJECTED, read_manifest
 from melanoma.labels import LABELS, canonical_label
+from melanoma.params.data import IngestParams
+from melanoma.params.evaluation import ExternalSet
 from melanoma.paths import INGESTED_MANIFEST
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,6 @@ import keras
 import numpy as np
 import pandas as pd
 
-from melanoma.config import EvaluateParams, OperatingPoint
 from melanoma.data.dataset import split_rows
 from melanoma.data.manifest import AUGMENTED_COLUMNS, file_sha256, read_manifest
 from melanoma.evaluation.external import ExternalImages, ExternalSetError
@@ -38,6 +37,7 @@ from melanoma.labels import LABELS, MELANOMA_INDEX
 from melanoma.model.calibration import calibration_metrics, plot_reliability, uncalibrated
 from melanoma.model.predict import predict_split
 from melanoma.model.views import views_of
+from melanoma.params.evaluation import EvaluateParams, OperatingPoint
 from melanoma.paths import AUGMENTED_MANIFEST
 from melanoma.reports import (
     AlertThreshold,

@@ -9,10 +9,10 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from melanoma.config import PreprocessParams, TrainParams
 from melanoma.labels import LABELS
 from melanoma.model import efficientnet_lite
 from melanoma.model.lite_specs import LITE, lite_spec
+from melanoma.params.model import PreprocessParams, TrainParams
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from melanoma.config import TrainParams
+from melanoma.params.model import TrainParams
 from melanoma.reports import EpochMetrics, FitSummary, TrainMetrics
 
 log = logging.getLogger(__name__)

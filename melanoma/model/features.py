@@ -31,10 +31,10 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from melanoma.config import PreprocessParams, TrainParams
 from melanoma.data.dataset import make_dataset, split_rows
 from melanoma.data.manifest import AUGMENTED_COLUMNS, file_sha256, read_manifest
 from melanoma.model.lite_specs import lite_spec
+from melanoma.params.model import PreprocessParams, TrainParams
 from melanoma.paths import FEATURE_STORE_DIR, FEATURES_DIR
 
 log = logging.getLogger(__name__)

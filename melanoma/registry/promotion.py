@@ -31,7 +31,6 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
-from melanoma.config import PromotionParams, RegistryParams
 from melanoma.data.dataset import make_dataset
 from melanoma.evaluation.metrics import threshold_free_metric
 from melanoma.model.logged_model import log_keras_model
@@ -41,6 +40,7 @@ from melanoma.model.predict import (
     model_input_size,
     predict_split,
 )
+from melanoma.params.evaluation import PromotionParams, RegistryParams
 from melanoma.reports import HEADLINE_METRICS, MetricsReport, RunInfo
 
 log = logging.getLogger(__name__)

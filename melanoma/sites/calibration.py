@@ -16,12 +16,14 @@ import keras
 import numpy as np
 import pandas as pd
 
-from melanoma.config import ExternalSet, IngestParams, Params
+from melanoma.config import Params
 from melanoma.data.manifest import INGEST_COLUMNS, REJECTED, read_manifest
 from melanoma.data.sources import OUTSIDE_CLASS_FOLDER
 from melanoma.evaluation.external import read_external_set
 from melanoma.labels import MELANOMA
 from melanoma.model.predict import predict_files
+from melanoma.params.data import IngestParams
+from melanoma.params.evaluation import ExternalSet
 from melanoma.paths import INGESTED_MANIFEST
 from melanoma.sites.operating_point import SiteSampleError, choose_site_threshold
 from melanoma.sites.registry import SiteRecord, now

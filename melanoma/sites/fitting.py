@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
-from melanoma.config import UnfamiliarParams
 from melanoma.data.dataset import make_dataset
 from melanoma.labels import MELANOMA_INDEX
+from melanoma.params.sites import UnfamiliarParams
 from melanoma.sites.drift import DriftReference
 from melanoma.sites.unfamiliar import UnfamiliarDetector, depth_of, fit_detector, probe
 

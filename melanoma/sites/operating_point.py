@@ -29,7 +29,7 @@ import numpy as np
 from scipy.special import expit, logit
 from scipy.stats import beta, nct, norm
 
-from melanoma.config import SiteParams
+from melanoma.params.sites import SiteParams
 
 # P(melanoma) is clipped before the logit: a calibrated softmax can round to 0 or 1.
 _EPSILON = 1e-6

@@ -8,7 +8,6 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from melanoma.config import AugmentParams
 from melanoma.data.augmentation import (
     augment_image,
     augmented_manifest,
@@ -19,6 +18,7 @@ from melanoma.data.augmentation import (
 )
 from melanoma.data.manifest import VALIDATED_COLUMNS, read_manifest
 from melanoma.labels import LABELS
+from melanoma.params.data import AugmentParams
 
 VALIDATED = Path("data/validated/manifest.csv")
 OUT = Path("data/augmented")

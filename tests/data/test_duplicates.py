@@ -1,9 +1,9 @@
 import pandas as pd
 import pytest
 
-from melanoma.config import ValidateParams
 from melanoma.data.duplicates import resolve_content
 from melanoma.data.manifest import VALIDATED_COLUMNS
+from melanoma.params.data import ValidateParams
 
 SAME = "f" * 64  # the pixel hash planted on the images that should match
 

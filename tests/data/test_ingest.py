@@ -8,11 +8,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from melanoma.config import FolderSource, IngestParams, TableSource
 from melanoma.data.images import decode_rgb, square_resize
 from melanoma.data.ingest import count_lines, ingest
 from melanoma.data.manifest import INGEST_COLUMNS, read_manifest
 from melanoma.data.sources import SourceError, SourceNotFoundError
+from melanoma.params.data import FolderSource, IngestParams, TableSource
 from tests.helpers import table_source_params, write_table_source
 
 OUTPUT = Path("data/ingested")

@@ -5,7 +5,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from melanoma.config import DEFAULT_REFERENCE_CLASSES, ValidateParams
 from melanoma.data.duplicates import resolve_content
 from melanoma.data.reference_labels import (
     ReferenceLabelsError,
@@ -14,6 +13,7 @@ from melanoma.data.reference_labels import (
     load_reference_labels,
 )
 from melanoma.labels import LABELS
+from melanoma.params.data import DEFAULT_REFERENCE_CLASSES, ValidateParams
 
 # The class column of each folder label's images in the default ingest_manifest rows.
 CLASS_OF = DEFAULT_REFERENCE_CLASSES

@@ -3,7 +3,6 @@ from pathlib import Path
 
 import pytest
 
-from melanoma.config import TableSource
 from melanoma.data.table_sources import (
     CONFLICTING_LABELS,
     LABEL_TABLE,
@@ -14,6 +13,7 @@ from melanoma.data.table_sources import (
     TableSourceError,
     open_table_source,
 )
+from melanoma.params.data import TableSource
 from tests.helpers import table_source_params, write_table_source
 
 PARAM = "data.sources[1]"

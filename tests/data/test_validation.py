@@ -4,7 +4,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from melanoma.config import ValidateParams
 from melanoma.data.duplicates import resolve_content
 from melanoma.data.validation import (
     SUITE_FILE,
@@ -14,6 +13,7 @@ from melanoma.data.validation import (
     run_expectations,
 )
 from melanoma.labels import LABELS
+from melanoma.params.data import ValidateParams
 from melanoma.reports import ExpectationOutcome
 
 # The names (GX `description`) of the expectations in melanoma/data/expectations/manifest_suite.json

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from melanoma.config import TrainParams
 from melanoma.evaluation.explain import (
     ExplainError,
     check_output_dir,
@@ -21,6 +20,7 @@ from melanoma.evaluation.explain import (
 from melanoma.labels import LABELS, MELANOMA_INDEX
 from melanoma.model.architectures import build_model
 from melanoma.model.predict import load_model, predict_files
+from melanoma.params.model import TrainParams
 
 NEVUS = LABELS.index("nevus")
 SIZE, PATCH = 32, 8

@@ -4,7 +4,6 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from melanoma.config import ExternalSet, IngestParams
 from melanoma.data.images import pixel_sha256
 from melanoma.data.manifest import INGEST_COLUMNS, REJECTED
 from melanoma.evaluation.external import (
@@ -15,6 +14,8 @@ from melanoma.evaluation.external import (
     check_folder,
     read_external_set,
 )
+from melanoma.params.data import IngestParams
+from melanoma.params.evaluation import ExternalSet
 
 INGEST = IngestParams(image_size=40)
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from melanoma.config import OperatingPoint, flatten, parse_params
+from melanoma.config import flatten, parse_params
 from melanoma.data.manifest import AUGMENTED_COLUMNS, images_per_source, read_manifest
 from melanoma.evaluation.model_card import (
     CARD_METRICS,
@@ -36,6 +36,7 @@ from melanoma.evaluation.report import (
     threshold_rules,
 )
 from melanoma.labels import LABELS, MELANOMA_INDEX
+from melanoma.params.evaluation import OperatingPoint
 from melanoma.reports import (
     MetricsReport,
     RunInfo,

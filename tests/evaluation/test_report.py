@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from melanoma.config import OperatingPoint
 from melanoma.evaluation.operating_point import choose_threshold, split_halves
 from melanoma.evaluation.report import EvaluationSet, rule_threshold, threshold_rules
 from melanoma.labels import MELANOMA_INDEX
+from melanoma.params.evaluation import OperatingPoint
 from tests.helpers import melanoma_scores
 
 

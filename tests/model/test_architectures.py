@@ -113,7 +113,7 @@ def test_per_image_standardization_ignores_a_colour_cast_and_exposure():
 
 
 def _sog(p: float = 6.0):
-    from melanoma.config import PreprocessParams
+    from melanoma.params.model import PreprocessParams
 
     return PreprocessParams(color_constancy="shades_of_gray", shades_of_gray_p=p)
 

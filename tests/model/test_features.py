@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from melanoma.config import PreprocessParams, parse_params
+from melanoma.config import parse_params
 from melanoma.data.dataset import load_image
 from melanoma.data.manifest import AUGMENTED_COLUMNS, read_manifest
 from melanoma.model import features
@@ -15,6 +15,7 @@ from melanoma.model.features import (
     read_feature_cache,
     write_feature_cache,
 )
+from melanoma.params.model import PreprocessParams
 
 AUGMENTED = Path("data/augmented/manifest.csv")
 NO_PREPROCESS = PreprocessParams()

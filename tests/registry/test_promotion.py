@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from melanoma.config import PromotionParams
 from melanoma.labels import LABELS, MELANOMA_INDEX
+from melanoma.params.evaluation import PromotionParams
 from melanoma.registry.promotion import (
     DECISION_TAG,
     HISTORY_TAG,

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from scipy.special import expit
 
-from melanoma.config import SiteParams
+from melanoma.params.sites import SiteParams
 from melanoma.sites.operating_point import (
     SiteSampleError,
     choose_site_threshold,
