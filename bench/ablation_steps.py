@@ -87,7 +87,7 @@ def run_step(step: str) -> dict:
         rows = block_rows(best_backbone_models(), workdir)
     else:
         models = best_backbone_models()
-        rows = view_rows(models) if step == "views" else ensemble_rows(models)
+        rows = view_rows(models, workdir) if step == "views" else ensemble_rows(models)
     result = {
         "step": step,
         "key": key,
@@ -166,8 +166,10 @@ def block_rows(models: list[dict], workdir: Path) -> list[dict]:
     ]
 
 
-def view_rows(models: list[dict]) -> list[dict]:
-    """Each model scored again with each number of views (no training)."""
+def view_rows(models: list[dict], workdir: Path) -> list[dict]:
+    """Each model scored again with each number of views (no training); one view is its own
+    row. A model's rows are kept in `workdir` as they are measured: an interrupted step resumes
+    at the next model."""
     import keras
 
     from bench.ablation import score_model, working_directory
@@ -175,21 +177,27 @@ def view_rows(models: list[dict]) -> list[dict]:
 
     rows = []
     for model_row in models:
+        done = workdir / f"views_seed{model_row['seed']}.json"
+        if done.exists():
+            rows += json.loads(done.read_text())
+            continue
         out = Path(model_row["model_file"]).parent
         trained = keras.saving.load_model(out / Path(model_row["model_file"]).name)
-        for views in VIEWS:
+        measured = [dict(model_row, name=f"{model_row['backbone']} views 1")]
+        for views in VIEWS[1:]:
             started = time.perf_counter()
             with working_directory(Path(model_row["root"])):
                 figures = score_model(with_views(trained, views), out)
-            seconds = time.perf_counter() - started
-            rows.append(
+            measured.append(
                 {
                     "name": f"{model_row['backbone']} views {views}",
                     "seed": model_row["seed"],
                     **figures,
-                    "scoring_seconds": seconds,
+                    "scoring_seconds": time.perf_counter() - started,
                 }
             )
+        done.write_text(json.dumps(measured))
+        rows += measured
     return rows
 
 
