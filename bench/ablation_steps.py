@@ -183,7 +183,8 @@ def view_rows(models: list[dict], workdir: Path) -> list[dict]:
             continue
         out = Path(model_row["model_file"]).parent
         trained = keras.saving.load_model(out / Path(model_row["model_file"]).name)
-        measured = [dict(model_row, name=f"{model_row['backbone']} views 1")]
+        own = {k: v for k, v in model_row.items() if k not in SECONDS}  # its training's
+        measured = [dict(own, name=f"{model_row['backbone']} views 1")]
         for views in VIEWS[1:]:
             started = time.perf_counter()
             with working_directory(Path(model_row["root"])):
