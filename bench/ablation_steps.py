@@ -255,6 +255,7 @@ def seed_table(rows: list[dict]) -> pd.DataFrame:
     table = means.map(lambda v: f"{v:.3f}") + " ± " + sds.map(lambda v: f"{v:.3f}")
     if "features_seconds" in frame:
         # The first seed fills the feature store, the others read it: the fill is the cost.
-        table["features_seconds"] = grouped["features_seconds"].max().map(lambda v: f"{v:.0f}")
+        fill = frame.groupby("name", sort=False)["features_seconds"].max()
+        table["features_seconds"] = fill.map(lambda v: f"{v:.0f}")
     table["seeds"] = grouped.size()
     return table
