@@ -12,8 +12,8 @@ and the step's settings), one row per model or configuration and the table of me
 standard deviations over seeds. A step whose file holds the same key is skipped; each seed's
 training keeps its own result (bench/results/ablation/STEP/seedN/row.json), so an interrupted
 step resumes at the next seed. `views`, `ensemble` and `blocks` take the best backbone
-measured so far (validation melanoma AUC, the mean over both sources); the first two train
-nothing, they score its models.
+measured so far (validation melanoma AUC, the mean over both sources), or the one named
+(`views_lite0`); the first two train nothing, they score its models.
 
 Every figure is on data the model never trained on: the validation split, per source, and the
 reporting half of the ISIC 2018 external set (its choosing half picks thresholds, never a
@@ -48,7 +48,13 @@ BACKBONES = {
     "lite1": {"train.architecture": "efficientnet_lite1", "train.image_size": 240},
     "lite2": {"train.architecture": "efficientnet_lite2", "train.image_size": 260},
 }
-STEPS = (*(f"backbone_{name}" for name in BACKBONES), "views", "ensemble", "blocks")
+# On the best backbone measured (`views`), or on a named one (`views_lite0`).
+ON_A_BACKBONE = ("views", "ensemble", "blocks")
+STEPS = (
+    *(f"backbone_{name}" for name in BACKBONES),
+    *ON_A_BACKBONE,
+    *(f"{kind}_{name}" for kind in ON_A_BACKBONE for name in BACKBONES),
+)
 
 
 def step_file(step: str) -> Path:
@@ -81,13 +87,17 @@ def run_step(step: str) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "key").write_text(key)
     started = time.perf_counter()
-    if step.startswith("backbone_"):
-        rows = backbone_rows(step, BACKBONES[step.removeprefix("backbone_")])
-    elif step == "blocks":
-        rows = block_rows(best_backbone_models(), workdir)
+    kind, _, backbone = step.partition("_")
+    if kind == "backbone":
+        rows = backbone_rows(step, BACKBONES[backbone])
     else:
-        models = best_backbone_models()
-        rows = view_rows(models, workdir) if step == "views" else ensemble_rows(models)
+        models = backbone_models(backbone or None)
+        if kind == "blocks":
+            rows = block_rows(models, workdir)
+        elif kind == "views":
+            rows = view_rows(models, workdir)
+        else:
+            rows = ensemble_rows(models)
     result = {
         "step": step,
         "key": key,
@@ -135,12 +145,16 @@ def measured_backbones() -> dict[str, dict]:
     }
 
 
-def best_backbone_models() -> list[dict]:
-    """The rows (one per seed) of the measured backbone with the highest mean validation
-    melanoma AUC over both sources."""
+def backbone_models(name: str | None = None) -> list[dict]:
+    """The rows (one per seed) of backbone `name`, or of the measured backbone with the
+    highest mean validation melanoma AUC over both sources."""
     measured = measured_backbones()
+    if name is not None and name not in measured:
+        raise RuntimeError(f"run `python -m bench.ablation backbone_{name}` first")
     if not measured:
         raise RuntimeError("no backbone measured: run `python -m bench.ablation backbone_lite0`")
+    if name is not None:
+        return [dict(row, backbone=name) for row in measured[name]["rows"]]
 
     def mean_auc(result: dict) -> float:
         return float(np.mean([_source_auc_mean(row) for row in result["rows"]]))

@@ -104,7 +104,10 @@ def test_a_measured_step_is_skipped_until_code_or_params_change(results, monkeyp
 
     assert trained == ["backbone_lite0"] and again == first
     assert json.loads((results / "backbone_lite0.json").read_text())["key"] == "code-1"
-    assert ablation_steps.best_backbone_models()[0]["backbone"] == "lite0"
+    assert ablation_steps.backbone_models()[0]["backbone"] == "lite0"
+    assert ablation_steps.backbone_models("lite0") == ablation_steps.backbone_models()
+    with pytest.raises(RuntimeError, match="backbone_lite2` first"):
+        ablation_steps.backbone_models("lite2")
     monkeypatch.setattr(ablation_steps, "step_key", lambda step: "code-2")
     ablation_steps.run_step("backbone_lite0")
     assert trained == ["backbone_lite0", "backbone_lite0"]
