@@ -225,7 +225,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
-        epilog=f"Issue #29's resumable steps (bench/ablation_steps.py): {', '.join(STEPS)}",
+        epilog=f"The stronger-model steps, resumable (bench/ablation_steps.py): {', '.join(STEPS)}",
     )
     parser.add_argument("name", nargs="?", help="a step, or a configuration's name in the results")
     parser.add_argument(

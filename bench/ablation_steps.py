@@ -1,4 +1,5 @@
-"""Issue #29's measurement in resumable steps, each at most 40 minutes on 2 cores:
+"""A stronger model (Lite1/Lite2, test-time views, an ensemble) measured in resumable steps,
+each at most 40 minutes on 2 cores:
 
     python -m bench.ablation backbone_lite0   # params.yaml (Lite0, 180 px, one block) x 3 seeds
     python -m bench.ablation views            # 1 / 4 / 8 views of the best backbone's models
