@@ -25,6 +25,8 @@ import shutil
 import statistics
 from pathlib import Path
 
+import yaml
+
 from bench.pipeline import stages_run
 from bench.process import run_command
 from bench.project import PROJECT, override_params
@@ -94,7 +96,7 @@ def measure_clone(repeats: int) -> dict:
         results[f"clone_noop_repro_{EXPERIMENTS}_experiments_seconds"] = seconds
         results["clone_noop_repro_stages_run"] = sorted(set(ran + ran_too))
         params = CLONE / "params.yaml"
-        rate = override_params(params, {})["train"]["learning_rate"]
+        rate = yaml.safe_load(params.read_text())["train"]["learning_rate"]
         override_params(params, {"train.learning_rate": rate / 2})
         for stage in TRAINING_CHANGE:
             took, _ = timed(["dvc", "repro", "-s", stage], f"clone_{stage}", CLONE)

@@ -42,43 +42,37 @@ def _check(views: int) -> int:
     return int(views)
 
 
-@keras.saving.register_keras_serializable(package=PACKAGE)
-class DihedralViews(layers.Layer):
-    """(n, s, s, c) -> (views * n, s, s, c): the first `views` of VIEWS, view after view."""
+class _ViewsLayer(layers.Layer):
+    """A layer that knows how many views its batch rows stack; the batch size is free."""
 
     def __init__(self, views: int, **kwargs):
         super().__init__(**kwargs)
         self.views = _check(views)
+
+    def compute_output_shape(self, input_shape):
+        return (None, *input_shape[1:])
+
+    def get_config(self):
+        return {**super().get_config(), "views": self.views}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class DihedralViews(_ViewsLayer):
+    """(n, s, s, c) -> (views * n, s, s, c): the first `views` of VIEWS, view after view."""
 
     def call(self, images):
         return ops.concatenate([dihedral_view(images, v) for v in range(self.views)], axis=0)
 
-    def compute_output_shape(self, input_shape):
-        return (None, *input_shape[1:])
-
     def compute_output_spec(self, images):
         return keras.KerasTensor((None, *images.shape[1:]), dtype=images.dtype)
 
-    def get_config(self):
-        return {**super().get_config(), "views": self.views}
-
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class ViewMean(layers.Layer):
+class ViewMean(_ViewsLayer):
     """(views * n, ...) as DihedralViews stacks them -> (n, ...): the mean over the views."""
-
-    def __init__(self, views: int, **kwargs):
-        super().__init__(**kwargs)
-        self.views = _check(views)
 
     def call(self, rows):
         return ops.mean(ops.reshape(rows, (self.views, -1, *rows.shape[1:])), axis=0)
-
-    def compute_output_shape(self, input_shape):
-        return (None, *input_shape[1:])
-
-    def get_config(self):
-        return {**super().get_config(), "views": self.views}
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
