@@ -4,6 +4,7 @@ each at most 40 minutes on 2 cores:
     python -m bench.ablation backbone_lite0   # params.yaml (Lite0, 180 px, one block) x 3 seeds
     python -m bench.ablation views            # 1 / 4 / 8 views of the best backbone's models
     python -m bench.ablation ensemble         # its 3 seeds' probabilities averaged vs each alone
+    python -m bench.ablation ensembles_lite0  # 9 Lite0 seeds: 3 ensembles of 3, each vs its members
     python -m bench.ablation blocks           # the best backbone with 2 fine-tuned blocks x 3 seeds
     python -m bench.ablation backbone_lite1   # Lite1 at 240 px (the data ingested again at 260)
     python -m bench.ablation backbone_lite2   # Lite2 at 260 px (the same copy)
@@ -40,6 +41,10 @@ from melanoma.config import load_params
 log = logging.getLogger(__name__)
 
 SEEDS = (42, 43, 44)
+# `ensembles`: three ensembles of three consecutive seeds, so that an ensemble's gain over its
+# members has a spread of its own (`ensemble` averages the backbone step's seeds: one ensemble).
+ENSEMBLE_SEEDS = tuple(range(42, 51))
+ENSEMBLE_SIZE = 3
 VIEWS = (1, 4, 8)
 # Backbones other than Lite0 take their native size: the data is ingested again, once, at the
 # largest (a copy of the pipeline in bench/results/ablation/data_260), and each resizes it down.
@@ -50,7 +55,7 @@ BACKBONES = {
     "lite2": {"train.architecture": "efficientnet_lite2", "train.image_size": 260},
 }
 # On the best backbone measured (`views`), or on a named one (`views_lite0`).
-ON_A_BACKBONE = ("views", "ensemble", "blocks")
+ON_A_BACKBONE = ("views", "ensemble", "ensembles", "blocks")
 STEPS = (
     *(f"backbone_{name}" for name in BACKBONES),
     *ON_A_BACKBONE,
@@ -68,7 +73,13 @@ def step_key(step: str) -> str:
     git = ["git", "-C", str(PROJECT)]
     tree = subprocess.run([*git, "rev-parse", "HEAD:melanoma"], capture_output=True, text=True)
     diff = subprocess.run([*git, "diff", "HEAD", "--", "melanoma"], capture_output=True, text=True)
-    settings = {"seeds": SEEDS, "views": VIEWS, "backbones": BACKBONES, "ingest": LARGE_INGEST}
+    settings = {
+        "seeds": SEEDS,
+        "views": VIEWS,
+        "backbones": BACKBONES,
+        "ingest": LARGE_INGEST,
+        "ensembles": [ENSEMBLE_SEEDS, ENSEMBLE_SIZE],
+    }
     parts = [tree.stdout, diff.stdout, (PROJECT / "params.yaml").read_text(), step]
     parts.append(json.dumps(settings, sort_keys=True))
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
@@ -97,6 +108,8 @@ def run_step(step: str) -> dict:
             rows = block_rows(models, workdir)
         elif kind == "views":
             rows = view_rows(models, workdir)
+        elif kind == "ensembles":
+            rows = ensembles_rows(models, workdir)
         else:
             rows = ensemble_rows(models)
     result = {
@@ -112,10 +125,14 @@ def run_step(step: str) -> dict:
 
 
 def backbone_rows(step: str, overrides: dict) -> list[dict]:
-    if "train.image_size" not in overrides:
-        return [run(step, overrides, seed, RESULTS / step / f"seed{seed}") for seed in SEEDS]
-    copy = data_at(LARGE_INGEST)
-    return [run(step, overrides, seed, RESULTS / step / f"seed{seed}", copy) for seed in SEEDS]
+    root = data_root(overrides)
+    return [run(step, overrides, seed, RESULTS / step / f"seed{seed}", root) for seed in SEEDS]
+
+
+def data_root(overrides: dict) -> Path | None:
+    """Where a backbone's runs read data/augmented: the project itself (None) at its own
+    image size, else the copy ingested at LARGE_INGEST."""
+    return data_at(LARGE_INGEST) if "train.image_size" in overrides else None
 
 
 def data_at(size: int) -> Path:
@@ -233,6 +250,19 @@ def ensemble_rows(models: list[dict]) -> list[dict]:
         **figures_of(averaged, np.mean(external, axis=0)),
     }
     return [*alone, together]
+
+
+def ensembles_rows(models: list[dict], workdir: Path) -> list[dict]:
+    """ENSEMBLE_SEEDS trained on the backbone of `models`, averaged ENSEMBLE_SIZE consecutive
+    seeds at a time: each ensemble's row beside its members' (`ensemble_rows`)."""
+    backbone, overrides = models[0]["backbone"], models[0]["overrides"]
+    root = data_root(overrides)
+    trained = [
+        dict(run("ensembles", overrides, seed, workdir / f"seed{seed}", root), backbone=backbone)
+        for seed in ENSEMBLE_SEEDS
+    ]
+    groups = [trained[n : n + ENSEMBLE_SIZE] for n in range(0, len(trained), ENSEMBLE_SIZE)]
+    return [row for group in groups for row in ensemble_rows(group)]
 
 
 SECONDS = ("features_seconds", "train_seconds", "scoring_seconds")

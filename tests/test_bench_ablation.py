@@ -89,6 +89,28 @@ def test_the_ensemble_row_scores_the_mean_of_the_seeds_probabilities(results):
     assert table.loc["lite0 alone", "features_seconds"] == "100"
 
 
+def test_ensembles_group_consecutive_seeds_and_each_is_scored_beside_its_members(
+    results, monkeypatch
+):
+    trained = []
+
+    def run(name, overrides, seed, out, root):
+        trained.append((name, overrides, seed, root))
+        return _seed_row(out, seed)
+
+    monkeypatch.setattr(ablation_steps, "run", run)
+    models = [{"backbone": "lite0", "overrides": {}, "seed": 42}]
+
+    rows = ablation_steps.ensembles_rows(models, results / "ensembles")
+
+    assert trained == [("ensembles", {}, seed, None) for seed in ablation_steps.ENSEMBLE_SEEDS]
+    ensembles = [row for row in rows if row["name"] == "lite0 ensemble of 3"]
+    assert [row["seed"] for row in ensembles] == ["42+43+44", "45+46+47", "48+49+50"]
+    assert len(rows) == len(ablation_steps.ENSEMBLE_SEEDS) + len(ensembles)
+    table = ablation_steps.seed_table(rows)
+    assert table.loc["lite0 alone", "seeds"] == 9 and table.loc["lite0 ensemble of 3", "seeds"] == 3
+
+
 def test_a_measured_step_is_skipped_until_code_or_params_change(results, monkeypatch):
     trained = []
 
