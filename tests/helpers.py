@@ -31,6 +31,52 @@ def train_params(**overrides) -> TrainParams:
     return TrainParams(**{**values, **overrides})
 
 
+def ensemble_members(k: int, **overrides) -> list:
+    """k tiny simple_cnn models (train_params with filters [4, 8] and `overrides`), each built
+    with its own seed (different weights)."""
+    import keras
+
+    from melanoma.model.architectures import build_model
+
+    members = []
+    for index in range(k):
+        keras.utils.set_random_seed(index)
+        members.append(build_model(train_params(seed=index, **{"filters": [4, 8], **overrides})))
+    return members
+
+
+def whole_ensemble(k: int, **overrides) -> tuple:
+    """(an ensemble of k ensemble_members, the members): whole models, nothing shared."""
+    import keras
+
+    from melanoma.model.ensemble import assemble
+
+    members = ensemble_members(k, **overrides)
+    size = members[0].input_shape[1]
+    inputs = keras.Input((size, size, 3), dtype="uint8", name="image")
+    return assemble(inputs, inputs, members, "simple_cnn_ensemble"), members
+
+
+def lite_ensemble(k: int, freeze, **overrides) -> tuple:
+    """(a tiny Lite0 ensemble as `train` assembles one, its frozen part, its members): the
+    frozen part of one full model, and k trainable parts, each from its own seed (random
+    weights: training would only move them). `overrides` go to train_params."""
+    import keras
+
+    from melanoma.model.architectures import build_model, build_trainable_part, frozen_part
+    from melanoma.model.ensemble import assemble
+
+    params = train_params(
+        **{"architecture": "efficientnet_lite0", "freeze": freeze, "dropout": 0.2, **overrides}
+    )
+    frozen = frozen_part(build_model(params), params)
+    members = []
+    for index in range(k):
+        keras.utils.set_random_seed(index)
+        members.append(build_trainable_part(params, frozen.output.shape[1:]))
+    return assemble(frozen.inputs, frozen.outputs[0], members, "lite_ensemble"), frozen, members
+
+
 # HAM10000's diagnosis codes -> the nine labels, as params.yaml maps them.
 HAM_LABELS = {
     "akiec": "actinic_keratosis",

@@ -10,7 +10,7 @@ from PIL import Image
 
 from melanoma.cli import CANNOT_RUN, OK, SOME_FILES_FAILED, main
 from melanoma.registry.promotion import THRESHOLD_TAG, Decision, record_decision
-from tests.helpers import fitted_detector, noise_images
+from tests.helpers import MODEL_SIZE, fitted_detector, noise_images, whole_ensemble
 
 ROOT = Path(__file__).resolve().parents[1]
 CONSTANT = [0.05, 0.05, 0.05, 0.5, 0.1, 0.1, 0.05, 0.05, 0.05]  # P(melanoma) = 0.5
@@ -199,6 +199,15 @@ def test_predict_explain_prints_the_overlay_of_the_registry_model(photos, champi
     assert main(["predict", str(photos[0])] + EXPLAIN) == OK
     assert capsys.readouterr().out.splitlines()[-1] == "  overlay: overlays/photo_gradcam.png"
     assert Path("overlays/photo_gradcam.png").is_file()
+
+
+def test_predict_explain_draws_an_ensembles_overlay(photos, capsys):
+    whole_ensemble(2, image_size=MODEL_SIZE)[0].save("ensemble.keras")
+    command = ["predict", str(photos[0]), "--model", "ensemble.keras", "--threshold", "0.4"]
+
+    assert main(command + EXPLAIN) == OK
+    assert capsys.readouterr().out.splitlines()[-1] == "  overlay: overlays/photo_gradcam.png"
+    assert Path("overlays/photo_gradcam.png").stat().st_size > 0
 
 
 def test_predict_explain_into_an_unwritable_folder_stops_before_any_work(photos, caplog):

@@ -11,6 +11,12 @@ and architectures added later are covered: the input of the last global pooling 
 keras.applications backbones), or failing that the last layer with a 4-D output. The model is
 then split there into `features` (images -> block output) and `head` (block output ->
 probabilities), so the gradient can be taken with respect to the block output itself.
+
+An ensemble (melanoma.model.ensemble) is split at each member's last block: `features` gives
+the k block outputs, `head` maps them through the members' tops, the mean and the calibration
+to the ensemble's own probabilities. Its map is Grad-CAM's sum taken over the channels of every
+member's block, so it is the map of the ensemble's answer: with k identical members, the
+single model's map (the gradient with respect to each copy is 1/k of the single one's).
 """
 
 import logging
@@ -27,6 +33,7 @@ from PIL import Image
 
 from melanoma.data.images import ImageRejected
 from melanoma.labels import LABELS, MELANOMA, MELANOMA_INDEX
+from melanoma.model.ensemble import is_ensemble, members_of
 from melanoma.model.predict import (
     BATCH_SIZE,
     ImagePrediction,
@@ -52,11 +59,13 @@ class ExplainError(Exception):
 
 @dataclass(frozen=True)
 class GradCam:
-    """A model split at its last convolutional block.
+    """A model split at its last convolutional block (an ensemble: at each member's).
 
-    features: uint8 images -> block output (n, h, w, channels).
-    head: block output -> class probabilities (n, 9); head(features(x)) == model(x).
-    layer: where the block output comes from, as "outer/inner/layer" names.
+    features: uint8 images -> the block outputs, (n, h, w, channels) each: one, or one per
+        member of an ensemble (the members share the architecture, so h and w too).
+    head: the block outputs -> class probabilities (n, 9); head(features(x)) == model(x).
+    layer: where the block outputs come from, as "outer/inner/layer" names; for an ensemble
+        "outer/member_0..member_<k-1>/inner/layer", with member 0's names.
     """
 
     features: keras.Model
@@ -72,18 +81,37 @@ class _Target:
 
 
 def grad_cam(model: keras.Model) -> GradCam:
-    """Split `model` at its last convolutional block. Raises ExplainError if it has none."""
+    """Split `model` at its last convolutional block, an ensemble at each member's. Raises
+    ExplainError if it has none or cannot be split there."""
+    targets, name = _find_targets(model)
+    try:
+        features, head = _split(model, targets)
+    except ValueError as error:  # Keras' "graph disconnected" and the like
+        raise ExplainError(f"model {model.name} cannot be split at {name}: {error}") from None
+    log.debug("Grad-CAM on %s, %s", name, [block.shape for block in features.outputs])
+    return GradCam(features, head, name)
+
+
+def _find_targets(model: keras.Model) -> tuple[list[_Target], str]:
+    """The blocks to split `model` at, and their description. An ensemble's members each have
+    their own last block when they hold convolutions (whole models, or the top blocks of a
+    backbone they share the rest of); members that are classifiers alone (`freeze: all`) leave
+    the last block in the shared part, where it is the model's one block as for any model."""
+    if is_ensemble(model):
+        members = members_of(model)
+        found = [_find_target(member) for member in members]
+        if all(found):
+            targets = [
+                _Target((member, *target.chain), target.tensor, target.name)
+                for member, target in zip(members, found, strict=True)
+            ]
+            # The members share the architecture: member 0's names say where, for all of them.
+            _, inside = found[0].name.split("/", 1)
+            return targets, f"{model.name}/{members[0].name}..{members[-1].name}/{inside}"
     target = _find_target(model)
     if target is None:
         raise ExplainError(f"model {model.name} has no layer with a 4-D output to explain")
-    try:
-        features, head = _split(model, target.chain, target.tensor)
-    except ValueError as error:  # Keras' "graph disconnected" and the like
-        raise ExplainError(
-            f"model {model.name} cannot be split at {target.name}: {error}"
-        ) from None
-    log.debug("Grad-CAM on %s, %s", target.name, features.output.shape)
-    return GradCam(features, head, target.name)
+    return [target], target.name
 
 
 def _find_target(model: keras.Model, prefix: str = "") -> _Target | None:
@@ -111,30 +139,41 @@ def _producer(model: keras.Model, tensor, pooling: keras.layers.Layer) -> str:
     return f"input of {pooling.name}"
 
 
-def _split(model: keras.Model, chain: Sequence[keras.Model], tensor) -> tuple:
-    if not chain:
-        # Single input and output (the model contract): a list would make Keras warn at every
-        # call that the structure of the inputs does not match.
-        return keras.Model(model.input, tensor), keras.Model(tensor, model.output)
-    # The block output lives inside a nested model, where the outer graph cannot reach it.
-    # Rebuild the outer graph (same layers, so same weights) with the nested model replaced by
-    # its own two halves: the block output then becomes a tensor of the outer graph.
-    inner = chain[0]
-    inner_features, inner_head = _split(inner, chain[1:], tensor)
-    block_outputs = []
+def _split(model: keras.Model, targets: Sequence[_Target]) -> tuple[keras.Model, keras.Model]:
+    """(images -> the block outputs, the block outputs -> the model's output): at one tensor
+    of the model's own graph, or at tensors inside its nested models, one per nested model."""
+    # The one input bare (the model contract), even where the model was built on a list of
+    # one: Keras warns at every call whose inputs do not have the structure built on.
+    images = model.inputs[0]
+    if len(targets) == 1 and not targets[0].chain:
+        # A list of block outputs for a single model as for an ensemble, so that one head call
+        # takes either (Keras returns a model's only output bare, and takes it so).
+        blocks = [targets[0].tensor]
+        return keras.Model(images, blocks), keras.Model(blocks, model.output)
+    # The block outputs live inside nested models, where the outer graph cannot reach them.
+    # Rebuild the outer graph (same layers, so same weights) with each of those models replaced
+    # by its own two halves: its block output then becomes a tensor of the outer graph.
+    halves = {
+        target.chain[0]: _split(
+            target.chain[0], [_Target(target.chain[1:], target.tensor, target.name)]
+        )
+        for target in targets
+    }
+    blocks = []
 
     def call(layer, *args, **kwargs):
-        if layer is inner:
-            block_outputs.append(inner_features(*args, **kwargs))
-            return inner_head(block_outputs[-1])
-        return layer(*args, **kwargs)
+        if layer not in halves:
+            return layer(*args, **kwargs)
+        features, head = halves[layer]
+        block = keras.tree.flatten(features(*args, **kwargs))
+        blocks.extend(block)
+        return head(block)
 
     # clone_function returns each layer itself: shared, not copied, weights.
     rebuilt = keras.models.clone_model(
         model, clone_function=lambda layer: layer, call_function=call
     )
-    (block,) = block_outputs
-    return keras.Model(rebuilt.input, block), keras.Model(block, rebuilt.output)
+    return keras.Model(rebuilt.inputs[0], blocks), keras.Model(blocks, rebuilt.output)
 
 
 def heat_maps(
@@ -145,22 +184,30 @@ def heat_maps(
 
     A map is all zeros when nothing in the block raises that class's probability.
     """
-    features = explainer.features(images, training=False)
+    # A list either way: Keras returns a model's only output bare.
+    blocks = keras.tree.flatten(explainer.features(images, training=False))
     with tf.GradientTape() as tape:
         # Watched explicitly: with frozen weights, or no weights before the block, the tape
         # would otherwise not record the head.
-        tape.watch(features)
-        probabilities = explainer.head(features, training=False)
+        tape.watch(blocks)
+        probabilities = explainer.head(blocks, training=False)
         indices = tf.constant(list(class_indices), dtype=tf.int32)[:, None]
         # Images do not interact at inference, so the gradient of the sum is each image's own.
         scores = tf.reduce_sum(tf.gather(probabilities, indices, axis=1, batch_dims=1))
-    gradients = tf.cast(tape.gradient(scores, features), tf.float32)
-    activations = tf.cast(features, tf.float32)
-    channel_weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
-    maps = tf.nn.relu(tf.reduce_sum(channel_weights * activations, axis=-1)).numpy()
+    gradients = tape.gradient(scores, blocks)
+    # An ensemble's channels are those of all its members' blocks: one sum over all of them.
+    weighted = [_weighted_channels(g, b) for g, b in zip(gradients, blocks, strict=True)]
+    maps = tf.nn.relu(tf.add_n(weighted)).numpy()
     peaks = maps.max(axis=(1, 2), keepdims=True)
     maps = np.divide(maps, peaks, out=np.zeros_like(maps), where=peaks > 0)
     return maps, np.asarray(probabilities, dtype=np.float64)
+
+
+def _weighted_channels(gradient, block) -> tf.Tensor:
+    """Grad-CAM's sum of a block's channels (n, h, w, c), each weighted by the mean gradient
+    of the class probability with respect to it: (n, h, w)."""
+    weights = tf.reduce_mean(tf.cast(gradient, tf.float32), axis=(1, 2), keepdims=True)
+    return tf.reduce_sum(weights * tf.cast(block, tf.float32), axis=-1)
 
 
 def upsample(heat_map: np.ndarray, size: int) -> np.ndarray:

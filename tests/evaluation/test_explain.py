@@ -4,6 +4,7 @@ import keras
 import mlflow
 import numpy as np
 import pytest
+import tensorflow as tf
 from PIL import Image
 
 from melanoma.evaluation.explain import (
@@ -21,6 +22,7 @@ from melanoma.labels import LABELS, MELANOMA_INDEX
 from melanoma.model.architectures import build_model
 from melanoma.model.predict import load_model, predict_files
 from melanoma.params.model import TrainParams
+from tests.helpers import lite_ensemble, whole_ensemble
 
 NEVUS = LABELS.index("nevus")
 SIZE, PATCH = 32, 8
@@ -117,7 +119,8 @@ def test_every_architecture_is_split_at_its_last_block_without_changing_its_answ
     maps, probabilities = heat_maps(explainer, images, [MELANOMA_INDEX, NEVUS, 0])
 
     assert explainer.layer.startswith(layer)
-    _, height, width, _ = explainer.features.output.shape
+    (block,) = explainer.features.outputs
+    _, height, width, _ = block.shape
     assert maps.shape == (3, height, width) and height > 1  # a map, not one number
     assert maps.min() >= 0 and maps.max() <= 1
     np.testing.assert_allclose(probabilities, model.predict(images, verbose=0), atol=1e-5)
@@ -142,6 +145,74 @@ def test_a_block_two_models_deep_is_found():
     assert explainer.layer == f"outer/{middle.name}/in/deep_block"
     assert maps.shape == (2, 6, 6)
     np.testing.assert_allclose(probabilities, model.predict(pixels, verbose=0), atol=1e-6)
+
+
+def _single_and_identical_ensemble(kind: str) -> tuple[keras.Model, keras.Model]:
+    """(a model, an ensemble of two members with that model's weights): whole simple_cnn
+    models, or Lite0 top blocks (at 64 px, for a 2 x 2 block) on the shared frozen part."""
+    if kind == "whole":
+        ensemble, members = whole_ensemble(2)
+        single = members[0]
+    else:
+        ensemble, frozen, members = lite_ensemble(2, freeze=1, image_size=64)
+        single = keras.Model(frozen.inputs[0], members[0](frozen.outputs[0]))
+    members[1].set_weights(members[0].get_weights())
+    return single, ensemble
+
+
+@pytest.mark.parametrize(
+    ("kind", "layer", "side"),
+    [
+        ("whole", "simple_cnn_ensemble/member_0..member_1/max_pooling2d", 8),
+        ("lite", "lite_ensemble/member_0..member_1/top_blocks/head_relu6", 2),
+    ],
+)
+def test_an_ensemble_of_identical_members_has_the_single_models_map(kind, layer, side):
+    single, ensemble = _single_and_identical_ensemble(kind)
+    images = np.random.default_rng(0).integers(0, 256, (4, *single.input_shape[1:]), np.uint8)
+    answers = np.asarray(single(images, training=False))  # a call: predict would compile
+    # Each image's top class, as the overlays draw it: an untrained tiny model may have no
+    # evidence anywhere for another class, and a map of zeros would compare nothing.
+    classes = answers.argmax(axis=1)
+
+    explainer = grad_cam(ensemble)
+    maps, probabilities = heat_maps(explainer, images, classes)
+    expected, _ = heat_maps(grad_cam(single), images, classes)
+
+    assert explainer.layer.startswith(layer)
+    assert [block.shape[1:3] for block in explainer.features.outputs] == [(side, side)] * 2
+    np.testing.assert_allclose(probabilities, answers, atol=1e-5)
+    assert maps.shape == (4, side, side) and (expected.max(axis=(1, 2)) == 1).all()
+    np.testing.assert_allclose(maps, expected, atol=1e-5)
+
+
+def _evidence(model: keras.Model, images: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """Grad-CAM's weighted channel sum (n, h, w) at a single model's block, before the relu
+    and the scaling, by hand."""
+    explainer = grad_cam(model)
+    block = explainer.features(images)
+    with tf.GradientTape() as tape:
+        tape.watch(block)
+        probabilities = explainer.head(block)
+        score = tf.reduce_sum(tf.gather(probabilities, classes[:, None], axis=1, batch_dims=1))
+    weights = tf.reduce_mean(tape.gradient(score, block), axis=(1, 2), keepdims=True)
+    return tf.reduce_sum(weights * block, axis=-1).numpy()
+
+
+def test_an_ensembles_map_sums_its_members_evidence_for_its_own_answer():
+    ensemble, members = whole_ensemble(3)
+    images = np.random.default_rng(0).integers(0, 256, (4, SIZE, SIZE, 3), np.uint8)
+    classes = np.asarray(ensemble(images, training=False)).argmax(axis=1)
+
+    maps, _ = heat_maps(grad_cam(ensemble), images, classes)
+
+    # The mean's gradient with respect to a member's block is 1/k of the member's own.
+    evidence = np.maximum(sum(_evidence(m, images, classes) for m in members) / 3, 0)
+    peaks = evidence.max(axis=(1, 2), keepdims=True)
+    assert (peaks > 0).all()
+    np.testing.assert_allclose(maps, evidence / peaks, atol=1e-5)
+    alone, _ = heat_maps(grad_cam(members[0]), images, classes)
+    assert np.abs(maps - alone).max() > 0.1  # the other members' evidence did count
 
 
 def test_a_model_without_a_4d_layer_cannot_be_explained():
@@ -198,7 +269,15 @@ def test_gallery_holds_every_melanoma_and_the_top_false_alarms():
     assert cases == [(0, "found"), (2, "missed"), (1, "false alarm"), (4, "false alarm")]
 
 
-def test_gallery_file_from_test_images(tmp_path, image_bytes):
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: build_model(_params()),
+        lambda: lite_ensemble(2, freeze=1)[0],  # what evaluate draws with train.ensemble: 2
+    ],
+    ids=["single", "ensemble"],
+)
+def test_gallery_file_from_test_images(tmp_path, image_bytes, build):
     paths = []
     for n in range(4):
         path = tmp_path / f"ISIC_{n}.png"
@@ -209,7 +288,7 @@ def test_gallery_file_from_test_images(tmp_path, image_bytes):
     probabilities[:, MELANOMA_INDEX] = [0.7, 0.1, 0.6, 0.2]
 
     output = tmp_path / "reports" / "melanoma_gallery.png"
-    cases = write_gallery(build_model(_params()), paths, label_indices, probabilities, 0.5, output)
+    cases = write_gallery(build(), paths, label_indices, probabilities, 0.5, output)
 
     assert [kind for _, kind in cases] == ["found", "missed", "false alarm"]
     assert Image.open(output).size[0] > 0

@@ -4,18 +4,14 @@ import keras
 import numpy as np
 import pytest
 
+from melanoma.evaluation.explain import grad_cam, heat_maps
 from melanoma.labels import LABELS
-from melanoma.model.architectures import (
-    build_model,
-    build_trainable_part,
-    frozen_part,
-)
 from melanoma.model.calibration import fold_temperature, rescale
 from melanoma.model.ensemble import assemble, is_ensemble, members_of, shared_part
 from melanoma.model.views import probe as views_probe
 from melanoma.model.views import with_views
 from melanoma.sites.unfamiliar import POOLED, depth_of, probe
-from tests.helpers import train_params
+from tests.helpers import ensemble_members, lite_ensemble, whole_ensemble
 
 SIZE = 32
 
@@ -24,37 +20,8 @@ def _images(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, SIZE, SIZE, 3), dtype=np.uint8)
 
 
-def _whole_members(k: int) -> list[keras.Model]:
-    """k tiny simple_cnn models, each built with its own seed (different weights)."""
-    members = []
-    for index in range(k):
-        keras.utils.set_random_seed(index)
-        members.append(build_model(train_params(seed=index, filters=[4, 8])))
-    return members
-
-
-def _whole_ensemble(k: int) -> tuple[keras.Model, list[keras.Model]]:
-    members = _whole_members(k)
-    inputs = keras.Input((SIZE, SIZE, 3), dtype="uint8", name="image")
-    return assemble(inputs, inputs, members, "simple_cnn_ensemble"), members
-
-
-def _lite_ensemble(k: int, freeze) -> tuple[keras.Model, keras.Model, list[keras.Model]]:
-    """A tiny Lite0 ensemble as `train` assembles one: the frozen part of one full model, and
-    k trainable parts, each from its own seed (random weights: training would only move them)."""
-    params = train_params(architecture="efficientnet_lite0", freeze=freeze, dropout=0.2)
-    base = build_model(params)
-    frozen = frozen_part(base, params)
-    members = []
-    for index in range(k):
-        keras.utils.set_random_seed(index)
-        part = build_trainable_part(params, frozen.output.shape[1:])
-        members.append(part)
-    return assemble(frozen.inputs, frozen.outputs[0], members, "lite_ensemble"), frozen, members
-
-
 def test_whole_model_ensemble_gives_the_mean_of_its_members_and_loads_as_plain_keras(tmp_path):
-    ensemble, members = _whole_ensemble(3)
+    ensemble, members = whole_ensemble(3)
     images = _images(5)
     each = [member.predict(images, verbose=0) for member in members]
     assert not np.allclose(each[0], each[1])  # the seeds made different members
@@ -75,7 +42,7 @@ def test_whole_model_ensemble_gives_the_mean_of_its_members_and_loads_as_plain_k
 
 
 def test_the_temperature_is_folded_once_into_the_mean():
-    ensemble, members = _whole_ensemble(2)
+    ensemble, members = whole_ensemble(2)
     images = _images(4)
     mean = np.mean([m.predict(images, verbose=0) for m in members], axis=0)
 
@@ -85,7 +52,7 @@ def test_the_temperature_is_folded_once_into_the_mean():
 
 
 def test_lite_members_share_one_frozen_part_and_the_probe_reaches_block_14(tmp_path):
-    ensemble, frozen, members = _lite_ensemble(2, freeze=1)
+    ensemble, frozen, members = lite_ensemble(2, freeze=1)
     images = _images(4)
     activations = frozen.predict(images, verbose=0)
     each = [member.predict(activations, verbose=0) for member in members]
@@ -115,9 +82,11 @@ def test_lite_members_share_one_frozen_part_and_the_probe_reaches_block_14(tmp_p
         probe(loaded, "block15_add")
 
 
-@pytest.mark.slow  # 9 s; sharing a frozen part is the freeze-1 test's in the fast suite
-def test_a_frozen_backbone_ensemble_shares_the_backbone():
-    ensemble, frozen, members = _lite_ensemble(2, freeze="all")
+# 9 s; sharing a frozen part, and Grad-CAM at each member's own block, are the freeze-1 tests'
+# in the fast suite (tests/evaluation/test_explain.py)
+@pytest.mark.slow
+def test_a_frozen_backbone_ensemble_shares_the_backbone_and_its_block_explains_the_mean():
+    ensemble, frozen, members = lite_ensemble(2, freeze="all")
     images = _images(3)
     features = frozen.predict(images, verbose=0)
     each = [member.predict(features, verbose=0) for member in members]
@@ -128,10 +97,16 @@ def test_a_frozen_backbone_ensemble_shares_the_backbone():
     probabilities, block14 = probe(ensemble, "block14_add").predict(images, verbose=0)
     np.testing.assert_allclose(probabilities, np.mean(each, axis=0), atol=1e-5)
     assert block14.shape == (3, 192)
+    # Members that are classifiers alone hold no block: Grad-CAM's is the shared backbone's.
+    explainer = grad_cam(ensemble)
+    assert explainer.layer == "lite_ensemble/efficientnet_lite0_backbone/head_relu6"
+    assert len(explainer.features.outputs) == 1
+    _, explained = heat_maps(explainer, images, [0, 1, 2])
+    np.testing.assert_allclose(explained, np.mean(each, axis=0), atol=1e-5)
 
 
 def test_views_wrap_an_ensemble_like_any_trained_model(tmp_path):
-    ensemble, members = _whole_ensemble(2)
+    ensemble, members = whole_ensemble(2)
     images = _images(3)
     mirrored = images[:, :, ::-1]
     expected = np.mean(
@@ -151,7 +126,7 @@ def test_views_wrap_an_ensemble_like_any_trained_model(tmp_path):
 
 
 def test_an_ensemble_has_two_members_at_least():
-    members = _whole_members(1)
+    members = ensemble_members(1)
     inputs = keras.Input((SIZE, SIZE, 3), dtype="uint8")
     with pytest.raises(ValueError, match="at least 2 members"):
         assemble(inputs, inputs, members, "one")
