@@ -45,6 +45,9 @@ SEEDS = (42, 43, 44)
 # members has a spread of its own (`ensemble` averages the backbone step's seeds: one ensemble).
 ENSEMBLE_SEEDS = tuple(range(42, 51))
 ENSEMBLE_SIZE = 3
+# Every seed trains one model, whatever params.yaml's train.ensemble: the steps compare single
+# models and average them themselves (`ensemble`, `ensembles`).
+ONE_MODEL = {"train.ensemble": 1}
 VIEWS = (1, 4, 8)
 # Backbones other than Lite0 take their native size: the data is ingested again, once, at the
 # largest (a copy of the pipeline in bench/results/ablation/data_260), and each resizes it down.
@@ -126,6 +129,7 @@ def run_step(step: str) -> dict:
 
 def backbone_rows(step: str, overrides: dict) -> list[dict]:
     root = data_root(overrides)
+    overrides = {**overrides, **ONE_MODEL}
     return [run(step, overrides, seed, RESULTS / step / f"seed{seed}", root) for seed in SEEDS]
 
 
@@ -190,7 +194,7 @@ def block_rows(models: list[dict], workdir: Path) -> list[dict]:
     """The best backbone with its two top blocks fine-tuned, each seed trained again, against
     its rows with one (the default)."""
     backbone, root = models[0]["backbone"], Path(models[0]["root"])
-    overrides = {**models[0]["overrides"], "train.freeze": 2}
+    overrides = {**models[0]["overrides"], **ONE_MODEL, "train.freeze": 2}
     two = [run("blocks", overrides, seed, workdir / f"seed{seed}", root) for seed in SEEDS]
     return [
         *(dict(row, name=f"{backbone} 1 block") for row in models),
@@ -255,7 +259,7 @@ def ensemble_rows(models: list[dict]) -> list[dict]:
 def ensembles_rows(models: list[dict], workdir: Path) -> list[dict]:
     """ENSEMBLE_SEEDS trained on the backbone of `models`, averaged ENSEMBLE_SIZE consecutive
     seeds at a time: each ensemble's row beside its members' (`ensemble_rows`)."""
-    backbone, overrides = models[0]["backbone"], models[0]["overrides"]
+    backbone, overrides = models[0]["backbone"], {**models[0]["overrides"], **ONE_MODEL}
     root = data_root(overrides)
     trained = [
         dict(run("ensembles", overrides, seed, workdir / f"seed{seed}", root), backbone=backbone)

@@ -33,7 +33,7 @@ import numpy as np
 from bench.pipeline import run_pipeline
 from bench.process import run_command
 from bench.project import PROJECT, command_env, copy_project, pin_source_deps
-from bench.seeds import SEED_METRICS, seed_spread, train_more_seeds
+from bench.seeds import SEED_METRICS, independent_seeds, seed_spread, train_more_seeds
 from bench.source import label_index, split_folder, tiny_external_set, tiny_sources
 from melanoma import paths
 from melanoma.config import Params, load_params
@@ -248,7 +248,7 @@ def benchmark(
     ]
     clean_test = clean_test_labels(copy / VALIDATED_MANIFEST)
     # After the latency and the recipe: they use the model of the params' own seed.
-    more_seeds = [params.train.seed + n for n in range(1, seeds)]
+    more_seeds = independent_seeds(params.train, seeds)[1:]
     seed_runs = train_more_seeds(copy, env, logs, more_seeds, tracking_uri)
     ours["accepted_images"] = accepted_images(copy)
     results = assemble(

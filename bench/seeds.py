@@ -12,6 +12,7 @@ from mlflow import MlflowClient
 from bench.process import run_command
 from bench.project import override_params
 from melanoma import paths
+from melanoma.params.model import TrainParams
 from melanoma.reports import MetricsReport, RunInfo
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,12 @@ SEED_METRICS = [
     ("melanoma_specificity", "melanoma specificity at its threshold"),
     ("ece", "expected calibration error"),
 ]
+
+
+def independent_seeds(train: TrainParams, count: int) -> list[int]:
+    """`count` values of train.seed, the params' own first, whose models share no member: an
+    ensemble of k trains seeds seed, ..., seed + k - 1, so the next independent one is seed + k."""
+    return [train.seed + n * train.ensemble for n in range(count)]
 
 
 def registry_decision(copy: Path, tracking_uri: str) -> str:

@@ -146,6 +146,7 @@ def _tiny_params() -> dict:
         batch_size=8,
         epochs=2,
         warmup_epochs=0,
+        ensemble=1,  # the tests of train.ensemble build their own
     )
     return raw
 

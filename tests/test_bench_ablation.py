@@ -103,7 +103,8 @@ def test_ensembles_group_consecutive_seeds_and_each_is_scored_beside_its_members
 
     rows = ablation_steps.ensembles_rows(models, results / "ensembles")
 
-    assert trained == [("ensembles", {}, seed, None) for seed in ablation_steps.ENSEMBLE_SEEDS]
+    one_model = ablation_steps.ONE_MODEL
+    assert trained == [("ensembles", one_model, s, None) for s in ablation_steps.ENSEMBLE_SEEDS]
     ensembles = [row for row in rows if row["name"] == "lite0 ensemble of 3"]
     assert [row["seed"] for row in ensembles] == ["42+43+44", "45+46+47", "48+49+50"]
     assert len(rows) == len(ablation_steps.ENSEMBLE_SEEDS) + len(ensembles)
@@ -164,5 +165,9 @@ def test_blocks_trains_the_best_backbone_with_two_blocks_in_its_own_data(results
     rows = ablation_steps.block_rows(best, results)
 
     assert [row["name"] for row in rows] == ["lite1 1 block"] * 3 + ["lite1 2 blocks"] * 3
-    overrides = {"train.architecture": "efficientnet_lite1", "train.freeze": 2}
+    overrides = {
+        "train.architecture": "efficientnet_lite1",
+        **ablation_steps.ONE_MODEL,
+        "train.freeze": 2,
+    }
     assert trained == [(overrides, seed, Path("/copy")) for seed in ablation_steps.SEEDS]

@@ -15,11 +15,11 @@ PARAMS_YAML = Path(__file__).resolve().parents[1] / "params.yaml"
 
 @pytest.fixture
 def raw() -> dict:
-    """The project's params with a resnet from scratch, which the cases below are written for
-    (the default is a frozen, pretrained efficientnet_lite0)."""
+    """The project's params with one resnet from scratch, which the cases below are written for
+    (the default is an ensemble of 3 on a frozen, pretrained efficientnet_lite0)."""
     raw = yaml.safe_load(PARAMS_YAML.read_text())
     raw["train"].update(
-        architecture="resnet", image_size=64, freeze="none", backbone_learning_rate=None
+        architecture="resnet", image_size=64, freeze="none", backbone_learning_rate=None, ensemble=1
     )
     return raw
 
