@@ -166,7 +166,7 @@ def test_colour_constancy_is_inside_the_saved_model(tmp_path):
 
 @pytest.mark.parametrize(
     "train_batch_norm",
-    # Each case traces a Lite0 training step (5-10 s); the batch norms' case holds the other's
+    # Each case builds and trains a Lite0 (about 2 s); the batch norms' case holds the other's
     # checks and more, so `make test-fast` runs that one.
     [pytest.param(False, marks=pytest.mark.slow), True],
 )
@@ -197,7 +197,7 @@ def test_training_top_blocks_on_cached_activations_equals_training_them_on_image
         name: _layer(model, name).get_weights() for name in (*checked, "block13_project_conv")
     }
     for trained, inputs in ((model, images), (part, activations)):
-        # Eagerly: the step computes the same, and tracing a Lite0 training step takes 5-10 s.
+        # Eagerly: the step computes the same, and tracing a Lite0 training step took 5-10 s.
         trained.compile(
             optimizer=keras.optimizers.Adam(0.01), loss="categorical_crossentropy", run_eagerly=True
         )
