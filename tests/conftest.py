@@ -395,17 +395,15 @@ def tiny_classifier() -> Callable:
     return build_tiny_classifier
 
 
-@pytest.fixture
-def log_model(mlflow_project) -> Callable:
-    """log_model(model) -> (run id, model URI): the model logged as the train stage logs it
-    (melanoma.model.logged_model.log_keras_model), in a new run of the mlflow_project store."""
+def _logger(params) -> Callable:
+    """log_model's function, logging in the store of `params` (an mlflow_project's)."""
     import mlflow
 
     from melanoma.model.logged_model import log_keras_model
     from melanoma.tracking import configure_tracking
 
     def log(model) -> tuple[str, str]:
-        experiment_id = configure_tracking(mlflow_project.mlflow)
+        experiment_id = configure_tracking(params.mlflow)
         with mlflow.start_run(experiment_id=experiment_id) as run:
             example = np.zeros((1, *model.input_shape[1:]), np.uint8)
             return run.info.run_id, log_keras_model(model, example).model_uri
@@ -414,7 +412,20 @@ def log_model(mlflow_project) -> Callable:
 
 
 @pytest.fixture
-def evaluation_project(mlflow_project, image_bytes) -> tuple[list[str], np.ndarray]:
+def log_model(mlflow_project) -> Callable:
+    """log_model(model) -> (run id, model URI): the model logged as the train stage logs it
+    (melanoma.model.logged_model.log_keras_model), in a new run of the mlflow_project store."""
+    return _logger(mlflow_project)
+
+
+@pytest.fixture(scope="module")
+def module_log_model(module_mlflow_project) -> Callable:
+    """log_model for the module_mlflow_project store."""
+    return _logger(module_mlflow_project)
+
+
+@pytest.fixture
+def evaluation_project(mlflow_project) -> tuple[list[str], np.ndarray]:
     """Test images as the augment stage leaves them, in the mlflow_project directory.
 
     Two TINY_SIZE px PNGs per label under data/ingested/images/test/<label>/, listed with
@@ -423,6 +434,17 @@ def evaluation_project(mlflow_project, image_bytes) -> tuple[list[str], np.ndarr
     against). reports/validation_predictions.csv holds made-up validation probabilities.
     Returns (image paths, label indices) of the test rows.
     """
+    return _write_evaluation_project()
+
+
+@pytest.fixture(scope="module")
+def module_evaluation_project(module_mlflow_project) -> tuple[list[str], np.ndarray]:
+    """evaluation_project in the module_mlflow_project directory."""
+    return _write_evaluation_project()
+
+
+def _write_evaluation_project() -> tuple[list[str], np.ndarray]:
+    """evaluation_project's files, in the current directory."""
     from melanoma.data.images import pixel_sha256
     from melanoma.evaluation.metrics import predictions_table
 
@@ -431,7 +453,7 @@ def evaluation_project(mlflow_project, image_bytes) -> tuple[list[str], np.ndarr
         for n in range(2):
             path = Path(f"data/ingested/images/test/{label}/ISIC_{index}{n}.png")
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(image_bytes(10 * index + n, (TINY_SIZE, TINY_SIZE), "PNG"))
+            path.write_bytes(image_file_bytes(10 * index + n, (TINY_SIZE, TINY_SIZE), "PNG"))
             rows.append({"image_path": path.as_posix(), "label": label, "split": "test"})
             ingested.append(
                 {

@@ -1,6 +1,7 @@
 """Helpers shared by test modules (fixtures live in conftest.py)."""
 
 import io
+import shutil
 from pathlib import Path
 
 import mlflow
@@ -145,6 +146,16 @@ def write_train_outputs(model, run_id: str, model_uri: str, temperature: float =
     fitted_detector(model, images).save(paths.UNFAMILIAR_FILE)
     drift_reference(model, images).save(paths.DRIFT_REFERENCE_FILE)
     train_run_info(run_id, model_uri, temperature).write(paths.RUN_FILE)
+
+
+def restore_directory(snapshot: Path, root: Path) -> None:
+    """Make `root` hold exactly what its copy `snapshot` holds again. Files are rewritten in
+    place, not replaced: MLflow keeps pooled SQLite connections open on a tracking store's
+    database file, and would go on reading a replaced file's old inode."""
+    for path in sorted(root.rglob("*"), reverse=True):  # a folder's files before the folder
+        if not (snapshot / path.relative_to(root)).exists():
+            path.rmdir() if path.is_dir() and not path.is_symlink() else path.unlink()
+    shutil.copytree(snapshot, root, dirs_exist_ok=True)
 
 
 def melanoma_scores(melanoma: list[float], other: list[float]) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,6 @@
 import json
+import shutil
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -17,18 +19,42 @@ from melanoma.registry.promotion import (
 )
 from melanoma.registry.registration import METRICS_TABLE_ARTIFACT
 from stages import evaluate, register
-from tests.helpers import train_run_info, write_train_outputs
+from tests.helpers import (
+    build_tiny_classifier,
+    restore_directory,
+    train_run_info,
+    write_train_outputs,
+)
 
 NAME = "melanoma-test"  # registry.model_name of the mlflow_project params
 
 
-@pytest.fixture
-def evaluated(evaluation_project, tiny_classifier, log_model) -> tuple[str, str]:
-    """evaluate's outputs for a tiny model logged in its training run: (run id, model URI)."""
-    model = tiny_classifier()
-    run_id, model_uri = log_model(model)
+@pytest.fixture(scope="module")
+def _evaluated_once(
+    module_evaluation_project, module_log_model, tmp_path_factory
+) -> tuple[Path, Path, str, str]:
+    """`evaluated`'s outputs, made once for the module (evaluate takes seconds) in the
+    module_mlflow_project directory: (that directory, a copy of it as made, run id, model URI)."""
+    model = build_tiny_classifier()
+    run_id, model_uri = module_log_model(model)
     write_train_outputs(model, run_id, model_uri, temperature=1.5)
     evaluate.main()
+    root = Path.cwd()
+    snapshot = tmp_path_factory.mktemp("evaluated") / "snapshot"
+    shutil.copytree(root, snapshot)
+    return root, snapshot, run_id, model_uri
+
+
+@pytest.fixture
+def evaluated(_evaluated_once, monkeypatch) -> tuple[str, str]:
+    """evaluate's outputs for a tiny model logged in its training run: (run id, model URI).
+
+    The module_evaluation_project directory (the cwd) and its store as evaluate left them,
+    whatever an earlier test registered: restored from their copy, at the same path, which
+    the store's artifact locations name."""
+    root, snapshot, run_id, model_uri = _evaluated_once
+    restore_directory(snapshot, root)
+    monkeypatch.chdir(root)
     return run_id, model_uri
 
 

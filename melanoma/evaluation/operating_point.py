@@ -48,14 +48,10 @@ def choose_threshold(
     melanomas = len(scores)
     if melanomas == 0:
         raise ValueError("no melanoma among the images that choose the threshold")
-    needed = next(
-        (
-            k
-            for k in range(1, melanomas + 1)
-            if sensitivity_lower_bound(k, melanomas, confidence) >= target
-        ),
-        None,
-    )
+    # The bound of every k >= 1 in one scipy call, not one call per melanoma.
+    k = np.arange(1, melanomas + 1)
+    reaching = k[beta.ppf(1 - confidence, k, melanomas - k + 1) >= target]
+    needed = int(reaching[0]) if len(reaching) else None
     reachable = needed is not None
     value = float(scores[(needed or melanomas) - 1])
     caught = int(np.sum(scores >= value))

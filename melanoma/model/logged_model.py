@@ -34,7 +34,10 @@ def log_keras_model(model: keras.Model, example: np.ndarray) -> ModelInfo:
     This is `mlflow.keras.log_model(model, name=..., signature=..., input_example=...)`, which
     cannot be called as is with an input example (see _save_keras_model).
     """
-    signature: ModelSignature = infer_signature(example, model.predict(example, verbose=0))
+    # A direct call (inference mode, as `predict`): for one example, tracing `predict` would
+    # cost more than the call itself (1.4 s against 0.2 s for a 32 px Lite0).
+    output = keras.ops.convert_to_numpy(model(example, training=False))
+    signature: ModelSignature = infer_signature(example, output)
     return Model.log(
         artifact_path=None,
         name=MODEL_ARTIFACT,

@@ -94,6 +94,47 @@ def test_melanoma_auc_is_sklearn_s_with_ties_counted_half():
     assert math.isnan(melanoma_auc(np.array([True, True]), np.array([0.1, 0.9])))
 
 
+# scikit-learn warns of the absent classes, which the cases have on purpose.
+@pytest.mark.filterwarnings(
+    "ignore:y_pred contains classes not in y_true",
+    "ignore::sklearn.exceptions.UndefinedMetricWarning",
+)
+def test_every_metric_is_sklearn_s_with_classes_absent_or_never_predicted():
+    from sklearn.metrics import (
+        accuracy_score,
+        balanced_accuracy_score,
+        f1_score,
+        precision_recall_fscore_support,
+        recall_score,
+    )
+
+    rng = np.random.default_rng(0)
+    for n, classes in ((40, 9), (25, 4), (12, 2), (6, 1)):
+        label_indices = rng.choice(rng.choice(len(LABELS), classes, replace=False), n)
+        probabilities = rng.dirichlet(np.full(len(LABELS), 0.3), n)
+        figures = evaluation_metrics(label_indices, probabilities, threshold=0.2)
+
+        predicted = probabilities.argmax(axis=1)
+        is_melanoma, alert = label_indices == MEL, probabilities[:, MEL] >= 0.2
+        present = np.unique(label_indices)
+        precision, recall, f1, _ = precision_recall_fscore_support(
+            label_indices, predicted, labels=range(len(LABELS)), zero_division=np.nan
+        )
+        expected = {
+            "accuracy": accuracy_score(label_indices, predicted),
+            "balanced_accuracy": balanced_accuracy_score(label_indices, predicted),
+            "macro_f1": f1_score(label_indices, predicted, labels=present, average="macro"),
+            "melanoma_sensitivity": recall_score(is_melanoma, alert, zero_division=np.nan),
+            "melanoma_specificity": recall_score(
+                is_melanoma, alert, pos_label=False, zero_division=np.nan
+            ),
+        }
+        for kind, values in (("precision", precision), ("recall", recall), ("f1", f1)):
+            expected |= {f"{label}_{kind}": v for label, v in zip(LABELS, values, strict=True)}
+        for name, value in expected.items():
+            assert figures[name] == pytest.approx(value, nan_ok=True), (n, classes, name)
+
+
 def test_auc_is_undefined_without_melanoma_in_the_test_set():
     keep = TRUE != MEL
     figures = evaluation_metrics(TRUE[keep], PROBABILITIES[keep], threshold=0.3)

@@ -18,6 +18,13 @@ def _random_images(n: int) -> np.ndarray:
     return np.random.default_rng(0).integers(0, 256, (n, SIZE, SIZE, 3), dtype=np.uint8)
 
 
+def _outputs(model: keras.Model, inputs) -> np.ndarray:
+    """`model`'s inference outputs (as `predict`'s, training=False) on a few inputs, called
+    eagerly: tracing `predict` costs seconds per model, and these tests are about the model,
+    not about `predict`."""
+    return keras.ops.convert_to_numpy(model(inputs, training=False))
+
+
 @pytest.mark.parametrize(
     "overrides",
     [
@@ -36,7 +43,7 @@ def test_model_takes_uint8_images_and_returns_probabilities_over_the_labels(over
     assert model.inputs[0].dtype == "uint8"
     assert tuple(model.inputs[0].shape) == (None, SIZE, SIZE, 3)
 
-    probabilities = model.predict(_random_images(3), verbose=0)
+    probabilities = _outputs(model, _random_images(3))
     assert probabilities.shape == (3, len(LABELS))
     assert probabilities.dtype == np.float32
     assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
@@ -90,7 +97,7 @@ def test_random_transforms_change_training_batches_only():
     plain.set_weights(model.get_weights())  # the random layers have no weights
     images = _random_images(4)
     # Inference: the transforms pass images through, so both models agree.
-    assert np.allclose(model.predict(images, verbose=0), plain.predict(images, verbose=0))
+    assert np.allclose(_outputs(model, images), _outputs(plain, images))
     # Training: the model sees transformed images.
     trained = keras.ops.convert_to_numpy(model(images, training=True))
     assert not np.allclose(trained, keras.ops.convert_to_numpy(plain(images, training=True)))
@@ -105,8 +112,8 @@ def test_per_image_standardization_ignores_a_colour_cast_and_exposure():
     images = _random_images(2).astype(np.float32)
     # The same scene under a warmer, dimmer light: each channel scaled and shifted.
     cast = images * np.array([0.9, 0.7, 0.5]) + np.array([20, 10, 5])
-    seen = first_stage.predict(images.astype(np.uint8), verbose=0)
-    seen_cast = first_stage.predict(cast.round().astype(np.uint8), verbose=0)
+    seen = _outputs(first_stage, [images.astype(np.uint8)])
+    seen_cast = _outputs(first_stage, [cast.round().astype(np.uint8)])
     assert np.allclose(seen.mean(axis=(1, 2)), 0, atol=1e-3)
     assert np.allclose(seen.std(axis=(1, 2)), 1, atol=1e-2)
     assert np.allclose(seen, seen_cast, atol=0.05)  # up to the rounding to uint8
@@ -151,17 +158,15 @@ def test_colour_constancy_is_inside_the_saved_model(tmp_path):
 
     loaded = keras.saving.load_model(tmp_path / "model.keras")
 
-    np.testing.assert_allclose(
-        loaded.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-6
-    )
+    np.testing.assert_allclose(_outputs(loaded, images), _outputs(model, images), atol=1e-6)
     plain = build_model(params)
     plain.set_weights(model.get_weights())
-    assert not np.allclose(plain.predict(images, verbose=0), model.predict(images, verbose=0))
+    assert not np.allclose(_outputs(plain, images), _outputs(model, images))
 
 
 @pytest.mark.parametrize(
     "train_batch_norm",
-    # Each case traces a Lite0 training step (5-10 s); the batch norms' case holds the other's
+    # Each case builds and trains a Lite0 (about 2 s); the batch norms' case holds the other's
     # checks and more, so `make test-fast` runs that one.
     [pytest.param(False, marks=pytest.mark.slow), True],
 )
@@ -184,28 +189,31 @@ def test_training_top_blocks_on_cached_activations_equals_training_them_on_image
                 layer.trainable = layer.name.startswith(("block14_", "block15_", "head_"))
     images = _random_images(8)
     labels = keras.utils.to_categorical(np.arange(8) % len(LABELS), len(LABELS))
-    activations = frozen_part(model, params).predict(images, verbose=0)
+    activations = _outputs(frozen_part(model, params), [images])
     part = build_trainable_part(params, activations.shape[1:])
     copy_weights(model, part)
+    checked = ("block14_expand_conv", "block15_project_bn", "head_conv", "probabilities")
+    before = {
+        name: _layer(model, name).get_weights() for name in (*checked, "block13_project_conv")
+    }
     for trained, inputs in ((model, images), (part, activations)):
-        trained.compile(optimizer=keras.optimizers.Adam(0.01), loss="categorical_crossentropy")
+        # Eagerly: the step computes the same, and tracing a Lite0 training step took 5-10 s.
+        trained.compile(
+            optimizer=keras.optimizers.Adam(0.01), loss="categorical_crossentropy", run_eagerly=True
+        )
         trained.train_on_batch(inputs, labels)
 
-    before = build_model(params, _sog())
     moved = 0
-    for name in ("block14_expand_conv", "block15_project_bn", "head_conv", "probabilities"):
+    for name in checked:
         on_images = _layer(model, name).get_weights()
         on_cache = _layer(part, name).get_weights()
-        for a, b, start in zip(
-            on_images, on_cache, _layer(before, name).get_weights(), strict=True
-        ):
+        for a, b, start in zip(on_images, on_cache, before[name], strict=True):
             np.testing.assert_allclose(b, a, atol=1e-5, err_msg=name)
             moved += not np.allclose(a, start)
     assert moved >= 3 + (2 if train_batch_norm else 0)
     # The frozen part did not move: the cache stays valid.
     np.testing.assert_array_equal(
-        _layer(model, "block13_project_conv").get_weights()[0],
-        _layer(before, "block13_project_conv").get_weights()[0],
+        _layer(model, "block13_project_conv").get_weights()[0], before["block13_project_conv"][0]
     )
 
 
@@ -237,10 +245,8 @@ def test_frozen_part_and_trainable_part_compose_to_the_model(architecture, size)
     params = _params(architecture=architecture, image_size=size, freeze=3, dropout=0.0)
     model = build_model(params)
     images = np.random.default_rng(0).integers(0, 256, (3, size, size, 3), dtype=np.uint8)
-    activations = frozen_part(model, params).predict(images, verbose=0)
+    activations = _outputs(frozen_part(model, params), [images])
     part = build_trainable_part(params, activations.shape[1:])
     copy_weights(model, part)
 
-    np.testing.assert_allclose(
-        part.predict(activations, verbose=0), model.predict(images, verbose=0), atol=1e-5
-    )
+    np.testing.assert_allclose(_outputs(part, activations), _outputs(model, images), atol=1e-5)

@@ -56,7 +56,9 @@ def test_port_matches_the_reference_features_and_imagenet_logits(lite):
     assert lite.reference["images"].shape[1] == LITE[lite.architecture].image_size
     # The model of the pipeline, uint8 in: its scaling, backbone and weights are what is checked.
     assert lite.model.inputs[0].dtype == "uint8"
-    features = feature_extractor(lite.model).predict(lite.reference["images"], verbose=0)
+    # Called eagerly (as `predict` does, training=False): tracing `predict` costs seconds.
+    extractor = feature_extractor(lite.model)
+    features = keras.ops.convert_to_numpy(extractor([lite.reference["images"]], training=False))
     kernel, bias = efficientnet_lite.imagenet_classifier(lite.state)
     logits = features @ kernel + bias
 
@@ -123,9 +125,14 @@ def test_freeze_n_trains_the_top_n_blocks_and_the_head(architecture):
     assert _trainable_layers(backbone) == {layer.name for layer in backbone.layers if layer.weights}
 
 
-def test_pretrained_false_starts_from_random_weights():
-    pretrained = build_model(_params())
-    scratch = build_model(_params(pretrained=False))
+@pytest.fixture(scope="module")
+def lite0_models() -> dict[bool, keras.Model]:
+    """The pipeline's Lite0 at 32 px by `pretrained`, built once for the module (not changed)."""
+    return {pretrained: build_model(_params(pretrained=pretrained)) for pretrained in (True, False)}
+
+
+def test_pretrained_false_starts_from_random_weights(lite0_models):
+    pretrained, scratch = lite0_models[True], lite0_models[False]
     name = LITE["efficientnet_lite0"].backbone_name
     first = pretrained.get_layer(name).get_layer("stem_conv").get_weights()[0]
     stem = efficientnet_lite.read_weights("efficientnet_lite0")["_conv_stem.weight"]
@@ -135,15 +142,13 @@ def test_pretrained_false_starts_from_random_weights():
     )
 
 
-def test_batch_norms_learnt_from_scratch_follow_their_batches_faster():
+def test_batch_norms_learnt_from_scratch_follow_their_batches_faster(lite0_models):
     momentum = {
         pretrained: {
             layer.momentum
-            for layer in build_model(_params(pretrained=pretrained))
-            .get_layer(LITE["efficientnet_lite0"].backbone_name)
-            .layers
+            for layer in model.get_layer(LITE["efficientnet_lite0"].backbone_name).layers
             if isinstance(layer, keras.layers.BatchNormalization)
         }
-        for pretrained in (True, False)
+        for pretrained, model in lite0_models.items()
     }
     assert momentum == {True: {0.99}, False: {0.9}}

@@ -273,6 +273,7 @@ def _one_step_changes(backbone_learning_rate: float | None) -> tuple[np.ndarray,
     from melanoma.model.optimization import compile_model
 
     compile_model(model, params, steps_per_epoch=1)
+    model.run_eagerly = True  # the same single step, without tracing it
     before = [w.copy() for w in model.get_weights()]
     x = np.random.default_rng(1).normal(size=(8, 4)).astype(np.float32)
     y = np.eye(2, dtype=np.float32)[np.arange(8) % 2]

@@ -2,6 +2,7 @@
 registry (SQLite) and a tiny labelled sample."""
 
 import json
+import shutil
 from pathlib import Path
 
 import mlflow
@@ -13,18 +14,41 @@ from melanoma.cli import CANNOT_RUN, OK, SOME_FILES_FAILED, main
 from melanoma.model.serving import ServingConfig, log_served_model
 from melanoma.registry.promotion import THRESHOLD_TAG, Decision, record_decision
 from melanoma.sites.registry import version_sites
-from tests.helpers import drift_reference, fitted_detector, noise_images
+from tests.helpers import (
+    build_tiny_classifier,
+    drift_reference,
+    fitted_detector,
+    noise_images,
+    restore_directory,
+)
 
 MODEL = "melanoma-test"
 
 
-@pytest.fixture
-def registry(mlflow_project, tiny_classifier, log_model) -> None:
-    """Two versions of the tiny mean-colour classifier, global threshold 0.45, v1 champion."""
-    _, uri = log_model(tiny_classifier())
+@pytest.fixture(scope="module")
+def _registry_once(module_mlflow_project, module_log_model, tmp_path_factory) -> tuple[Path, Path]:
+    """`registry`'s versions, made once for the module (logging and registering take seconds)
+    in the module_mlflow_project directory: (that directory, a copy of it as made)."""
+    _, uri = module_log_model(build_tiny_classifier())
     for _ in range(2):
         mlflow.register_model(uri, MODEL, tags={THRESHOLD_TAG: "0.45"})
     record_decision(mlflow.MlflowClient(), MODEL, "1", Decision(True, "first"))
+    root = Path.cwd()
+    snapshot = tmp_path_factory.mktemp("registry") / "snapshot"
+    shutil.copytree(root, snapshot)
+    return root, snapshot
+
+
+@pytest.fixture
+def registry(_registry_once, monkeypatch) -> None:
+    """Two versions of the tiny mean-colour classifier, global threshold 0.45, v1 champion.
+
+    The module_mlflow_project directory (the cwd) and its store as _registry_once left them,
+    whatever an earlier test stored: restored from their copy, at the same path, which the
+    store's artifact locations name."""
+    root, snapshot = _registry_once
+    restore_directory(snapshot, root)
+    monkeypatch.chdir(root)
 
 
 def write_sample(folder: Path, melanomas: int = 12, others: int = 12, seed: int = 0) -> Path:

@@ -65,8 +65,10 @@ def test_probe_gives_the_probabilities_and_a_backbone_layer_in_one_model():
         train_params(architecture="efficientnet_lite0", pretrained=False, image_size=32)
     )
     images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3)).astype(np.uint8)
-    probabilities, features = probe(model, "block14_add").predict_on_batch(images)
-    np.testing.assert_allclose(probabilities, model.predict_on_batch(images), atol=1e-5)
+    # Called eagerly in inference mode, as predict_on_batch calls them but without tracing
+    # each model (seconds for a Lite0).
+    probabilities, features = _outputs(probe(model, "block14_add"), [images])
+    np.testing.assert_allclose(probabilities, _outputs(model, images), atol=1e-5)
     assert features.shape == (3, 192)
 
     with pytest.raises(ValueError, match="block99_add is not a layer"):
@@ -74,5 +76,12 @@ def test_probe_gives_the_probabilities_and_a_backbone_layer_in_one_model():
     simple = build_model(train_params())
     with pytest.raises(ValueError, match="has no EfficientNet-Lite backbone"):
         probe(simple, "block14_add")
-    _, pooled = probe(simple, POOLED).predict_on_batch(images)
+    _, pooled = _outputs(probe(simple, POOLED), [images])
     assert pooled.shape[0] == 3
+
+
+def _outputs(model, inputs):
+    """`model`'s inference outputs as numpy arrays, from a direct call."""
+    import keras
+
+    return keras.tree.map_structure(keras.ops.convert_to_numpy, model(inputs, training=False))
