@@ -84,6 +84,9 @@ QUICK = Settings(
         "train.batch_size": 8,
         "train.epochs": 1,
         "train.warmup_epochs": 0,
+        # One model per seed: the smoke run checks the table, an ensemble would triple each of
+        # its four trainings (tests/model/test_ensemble.py trains ensembles).
+        "train.ensemble": 1,
         "evaluate.bootstrap_samples": 20,
         "registry.promotion": {"bootstrap_samples": 100, "confidence": 0.95, "seed": 42},
     },

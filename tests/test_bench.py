@@ -11,7 +11,9 @@ import yaml
 from bench.pipeline import changed_metrics, stages_run
 from bench.project import PROJECT, copy_project, override_params, pin_source_deps
 from bench.run import scaling_rows
+from bench.seeds import independent_seeds
 from melanoma.config import load_params
+from tests.helpers import train_params
 
 BOTH_SIDES = {
     "epochs_run",
@@ -112,8 +114,7 @@ def test_quick_benchmark_reports_every_figure_and_its_spread_over_seeds(tmp_path
     # the file's base64 (4/3 of it, plus a few bytes of JSON).
     assert rows["serve_max_abs_difference"]["ours"] <= 1e-5
     assert rows["serve_body_bytes_per_file_byte"]["ours"] <= 1.5
-    # The default is an ensemble of 3 (seeds 42-44): the next independent model starts at 45.
-    assert results["seeds"]["seeds"] == [42, 45]
+    assert results["seeds"]["seeds"] == [42, 43]
     (extra,) = results["seeds"]["runs"]  # the first seed is the pipeline's own run
     auc = [
         results["ours"]["report"]["test"]["melanoma_auc"],
@@ -142,6 +143,12 @@ def test_quick_benchmark_reports_every_figure_and_its_spread_over_seeds(tmp_path
     assert results["data"]["external_images"] == {"isic2018": reported}
     for row in results["table"]:
         assert row["figure"] in done.stdout
+
+
+def test_independent_seeds_start_past_an_ensemble_s_members():
+    assert independent_seeds(train_params(seed=42), 3) == [42, 43, 44]
+    # An ensemble of 3 trains seeds 42, 43 and 44: the next model sharing none starts at 45.
+    assert independent_seeds(train_params(seed=42, ensemble=3), 3) == [42, 45, 48]
 
 
 def test_override_params_sets_dotted_keys_in_a_copy(tmp_path):
