@@ -230,3 +230,30 @@ def test_with_views_evaluate_chooses_on_and_register_serves_the_averaged_scores(
     )
     assert abs(drift.melanoma - averaged[:, MELANOMA_INDEX]).max() < 1e-5
     assert len(drift.features) == len(test_paths)  # train's features, of the image itself
+
+
+def test_an_ensemble_is_evaluated_explained_registered_and_served_as_one_model(
+    evaluation_project, log_model
+):
+    """train.ensemble: the mean of the members' probabilities is what evaluate reports, what
+    its Grad-CAM gallery explains, and what the registered version answers."""
+    import numpy as np
+
+    from melanoma.evaluation.metrics import read_predictions
+    from melanoma.model.predict import load_model, predict_split
+    from tests.helpers import MODEL_SIZE, whole_ensemble
+
+    test_paths, test_labels = evaluation_project
+    model, members = whole_ensemble(2, image_size=MODEL_SIZE)
+    run_id, model_uri = log_model(model)
+    write_train_outputs(model, run_id, model_uri)
+
+    evaluate.main()
+    register.main()
+
+    mean = np.mean([predict_split(m, test_paths, test_labels, 8) for m in members], axis=0)
+    _, evaluated = read_predictions(paths.PREDICTIONS_FILE)
+    assert abs(evaluated - mean).max() < 1e-5
+    assert paths.GALLERY_FILE.stat().st_size > 0
+    served = load_model(f"models:/{NAME}/1", views=1)
+    assert abs(predict_split(served, test_paths, test_labels, 8) - mean).max() < 1e-5
