@@ -27,11 +27,15 @@ class Threshold:
     target_reachable: bool  # False: even alerting on every melanoma cannot show the target
 
 
-def sensitivity_lower_bound(caught: int, melanomas: int, confidence: float) -> float:
-    """One-sided exact (Clopper-Pearson) lower confidence bound of caught / melanomas."""
-    if caught == 0:
-        return 0.0
-    return float(beta.ppf(1 - confidence, caught, melanomas - caught + 1))
+def sensitivity_lower_bound(caught, melanomas: int, confidence: float):
+    """One-sided exact (Clopper-Pearson) lower confidence bound of caught / melanomas: a float,
+    or one bound per count when `caught` is an array of counts."""
+    counts = np.asarray(caught)
+    # beta.ppf is undefined for 0 caught, whose bound is 0.
+    bounds = np.where(
+        counts == 0, 0.0, beta.ppf(1 - confidence, np.maximum(counts, 1), melanomas - counts + 1)
+    )
+    return float(bounds) if bounds.ndim == 0 else bounds
 
 
 def choose_threshold(
@@ -50,7 +54,7 @@ def choose_threshold(
         raise ValueError("no melanoma among the images that choose the threshold")
     # The bound of every k >= 1 in one scipy call, not one call per melanoma.
     k = np.arange(1, melanomas + 1)
-    reaching = k[beta.ppf(1 - confidence, k, melanomas - k + 1) >= target]
+    reaching = k[sensitivity_lower_bound(k, melanomas, confidence) >= target]
     needed = int(reaching[0]) if len(reaching) else None
     reachable = needed is not None
     value = float(scores[(needed or melanomas) - 1])
