@@ -122,7 +122,9 @@ def run_model_step(source: str, seed: int) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     params_file = out / "params.yaml"
     shutil.copy(PARAMS_FILE, params_file)
-    override_params(params_file, {"train.seed": seed})
+    # One model per seed, as the results measured: seeds 42, 43 and 44 would otherwise be
+    # ensembles sharing members (train.ensemble), not three independent models.
+    override_params(params_file, {"train.seed": seed, "train.ensemble": 1})
     params = parse_params(yaml.safe_load(params_file.read_text()))
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{(RESULTS / 'mlflow.db').resolve()}"
     manifest = one_source_manifest(source, out)
