@@ -44,6 +44,18 @@ TARGETS = {
     "clone_noop_repro_5_experiments_seconds": 2.0,
     "training_change_evaluate_register_seconds": 60.0,
 }
+# What each figure is, in the order `python -m bench.run --loops` adds them to its table.
+FIGURES = {
+    "dvc_status_seconds": "dvc status, this workspace",
+    "noop_repro_seconds": "no-op dvc repro, this workspace",
+    "clone_first_noop_repro_seconds": "no-op dvc repro, a fresh clone's first",
+    "clone_noop_repro_seconds": "no-op dvc repro, a fresh clone",
+    "clone_noop_repro_5_experiments_seconds": "no-op dvc repro, a fresh clone, 5 experiments",
+    "training_change_train_seconds": "training-only change: train",
+    "training_change_evaluate_register_seconds": "training-only change: evaluate + register",
+    "test_fast_seconds": "make test-fast",
+    "test_seconds": "make test",
+}
 # Beside the project, so that its relative paths to ../shared resolve as in the project.
 CLONE = PROJECT.parent / f".{PROJECT.name}-loops-clone"
 EXPERIMENTS = 5
@@ -112,6 +124,32 @@ def measure_clone(repeats: int) -> dict:
     return results
 
 
+def table_rows(results: dict) -> list[dict]:
+    """The loops measured, as rows of bench.run's table (ours only), each with its target."""
+    return [
+        {
+            "key": f"loops_{key}",
+            "figure": figure + (f" (target <= {TARGETS[key]:g} s)" if key in TARGETS else ""),
+            "unit": "s",
+            "reference": None,
+            "reference_ci": None,
+            "ours": results[key],
+            "ours_ci": None,
+            "spread": None,
+        }
+        for key, figure in FIGURES.items()
+        if key in results
+    ]
+
+
+def measure_all(repeats: int, tests: bool, clone: bool) -> dict:
+    """`measure`, then `measure_clone` when asked."""
+    results = measure(repeats, tests)
+    if clone:
+        results |= measure_clone(repeats)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3, help="runs of each dvc command")
@@ -123,9 +161,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     setup_logging()
-    results = measure(args.repeats, args.tests)
-    if args.clone:
-        results |= measure_clone(args.repeats)
+    results = measure_all(args.repeats, args.tests, args.clone)
     for key in ("noop_repro_stages_run", "clone_noop_repro_stages_run"):
         if results.get(key):
             log.warning("%s: the workspace was not up to date: %s ran", key, results[key])

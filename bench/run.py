@@ -10,10 +10,12 @@ the external sets is reported as mean, standard deviation and range over the N s
 whether any of those trainings moved the registry's champion. One table is printed and written
 as JSON.
 
-    python -m bench.run [--quick] [--seeds N] [--out PATH] [--sources NAME ...]
+    python -m bench.run [--quick] [--seeds N] [--out PATH] [--sources NAME ...] [--loops]
 
 --sources keeps only the named sources of params.yaml (say, the collection alone, to see how
-each stage's time grows with the data).
+each stage's time grows with the data). --loops adds the loops a contributor pays in this
+workspace (bench/loops.py: no-op `dvc repro` here and in a fresh clone, a training-only change
+by stage, `make test-fast` and `make test`); the workspace must be up to date (`make pipeline`).
 """
 
 import argparse
@@ -30,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench import loops
 from bench.pipeline import run_pipeline
 from bench.process import run_command
 from bench.project import PROJECT, command_env, copy_project, pin_source_deps
@@ -146,6 +149,11 @@ def main(argv: list[str] | None = None) -> None:
         help="first time every stage on these sources alone, in a clean copy of its own, so "
         "that each stage's growth with the data is measured in the same run",
     )
+    parser.add_argument(
+        "--loops",
+        action="store_true",
+        help="also the contributor's loops in this workspace (bench.loops --tests --clone)",
+    )
     args = parser.parse_args(argv)
     if args.seeds < 1:
         parser.error("--seeds must be at least 1")
@@ -175,6 +183,9 @@ def main(argv: list[str] | None = None) -> None:
             args.seeds,
             resolved(args.scaling) if args.scaling else None,
         )
+    if args.loops:
+        results["loops"] = loops.measure_all(repeats=3, tests=True, clone=True)
+        results["table"] += loops.table_rows(results["loops"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2, allow_nan=False) + "\n")
     print(format_table(results))

@@ -8,9 +8,10 @@ import sys
 import pytest
 import yaml
 
+from bench import loops
 from bench.pipeline import changed_metrics, stages_run
 from bench.project import PROJECT, copy_project, override_params, pin_source_deps
-from bench.run import scaling_rows
+from bench.run import _row, scaling_rows
 from bench.seeds import independent_seeds
 from melanoma.config import load_params
 from tests.helpers import train_params
@@ -149,6 +150,21 @@ def test_independent_seeds_start_past_an_ensemble_s_members():
     assert independent_seeds(train_params(seed=42), 3) == [42, 43, 44]
     # An ensemble of 3 trains seeds 42, 43 and 44: the next model sharing none starts at 45.
     assert independent_seeds(train_params(seed=42, ensemble=3), 3) == [42, 45, 48]
+
+
+def test_the_loops_join_the_table_with_their_targets():
+    measured = {"noop_repro_seconds": 1.3, "noop_repro_stages_run": [], "test_fast_seconds": 56.0}
+
+    rows = loops.table_rows(measured)
+
+    assert [row["key"] for row in rows] == ["loops_noop_repro_seconds", "loops_test_fast_seconds"]
+    assert [row["figure"] for row in rows] == [
+        "no-op dvc repro, this workspace (target <= 2 s)",
+        "make test-fast (target <= 60 s)",
+    ]
+    assert [row["ours"] for row in rows] == [1.3, 56.0]
+    # The columns of every row of bench.run's table.
+    assert set(rows[0]) == set(_row("key", "figure", "s", None, 1.0))
 
 
 def test_override_params_sets_dotted_keys_in_a_copy(tmp_path):
