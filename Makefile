@@ -22,8 +22,10 @@ pipeline: $(BIN)/.installed  ## run the whole DVC pipeline on the data named in 
 # built once: 1.5 times faster on 2 cores than one process.
 PYTEST := pytest -n 2 --dist loadfile
 
+# The files in collection order, not by their number of tests: tests/conftest.py puts the two
+# that take minutes first, one on each worker.
 test: $(BIN)/.installed  ## run the whole test suite (what CI runs)
-	PATH=$(CURDIR)/$(BIN):$$PATH $(PYTEST)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(PYTEST) --no-loadscope-reorder
 
 test-fast: $(BIN)/.installed  ## every test but the slow end-to-end ones (dvc repro, queue, bench, servers)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(PYTEST) -m "not slow"
