@@ -22,8 +22,8 @@ pipeline: $(BIN)/.installed  ## run the whole DVC pipeline on the data named in 
 # built once: 1.5 times faster on 2 cores than one process.
 PYTEST := pytest -n 2 --dist loadfile
 
-# The files in collection order, not by their number of tests: tests/conftest.py puts the two
-# that take minutes first, one on each worker.
+# The files in collection order, not by their number of tests: tests/conftest.py puts the
+# quick benchmark's first and keeps the files of the session's tiny pipeline on one worker.
 test: $(BIN)/.installed  ## run the whole test suite (what CI runs)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(PYTEST) --no-loadscope-reorder
 
