@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from melanoma.data import images, sources, table_sources
 
@@ -95,3 +96,14 @@ def test_every_ingest_reason_code_is_documented():
     section = section[: section.index("\n## ", 1)]
     missing = sorted(c for c in codes if f"| `{c}` |" not in section)
     assert not missing, f"reason codes missing from docs/data.md's table: {missing}"
+
+
+def test_every_source_block_of_the_data_page_is_valid_params():
+    from melanoma.params.data import DataParams
+
+    text = (ROOT / "docs/data.md").read_text()
+    blocks = re.findall(r"```yaml\n(    - name: .*?)```", text, re.S)
+    names = [yaml.safe_load(block)[0]["name"] for block in blocks]
+    assert {"isic2017", "bcn20000", "isic2018", "isic2020"} <= set(names)
+    for block in blocks:
+        DataParams.model_validate({"sources": yaml.safe_load(block)})

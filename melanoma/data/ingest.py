@@ -135,7 +135,12 @@ def check_source_paths(data_sources: list[DataSource]) -> None:
     for index, source in enumerate(data_sources):
         paths = {"path": source.path}
         if isinstance(source, TableSource):
-            paths |= {"images": source.path / source.images, "table": source.path / source.table}
+            for n, part in enumerate(source.layout):
+                at = f"parts[{n}]." if source.parts else ""
+                paths |= {f"{at}images": source.path / part.images}
+                paths |= {f"{at}table": source.path / part.table}
+            if source.metadata is not None:
+                paths |= {"metadata": source.path / source.metadata}
         for field, path in paths.items():
             if not path.exists():
                 raise sources.SourceNotFoundError(

@@ -21,28 +21,50 @@ class FolderSource(_Section):
     path: Path
 
 
-class TableSource(_Section):
-    """An image folder and a CSV table that labels it, as ISIC publishes its sets.
+class TablePart(_Section):
+    """One image folder and the CSV that labels it (ISIC 2017 publishes one per split)."""
 
-    The label is either one column whose values `labels` maps onto the nine labels
-    (HAM10000's `dx`), or one-hot columns that `labels` maps (ISIC's `image,MEL,NV,...`).
-    A source without a split of its own is training data.
-    """
-
-    name: str = Field(pattern=SOURCE_NAME, description="names the source in manifests and runs")
-    kind: Literal["table"]
-    path: Path = Field(description="the source's folder: its images and its table")
     images: Path = Field(
         Path("."), description="the image folder within path; files named <image id>.<suffix>"
     )
     table: Path = Field(description="the CSV file within path, one row per image")
+    split: Literal["train", "test"] | None = Field(None, description="null: the source's split")
+
+
+class TableSource(_Section):
+    """Image folders and CSV tables that label them, as ISIC publishes its sets.
+
+    The label is either one column whose values `labels` maps onto the nine labels
+    (HAM10000's `dx`), or one-hot columns that `labels` maps (ISIC's `image,MEL,NV,...`;
+    ISIC 2017's `melanoma,seborrheic_keratosis`, where a row marking neither is a nevus:
+    `unmarked_label`). The lesion id is a column of the table or, as ISIC 2019 publishes it,
+    of a `metadata` CSV joined by image id. One folder and table (`images`, `table`), or
+    several (`parts`). A source without a split of its own is training data.
+    """
+
+    name: str = Field(pattern=SOURCE_NAME, description="names the source in manifests and runs")
+    kind: Literal["table"]
+    path: Path = Field(description="the source's folder: its images and its tables")
+    images: Path = Field(
+        Path("."), description="the image folder within path; files named <image id>.<suffix>"
+    )
+    table: Path | None = Field(None, description="the CSV file within path, one row per image")
+    parts: list[TablePart] = Field(
+        default_factory=list, description="several image folders, each with its own table"
+    )
     id_column: str = Field(min_length=1, description="the image id: the file name without suffix")
     label_column: str | None = Field(None, description="a column of label values; null: one-hot")
     labels: dict[str, str] = Field(
         min_length=1,
         description="label value (or one-hot column) -> one of the nine labels",
     )
+    unmarked_label: str | None = Field(
+        None, description="one-hot tables: the label of a row that marks no column"
+    )
     lesion_column: str | None = Field(None, description="the lesion id: images of one lesion")
+    metadata: Path | None = Field(
+        None, description="a CSV within path holding lesion_column, joined by id_column"
+    )
     split: Literal["train", "test"] = "train"
 
     @field_validator("labels")
@@ -52,6 +74,29 @@ class TableSource(_Section):
         if unknown:
             raise ValueError(f"{unknown} are not among the nine labels {list(LABELS)}")
         return labels
+
+    @model_validator(mode="after")
+    def _one_layout(self) -> "TableSource":
+        if (self.table is None) == (not self.parts):
+            raise ValueError("give either `table` (with `images`) or `parts`, not both")
+        if self.parts and self.images != Path("."):
+            raise ValueError("`images` belongs in each of `parts`")
+        if self.unmarked_label is not None:
+            if self.label_column is not None:
+                raise ValueError("unmarked_label is for one-hot tables (label_column: null)")
+            if self.unmarked_label not in LABELS:
+                raise ValueError(
+                    f"unmarked_label {self.unmarked_label!r} is not among the nine labels"
+                )
+        if self.metadata is not None and self.lesion_column is None:
+            raise ValueError("metadata is read for lesion_column: name it")
+        return self
+
+    @property
+    def layout(self) -> list[TablePart]:
+        """Each image folder with its table and split."""
+        parts = self.parts or [TablePart(images=self.images, table=self.table)]
+        return [part.model_copy(update={"split": part.split or self.split}) for part in parts]
 
 
 DataSource = Annotated[FolderSource | TableSource, Field(discriminator="kind")]

@@ -341,3 +341,27 @@ def test_a_missing_source_path_stops_naming_the_param(isic_source, tmp_path):
     with pytest.raises(SourceNotFoundError, match=r"data\.sources\[1\]\.path \(ham\)"):
         ingest(sources, OUTPUT, PARAMS)
     assert not OUTPUT.exists()
+
+
+def test_a_missing_part_table_or_metadata_stops_naming_its_param(isic_source, tmp_path):
+    root = tmp_path / "isic2017"
+    (root / "Training").mkdir(parents=True)
+    (root / "Training.csv").write_text("image_id,melanoma\n")
+    parts = [
+        {"images": "Training", "table": "Training.csv"},
+        {"images": "Validation", "table": "Validation.csv"},
+    ]
+    params = table_source_params(root, parts=parts, images=".", table=None)
+    collection = folders(isic_source())
+    sources = [*collection, TableSource.model_validate(params)]
+    with pytest.raises(
+        SourceNotFoundError, match=r"data\.sources\[1\]\.parts\[1\]\.images \(ham\)"
+    ):
+        ingest(sources, OUTPUT, PARAMS)
+    metadata = dict(table_source_params(root / "Training"), metadata="lesions.csv")
+    (root / "Training" / "metadata.csv").write_text("image_id,dx,lesion_id\n")
+    (root / "Training" / "images").mkdir()
+    sources = [*collection, TableSource.model_validate(metadata)]
+    with pytest.raises(SourceNotFoundError, match=r"data\.sources\[1\]\.metadata \(ham\)"):
+        ingest(sources, OUTPUT, PARAMS)
+    assert not OUTPUT.exists()
