@@ -52,6 +52,16 @@ class Params(_Section):
         return self
 
     @model_validator(mode="after")
+    def _weighted_sources_exist(self) -> "Params":
+        names = [source.name for source in self.data.sources]
+        unknown = sorted(set(self.train.source_weights) - set(names))
+        if unknown:
+            raise ValueError(f"train.source_weights names {unknown}, not sources of data: {names}")
+        if any(weight < 0 for weight in self.train.source_weights.values()):
+            raise ValueError("train.source_weights: a weight must be >= 0")
+        return self
+
+    @model_validator(mode="after")
     def _depth_shared_by_the_members(self) -> "Params":
         # An ensemble shares the frozen blocks only: a layer above them is one per member.
         train, depth = self.train, self.unfamiliar.depth

@@ -1,4 +1,5 @@
-"""Stage `augment`: train/validation split, then class-balanced augmented copies for train only."""
+"""Stage `augment`: train/validation split, then class-balanced augmented copies and low-detail
+copies (augment.match_detail_px) for train only."""
 
 import logging
 import shutil
@@ -9,6 +10,7 @@ from melanoma.data.augmentation import (
     log_counts,
     plan_augmentation,
     write_copies,
+    write_detail_copies,
 )
 from melanoma.data.manifest import (
     AUGMENTED_COLUMNS,
@@ -32,10 +34,16 @@ def main() -> None:
     # Stale copies from an earlier run with other params would otherwise linger in the output.
     shutil.rmtree(AUGMENTED_DIR, ignore_errors=True)
     write_copies(plan.copies, params.augment)
+    write_detail_copies(plan.detail_copies, params.augment.match_detail_px)
     manifest = augmented_manifest(plan)
     write_manifest(manifest, AUGMENTED_MANIFEST, AUGMENTED_COLUMNS)
     log_counts(manifest)
-    log.info("wrote %d augmented images and %s", len(plan.copies), AUGMENTED_MANIFEST)
+    log.info(
+        "wrote %d augmented images, %d low-detail copies and %s",
+        len(plan.copies),
+        len(plan.detail_copies),
+        AUGMENTED_MANIFEST,
+    )
 
 
 if __name__ == "__main__":

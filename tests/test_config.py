@@ -304,3 +304,14 @@ def test_sources_flatten_to_one_mlflow_param_per_source_and_field(raw):
     assert flat["data.sources.ham10000.labels.mel"] == "melanoma"
     assert flat["data.sources.isic_collection.kind"] == "folders"
     assert not any(key.endswith(".name") for key in flat if key.startswith("data."))
+
+
+def test_a_source_weight_must_name_a_source_and_be_non_negative(raw):
+    raw["train"]["source_weights"] = {"bcn": 0.5}
+    with pytest.raises(ParamsError, match=r"train.source_weights names \['bcn'\], not sources"):
+        parse_params(raw)
+    raw["train"]["source_weights"] = {"ham10000": -1.0}
+    with pytest.raises(ParamsError, match="train.source_weights: a weight must be >= 0"):
+        parse_params(raw)
+    raw["train"]["source_weights"] = {"ham10000": 0.5}
+    assert parse_params(raw).train.source_weights == {"ham10000": 0.5}

@@ -7,6 +7,7 @@ copy number). The same params and input therefore give byte-identical images and
 """
 
 import hashlib
+import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,14 @@ TRAIN, VAL, TEST = "train", "val", "test"
 # Augmented copies are always PNG: re-encoding them as JPEG would add compression artefacts
 # that the originals of the same class don't have.
 AUGMENTED_SUFFIX = ".png"
+COPY_COLUMNS = [
+    "source",
+    "source_image_id",
+    "source_image_path",
+    "label",
+    "copy_index",
+    "image_path",
+]
 
 
 @dataclass(frozen=True)
@@ -37,6 +46,8 @@ class AugmentationPlan:
     test: pd.DataFrame
     # source, source_image_id, source_image_path, label, copy_index, image_path
     copies: pd.DataFrame
+    # the same columns: the low-detail copies of the sharper training images (match_detail_px)
+    detail_copies: pd.DataFrame
 
 
 def usable_images(
@@ -158,15 +169,39 @@ def plan_copies(
                     "image_path": (images_dir / source["source"] / label / name).as_posix(),
                 }
             )
-    columns = [
-        "source",
-        "source_image_id",
-        "source_image_path",
-        "label",
-        "copy_index",
-        "image_path",
-    ]
-    return pd.DataFrame(rows, columns=columns)
+    return pd.DataFrame(rows, columns=COPY_COLUMNS)
+
+
+def plan_detail_copies(
+    train: pd.DataFrame, match_detail_px: int | None, images_dir: Path
+) -> pd.DataFrame:
+    """A low-detail copy of every training image whose original is larger than
+    `match_detail_px` on its shorter side (none with None): so that a source published small
+    (BCN_20000 at 84 px) is not the only one whose images look blurred, and sharpness cannot
+    stand for the clinic and its melanoma rate."""
+    if match_detail_px is None:
+        return pd.DataFrame(columns=COPY_COLUMNS)
+    shorter = np.minimum(
+        pd.to_numeric(train["source_width"]), pd.to_numeric(train["source_height"])
+    )
+    sharp = train[shorter > match_detail_px]
+    suffix = f"_detail{match_detail_px}{AUGMENTED_SUFFIX}"
+    return pd.DataFrame(
+        {
+            "source": sharp["source"],
+            "source_image_id": sharp["image_id"],
+            "source_image_path": sharp["image_path"],
+            "label": sharp["label"],
+            "copy_index": 0,
+            "image_path": [
+                (images_dir / source / label / f"{Path(path).stem}{suffix}").as_posix()
+                for source, label, path in zip(
+                    sharp["source"], sharp["label"], sharp["image_path"], strict=True
+                )
+            ],
+        },
+        columns=COPY_COLUMNS,
+    ).reset_index(drop=True)
 
 
 def plan_augmentation(
@@ -175,7 +210,10 @@ def plan_augmentation(
     train, test = usable_images(validated, manifest_path)
     train, val = split_train_val(train, params.val_fraction, params.seed)
     copies = plan_copies(train, params.target_per_class, images_dir, params.max_copies_per_image)
-    return AugmentationPlan(train=train, val=val, test=test, copies=copies)
+    detail_copies = plan_detail_copies(train, params.match_detail_px, images_dir)
+    return AugmentationPlan(
+        train=train, val=val, test=test, copies=copies, detail_copies=detail_copies
+    )
 
 
 def augment_image(
@@ -213,6 +251,21 @@ def augment_image(
     return ImageEnhance.Contrast(image).enhance(contrast)
 
 
+# The JPEG quality of BCN_20000's 84 px copies (their quantization tables are libjpeg's at 75).
+LOW_DETAIL_JPEG_QUALITY = 75
+
+
+def reduce_detail(image: Image.Image, side: int) -> Image.Image:
+    """The image as a small published copy would give it: scaled down to side x side (Lanczos),
+    saved as JPEG at LOW_DETAIL_JPEG_QUALITY, then scaled back to its own size as ingest scales
+    a small image up. The same size, the detail of a `side` px copy."""
+    small = image.convert("RGB").resize((side, side), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    small.save(buffer, "JPEG", quality=LOW_DETAIL_JPEG_QUALITY)
+    with Image.open(buffer) as decoded:
+        return decoded.convert("RGB").resize(image.size, Image.Resampling.LANCZOS)
+
+
 def write_copies(copies: pd.DataFrame, params: AugmentParams) -> None:
     """Write every planned copy, each from its own RNG so the result doesn't depend on order."""
     for copy in tqdm(copies.itertuples(index=False), total=len(copies), desc="augment", unit="img"):
@@ -221,6 +274,16 @@ def write_copies(copies: pd.DataFrame, params: AugmentParams) -> None:
         )
         with Image.open(copy.source_image_path) as source:
             image = augment_image(source.convert("RGB"), params, rng)
+        path = Path(copy.image_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image.save(path, format="PNG")
+
+
+def write_detail_copies(copies: pd.DataFrame, side: int | None) -> None:
+    """Write every planned low-detail copy (melanoma.data.images.reduce_detail)."""
+    for copy in tqdm(copies.itertuples(index=False), total=len(copies), desc="detail", unit="img"):
+        with Image.open(copy.source_image_path) as source:
+            image = reduce_detail(source.convert("RGB"), side)
         path = Path(copy.image_path)
         path.parent.mkdir(parents=True, exist_ok=True)
         image.save(path, format="PNG")
@@ -243,7 +306,7 @@ def augmented_manifest(plan: AugmentationPlan) -> pd.DataFrame:
             }
         )
 
-    copies = plan.copies.assign(split=TRAIN, augmented=True)
+    copies = pd.concat([plan.copies, plan.detail_copies]).assign(split=TRAIN, augmented=True)
     manifest = pd.concat(
         [
             originals(plan.train, TRAIN),

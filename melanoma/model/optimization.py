@@ -36,9 +36,10 @@ def sample_weights(
     """Each training image's weight, or None when every image weighs 1: its class weight
     (class_weight_map) times, with `source_weighting: equal_per_class`, n_class /
     (sources_in_class * n_class_of_its_source), so that within a class each source's images
-    weigh alike in total (and the class as much as before)."""
+    weigh alike in total (and the class as much as before); times its source's factor in
+    `source_weights`."""
     classes = class_weight_map(label_indices, params)
-    if classes is None and params.source_weighting == "none":
+    if classes is None and params.source_weighting == "none" and not params.source_weights:
         return None
     weights = np.ones(len(label_indices))
     if classes is not None:
@@ -49,6 +50,7 @@ def sample_weights(
         per_class = rows.groupby("label")["label"].transform("size")
         sources_in_class = rows.groupby("label")["source"].transform("nunique")
         weights *= (per_class / (sources_in_class * per_source)).to_numpy()
+    weights *= np.array([params.source_weights.get(source, 1.0) for source in sources])
     return weights.astype(np.float32)
 
 

@@ -216,3 +216,11 @@ class AugmentParams(_Section):
     zoom: float = Field(ge=0, lt=1, description="max fraction cropped before resizing back")
     brightness: float = Field(ge=0, lt=1)
     contrast: float = Field(ge=0, lt=1)
+    match_detail_px: int | None = Field(
+        None,
+        ge=16,
+        le=512,
+        description="each training image whose original is larger than this side also gets a "
+        "copy scaled down to it and back up, so that sharpness does not tell one clinic's "
+        "images from another's; null: no such copies",
+    )

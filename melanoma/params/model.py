@@ -110,6 +110,11 @@ class TrainParams(_Section):
         description="equal_per_class: within each class, every source's images weigh alike in "
         "total, so that a large archive does not define what a lesion looks like",
     )
+    source_weights: dict[str, float] = Field(
+        default_factory=dict,
+        description="data source name -> a factor on the weight of its training images "
+        "(after source_weighting); a source not named weighs 1",
+    )
     ensemble: int = Field(
         1,
         ge=1,

@@ -13,8 +13,11 @@ from melanoma.data.augmentation import (
     augmented_manifest,
     plan_augmentation,
     plan_copies,
+    plan_detail_copies,
+    reduce_detail,
     split_train_val,
     write_copies,
+    write_detail_copies,
 )
 from melanoma.data.manifest import VALIDATED_COLUMNS, read_manifest
 from melanoma.labels import LABELS
@@ -28,6 +31,7 @@ def _augment(params: dict, validated: pd.DataFrame) -> pd.DataFrame:
     augment = AugmentParams(**params["augment"])
     plan = plan_augmentation(validated, augment, VALIDATED, OUT / "images")
     write_copies(plan.copies, augment)
+    write_detail_copies(plan.detail_copies, augment.match_detail_px)
     return augmented_manifest(plan)
 
 
@@ -173,3 +177,70 @@ def test_a_target_of_zero_writes_no_copies():
         }
     )
     assert plan_copies(train, target_per_class=0, images_dir=Path("aug")).empty
+
+
+def test_only_training_images_sharper_than_the_match_get_a_low_detail_copy():
+    train = pd.DataFrame(
+        {
+            "source": ["isic", "bcn", "isic"],
+            "image_id": ["a1", "b1", "c1"],
+            "image_path": ["i/a1.png", "i/b1.png", "i/c1.png"],
+            "label": ["nevus", "melanoma", "melanoma"],
+            "source_width": ["600", "84", "1024"],
+            "source_height": ["450", "84", "80"],
+        }
+    )
+    assert plan_detail_copies(train, None, Path("aug")).empty
+
+    copies = plan_detail_copies(train, 84, Path("aug"))
+
+    # BCN's 84 px copy and an image 80 px high have no more detail to lose.
+    assert copies["source_image_id"].tolist() == ["a1"]
+    assert copies["image_path"].tolist() == ["aug/isic/nevus/a1_detail84.png"]
+
+
+def test_a_low_detail_copy_loses_the_detail_a_small_copy_lacks_and_keeps_the_size():
+    rng = np.random.default_rng(0)
+
+    def smooth(side: int) -> Image.Image:  # a lesion-like image: no detail finer than 1/12
+        pixels = rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)
+        return Image.fromarray(pixels, "RGB").resize((side, side), Image.Resampling.BICUBIC)
+
+    grain = rng.normal(0, 40, (180, 180, 3))
+    sharp = Image.fromarray(np.clip(np.asarray(smooth(180), float) + grain, 0, 255).astype("uint8"))
+    # What ingest makes of an image published at 84 px.
+    upsampled = smooth(84).resize((180, 180), Image.Resampling.LANCZOS)
+
+    def change(image: Image.Image) -> float:
+        reduced = reduce_detail(image, 84)
+        assert reduced.size == image.size and reduced.mode == "RGB"
+        return float(np.abs(np.asarray(reduced, float) - np.asarray(image, float)).mean())
+
+    # The sharp image's fine grain is gone; the small copy had none to lose.
+    assert change(sharp) > 3 * change(upsampled)
+
+
+def test_low_detail_copies_are_training_rows_of_their_source_and_label(tiny_project):
+    # The tiny project's originals: 600 x 450, all but two of 16 px.
+    validated = read_manifest(VALIDATED, VALIDATED_COLUMNS).assign(
+        source_width="600", source_height="450"
+    )
+    validated.loc[validated.index[:2], ["source_width", "source_height"]] = "16"
+    params = {"augment": {**tiny_project["augment"], "target_per_class": 0, "match_detail_px": 16}}
+
+    manifest = _augment(params, validated)
+
+    copies = manifest[manifest["augmented"]]
+    originals = manifest[~manifest["augmented"] & (manifest["split"] == "train")]
+    assert not copies.empty and (copies["split"] == "train").all()
+    assert not set(copies["source_image_path"]) & set(validated["image_path"].iloc[:2])
+    assert set(copies["source_image_path"]) <= set(originals["image_path"])
+    by_original = originals.set_index("image_path")
+    assert (
+        copies["label"].to_numpy() == by_original.loc[copies["source_image_path"], "label"]
+    ).all()
+    for path in copies["image_path"]:
+        assert (
+            Image.open(path).size
+            == Image.open(copies.set_index("image_path").loc[path, "source_image_path"]).size
+        )

@@ -76,6 +76,23 @@ def test_sources_weigh_alike_within_each_class_and_classes_as_before():
     )
 
 
+def test_a_source_weight_scales_its_images_after_the_other_weights():
+    labels = np.array([0] * 8 + [1] * 4)
+    sources = np.array(["large"] * 6 + ["small"] * 2 + ["large"] * 4)
+    even = sample_weights(labels, sources, train_params(source_weighting="equal_per_class"))
+
+    halved = sample_weights(
+        labels,
+        sources,
+        train_params(source_weighting="equal_per_class", source_weights={"large": 0.5}),
+    )
+
+    np.testing.assert_allclose(halved[sources == "large"], 0.5 * even[sources == "large"])
+    np.testing.assert_allclose(halved[sources == "small"], even[sources == "small"])
+    alone = sample_weights(labels, sources, train_params(source_weights={"small": 2.0}))
+    np.testing.assert_allclose(alone, np.where(sources == "small", 2.0, 1.0))
+
+
 @pytest.mark.parametrize(
     ("name", "expected"),
     [
