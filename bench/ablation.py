@@ -50,12 +50,18 @@ def parse_override(text: str) -> tuple[str, object]:
 
 
 def run(
-    name: str, overrides: dict, seed: int, out: Path | None = None, root: Path | None = None
+    name: str,
+    overrides: dict,
+    seed: int,
+    out: Path | None = None,
+    root: Path | None = None,
+    manifest: Path = MANIFEST,
 ) -> dict:
     """Train params.yaml (of `root`, default the project) plus `overrides` with `seed` into `out`
     (default RESULTS/name/seedN) and score it; a run whose `out` holds its row is not repeated.
     `root` is a copy of the pipeline whose data/augmented the run reads (bench.ablation_steps
-    ingests at another size in one)."""
+    ingests at another size in one); `manifest` the rows it trains and validates on (a part
+    of data/augmented's, in bench.clinics)."""
     import keras
 
     from melanoma.evaluation.report import EvaluationSet, threshold_rules
@@ -78,10 +84,10 @@ def run(
         shutil.copytree("data/feature_store", store, copy_function=os.link)
     with working_directory(root):
         started = time.perf_counter()
-        write_feature_cache(params.train, params.preprocess, MANIFEST, out / "features", store)
+        write_feature_cache(params.train, params.preprocess, manifest, out / "features", store)
         features_seconds = time.perf_counter() - started
         outputs = TrainOutputs(**{k: out / v.name for k, v in vars(TrainOutputs()).items()})
-        run_training(params, MANIFEST, outputs, out / "features")
+        run_training(params, manifest, outputs, out / "features")
         train_seconds = time.perf_counter() - started - features_seconds
         shutil.rmtree(out / "features")
         model = keras.saving.load_model(outputs.model)

@@ -1,0 +1,376 @@
+"""More clinics in training, judged leaving one clinic out (sources, detail, weights).
+
+Which sources to train on, with image detail matched or not, weighted how.
+
+Run from the project root; resumable steps, each at most 40 minutes on 2 cores:
+
+    python -m bench.clinics data                 # the four sources ingested, validated, split
+    python -m bench.clinics train CONFIG         # CONFIG x 3 seeds (one Lite0 per seed)
+    python -m bench.clinics train CONFIG --seeds 42 --model MODEL   # one model: <= 25 min
+    python -m bench.clinics table                # the tables, from the results (seconds)
+
+`data` runs the pipeline up to `augment` in a copy (bench/results/clinics/data) whose
+data.sources are the collection, HAM10000, ISIC 2017 and BCN_20000, with
+`augment.match_detail_px` set: every training image sharper than BCN's 84 px copies has a
+copy scaled down to 84 px and back up (the only augmented rows). One split serves every
+configuration, so every configuration is scored on the same validation images of every source.
+
+A configuration trains on the train rows of some sources (with or without the detail copies,
+with some source weights) and is scored on the validation rows of all four sources: a
+source it did not train on is a clinic it never saw. Each seed writes
+bench/results/clinics/CONFIG/seedN/row.json as it finishes; a seed whose row exists is
+skipped; a row is kept only for the same key (the data copy's manifest and params.yaml, the
+training code and what the model trains on). The runs train with the copy's params.yaml, as
+the project's was when `data` made the copy.
+"""
+
+import argparse
+import hashlib
+import json
+import logging
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench.project import PROJECT, command_env, copy_project, pin_source_deps
+from bench.run import project_reference_labels
+from melanoma.config import load_params
+from melanoma.logs import setup_logging
+
+log = logging.getLogger(__name__)
+
+RESULTS = PROJECT / "bench" / "results" / "clinics"
+DATA_COPY = RESULTS / "data"
+DATASETS = PROJECT.parent / "shared" / "datasets"
+# As docs/data.md gives them (ISIC 2017's and ISIC 2019's published layouts).
+NEW_SOURCES = [
+    {
+        "name": "isic2017",
+        "kind": "table",
+        "path": str(DATASETS / "isic2017"),
+        "parts": [
+            {"images": f"ISIC-2017_{s}_Data", "table": f"ISIC-2017_{s}_Part3_GroundTruth.csv"}
+            for s in ("Training", "Validation")
+        ],
+        "id_column": "image_id",
+        "label_column": None,
+        "labels": {"melanoma": "melanoma", "seborrheic_keratosis": "seborrheic_keratosis"},
+        "unmarked_label": "nevus",
+    },
+    {
+        "name": "bcn20000",
+        "kind": "table",
+        "path": str(DATASETS / "isic2019-bcn-84px"),
+        "images": "ISIC_2019_Training_Input",
+        "table": "ISIC_2019_Training_GroundTruth.csv",
+        "metadata": "ISIC_2019_Training_Metadata.csv",
+        "id_column": "image",
+        "label_column": None,
+        "lesion_column": "lesion_id",
+        "labels": {
+            "MEL": "melanoma",
+            "NV": "nevus",
+            "BCC": "basal_cell_carcinoma",
+            "AK": "actinic_keratosis",
+            "BKL": "pigmented_benign_keratosis",
+            "DF": "dermatofibroma",
+            "VASC": "vascular_lesion",
+            "SCC": "squamous_cell_carcinoma",
+        },
+    },
+]
+# BCN_20000's copies: the detail every source is matched to.
+BCN_DETAIL_PX = 84
+
+
+def four_sources() -> list[dict]:
+    """params.yaml's sources (paths made absolute) and the new ones it does not name."""
+    sources = load_params(PROJECT / "params.yaml").data.sources
+    absolute = [
+        s.model_copy(update={"path": (PROJECT / s.path).resolve()}).model_dump(
+            mode="json", exclude_defaults=True
+        )
+        for s in sources
+    ]
+    named = {s["name"] for s in absolute}
+    return absolute + [s for s in NEW_SOURCES if s["name"] not in named]
+
+
+def prepare_data() -> Path:
+    """The copy of the pipeline up to `augment` on the four sources (made once)."""
+    if (DATA_COPY / "data" / "augmented" / "manifest.csv").exists():
+        return DATA_COPY
+    if not DATA_COPY.exists():
+        sources = four_sources()
+        pinned = {
+            "data.sources": sources,
+            **project_reference_labels(),
+            "augment.match_detail_px": BCN_DETAIL_PX,
+        }
+        pin_source_deps(copy_project(DATA_COPY, pinned) / "dvc.yaml", len(sources))
+    log.info("ingesting the four sources in %s", DATA_COPY)
+    subprocess.run(["dvc", "repro", "augment"], cwd=DATA_COPY, env=command_env(), check=True)
+    return DATA_COPY
+
+
+SOURCES = ("isic_collection", "ham10000", "isic2017", "bcn20000")
+SHORT = {"isic_collection": "coll", "ham10000": "ham", "isic2017": "i17", "bcn20000": "bcn"}
+SEEDS = (42, 43, 44)
+# Every seed trains one model, whatever params.yaml's train.ensemble (as bench.ablation's steps).
+ONE_MODEL = {"train.ensemble": 1}
+SCORE_BATCH = 64
+
+
+@dataclass(frozen=True)
+class Training:
+    """What one model trains on: the train rows of `sources`, with or without the low-detail
+    copies, each source's images weighted by `weights` (train.source_weights)."""
+
+    sources: tuple[str, ...]
+    detail: bool = False
+    weights: tuple[tuple[str, float], ...] = ()
+
+    @property
+    def name(self) -> str:
+        parts = ["+".join(SHORT[s] for s in self.sources)]
+        parts += ["detail"] if self.detail else []
+        parts += [f"{SHORT[s]}{w:g}" for s, w in self.weights]
+        return "_".join(parts)
+
+    def without(self, source: str) -> "Training":
+        weights = tuple((s, w) for s, w in self.weights if s != source)
+        return Training(tuple(s for s in self.sources if s != source), self.detail, weights)
+
+    def leave_one_out(self) -> dict[str, "Training"]:
+        """Per source, the model of this recipe that never saw it: itself for a source it does
+        not train on, else the same recipe trained without that source."""
+        return {
+            source: self.without(source) if source in self.sources else self
+            for source in SOURCES
+            if source not in self.sources or len(self.sources) > 1
+        }
+
+
+ALL = SOURCES
+CONFIGS = {
+    "two": Training(("isic_collection", "ham10000")),
+    "three": Training(("isic_collection", "ham10000", "isic2017")),
+    "three_detail": Training(("isic_collection", "ham10000", "isic2017"), detail=True),
+    "four": Training(ALL),
+    "four_detail": Training(ALL, detail=True),
+    "four_detail_bcn_half": Training(ALL, detail=True, weights=(("bcn20000", 0.5),)),
+}
+
+
+def trainings(config: str) -> list[Training]:
+    """The models a configuration's figures need: itself and its leave-one-out models."""
+    recipe = CONFIGS[config]
+    needed = [recipe, *recipe.leave_one_out().values()]
+    return list(dict.fromkeys(needed))
+
+
+# The code a model's figures depend on: what trains it and scores it (not the CLI, the
+# registry or the sites, which change without changing a model).
+TRAINING_CODE = (
+    "melanoma/data/dataset.py",
+    "melanoma/model/architectures.py",
+    "melanoma/model/calibration.py",
+    "melanoma/model/efficientnet_lite.py",
+    "melanoma/model/features.py",
+    "melanoma/model/optimization.py",
+    "melanoma/model/training.py",
+)
+
+
+def training_key(training: Training) -> str:
+    """What a model's result depends on: the data copy's split, params.yaml, the training code
+    and what it trains on (a row measured for another key is measured again)."""
+    manifest = (DATA_COPY / "data" / "augmented" / "manifest.csv").read_bytes()
+    parts = [
+        hashlib.sha256(manifest).hexdigest(),
+        # The copy's params, as made by `data`: the runs train with them.
+        (DATA_COPY / "params.yaml").read_text(),
+        *((PROJECT / path).read_text() for path in TRAINING_CODE),
+        json.dumps([training.sources, training.detail, training.weights]),
+    ]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+def training_rows(training: Training, out: Path) -> Path:
+    """The augmented manifest's train and val rows of the training's sources (its low-detail
+    copies only with `detail`), written to out/manifest.csv."""
+    manifest = pd.read_csv(DATA_COPY / "data" / "augmented" / "manifest.csv")
+    rows = manifest[
+        manifest["split"].isin(["train", "val"]) & manifest["source"].isin(training.sources)
+    ]
+    if not training.detail:
+        rows = rows[~rows["augmented"]]
+    path = out / "manifest.csv"
+    rows.to_csv(path, index=False)
+    return path
+
+
+def train_one(training: Training, seed: int) -> dict:
+    """Train `training` with `seed` (unless measured for the same key) and score it on every
+    source's validation images, as they are and with the detail of an 84 px copy."""
+    from bench.ablation import run
+
+    out = RESULTS / training.name / f"seed{seed}"
+    key = training_key(training)
+    if (out / "row.json").exists():
+        row = json.loads((out / "row.json").read_text())
+        if row.get("key") == key:
+            return row
+        log.info("%s seed %d: measured for another key, measuring again", training.name, seed)
+        (out / "row.json").unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    overrides = {**ONE_MODEL, "train.source_weights": dict(training.weights)}
+    row = run(training.name, overrides, seed, out, DATA_COPY, training_rows(training, out))
+    row |= {"key": key, "sources": list(training.sources), "detail": training.detail}
+    row["per_source"] = score_sources(Path(row["model_file"]), training)
+    (out / "row.json").write_text(json.dumps(row, indent=2))
+    return row
+
+
+def score_sources(model_file: Path, training: Training) -> dict[str, dict]:
+    """Per source, on its validation images: melanoma AUC and mean P(melanoma) as they are and
+    reduced to BCN's detail, and whether the model trained on that source."""
+    import keras
+    from PIL import Image
+
+    from melanoma.data.augmentation import reduce_detail
+    from melanoma.evaluation.metrics import melanoma_auc
+    from melanoma.labels import MELANOMA, MELANOMA_INDEX
+    from melanoma.model.predict import ImageScorer, model_input_size, to_model_size
+
+    model = keras.saving.load_model(model_file)
+    scorer, size = ImageScorer(model, None), model_input_size(model)
+    manifest = pd.read_csv(DATA_COPY / "data" / "augmented" / "manifest.csv")
+    figures = {}
+    for source in SOURCES:
+        rows = manifest[(manifest["split"] == "val") & (manifest["source"] == source)]
+        melanoma = (rows["label"] == MELANOMA).to_numpy()
+        scored = {}
+        for degraded in (False, True):
+            p_melanoma = []
+            for start in range(0, len(rows), SCORE_BATCH):
+                images = []
+                for path in rows["image_path"].iloc[start : start + SCORE_BATCH]:
+                    with Image.open(DATA_COPY / path) as image:
+                        image = image.convert("RGB")
+                        image = reduce_detail(image, BCN_DETAIL_PX) if degraded else image
+                        images.append(np.asarray(image))
+                probabilities, _ = scorer(to_model_size(np.stack(images), size))
+                p_melanoma.append(probabilities[:, MELANOMA_INDEX])
+            scored[degraded] = np.concatenate(p_melanoma)
+        figures[source] = {
+            "trained_on": source in training.sources,
+            "images": len(rows),
+            "melanomas": int(melanoma.sum()),
+            "melanoma_auc": melanoma_auc(melanoma, scored[False]),
+            "mean_p_melanoma": float(scored[False].mean()),
+            "melanoma_auc_84px": melanoma_auc(melanoma, scored[True]),
+            "mean_p_melanoma_84px": float(scored[True].mean()),
+        }
+    return figures
+
+
+def train_config(config: str, seeds: tuple[int, ...], model: str | None = None) -> list[dict]:
+    """Every model of `config` (itself and its leave-one-out models; or the one named
+    `model`), seed by seed."""
+    prepare_data()
+    chosen = [t for t in trainings(config) if model in (None, t.name)]
+    if not chosen:
+        names = ", ".join(t.name for t in trainings(config))
+        raise SystemExit(f"{config} has no model {model!r}; its models: {names}")
+    return [train_one(training, seed) for seed in seeds for training in chosen]
+
+
+def measured(training: Training, seed: int) -> dict | None:
+    path = RESULTS / training.name / f"seed{seed}" / "row.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def config_figures(config: str, seed: int) -> dict[str, float] | None:
+    """One seed's figures of a configuration, or None until all its models are measured."""
+    recipe = CONFIGS[config]
+    row = measured(recipe, seed)
+    left_out = {s: measured(t, seed) for s, t in recipe.leave_one_out().items()}
+    if row is None or any(r is None for r in left_out.values()):
+        return None
+    figures = {f"val_{SHORT[s]}": row["per_source"][s]["melanoma_auc"] for s in recipe.sources}
+    figures |= {f"loco_{SHORT[s]}": r["per_source"][s]["melanoma_auc"] for s, r in left_out.items()}
+    figures["loco_mean"] = float(np.mean([figures[f"loco_{SHORT[s]}"] for s in left_out]))
+    figures["isic2018_auc"] = row["external_report_half"]["melanoma_auc"]
+    figures["isic2018_bal_acc"] = row["external_report_half"]["balanced_accuracy"]
+    figures["train_minutes"] = row["train_seconds"] / 60
+    return figures
+
+
+def config_table() -> pd.DataFrame:
+    """Per configuration, mean ± sd over the seeds whose models are all measured."""
+    cells = {}
+    for config in CONFIGS:
+        seeds = [f for seed in SEEDS if (f := config_figures(config, seed)) is not None]
+        if not seeds:
+            continue
+        frame = pd.DataFrame(seeds)
+        cells[config] = {
+            column: f"{frame[column].mean():.3f} ± {frame[column].std(ddof=1):.3f}"
+            if len(frame) > 1
+            else f"{frame[column].mean():.3f}"
+            for column in frame
+        } | {"seeds": len(frame)}
+    return pd.DataFrame(cells)
+
+
+def sharpness_table() -> pd.DataFrame:
+    """Per model recipe and source (seed means): melanoma AUC and mean P(melanoma) of the
+    validation images as they are and reduced to 84 px detail: a model that reads sharpness
+    as a clinic moves its P(melanoma) when only the detail changes."""
+    rows = []
+    for config, recipe in CONFIGS.items():
+        for seed in SEEDS:
+            row = measured(recipe, seed)
+            for source, f in (row or {}).get("per_source", {}).items():
+                rows.append({"config": config, "source": SHORT[source], **f})
+    if not rows:
+        return pd.DataFrame()
+    columns = ["melanoma_auc", "melanoma_auc_84px", "mean_p_melanoma", "mean_p_melanoma_84px"]
+    table = pd.DataFrame(rows).groupby(["config", "source"], sort=False)[columns].mean()
+    return table.round(3)
+
+
+def tables() -> str:
+    with pd.option_context("display.width", 250, "display.max_columns", 50):
+        return (
+            "Configurations (val_*: validation melanoma AUC of a source trained on; loco_*: "
+            "of a model of the recipe that never saw the source)\n"
+            f"{config_table().to_string()}\n\nDetail as a proxy (seed means)\n"
+            f"{sharpness_table().to_string()}"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("step", choices=["data", "train", "table"])
+    parser.add_argument("config", nargs="?", choices=sorted(CONFIGS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
+    parser.add_argument("--model", help="train only this model of the configuration")
+    args = parser.parse_args()
+    setup_logging()
+    if args.step == "data":
+        prepare_data()
+    elif args.step == "train":
+        if args.config is None:
+            parser.error(f"train needs a configuration: {', '.join(CONFIGS)}")
+        train_config(args.config, tuple(args.seeds), args.model)
+    else:
+        print(tables())
+
+
+if __name__ == "__main__":
+    main()

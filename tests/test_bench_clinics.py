@@ -1,0 +1,86 @@
+"""bench/clinics.py on made-up rows: which models a configuration needs, what each trains on,
+and which figures its table takes from which model. Nothing is trained here."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from bench import clinics
+from bench.clinics import CONFIGS, Training, trainings
+
+COLL, HAM, I17, BCN = clinics.SOURCES
+
+
+def test_a_recipe_is_judged_on_each_source_by_a_model_that_never_saw_it():
+    four = Training((COLL, HAM, I17, BCN), detail=True, weights=((BCN, 0.5),))
+
+    left_out = four.leave_one_out()
+
+    assert left_out[BCN] == Training((COLL, HAM, I17), detail=True)
+    assert left_out[COLL] == Training((HAM, I17, BCN), detail=True, weights=((BCN, 0.5),))
+    # A source the recipe does not train on is judged by the recipe's own model.
+    two = Training((COLL, HAM))
+    assert two.leave_one_out() == {
+        COLL: Training((HAM,)),
+        HAM: Training((COLL,)),
+        I17: two,
+        BCN: two,
+    }
+    # Models shared between configurations are one model (one folder, one training).
+    names = [t.name for t in trainings("four_detail_bcn_half")]
+    assert "coll+ham+i17_detail" in names and len(names) == len(set(names)) == 5
+    assert "coll+ham+i17_detail" in [t.name for t in trainings("four_detail")]
+
+
+def test_a_model_trains_on_its_sources_train_and_val_rows_and_detail_copies_only_if_asked(
+    tmp_path, monkeypatch
+):
+    rows = [
+        ("a.png", COLL, "train", False),
+        ("a_detail84.png", COLL, "train", True),
+        ("b.png", COLL, "val", False),
+        ("c.png", COLL, "test", False),
+        ("d.png", BCN, "train", False),
+    ]
+    augmented = tmp_path / "data" / "augmented"
+    augmented.mkdir(parents=True)
+    frame = pd.DataFrame(rows, columns=["image_path", "source", "split", "augmented"])
+    frame.assign(label="nevus").to_csv(augmented / "manifest.csv", index=False)
+    monkeypatch.setattr(clinics, "DATA_COPY", tmp_path)
+
+    plain = pd.read_csv(clinics.training_rows(Training((COLL,)), tmp_path))
+    assert plain["image_path"].tolist() == ["a.png", "b.png"]
+    detail = pd.read_csv(clinics.training_rows(Training((COLL,), detail=True), tmp_path))
+    assert detail["image_path"].tolist() == ["a.png", "a_detail84.png", "b.png"]
+
+
+def _row(auc: dict[str, float], isic2018: float) -> dict:
+    return {
+        "per_source": {s: {"melanoma_auc": a} for s, a in auc.items()},
+        "external_report_half": {"melanoma_auc": isic2018, "balanced_accuracy": 0.7},
+        "train_seconds": 60,
+    }
+
+
+def test_the_table_takes_validation_auc_from_the_recipe_and_loco_auc_from_the_left_out_models(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(clinics, "RESULTS", tmp_path)
+    two = CONFIGS["two"]
+    auc = {COLL: 0.8, HAM: 0.9, I17: 0.7, BCN: 0.6}
+    models = {two: _row(auc, 0.85)}
+    assert clinics.config_figures("two", 42) is None  # nothing measured yet
+    models[Training((HAM,))] = _row({**auc, COLL: 0.75}, 0.8)
+    models[Training((COLL,))] = _row({**auc, HAM: 0.65}, 0.8)
+    for training, row in models.items():
+        (tmp_path / training.name / "seed42").mkdir(parents=True)
+        (tmp_path / training.name / "seed42" / "row.json").write_text(json.dumps(row))
+
+    figures = clinics.config_figures("two", 42)
+
+    assert figures["val_coll"] == 0.8 and figures["val_ham"] == 0.9
+    assert figures["loco_coll"] == 0.75 and figures["loco_ham"] == 0.65
+    assert figures["loco_i17"] == 0.7 and figures["loco_bcn"] == 0.6
+    assert figures["loco_mean"] == pytest.approx((0.75 + 0.65 + 0.7 + 0.6) / 4)
+    assert figures["isic2018_auc"] == 0.85
