@@ -117,11 +117,18 @@ def prepare_data() -> Path:
 
 
 SOURCES = ("isic_collection", "ham10000", "isic2017", "bcn20000")
-SHORT = {"isic_collection": "coll", "ham10000": "ham", "isic2017": "i17", "bcn20000": "bcn"}
+SHORT = {
+    "isic_collection": "coll",
+    "ham10000": "ham",
+    "isic2017": "i17",
+    "bcn20000": "bcn",
+    "test": "test",
+}
 SEEDS = (42, 43, 44)
 # Every seed trains one model, whatever params.yaml's train.ensemble (as bench.ablation's steps).
 ONE_MODEL = {"train.ensemble": 1}
 SCORE_BATCH = 64
+TEST = "test"
 
 
 @dataclass(frozen=True)
@@ -236,8 +243,9 @@ def train_one(training: Training, seed: int) -> dict:
 
 
 def score_sources(model_file: Path, training: Training) -> dict[str, dict]:
-    """Per source, on its validation images: melanoma AUC and mean P(melanoma) as they are and
-    reduced to BCN's detail, and whether the model trained on that source."""
+    """Per source, on its validation images (and on the test split, `test`): melanoma AUC and
+    mean P(melanoma) as they are and reduced to BCN's detail, and whether the model trained on
+    that source."""
     import keras
     from PIL import Image
 
@@ -249,9 +257,10 @@ def score_sources(model_file: Path, training: Training) -> dict[str, dict]:
     model = keras.saving.load_model(model_file)
     scorer, size = ImageScorer(model, None), model_input_size(model)
     manifest = pd.read_csv(DATA_COPY / "data" / "augmented" / "manifest.csv")
+    sets = {s: manifest[(manifest["split"] == "val") & (manifest["source"] == s)] for s in SOURCES}
+    sets[TEST] = manifest[manifest["split"] == TEST]  # the collection's Test folder
     figures = {}
-    for source in SOURCES:
-        rows = manifest[(manifest["split"] == "val") & (manifest["source"] == source)]
+    for source, rows in sets.items():
         melanoma = (rows["label"] == MELANOMA).to_numpy()
         scored = {}
         for degraded in (False, True):
@@ -304,6 +313,7 @@ def config_figures(config: str, seed: int) -> dict[str, float] | None:
     figures = {f"val_{SHORT[s]}": row["per_source"][s]["melanoma_auc"] for s in recipe.sources}
     figures |= {f"loco_{SHORT[s]}": r["per_source"][s]["melanoma_auc"] for s, r in left_out.items()}
     figures["loco_mean"] = float(np.mean([figures[f"loco_{SHORT[s]}"] for s in left_out]))
+    figures["test_auc"] = row["per_source"][TEST]["melanoma_auc"]
     figures["isic2018_auc"] = row["external_report_half"]["melanoma_auc"]
     figures["isic2018_bal_acc"] = row["external_report_half"]["balanced_accuracy"]
     figures["train_minutes"] = row["train_seconds"] / 60
