@@ -175,13 +175,25 @@ class ValidationSplitMetrics(Section):
     melanoma_auc: float | None
 
 
+class SourceMetrics(Section):
+    """The validation images of one data source: a clinic's own figures (None: undefined, such
+    as the AUC of a source without melanomas)."""
+
+    images: int
+    melanomas: int
+    melanoma_auc: float | None
+    balanced_accuracy: float | None
+
+
 class TrainMetrics(FitSummary, ReportFile):
-    """reports/train_metrics.json: the fit, the calibration and the validation metrics."""
+    """reports/train_metrics.json: the fit, the calibration and the validation metrics, whole
+    and per data source."""
 
     written_by: ClassVar[str] = "train"
 
     calibration: Calibration
     validation: ValidationSplitMetrics
+    validation_per_source: dict[str, SourceMetrics] = {}
 
 
 # reports/metrics.json

@@ -145,6 +145,26 @@ def validation_metrics(
     }
 
 
+def per_source_metrics(
+    label_indices: np.ndarray, probabilities: np.ndarray, sources: np.ndarray
+) -> dict[str, dict[str, float | int | None]]:
+    """Per data source (a clinic): images, melanomas, melanoma AUC and balanced accuracy of its
+    rows, so that a source swamped by a larger one in the whole figures stays visible."""
+    figures = {}
+    for source in sorted(set(sources)):
+        rows = sources == source
+        true, predicted = label_indices[rows], probabilities[rows]
+        figures[str(source)] = {
+            "images": int(rows.sum()),
+            "melanomas": int((true == MELANOMA_INDEX).sum()),
+            "melanoma_auc": _json_number(threshold_free_metric("melanoma_auc", true, predicted)),
+            "balanced_accuracy": _json_number(
+                threshold_free_metric("balanced_accuracy", true, predicted)
+            ),
+        }
+    return figures
+
+
 def bootstrap_intervals(
     label_indices: np.ndarray,
     probabilities: np.ndarray,

@@ -122,8 +122,13 @@ TRACKED_VALIDATION_METRICS = ("accuracy", "balanced_accuracy", "melanoma_auc")
 
 
 def summary_metrics(summary: TrainMetrics) -> dict[str, float]:
-    """The run's one-value metrics: speed, calibration, and the defined validation metrics."""
+    """The run's one-value metrics: speed, calibration, the defined validation metrics and each
+    source's validation melanoma AUC (its balanced accuracy is in train_metrics.json)."""
     validation = {name: getattr(summary.validation, name) for name in TRACKED_VALIDATION_METRICS}
+    validation |= {
+        f"{source}_melanoma_auc": figures.melanoma_auc
+        for source, figures in summary.validation_per_source.items()
+    }
     return {
         "images_per_second": summary.images_per_second,
         "temperature": summary.calibration.temperature,

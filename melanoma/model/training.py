@@ -27,7 +27,11 @@ from melanoma.data.manifest import (
     read_manifest,
     read_sources_summary,
 )
-from melanoma.evaluation.metrics import predictions_table, validation_metrics
+from melanoma.evaluation.metrics import (
+    per_source_metrics,
+    predictions_table,
+    validation_metrics,
+)
 from melanoma.labels import LABELS
 from melanoma.model.architectures import (
     INPUT_NAME,
@@ -176,6 +180,7 @@ class Splits:
     train_labels: np.ndarray
     val_paths: list[str]
     val_labels: np.ndarray
+    val_sources: np.ndarray  # each validation image's data source: the per-source figures
 
 
 def read_splits(manifest_path: Path, batch_size: int) -> Splits:
@@ -190,7 +195,8 @@ def read_splits(manifest_path: Path, batch_size: int) -> Splits:
             f"train.batch_size={batch_size} is larger than the {len(train_paths)} "
             f"training images of {manifest_path}"
         )
-    return Splits(manifest, train_paths, train_labels, val_paths, val_labels)
+    val_sources = manifest.loc[manifest["split"] == "val", "source"].to_numpy()
+    return Splits(manifest, train_paths, train_labels, val_paths, val_labels, val_sources)
 
 
 @dataclass(frozen=True)
@@ -324,6 +330,9 @@ def calibrated(
         **fit_summary.to_dict(),
         calibration=calibration,
         validation=validation_metrics(splits.val_labels, val_probabilities),
+        validation_per_source=per_source_metrics(
+            splits.val_labels, val_probabilities, splits.val_sources
+        ),
     )
     references = fit_references(
         model, splits.train_paths, splits.val_paths, unfamiliar, params.batch_size, params.seed

@@ -11,6 +11,7 @@ from melanoma.evaluation.metrics import (
     images_sha256,
     melanoma_auc,
     metrics_report,
+    per_source_metrics,
     plot_confusion_matrix,
     plot_melanoma_roc,
     predictions_table,
@@ -234,3 +235,27 @@ def test_plots_are_written_as_png(tmp_path):
     plot_melanoma_roc(TRUE, PROBABILITIES, 0.3, tmp_path / "roc.png")
     for path in (tmp_path / "cm" / "confusion.png", tmp_path / "roc.png"):
         assert path.read_bytes().startswith(b"\x89PNG")
+
+
+def test_per_source_figures_keep_a_small_source_visible_beside_a_large_one():
+    nevus = LABELS.index("nevus")
+    # A large source the model ranks perfectly, a small one it ranks backwards.
+    true = np.array([MELANOMA_INDEX, nevus] * 10 + [MELANOMA_INDEX, nevus, nevus])
+    p_melanoma = np.array([0.9, 0.1] * 10 + [0.2, 0.6, 0.7])
+    probabilities = np.zeros((len(true), len(LABELS)))
+    probabilities[:, MELANOMA_INDEX] = p_melanoma
+    probabilities[:, nevus] = 1 - p_melanoma
+    sources = np.array(["large"] * 20 + ["small"] * 3)
+
+    figures = per_source_metrics(true, probabilities, sources)
+
+    assert figures["large"] == {
+        "images": 20,
+        "melanomas": 10,
+        "melanoma_auc": 1.0,
+        "balanced_accuracy": 1.0,
+    }
+    assert figures["small"]["melanoma_auc"] == 0.0
+    assert figures["small"]["images"] == 3 and figures["small"]["melanomas"] == 1
+    no_melanoma = per_source_metrics(true[1:2], probabilities[1:2], sources[1:2])
+    assert no_melanoma["large"]["melanoma_auc"] is None
