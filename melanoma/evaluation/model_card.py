@@ -399,8 +399,27 @@ def evaluation(report: MetricsReport, training: TrainMetrics | None) -> list[str
                 if name in ValidationSplitMetrics.model_fields
             )
             + ".",
+            *per_source_validation(training),
         ]
     return lines
+
+
+def per_source_validation(training: TrainMetrics) -> list[str]:
+    """Each source's validation figures: a clinic swamped by a larger one stays visible."""
+    if len(training.validation_per_source) < 2:
+        return []
+    rows = [
+        [
+            source,
+            number(f.images),
+            number(f.melanomas),
+            number(f.melanoma_auc),
+            number(f.balanced_accuracy),
+        ]
+        for source, f in training.validation_per_source.items()
+    ]
+    header = ["source", "images", "melanomas", "melanoma AUC", "balanced accuracy"]
+    return ["", "Per source, on the validation split:", "", *_table(header, rows)]
 
 
 def alert(report: MetricsReport) -> list[str]:

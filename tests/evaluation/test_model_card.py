@@ -146,6 +146,10 @@ def _training() -> TrainMetrics:
             "macro_f1": 0.52,
             "melanoma_auc": 0.94,
         },
+        validation_per_source={
+            "isic": {"images": 30, "melanomas": 6, "melanoma_auc": 0.97, "balanced_accuracy": 0.61},
+            "bcn": {"images": 24, "melanomas": 0, "melanoma_auc": None, "balanced_accuracy": 0.55},
+        },
     )
 
 
@@ -506,3 +510,10 @@ def test_training_data_gives_each_source_its_hash_and_images_per_split():
 def test_training_data_says_when_the_sources_are_unknown():
     card = render_card(_facts())
     assert "Data sources: unknown" in _section(card, "## Training data")
+
+
+def test_the_card_shows_each_source_s_validation_figures():
+    card = render_card(_facts())
+    header, rows = _table(_section(card, "## Evaluation").split("Per source")[1])
+    assert header == ["source", "images", "melanomas", "melanoma AUC", "balanced accuracy"]
+    assert rows == [["isic", "30", "6", "0.970", "0.610"], ["bcn", "24", "0", "undefined", "0.550"]]
