@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.machine import lite0_images_per_second
 from bench.project import PROJECT, command_env, copy_project, pin_source_deps
 from bench.run import project_reference_labels
 from melanoma.config import load_params
@@ -238,6 +239,8 @@ def train_one(training: Training, seed: int) -> dict:
     row = run(training.name, overrides, seed, out, DATA_COPY, training_rows(training, out))
     row |= {"key": key, "sources": list(training.sources), "detail": training.detail}
     row["per_source"] = score_sources(Path(row["model_file"]), training)
+    # The machine's speed as the model trained: its train_seconds compare as a ratio to it.
+    row["lite0_images_per_second"] = lite0_images_per_second()
     (out / "row.json").write_text(json.dumps(row, indent=2))
     return row
 
@@ -317,6 +320,7 @@ def config_figures(config: str, seed: int) -> dict[str, float] | None:
     figures["isic2018_auc"] = row["external_report_half"]["melanoma_auc"]
     figures["isic2018_bal_acc"] = row["external_report_half"]["balanced_accuracy"]
     figures["train_minutes"] = row["train_seconds"] / 60
+    figures["lite0_images_per_second"] = row.get("lite0_images_per_second", np.nan)
     return figures
 
 
