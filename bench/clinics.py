@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from bench.machine import lite0_images_per_second
 from bench.project import PROJECT, command_env, copy_project, pin_source_deps
@@ -193,14 +194,24 @@ TRAINING_CODE = (
 )
 
 
+def model_params() -> dict:
+    """The sections of the copy's params.yaml a model's figures depend on (not the registry's,
+    MLflow's or evaluate's; not train.ensemble, which every run sets to 1)."""
+    raw = yaml.safe_load((DATA_COPY / "params.yaml").read_text())
+    shaping = ("data", "ingest", "validate", "augment", "preprocess", "train", "predict")
+    chosen = {section: raw[section] for section in shaping if section in raw}
+    chosen["train"] = {k: v for k, v in chosen["train"].items() if k != "ensemble"}
+    return chosen
+
+
 def training_key(training: Training) -> str:
     """What a model's result depends on: the data copy's split, params.yaml, the training code
     and what it trains on (a row measured for another key is measured again)."""
     manifest = (DATA_COPY / "data" / "augmented" / "manifest.csv").read_bytes()
     parts = [
         hashlib.sha256(manifest).hexdigest(),
-        # The copy's params, as made by `data`: the runs train with them.
-        (DATA_COPY / "params.yaml").read_text(),
+        # The copy's params that shape a model, as made by `data`: the runs train with them.
+        json.dumps(model_params(), sort_keys=True),
         *((PROJECT / path).read_text() for path in TRAINING_CODE),
         json.dumps([training.sources, training.detail, training.weights]),
     ]
