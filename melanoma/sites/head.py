@@ -19,7 +19,8 @@ images the head had not seen, and is used with the head fitted on the whole samp
 import hashlib
 import io
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sklearn.decomposition import PCA
@@ -30,6 +31,9 @@ from sklearn.model_selection import StratifiedKFold
 from melanoma.params.sites import SiteParams
 from melanoma.sites.operating_point import melanoma_logit
 from melanoma.sites.unfamiliar import UnfamiliarDetector
+
+if TYPE_CHECKING:
+    from melanoma.model.predict import ImagePrediction
 
 MAX_ITERATIONS = 1000  # lbfgs on at most ~257 standardised columns converges long before
 
@@ -217,3 +221,37 @@ def decide_head(
     head = fit_head(features, model_melanoma, is_melanoma, identity, params)
     reason = f"{comparison}: better by more than {params.adapt_margin}"
     return HeadDecision(True, reason, model_auc, head_auc, head, scores)
+
+
+def check_head_features(head: SiteHead, detector: UnfamiliarDetector | None, whose: str) -> None:
+    """SiteHeadError (naming `whose` head: the site and version) unless the head was fitted on
+    the features `detector` computes: nothing is scored with a head on other features."""
+    computed = None if detector is None else FeatureIdentity.of(detector)
+    if head.features == computed:
+        return
+    fitted = head.features
+    described = (
+        "no features (no unfamiliar-image detector)"
+        if computed is None
+        else f"{computed.depth}, {computed.width} wide, fingerprint {computed.fingerprint}"
+    )
+    raise SiteHeadError(
+        f"{whose}: its head was fitted on other features ({fitted.depth}, {fitted.width} wide, "
+        f"fingerprint {fitted.fingerprint}) than the version computes ({described}); calibrate "
+        "the site again"
+    )
+
+
+def with_site_head(predictions: "list[ImagePrediction]", head: SiteHead) -> "list[ImagePrediction]":
+    """The predictions with the head's P(melanoma) (a prediction carries the features it
+    needs; an unreadable file stays as it is)."""
+    scored = [i for i, p in enumerate(predictions) if p.ok]
+    if not scored:
+        return predictions
+    features = np.stack([predictions[i].features for i in scored])
+    model_melanoma = np.array([predictions[i].melanoma_probability for i in scored])
+    adapted = dict(zip(scored, head.melanoma_probability(features, model_melanoma), strict=True))
+    return [
+        replace(p, site_melanoma_probability=float(adapted[i])) if i in adapted else p
+        for i, p in enumerate(predictions)
+    ]
