@@ -274,7 +274,7 @@ with warnings.catch_warnings(record=True):
             self._site_heads: dict[str, SiteHead] = {}
 
         def _site_head(self, site: VersionSite) -> SiteHead | None:
-            if not site.record.adapted:
+            if not site.record.head_adopted:
                 return None
             key = site.record.head_sha256
             if key not in self._site_heads:

@@ -124,7 +124,7 @@ def calibrate_site(
         confidence=params.sites.confidence,
         folder=str(folder.resolve()),
         calibrated_at=now(),
-        adapted=decision.adopted,
+        head_adopted=decision.adopted,
         head_reason=decision.reason,
         model_auc=decision.model_auc,
         head_auc=decision.head_auc,

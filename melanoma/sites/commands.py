@@ -133,7 +133,7 @@ def _site_calibrate(args: argparse.Namespace, params: Params) -> int:
         log.error("%s; nothing stored", error)
         return CANNOT_RUN
     refresh_card_sites(client, name, version)
-    scale = "the site head's P(melanoma)" if record.adapted else "P(melanoma)"
+    scale = "the site head's P(melanoma)" if record.head_adopted else "P(melanoma)"
     print(
         f"{name} v{version}: site {record.name}: alert at {scale} >= {record.threshold:.4g} "
         f"({record.images} images, {record.melanomas} melanomas; on the sample: sensitivity "
@@ -141,7 +141,8 @@ def _site_calibrate(args: argparse.Namespace, params: Params) -> int:
         f"global {record.global_threshold:.4g} gives {record.global_sensitivity:.3f} / "
         f"{record.global_specificity:.3f})"
     )
-    print(f"  site head {'adopted' if record.adapted else 'not adopted'}: {record.head_reason}")
+    adopted = "adopted" if record.head_adopted else "not adopted"
+    print(f"  site head {adopted}: {record.head_reason}")
     return OK
 
 
@@ -174,7 +175,7 @@ def _site_list(args: argparse.Namespace, params: Params) -> int:
             "specificity": record.sample_specificity,
             "global sens.": record.global_sensitivity,
             "global spec.": record.global_specificity,
-            "head": yes_no(record.adapted),
+            "head": yes_no(record.head_adopted),
             "model AUC": auc_text(record.model_auc),
             "head AUC (oof)": auc_text(record.head_auc),
             "calibrated": record.calibrated_at,

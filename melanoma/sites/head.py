@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
+from scipy.special import expit
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
@@ -76,7 +77,7 @@ class SiteHead:
         """The adapted P(melanoma) of each image (rows of `features`, the model's P(melanoma))."""
         inputs = _head_inputs(features, model_melanoma, self.feature_mean, self.components)
         standardised = (inputs - self.input_mean) / self.input_scale
-        return 1.0 / (1.0 + np.exp(-(standardised @ self.coefficients + self.intercept)))
+        return expit(standardised @ self.coefficients + self.intercept)
 
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()
@@ -112,11 +113,10 @@ class SiteHead:
                 )
         except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as error:
             raise ValueError(f"not a site head ({error})") from None
-        dimensions, width = head.components.shape
+        dimensions, width = head.components.shape if head.components.ndim == 2 else (-1, -1)
         shapes = (head.feature_mean.shape, head.input_mean.shape, head.coefficients.shape)
-        if shapes != ((width,), (dimensions + 1,), (dimensions + 1,)) or width != (
-            head.features.width
-        ):
+        expected = ((width,), (dimensions + 1,), (dimensions + 1,))
+        if dimensions < 1 or shapes != expected or width != head.features.width:
             raise ValueError("not a site head (its arrays' shapes disagree)")
         return head
 

@@ -56,7 +56,7 @@ class SiteRecord(BaseModel):
     calibrated_at: str
     # The site head's gate (None: calibrated before there were heads). When adopted, the
     # threshold is on the head's P(melanoma), the sample figures on its out-of-fold scores.
-    adapted: bool = False
+    head_adopted: bool = False
     head_reason: str | None = None
     model_auc: float | None = None  # the model's melanoma AUC on the sample
     head_auc: float | None = None  # the head's out-of-fold AUC on it
@@ -138,7 +138,7 @@ def store_site(
 def load_site_head(client: MlflowClient, site: VersionSite) -> SiteHead | None:
     """The site's adopted head (None if the site has none), as calibrated: SiteHeadError
     naming the site and version if it cannot be read or is not the one its record names."""
-    if not site.record.adapted:
+    if not site.record.head_adopted:
         return None
     remedy = f"calibrate the site again (`melanoma site calibrate {site.record.name} DIR`)"
     path = f"{head_artifact_folder(site.version, site.record.name)}/{HEAD_FILE}"
@@ -253,14 +253,14 @@ def sites_section(sites: dict[str, SiteRecord]) -> str:
             f"| {record.name} | {record.threshold:.4g} | {record.images} | {record.melanomas} "
             f"| {record.sample_sensitivity:.3f} | {record.sample_specificity:.3f} "
             f"| {record.global_sensitivity:.3f} | {record.global_specificity:.3f} "
-            f"| {yes_no(record.adapted)} | {auc_text(record.model_auc)} "
+            f"| {yes_no(record.head_adopted)} | {auc_text(record.model_auc)} "
             f"| {auc_text(record.head_auc)} | {record.calibrated_at} |"
         )
     return "\n".join(lines)
 
 
-def yes_no(adapted: bool) -> str:
-    return "yes" if adapted else "no"
+def yes_no(adopted: bool) -> str:
+    return "yes" if adopted else "no"
 
 
 def auc_text(auc: float | None) -> str:

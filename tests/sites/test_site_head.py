@@ -1,6 +1,8 @@
 """The site head and its gate (melanoma.sites.head) on simulated samples: features and the
 model's P(melanoma) drawn so that we know what separates the classes."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from scipy.special import expit
@@ -99,3 +101,24 @@ def test_the_feature_identity_tells_detectors_apart():
     assert FeatureIdentity.of(UnfamiliarDetector("pooled", reference.copy(), 5, 0.1)) == identity
     assert FeatureIdentity.of(UnfamiliarDetector("block14_add", reference, 3, 0.5)) != identity
     assert FeatureIdentity.of(UnfamiliarDetector("pooled", reference + 1e-3, 3, 0.5)) != identity
+
+
+def test_a_head_whose_arrays_disagree_is_refused():
+    width, dimensions = IDENTITY.width, 3
+    head = SiteHead(
+        features=IDENTITY,
+        feature_mean=np.zeros(width),
+        components=np.zeros((dimensions, width)),
+        input_mean=np.zeros(dimensions + 1),
+        input_scale=np.ones(dimensions + 1),
+        coefficients=np.ones(dimensions + 1),
+        intercept=0.0,
+    )
+    assert SiteHead.from_bytes(head.to_bytes()) is not None
+    for damaged in (
+        replace(head, coefficients=np.ones(dimensions)),
+        replace(head, components=np.zeros(width)),
+        replace(head, features=replace(IDENTITY, width=width + 1)),
+    ):
+        with pytest.raises(ValueError, match="its arrays' shapes disagree"):
+            SiteHead.from_bytes(damaged.to_bytes())

@@ -99,7 +99,7 @@ def test_the_head_is_adopted_where_it_ranks_better_and_every_site_path_uses_it(
     assert "alert at the site head's P(melanoma) >=" in output
     assert "site head adopted: out-of-fold AUC" in output
     record = _site()
-    assert record.adapted and record.model_auc == 0.5
+    assert record.head_adopted and record.model_auc == 0.5
     assert record.head_auc > record.model_auc + 0.02
     assert record.sample_sensitivity >= 0.8  # on the head's out-of-fold scores
 
@@ -145,7 +145,7 @@ def test_where_the_gate_says_no_the_site_keeps_todays_threshold_and_says_why(
     assert main(["site", "calibrate", "clinic_blue", str(clinic)]) == OK
     assert reason in capsys.readouterr().out
     record = _site()
-    assert not record.adapted and reason in record.head_reason
+    assert not record.head_adopted and reason in record.head_reason
     assert record.head_sha256 is None
     assert record.threshold == pytest.approx(1 / len(LABELS))  # on the model's own scores
     assert load_site_head(mlflow.MlflowClient(), _version_site()) is None
