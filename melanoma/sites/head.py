@@ -28,6 +28,7 @@ from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold
+from threadpoolctl import threadpool_limits
 
 from melanoma.params.sites import SiteParams
 from melanoma.sites.operating_point import melanoma_logit
@@ -212,13 +213,17 @@ def decide_head(
             f"(sites.head_folds) needs at least {params.head_folds} of each class"
         )
         return HeadDecision(False, reason, model_auc)
-    scores = out_of_fold_scores(features, model_melanoma, is_melanoma, identity, params)
-    head_auc = float(roc_auc_score(is_melanoma, scores))
-    comparison = f"out-of-fold AUC {head_auc:.3f} against the model's {model_auc:.3f}"
-    if head_auc <= model_auc + params.adapt_margin:
-        reason = f"{comparison}: not better by more than {params.adapt_margin} (sites.adapt_margin)"
-        return HeadDecision(False, reason, model_auc, head_auc)
-    head = fit_head(features, model_melanoma, is_melanoma, identity, params)
+    # One BLAS thread: on matrices this small, threads cost more than they give (100 times
+    # more on a machine whose cores are busy, where idle threads spin).
+    with threadpool_limits(limits=1):
+        scores = out_of_fold_scores(features, model_melanoma, is_melanoma, identity, params)
+        head_auc = float(roc_auc_score(is_melanoma, scores))
+        comparison = f"out-of-fold AUC {head_auc:.3f} against the model's {model_auc:.3f}"
+        if head_auc <= model_auc + params.adapt_margin:
+            margin = params.adapt_margin
+            reason = f"{comparison}: not better by more than {margin} (sites.adapt_margin)"
+            return HeadDecision(False, reason, model_auc, head_auc)
+        head = fit_head(features, model_melanoma, is_melanoma, identity, params)
     reason = f"{comparison}: better by more than {params.adapt_margin}"
     return HeadDecision(True, reason, model_auc, head_auc, head, scores)
 
