@@ -71,8 +71,8 @@ from melanoma.model.predict import (
 )
 from melanoma.model.views import probe
 from melanoma.paths import UNFAMILIAR_FILE
-from melanoma.sites.head import SiteHead, SiteHeadError, check_head_features
-from melanoma.sites.registry import SiteError, VersionSite, load_site_head, served_site
+from melanoma.sites.head import SiteHead, SiteHeadError
+from melanoma.sites.registry import SiteError, VersionSite, served_site, usable_site_head
 from melanoma.sites.unfamiliar import UnfamiliarDetector
 
 log = logging.getLogger(__name__)
@@ -278,9 +278,7 @@ with warnings.catch_warnings(record=True):
                 return None
             key = site.record.head_sha256
             if key not in self._site_heads:
-                head = load_site_head(MlflowClient(), site)
-                check_head_features(head, self.detector, site.label)
-                self._site_heads[key] = head
+                self._site_heads[key] = usable_site_head(MlflowClient(), site, self.detector)
             return self._site_heads[key]
 
         def predict(self, context, model_input, params=None) -> pd.DataFrame:

@@ -78,15 +78,13 @@ def site_operating_point(
     from mlflow import MlflowClient
 
     from melanoma.registry.promotion import RegistryError
-    from melanoma.sites.head import SiteHeadError, check_head_features
-    from melanoma.sites.registry import SiteError, load_site_head, site_for_reference
+    from melanoma.sites.head import SiteHeadError
+    from melanoma.sites.registry import SiteError, site_for_reference, usable_site_head
 
     client = MlflowClient()
     try:
         found = site_for_reference(client, reference, site)
-        head = load_site_head(client, found)
-        if head is not None:
-            check_head_features(head, detector, found.label)
+        head = usable_site_head(client, found, detector)
     except (SiteError, RegistryError, SiteHeadError) as error:
         log.error("%s", error)
         return None

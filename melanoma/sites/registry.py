@@ -21,7 +21,8 @@ from mlflow.exceptions import MlflowException
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from melanoma.registry.promotion import MODEL_URI, RegistryError, champion_version
-from melanoma.sites.head import SiteHead, SiteHeadError
+from melanoma.sites.head import SiteHead, SiteHeadError, check_head_features
+from melanoma.sites.unfamiliar import UnfamiliarDetector
 
 SITE_TAG_PREFIX = "site."
 # The last section of a version's description (its model card): rewritten on each calibration.
@@ -158,6 +159,17 @@ def load_site_head(client: MlflowClient, site: VersionSite) -> SiteHead | None:
         return SiteHead.from_bytes(data)
     except ValueError as error:
         raise SiteHeadError(f"{site.label}: {path} is {error}; {remedy}") from None
+
+
+def usable_site_head(
+    client: MlflowClient, site: VersionSite, detector: UnfamiliarDetector | None
+) -> SiteHead | None:
+    """The site's adopted head (None if none), checked against the features `detector` (the
+    version's) computes; SiteHeadError naming the site and version otherwise."""
+    head = load_site_head(client, site)
+    if head is not None:
+        check_head_features(head, detector, site.label)
+    return head
 
 
 def version_sites(client: MlflowClient, model_name: str, version: str) -> dict[str, SiteRecord]:
