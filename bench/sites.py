@@ -7,7 +7,7 @@ split). Resumable steps, each well under 40 minutes on 2 cores; a step whose res
 is skipped:
 
     python -m bench.sites models      # per (training source, seed): train, then score every site
-    python -m bench.sites table       # the tables, from the models' scores (seconds)
+    python -m bench.sites table       # the tables from the scores (minutes: site heads are fitted)
 
 `models` step `<source>_seed<seed>` (about 5 minutes): trains params.yaml on that source's
 train/val rows alone with the pipeline's own code (cached activations from data/feature_store,

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from melanoma.config import PARAMS_FILE, Params, ParamsError, load_params
 from melanoma.exit_codes import CANNOT_RUN, EXIT_CODES, OK, SOME_FILES_FAILED
 from melanoma.logs import setup_logging
-from melanoma.sites.commands import add_site_commands, site_threshold
+from melanoma.sites.commands import add_site_commands, site_operating_point
 
 if TYPE_CHECKING:
     from melanoma.model.predict import ImagePrediction
@@ -179,11 +179,12 @@ def _predict(args: argparse.Namespace, params: Params) -> int:
     if isinstance(loaded, int):
         return loaded
     files, reference, model, detector = loaded
-    threshold = args.threshold
+    threshold, site_head = args.threshold, None
     if args.site is not None:
-        threshold = site_threshold(reference, args.site)
-        if threshold is None:
+        operating_point = site_operating_point(reference, args.site, detector)
+        if operating_point is None:
             return CANNOT_RUN
+        threshold, site_head = operating_point
     elif threshold is None:
         # The version's own threshold: params.yaml may have changed since it was registered.
         try:
@@ -204,6 +205,10 @@ def _predict(args: argparse.Namespace, params: Params) -> int:
     predictions = predict_files(
         model, files, params.ingest.image_size, params.ingest.max_image_pixels, detector
     )
+    if site_head is not None:
+        from melanoma.sites.head import with_site_head
+
+        predictions = with_site_head(predictions, site_head)
     overlays: list[str | None] = [None] * len(predictions)
     if explainer is not None:
         from melanoma.evaluation.explain import write_overlays
@@ -211,7 +216,7 @@ def _predict(args: argparse.Namespace, params: Params) -> int:
         size, max_pixels = params.ingest.image_size, params.ingest.max_image_pixels
         overlays = write_overlays(explainer, predictions, size, max_pixels, threshold, args.explain)
     if args.json:
-        output = _json_output(reference, threshold, predictions, args.site)
+        output = _json_output(reference, threshold, predictions, args.site, site_head is not None)
         if explainer is not None:
             pairs = zip(output["predictions"], predictions, overlays, strict=True)
             for item, prediction, overlay in pairs:
@@ -273,8 +278,14 @@ def _text_output(
 
 
 def _json_output(
-    reference: str, threshold: float, predictions: list["ImagePrediction"], site: str | None
+    reference: str,
+    threshold: float,
+    predictions: list["ImagePrediction"],
+    site: str | None,
+    site_head: bool = False,
 ) -> dict:
+    """The predictions as JSON; with a site head (`site_head`), melanoma_probability is the
+    head's, the probabilities the model's."""
     items = []
     for prediction in predictions:
         if prediction.ok:
@@ -293,7 +304,9 @@ def _json_output(
             items.append(
                 {"path": prediction.path, "error": prediction.error, "reason": prediction.reason}
             )
-    head = {"model": reference} | ({"site": site} if site is not None else {})
+    head = {"model": reference}
+    if site is not None:
+        head |= {"site": site, "site_head": site_head}
     return head | {"melanoma_threshold": threshold, "predictions": items}
 
 

@@ -4,6 +4,7 @@ what `python -m bench.sites table` prints, without training."""
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from scipy.special import expit
 
 from bench.sites import RESULTS, SCORES_FILE
@@ -42,6 +43,7 @@ def _write_step(step: str, seed: int) -> None:
 def test_the_tables_hold_each_rule_the_drift_check_and_the_warning(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("bench.sites_tables.SAMPLE_DRAWS", 40)  # the bench's 100 cost seconds
+    monkeypatch.setattr("bench.sites_tables.HEAD_DRAWS", 5)
     for seed in (42, 43):
         _write_step(f"made_up_seed{seed}", seed)
     params = SiteParams(target_sensitivity=0.8, confidence=0.9, drift_permutations=100)
@@ -49,6 +51,7 @@ def test_the_tables_hold_each_rule_the_drift_check_and_the_warning(tmp_path, mon
 
     printed = capsys.readouterr().out
     assert "## rules" in printed and "## drift" in printed and "## warning" in printed
+    assert "## head" in printed
     assert Path(TABLES).is_file()
     rules = tables["rules"].loc["made_up"]
     for rule in ("order_statistic (default)", "logit_normal", "beta_prior", "global"):
@@ -73,3 +76,26 @@ def test_the_tables_hold_each_rule_the_drift_check_and_the_warning(tmp_path, mon
     assert targets.loc[("drift flags <= 5%", "made_up", "validation (held out)"), "met"]
     assert targets.loc[("warning >= 95% of non-lesions", "made_up", "non_lesion"), "met"]
     assert "## targets" in printed
+
+
+def test_the_head_table_adopts_it_where_a_feature_separates_the_sites_melanomas(monkeypatch):
+    from bench.sites_tables import head_rows
+
+    monkeypatch.setattr("bench.sites_tables.SAMPLE_MELANOMAS", (20,))
+    monkeypatch.setattr("bench.sites_tables.HEAD_DRAWS", 10)
+    rng = np.random.default_rng(5)
+    separable = _group(rng, 600, 0.2, shift=-1.0)
+    separable["features"][:, 2] += 1.0 * separable["is_melanoma"]  # 3 sds: the model ignores it
+    scores = {"validation": _group(rng, 300, 0.2), "separable": separable}
+    scores["no_better"] = _group(rng, 600, 0.2, shift=-1.0)
+    rows = pd.DataFrame(head_rows("made_up_seed42", scores, SiteParams()))
+
+    by_site = rows.groupby("site").mean(numeric_only=True)
+    assert by_site.loc["separable", "adopted"] >= 0.9
+    assert by_site.loc["separable", "auc with"] > by_site.loc["separable", "auc without"] + 0.05
+    assert by_site.loc["no_better", "adopted"] <= 0.2
+    separable_rows = rows[rows["site"] == "separable"]
+    assert (
+        separable_rows["specificity with"].median()
+        > separable_rows["specificity without"].median() + 0.1
+    )

@@ -140,6 +140,11 @@ def test_the_project_params_are_valid():
         ("predict", {"views": "all"}, r"predict\.views"),
         ("preprocess", {"color_constancy": "grey_world"}, "preprocess.color_constancy"),
         ("preprocess", {"shades_of_gray_p": 0}, "preprocess.shades_of_gray_p"),
+        ("sites", {"adapt": "always"}, r"sites\.adapt: Input should be 'auto' or 'off'"),
+        ("sites", {"adapt_margin": -0.01}, r"sites\.adapt_margin"),
+        ("sites", {"head_dimensions": 0}, r"sites\.head_dimensions"),
+        ("sites", {"head_c": 0}, r"sites\.head_c"),
+        ("sites", {"head_folds": 1}, r"sites\.head_folds"),
         (
             "evaluate",
             {"external_sets": [], "operating_point": {"choose_on": "pooled"}},

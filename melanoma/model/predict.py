@@ -55,6 +55,8 @@ class ImagePrediction:
     unfamiliar: bool | None = None
     # the features the score compares (the drift check's embedding); None without a detector
     features: np.ndarray | None = field(default=None, repr=False, compare=False)
+    # P(melanoma) of a site's head (melanoma.sites.head), which then replaces the model's own
+    site_melanoma_probability: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -66,6 +68,9 @@ class ImagePrediction:
 
     @property
     def melanoma_probability(self) -> float:
+        """The site head's P(melanoma) if there is one, else the model's."""
+        if self.site_melanoma_probability is not None:
+            return self.site_melanoma_probability
         return self.probabilities[MELANOMA]
 
     def melanoma_alert(self, threshold: float) -> bool:

@@ -17,11 +17,13 @@ BMP, ...; decoded, centre-cropped and resized exactly as ingest does it), or the
 S x S x 3 uint8 RGB values (S = the model's input size). One column of either kind is the only
 schema that keeps the original `{"inputs": [pixel arrays]}` body working, so its type is Any.
 A request may name a site (`"params": {"site": NAME}`): the alert is then raised at the
-threshold `melanoma site calibrate` stored for it with this version, read from the registry.
-The answer, per image: the nine probabilities, the top label, P(melanoma), the alert at the
-version's own threshold (or the site's), and whether the image is unfamiliar. Every image of a
-request goes through the model in one call of a `tf.function` traced once at load (not
-`model.predict`, which builds an input pipeline per call).
+threshold `melanoma site calibrate` stored for it with this version, read from the registry,
+and where the site's head was adopted (melanoma.sites.head), on the head's P(melanoma), from
+the features the unfamiliar score computes anyway. The answer, per image: the nine
+probabilities (the model's), the top label, P(melanoma) (the site head's, if any), the alert
+at the version's own threshold (or the site's), and whether the image is unfamiliar. Every
+image of a request goes through the model in one call of a `tf.function` traced once at load
+(not `model.predict`, which builds an input pipeline per call).
 """
 
 import base64
@@ -39,6 +41,7 @@ import keras
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.models.model import ModelInfo
@@ -68,7 +71,8 @@ from melanoma.model.predict import (
 )
 from melanoma.model.views import probe
 from melanoma.paths import UNFAMILIAR_FILE
-from melanoma.sites.registry import SiteError, served_site
+from melanoma.sites.head import SiteHead, SiteHeadError
+from melanoma.sites.registry import SiteError, VersionSite, served_site, usable_site_head
 from melanoma.sites.unfamiliar import UnfamiliarDetector
 
 log = logging.getLogger(__name__)
@@ -199,11 +203,12 @@ def answers(
     unfamiliar_scores: np.ndarray,
     detector: UnfamiliarDetector,
     site: str | None = None,
+    site_melanoma: np.ndarray | None = None,
 ) -> pd.DataFrame:
-    """One row per image: top label, P(melanoma), the alert at `threshold` (the site's, if
-    one is named), the threshold, the site, the nine probabilities by label, and whether the
-    image is unfamiliar, with its score."""
-    melanoma = probabilities[:, LABELS.index(MELANOMA)]
+    """One row per image: top label, P(melanoma) (`site_melanoma`, the site head's, if given),
+    the alert at `threshold` (the site's, if one is named), the threshold, the site, the nine
+    probabilities by label, and whether the image is unfamiliar, with its score."""
+    melanoma = probabilities[:, LABELS.index(MELANOMA)] if site_melanoma is None else site_melanoma
     return pd.DataFrame(
         {
             "top_label": [LABELS[i] for i in probabilities.argmax(axis=1)],
@@ -265,25 +270,42 @@ with warnings.catch_warnings(record=True):
                 input_signature=[tf.TensorSpec(shape, tf.uint8)],
             )
             self._outputs(np.zeros((1, *shape[1:]), np.uint8))
+            # Each site head read once (by its checksum: a re-calibrated site's is read again).
+            self._site_heads: dict[str, SiteHead] = {}
+
+        def _site_head(self, site: VersionSite) -> SiteHead | None:
+            if not site.record.head_adopted:
+                return None
+            key = site.record.head_sha256
+            if key not in self._site_heads:
+                self._site_heads[key] = usable_site_head(MlflowClient(), site, self.detector)
+            return self._site_heads[key]
 
         def predict(self, context, model_input, params=None) -> pd.DataFrame:
             site = (params or {}).get(SITE_PARAM) or None
-            threshold = self.config.melanoma_threshold
+            threshold, head = self.config.melanoma_threshold, None
             if site is not None:
                 try:
-                    threshold = served_site(
-                        self.logged.run_id, self.logged.model_id, site
-                    ).threshold
-                except SiteError as error:
+                    found = served_site(self.logged.run_id, self.logged.model_id, site)
+                    head = self._site_head(found)
+                except (SiteError, SiteHeadError) as error:
                     raise RequestRefused(str(error)) from None
+                threshold = found.record.threshold
             images = request_images(_request_values(model_input), self.config, self.model_size)
             probabilities, features = (np.asarray(o) for o in self._outputs(images))
+            probabilities = probabilities.astype(np.float64)
+            site_melanoma = None
+            if head is not None:
+                site_melanoma = head.melanoma_probability(
+                    features, probabilities[:, LABELS.index(MELANOMA)]
+                )
             return answers(
-                probabilities.astype(np.float64),
+                probabilities,
                 threshold,
                 self.detector.scores(features),
                 self.detector,
                 site,
+                site_melanoma,
             )
 
 

@@ -42,3 +42,23 @@ class SiteParams(_Section):
         description="`site check`: a batch like validation is flagged this often",
     )
     drift_permutations: int = Field(500, ge=50, description="of the embedding test's p-value")
+    # The site head (melanoma.sites.head): a correction of the ranking fitted on the sample.
+    adapt: Literal["auto", "off"] = Field(
+        "auto", description="auto: fit the site head and adopt it where the gate says so"
+    )
+    adapt_margin: float = Field(
+        0.02,
+        ge=0,
+        lt=0.5,
+        description="the head's out-of-fold AUC must beat the model's AUC on the sample by this",
+    )
+    head_dimensions: int = Field(
+        8, ge=1, le=256, description="principal components of the features the head takes"
+    )
+    head_c: float = Field(
+        0.1, gt=0, description="inverse regularisation strength of the head's regression"
+    )
+    head_folds: int = Field(
+        5, ge=2, le=20, description="folds of the out-of-fold scores (stratified)"
+    )
+    seed: int = Field(42, description="of the folds")

@@ -7,9 +7,15 @@ and an image of the training collection is excluded, not scored. Unlike an exter
 sample with any unusable image is refused as a whole, naming the files: a threshold chosen
 without them would not be the one the clinic labelled for. Files beside the class folders
 (README, checksums, a labels table) are ignored.
+
+The same pass gives the version's features (those of its unfamiliar-image detector), on which
+the site head is fitted and gated (melanoma.sites.head). Where it is adopted, the threshold is
+chosen on the head's out-of-fold scores and the sample's figures are theirs.
 """
 
+import logging
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
@@ -25,10 +31,20 @@ from melanoma.model.predict import predict_files
 from melanoma.params.data import IngestParams
 from melanoma.params.evaluation import ExternalSet
 from melanoma.paths import INGESTED_MANIFEST
+from melanoma.sites.head import FeatureIdentity, SiteHead, decide_head
 from melanoma.sites.operating_point import SiteSampleError, choose_site_threshold
 from melanoma.sites.registry import SiteRecord, now
+from melanoma.sites.unfamiliar import UnfamiliarDetector
+
+log = logging.getLogger(__name__)
 
 MAX_PROBLEMS_LISTED = 10
+
+
+@dataclass(frozen=True)
+class SiteCalibration:
+    record: SiteRecord
+    head: SiteHead | None  # the adopted head, fitted on the whole sample
 
 
 def read_site_sample(name: str, folder: Path, ingest: IngestParams, scratch: Path) -> pd.DataFrame:
@@ -61,21 +77,40 @@ def read_site_sample(name: str, folder: Path, ingest: IngestParams, scratch: Pat
 
 
 def calibrate_site(
-    model: keras.Model, name: str, folder: Path, global_threshold: float, params: Params
-) -> SiteRecord:
+    model: keras.Model,
+    detector: UnfamiliarDetector | None,
+    name: str,
+    folder: Path,
+    global_threshold: float,
+    params: Params,
+) -> SiteCalibration:
     """The site's record (what `site calibrate` stores) from its labelled sample, with what
-    the version's global threshold gives on the same sample."""
+    the version's global threshold gives on the same sample, and its head if adopted."""
     with tempfile.TemporaryDirectory(prefix="site-") as scratch:
         scored = read_site_sample(name, folder, params.ingest, Path(scratch))
         paths = [Path(p) for p in scored["image_path"]]
         predictions = predict_files(
-            model, paths, params.ingest.image_size, params.ingest.max_image_pixels
+            model, paths, params.ingest.image_size, params.ingest.max_image_pixels, detector
         )
     scores = np.array([p.melanoma_probability for p in predictions])
     is_melanoma = scored["label"].to_numpy() == MELANOMA
+    # The model's own threshold first: it refuses a sample that cannot support the promise.
     chosen = choose_site_threshold(is_melanoma, scores, params.sites)
+    features, identity = None, None
+    if detector is not None:
+        features = np.stack([p.features for p in predictions])
+        identity = FeatureIdentity.of(detector)
+    decision = decide_head(features, scores, is_melanoma, identity, params.sites)
+    log.info(
+        "site %s: head %s: %s",
+        name,
+        "adopted" if decision.adopted else "not adopted",
+        decision.reason,
+    )
+    if decision.adopted:
+        chosen = choose_site_threshold(is_melanoma, decision.out_of_fold, params.sites)
     global_alerts = scores >= global_threshold
-    return SiteRecord(
+    record = SiteRecord(
         name=name,
         threshold=chosen.threshold,
         images=chosen.images,
@@ -89,4 +124,9 @@ def calibrate_site(
         confidence=params.sites.confidence,
         folder=str(folder.resolve()),
         calibrated_at=now(),
+        head_adopted=decision.adopted,
+        head_reason=decision.reason,
+        model_auc=decision.model_auc,
+        head_auc=decision.head_auc,
     )
+    return SiteCalibration(record, decision.head)

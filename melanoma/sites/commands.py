@@ -1,18 +1,24 @@
 """`melanoma site ...`: a clinic's own alert threshold and drift check, from the command line.
 
-`calibrate` stores a site's threshold with a registry version (melanoma.sites.calibration,
-melanoma.sites.registry), `list` shows them, `check` compares a batch of unlabelled images with
-the version's validation split (melanoma.sites.drift). Like melanoma.cli, the handlers import
-TensorFlow and MLflow themselves, so that `--help` answers at once.
+`calibrate` stores a site's threshold and adopted head with a registry version
+(melanoma.sites.calibration, melanoma.sites.registry), `list` shows them, `check` compares a
+batch of unlabelled images with the version's validation split (melanoma.sites.drift). Like
+melanoma.cli, the handlers import TensorFlow and MLflow themselves, so that `--help` answers at
+once.
 """
 
 import argparse
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from melanoma.config import Params
 from melanoma.exit_codes import CANNOT_RUN, EXIT_CODES, OK, SOME_FILES_FAILED
+
+if TYPE_CHECKING:
+    from melanoma.sites.head import SiteHead
+    from melanoma.sites.unfamiliar import UnfamiliarDetector
 
 log = logging.getLogger("melanoma")
 
@@ -33,7 +39,10 @@ def add_site_commands(commands) -> None:
         "with the version and store the site's threshold with it; calibrating again replaces "
         "it. A sample that cannot support the promise (sites.target_sensitivity with "
         "sites.confidence) is refused, naming the melanomas it would need, and nothing is "
-        "stored.",
+        "stored. With sites.adapt auto (the default), a site head (PCA of the version's "
+        "features plus its melanoma logit, logistic regression) is fitted on the sample and "
+        "adopted if its out-of-fold AUC beats the model's on the sample by "
+        "sites.adapt_margin; the threshold is then chosen on its out-of-fold scores.",
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -61,26 +70,39 @@ def add_site_commands(commands) -> None:
     check.set_defaults(handler=_site_check)
 
 
-def site_threshold(reference: str, site: str) -> float | None:
-    """The threshold of `site` for the version `reference` names; None (logged) if none."""
+def site_operating_point(
+    reference: str, site: str, detector: "UnfamiliarDetector | None"
+) -> "tuple[float, SiteHead | None] | None":
+    """(threshold, adopted head or None) of `site` for the version `reference` names, the head
+    checked against the features `detector` computes; None (logged) if it cannot be used."""
     from mlflow import MlflowClient
 
     from melanoma.registry.promotion import RegistryError
-    from melanoma.sites.registry import SiteError, site_for_reference
+    from melanoma.sites.head import SiteHeadError
+    from melanoma.sites.registry import SiteError, site_for_reference, usable_site_head
 
+    client = MlflowClient()
     try:
-        version, record = site_for_reference(MlflowClient(), reference, site)
-    except (SiteError, RegistryError) as error:
+        found = site_for_reference(client, reference, site)
+        head = usable_site_head(client, found, detector)
+    except (SiteError, RegistryError, SiteHeadError) as error:
         log.error("%s", error)
         return None
-    log.info("melanoma alert threshold %s, of site %s for v%s", record.threshold, site, version)
-    return record.threshold
+    record = found.record
+    log.info(
+        "melanoma alert threshold %s, of site %s for v%s%s",
+        record.threshold,
+        site,
+        found.version,
+        " on its site head's P(melanoma)" if head is not None else "",
+    )
+    return record.threshold, head
 
 
 def _site_calibrate(args: argparse.Namespace, params: Params) -> int:
     from mlflow import MlflowClient
 
-    from melanoma.model.predict import ModelLoadError, load_model
+    from melanoma.model.predict import ModelLoadError, load_model_and_detector
     from melanoma.registry.promotion import RegistryError, registered_threshold
     from melanoma.sites.calibration import calibrate_site
     from melanoma.sites.operating_point import SiteSampleError
@@ -100,20 +122,25 @@ def _site_calibrate(args: argparse.Namespace, params: Params) -> int:
         version = resolve_version(client, name, args.version)
         reference = f"models:/{name}/{version}"
         global_threshold = registered_threshold(reference)
-        model = load_model(reference)
-        record = calibrate_site(model, args.name, args.folder, global_threshold, params)
+        model, detector = load_model_and_detector(reference)
+        calibration = calibrate_site(
+            model, detector, args.name, args.folder, global_threshold, params
+        )
+        record = store_site(client, name, version, calibration.record, calibration.head)
     except (SiteError, RegistryError, ModelLoadError, SiteSampleError) as error:
         log.error("%s; nothing stored", error)
         return CANNOT_RUN
-    store_site(client, name, version, record)
     refresh_card_sites(client, name, version)
+    scale = "the site head's P(melanoma)" if record.head_adopted else "P(melanoma)"
     print(
-        f"{name} v{version}: site {record.name}: alert at P(melanoma) >= {record.threshold:.4g} "
+        f"{name} v{version}: site {record.name}: alert at {scale} >= {record.threshold:.4g} "
         f"({record.images} images, {record.melanomas} melanomas; on the sample: sensitivity "
         f"{record.sample_sensitivity:.3f}, specificity {record.sample_specificity:.3f}; the "
         f"global {record.global_threshold:.4g} gives {record.global_sensitivity:.3f} / "
         f"{record.global_specificity:.3f})"
     )
+    adopted = "adopted" if record.head_adopted else "not adopted"
+    print(f"  site head {adopted}: {record.head_reason}")
     return OK
 
 
@@ -122,7 +149,7 @@ def _site_list(args: argparse.Namespace, params: Params) -> int:
     from mlflow import MlflowClient
 
     from melanoma.registry.promotion import RegistryError
-    from melanoma.sites.registry import all_sites
+    from melanoma.sites.registry import all_sites, auc_text, yes_no
     from melanoma.tracking import configure_tracking
 
     configure_tracking(params.mlflow)
@@ -146,11 +173,18 @@ def _site_list(args: argparse.Namespace, params: Params) -> int:
             "specificity": record.sample_specificity,
             "global sens.": record.global_sensitivity,
             "global spec.": record.global_specificity,
+            "head": yes_no(record.head_adopted),
+            "model AUC": auc_text(record.model_auc),
+            "head AUC (oof)": auc_text(record.head_auc),
             "calibrated": record.calibrated_at,
         }
         for version, record in sites
     )
-    print(f"{name}: sensitivity and specificity on each site's sample")
+    print(
+        f"{name}: sensitivity and specificity on each site's sample (where its head is adopted, "
+        "on the head's out-of-fold scores); the model's AUC on the sample and the head's out "
+        "of fold"
+    )
     print(table.to_string(index=False, float_format=lambda value: f"{value:.3f}"))
     return OK
 

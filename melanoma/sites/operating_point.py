@@ -73,9 +73,13 @@ def order_statistic_threshold(melanoma_scores: np.ndarray, params: SiteParams) -
     return float(ordered[holding.max() - 1])
 
 
+def melanoma_logit(melanoma_scores: np.ndarray) -> np.ndarray:
+    return logit(np.clip(np.asarray(melanoma_scores, dtype=np.float64), _EPSILON, 1 - _EPSILON))
+
+
 def logit_normal_threshold(melanoma_scores: np.ndarray, params: SiteParams) -> float:
     """The lower normal tolerance bound of the melanomas' logit scores, back on P(melanoma)."""
-    logits = logit(np.clip(melanoma_scores, _EPSILON, 1 - _EPSILON))
+    logits = melanoma_logit(melanoma_scores)
     bound = logits.mean() - tolerance_factor(len(logits), params) * logits.std(ddof=1)
     return float(expit(bound))
 
