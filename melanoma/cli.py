@@ -112,6 +112,24 @@ def _parser() -> argparse.ArgumentParser:
         "rollback", help="give the champion alias back to the previous one"
     )
     rollback.set_defaults(handler=_rollback)
+
+    app = commands.add_parser(
+        "app",
+        help="a web page for a clinic: upload images, see the alert, Grad-CAM, the batch",
+        description="Serve the page of the champion (or --version) on http://127.0.0.1:PORT "
+        "(docs/app.md). Runs until stopped (Ctrl-C).",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    app.add_argument("--version", help="version of registry.model_name (default: the champion)")
+    app.add_argument("--site", metavar="NAME", help="the site chosen when the page opens")
+    app.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default: %(default)s; another one: the page has no login)",
+    )
+    app.add_argument("--port", type=int, help="port (default: app.port of the params file)")
+    app.set_defaults(handler=_app)
     return parser
 
 
@@ -347,6 +365,12 @@ def _rollback(args: argparse.Namespace, params: Params) -> int:
         return CANNOT_RUN
     print(f"{name}: champion v{current} -> v{previous}")
     return OK
+
+
+def _app(args: argparse.Namespace, params: Params) -> int:
+    from melanoma.app.launch import run_app
+
+    return run_app(params, args.params, args.host, args.port, args.version, args.site)
 
 
 if __name__ == "__main__":
