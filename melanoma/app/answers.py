@@ -27,7 +27,7 @@ from melanoma.evaluation.explain import (
     ExplainError,
     GradCam,
     grad_cam,
-    heat_maps,
+    heat_maps_of_classes,
     upsample,
 )
 from melanoma.labels import LABELS, MELANOMA, MELANOMA_INDEX
@@ -141,7 +141,7 @@ def load_version(params: Params, version: str | None = None) -> ServedVersion:
         registered_on=_date(registered.creation_timestamp),
         model=model,
         detector=detector,
-        explainer=_explainer(model),
+        explainer=explainer_of(model),
         global_threshold=registered_threshold(reference),
         sites=version_sites(client, name, number),
         drift_reference=None if drift_file is None else DriftReference.load(drift_file),
@@ -155,7 +155,8 @@ def _date(milliseconds: int | None) -> str:
     return datetime.fromtimestamp(milliseconds / 1000, UTC).strftime("%Y-%m-%d")
 
 
-def _explainer(model: keras.Model) -> GradCam | None:
+def explainer_of(model: keras.Model) -> GradCam | None:
+    """Grad-CAM of the model as `predict --explain` makes it; None (logged) if it has none."""
     try:
         return grad_cam(trained_model(model))  # of the image itself, whatever the views
     except ExplainError as error:
@@ -222,7 +223,7 @@ def gradcam_overlays(
     explainer: GradCam, predictions: Sequence[ImagePrediction], pixels: dict[int, np.ndarray]
 ) -> dict[int, dict[str, np.ndarray]]:
     """{position: {class: overlay}} for melanoma and the top class of each scored image: the
-    heat maps `predict --explain` draws (`heat_maps`), laid over the ingest-size pixels."""
+    heat maps `predict --explain` draws (`heat_maps_of_classes`), over the ingest-size pixels."""
     size = model_input_size(explainer.features)
     scored = [n for n, prediction in enumerate(predictions) if prediction.ok]
     overlays: dict[int, dict[str, np.ndarray]] = {}
@@ -230,8 +231,8 @@ def gradcam_overlays(
         batch = scored[start : start + BATCH_SIZE]
         images = to_model_size(np.stack([pixels[n] for n in batch]), size)
         top = [LABELS.index(predictions[n].top_label) for n in batch]
-        melanoma_maps, _ = heat_maps(explainer, images, [MELANOMA_INDEX] * len(batch))
-        top_maps, _ = heat_maps(explainer, images, top)
+        classes = [[MELANOMA_INDEX] * len(batch), top]
+        (melanoma_maps, top_maps), _ = heat_maps_of_classes(explainer, images, classes)
         for k, n in enumerate(batch):
             overlays[n] = {
                 MELANOMA: overlay(pixels[n], melanoma_maps[k]),
