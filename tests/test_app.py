@@ -83,7 +83,7 @@ def registry(module_mlflow_project, tmp_path_factory) -> dict:
     """melanoma-test v1, champion: the tiny mean-colour classifier logged as `register` logs
     it, with a detector and a drift reference fitted on noise images, headline figures as
     tags, a global threshold that lesion_a alerts at and lesion_b does not, and site clinic_a
-    whose threshold is below both. Returns {file name: bytes} of the two lesions and the
+    whose threshold is far below both. Returns {file name: bytes} of the two lesions and the
     threshold."""
     tmp_path = tmp_path_factory.mktemp("app")
     model = build_tiny_classifier()
@@ -114,8 +114,10 @@ def registry(module_mlflow_project, tmp_path_factory) -> dict:
     mlflow.register_model(uri, MODEL, tags={THRESHOLD_TAG: str(threshold), **figures})
     client = mlflow.MlflowClient()
     record_decision(client, MODEL, "1", Decision(True, "first"))
-    store_site(client, MODEL, "1", site_record(SITE, melanoma[0] / 2))
-    return {"lesions": lesions, "threshold": threshold, "site_threshold": melanoma[0] / 2}
+    # far below every image's score: at the site, everything alerts
+    site_threshold = melanoma[0] / 100
+    store_site(client, MODEL, "1", site_record(SITE, site_threshold))
+    return {"lesions": lesions, "threshold": threshold, "site_threshold": site_threshold}
 
 
 @pytest.fixture(scope="module")
@@ -322,32 +324,76 @@ def chromium() -> Iterator:
             driver.quit()
 
 
+def image_answers(browser) -> dict[str, str]:
+    """{file name: the text of its answer's box} of the page as shown."""
+    from selenium.webdriver.common.by import By
+
+    # Each box is a container keyed answer_<n>: Streamlit gives it the class st-key-answer_<n>.
+    boxes = browser.find_elements(By.CSS_SELECTOR, '[class*="st-key-answer_"]')
+    texts = [box.text for box in boxes if box.text]
+    return {text.splitlines()[0]: text for text in texts}
+
+
+def choose_site(browser, wait, site: str) -> None:
+    """Pick `site` in the page's site selectbox (a list that opens on a click)."""
+    from selenium.webdriver.common.by import By
+
+    browser.find_element(By.CSS_SELECTOR, '[data-testid="stSelectbox"] [role="combobox"]').click()
+    option = wait.until(
+        lambda b: next(
+            (o for o in b.find_elements(By.CSS_SELECTOR, '[role="option"]') if o.text == site),
+            None,
+        )
+    )
+    option.click()
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(
     CHROMIUM is None or CHROMEDRIVER is None,
     reason="no Chromium: the browser test needs Debian's chromium and chromium-driver "
     "(apt-get install chromium chromium-driver; .ci/run installs them as root)",
 )
-def test_a_browser_uploads_images_and_reads_the_alert_at_the_site_threshold(registry, tmp_path):
+def test_a_browser_uploads_images_chooses_a_site_and_reads_the_answers(registry, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
+    uploads = [*registry["lesions"].items(), ("chart.png", chart_png())]
+    uploads.append(("notes.jpg", b"not a photo"))
     files = []
-    for name, data in [*registry["lesions"].items(), ("chart.png", chart_png())]:
+    for name, data in uploads:
         files.append(tmp_path / name)
         files[-1].write_bytes(data)
-    with page_server(tmp_path / "page.log", "--site", SITE) as url, chromium() as browser:
+    downloads = tmp_path / "downloads"
+    with page_server(tmp_path / "page.log") as url, chromium() as browser:
+        browser.execute_cdp_cmd(
+            "Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)}
+        )
         browser.get(url)
         wait = WebDriverWait(browser, 120)
         upload = wait.until(lambda b: b.find_element(By.CSS_SELECTOR, "input[type=file]"))
         upload.send_keys("\n".join(str(f) for f in files))
-        wait.until(lambda b: "Download CSV" in b.find_element(By.TAG_NAME, "body").text)
-        text = browser.find_element(By.TAG_NAME, "body").text
+        wait.until(lambda b: len(image_answers(b)) == len(files))
+        page = browser.find_element(By.TAG_NAME, "body").text
+        at_global = image_answers(browser)
+
+        choose_site(browser, wait, SITE)
+        wait.until(lambda b: "the threshold of site clinic_a" in image_answers(b)["lesion_b.png"])
+        at_site = image_answers(browser)
+        browser.find_element(By.XPATH, "//button[contains(., 'Download CSV')]").click()
+        csv = wait.until(lambda _: next(downloads.glob("*.csv"), None))
         screenshot = os.environ.get("MELANOMA_APP_SCREENSHOT")  # docs/app.png is one
         browser.save_screenshot(screenshot or str(tmp_path / "page.png"))
-    assert "Decision support, not a diagnosis." in text
-    assert "3 images" in text
-    # At clinic_a's threshold (chosen by --site) both lesions alert; the chart is unfamiliar.
-    assert text.count("MELANOMA ALERT: P(melanoma)") == 3
-    assert text.count("the threshold of site clinic_a") >= 2
-    assert "UNFAMILIAR: this image is unlike the lesion images" in text
+
+    assert "Decision support, not a diagnosis." in page and "4 images" in page
+    assert "MELANOMA ALERT: P(melanoma)" in at_global["lesion_a.png"]
+    assert "the threshold of the model (global)" in at_global["lesion_a.png"]
+    assert "No melanoma alert" in at_global["lesion_b.png"]
+    assert "UNFAMILIAR: this image is unlike the lesion images" in at_global["chart.png"]
+    assert "Not scored (not_an_image)" in at_global["notes.jpg"]
+    for name in ("lesion_a.png", "lesion_b.png"):
+        assert "MELANOMA ALERT: P(melanoma)" in at_site[name]
+    lines = csv.read_text().splitlines()
+    assert lines[0] == ",".join(TABLE_COLUMNS) and len(lines) == 1 + len(files)
+    assert lines[2].startswith("lesion_b.png,") and ",True," in lines[2]  # at the site
+    assert lines[4].startswith("notes.jpg,") and "not_an_image" in lines[4]

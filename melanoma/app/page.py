@@ -91,8 +91,8 @@ def main() -> None:
     answers = answers_of(served, served.version, str(args.params), files, explain)
     if len(answers) > 1:
         batch_view(served, answers, threshold, params)
-    for answer in answers:
-        image_view(answer, threshold)
+    for position, answer in enumerate(answers):
+        image_view(answer, threshold, key=f"answer_{position}")
 
 
 def sidebar(served: ServedVersion, site: str | None) -> tuple[Threshold, bool]:
@@ -138,9 +138,10 @@ def batch_view(
         st.markdown(f"**Drift check:** {drift}")
 
 
-def image_view(answer: ImageAnswer, threshold: Threshold) -> None:
+def image_view(answer: ImageAnswer, threshold: Threshold, key: str) -> None:
+    """One upload's box (`key`: the container's, which tests find it by)."""
     prediction = answer.prediction
-    with st.container(border=True):
+    with st.container(border=True, key=key):
         st.subheader(answer.name)
         if not prediction.ok:
             st.error(f"Not scored ({prediction.reason}): {prediction.error}")
