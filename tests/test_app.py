@@ -184,6 +184,18 @@ def test_app_refuses_an_unknown_site_or_version_before_starting_a_server(registr
     assert "melanoma-test has no version 9" in caplog.text
 
 
+def test_the_benchmark_times_the_pages_answers(served, module_mlflow_project):
+    from bench.app import BATCH, measure, report
+
+    figures = measure(served, module_mlflow_project, repeats=2)
+    for label in ("without Grad-CAM", "with Grad-CAM"):
+        assert 0 < figures[f"one image {label}: p50 ms"] <= figures[f"one image {label}: p95 ms"]
+        assert figures[f"{BATCH} images {label}: s"] > 0
+    lines = report(served, figures).splitlines()
+    assert lines[0] == "the page's answers, melanoma-test v1:"
+    assert any(line.endswith("(target <= 600)") and "with Grad-CAM: p50" in line for line in lines)
+
+
 def _zip() -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
@@ -365,6 +377,7 @@ def test_a_browser_uploads_images_chooses_a_site_and_reads_the_answers(registry,
         files.append(tmp_path / name)
         files[-1].write_bytes(data)
     downloads = tmp_path / "downloads"
+    project = sorted(Path.cwd().rglob("*"))
     with page_server(tmp_path / "page.log") as url, chromium() as browser:
         browser.execute_cdp_cmd(
             "Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)}
@@ -385,6 +398,7 @@ def test_a_browser_uploads_images_chooses_a_site_and_reads_the_answers(registry,
         screenshot = os.environ.get("MELANOMA_APP_SCREENSHOT")  # docs/app.png is one
         browser.save_screenshot(screenshot or str(tmp_path / "page.png"))
 
+    assert sorted(Path.cwd().rglob("*")) == project  # the uploads stayed in memory
     assert "Decision support, not a diagnosis." in page and "4 images" in page
     assert "MELANOMA ALERT: P(melanoma)" in at_global["lesion_a.png"]
     assert "the threshold of the model (global)" in at_global["lesion_a.png"]

@@ -120,7 +120,12 @@ def sidebar(served: ServedVersion, site: str | None) -> tuple[Threshold, bool]:
                 f"melanomas): sensitivity {record.sample_sensitivity:.3f}, specificity "
                 f"{record.sample_specificity:.3f}; calibrated {record.calibrated_at}."
             )
-        explain = st.toggle("Grad-CAM overlays", value=True)
+        if served.detector is None:
+            st.warning(
+                "This version carries no unfamiliar-image check: an image that is not a "
+                "lesion image gets an answer without a warning."
+            )
+        explain = st.toggle("Grad-CAM overlays", value=served.explainer is not None)
     return threshold, explain
 
 
