@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from melanoma.app.launch import DEFAULT_PORT
 from melanoma.config import PARAMS_FILE, Params, ParamsError, load_params
 from melanoma.exit_codes import CANNOT_RUN, EXIT_CODES, OK, SOME_FILES_FAILED
 from melanoma.logs import setup_logging
@@ -128,7 +129,7 @@ def _parser() -> argparse.ArgumentParser:
         default="127.0.0.1",
         help="address to listen on (default: %(default)s; another one: the page has no login)",
     )
-    app.add_argument("--port", type=int, help="port (default: app.port of the params file)")
+    app.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default: %(default)s)")
     app.set_defaults(handler=_app)
     return parser
 

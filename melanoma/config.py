@@ -17,13 +17,7 @@ from melanoma.model.lite_specs import LITE
 from melanoma.params.base import _Section
 from melanoma.params.data import AugmentParams, DataParams, IngestParams, ValidateParams
 from melanoma.params.evaluation import EvaluateParams, MlflowParams, RegistryParams
-from melanoma.params.model import (
-    AppParams,
-    PredictParams,
-    PreprocessParams,
-    ServeParams,
-    TrainParams,
-)
+from melanoma.params.model import PredictParams, PreprocessParams, ServeParams, TrainParams
 from melanoma.params.sites import SiteParams, UnfamiliarParams
 
 PARAMS_FILE = Path("params.yaml")
@@ -44,7 +38,6 @@ class Params(_Section):
     evaluate: EvaluateParams
     registry: RegistryParams
     serve: ServeParams = ServeParams()
-    app: AppParams = AppParams()
     unfamiliar: UnfamiliarParams = UnfamiliarParams()
     sites: SiteParams = SiteParams()
     mlflow: MlflowParams

@@ -216,7 +216,9 @@ def test_bad_uploads_are_answered_with_their_reason_and_the_rest_scored(
     params = params.model_copy(
         update={
             "ingest": params.ingest.model_copy(update={"max_image_pixels": 1_000_000}),
-            "app": params.app.model_copy(update={"max_images": 7, "max_image_bytes": 50_000}),
+            "serve": params.serve.model_copy(
+                update={"max_images_per_request": 7, "max_image_bytes": 50_000}
+            ),
         }
     )
     lesion = registry["lesions"]["lesion_a.png"]
@@ -242,7 +244,7 @@ def test_bad_uploads_are_answered_with_their_reason_and_the_rest_scored(
         TOO_LARGE,
         TOO_MANY_IMAGES,
     ]
-    assert "(app.max_images)" in answers[-1].prediction.error
+    assert "(serve.max_images_per_request)" in answers[-1].prediction.error
     assert answers[5].prediction.ok and answers[5].overlays
 
     table = batch_table(answers, Threshold(registry["threshold"]))

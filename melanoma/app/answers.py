@@ -47,14 +47,16 @@ from melanoma.model.views import trained_model
 from melanoma.paths import DRIFT_REFERENCE_FILE
 from melanoma.registry.promotion import registered_threshold
 from melanoma.reports import HEADLINE_METRICS
-from melanoma.sites.drift import DriftReference, check_predictions, compared_images
+from melanoma.sites.batch_drift import check_predictions, compared_images
+from melanoma.sites.drift import DriftReference
 from melanoma.sites.registry import SiteRecord, find_site, resolve_version, version_sites
 from melanoma.sites.unfamiliar import UnfamiliarDetector
 from melanoma.tracking import configure_tracking
 
 log = logging.getLogger(__name__)
 
-# Reason code of an image past app.max_images, beside predict's (melanoma.data.images).
+# Reason code of an image past serve.max_images_per_request, beside predict's
+# (melanoma.data.images) and TOO_LARGE.
 TOO_MANY_IMAGES = "too_many_images"
 # The drift check's two tests say little about a smaller batch: the page runs it from 30.
 DRIFT_MIN_IMAGES = 30
@@ -186,22 +188,25 @@ def answer_uploads(
     served: ServedVersion, uploads: Sequence[Upload], params: Params, explain: bool = True
 ) -> list[ImageAnswer]:
     """One answer per upload, in order: predict's answer, or the reason it is not scored
-    (predict's reason codes, TOO_LARGE past app.max_image_bytes, TOO_MANY_IMAGES past
-    app.max_images); with `explain`, the Grad-CAM overlays of the scored ones."""
+    (predict's reason codes; the served model's limits: TOO_LARGE past serve.max_image_bytes,
+    TOO_MANY_IMAGES past serve.max_images_per_request); with `explain`, the Grad-CAM overlays
+    of the scored ones."""
+    limits = params.serve
     pixels: dict[int, np.ndarray] = {}
 
     def read(position: int) -> np.ndarray:
         upload = uploads[position]
-        if position >= params.app.max_images:
+        if position >= limits.max_images_per_request:
             raise ImageRejected(
                 TOO_MANY_IMAGES,
-                f"past the limit of {params.app.max_images} images per upload (app.max_images)",
+                f"past the limit of {limits.max_images_per_request} images per upload "
+                "(serve.max_images_per_request)",
             )
-        if len(upload.data) > params.app.max_image_bytes:
+        if len(upload.data) > limits.max_image_bytes:
             raise ImageRejected(
                 TOO_LARGE,
-                f"{len(upload.data)} bytes, over the limit of {params.app.max_image_bytes} "
-                "(app.max_image_bytes)",
+                f"{len(upload.data)} bytes, over the limit of {limits.max_image_bytes} "
+                "(serve.max_image_bytes)",
             )
         ingest = params.ingest
         image = image_from_bytes(upload.data, ingest.image_size, ingest.max_image_pixels)

@@ -18,6 +18,7 @@ log = logging.getLogger("melanoma")
 
 LOOPBACK = "127.0.0.1"
 PAGE_SCRIPT = Path(__file__).with_name("page.py")
+DEFAULT_PORT = 8501  # Streamlit's own default
 
 
 def check_choice(params: Params, version: str | None, site: str | None) -> str | None:
@@ -45,13 +46,13 @@ def streamlit_command(
     params: Params, params_file: Path, host: str, port: int, version: str, site: str | None
 ) -> list[str]:
     """The command line of the page's server: headless, no usage statistics, no file watcher
-    (nothing to reload), the upload limit of app.max_image_bytes (in Streamlit's MB)."""
+    (nothing to reload), the upload limit of serve.max_image_bytes (in Streamlit's MB)."""
     command = [sys.executable, "-m", "streamlit", "run", str(PAGE_SCRIPT)]
     command += ["--server.address", host, "--server.port", str(port)]
     command += ["--server.headless", "true", "--browser.gatherUsageStats", "false"]
     command += ["--server.fileWatcherType", "none", "--global.developmentMode", "false"]
     command += ["--client.toolbarMode", "viewer"]  # no "Deploy" button: this page stays local
-    command += ["--server.maxUploadSize", str(math.ceil(params.app.max_image_bytes / 2**20))]
+    command += ["--server.maxUploadSize", str(math.ceil(params.serve.max_image_bytes / 2**20))]
     command += ["--", "--params", str(params_file.resolve()), "--version", version]
     return command + (["--site", site] if site is not None else [])
 
@@ -60,7 +61,7 @@ def run_app(
     params: Params,
     params_file: Path,
     host: str,
-    port: int | None,
+    port: int,
     version: str | None,
     site: str | None,
 ) -> int:
@@ -74,7 +75,6 @@ def run_app(
             "images and see the answers",
             host,
         )
-    port = port or params.app.port
     log.info("the page of %s v%s: http://%s:%d", params.registry.model_name, number, host, port)
     command = streamlit_command(params, params_file, host, port, number, site)
     sys.stdout.flush()

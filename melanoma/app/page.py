@@ -83,7 +83,7 @@ def main() -> None:
     uploads = st.file_uploader(
         "Lesion images (one or many; drag and drop)",
         accept_multiple_files=True,
-        max_upload_size=math.ceil(params.app.max_image_bytes / 2**20),
+        max_upload_size=math.ceil(params.serve.max_image_bytes / 2**20),
     )
     if not uploads:
         return

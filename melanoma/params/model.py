@@ -293,11 +293,3 @@ class ServeParams(_Section):
     max_image_bytes: int = Field(
         20_000_000, ge=1000, description="size of one encoded image file, before base64"
     )
-
-
-class AppParams(_Section):
-    """Limits of the clinic page (`melanoma app`): an upload past them is answered, not scored."""
-
-    max_images: int = Field(200, ge=1, description="images scored in one upload")
-    max_image_bytes: int = Field(20_000_000, ge=1000, description="size of one uploaded image file")
-    port: int = Field(8501, ge=1024, le=65535, description="port of the page on the host")

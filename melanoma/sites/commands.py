@@ -170,7 +170,8 @@ def _site_check(args: argparse.Namespace, params: Params) -> int:
     )
     from melanoma.paths import DRIFT_REFERENCE_FILE
     from melanoma.registry.promotion import RegistryError
-    from melanoma.sites.drift import DriftReference, DriftReferenceError, check_predictions
+    from melanoma.sites.batch_drift import check_predictions
+    from melanoma.sites.drift import DriftReference, DriftReferenceError
     from melanoma.sites.registry import resolve_version
     from melanoma.tracking import configure_tracking
 

@@ -15,30 +15,13 @@ over the two tests). Unfamiliar images (not lesion images) are left out of both:
 warning's business, not the clinic's.
 """
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 from scipy.stats import ks_2samp
 
 from melanoma.sites.unfamiliar import unit_rows
-
-
-class Scored(Protocol):
-    """What the check reads of an image's prediction (melanoma.model.predict.ImagePrediction,
-    not imported: the train stage uses this module, and does not depend on predict)."""
-
-    @property
-    def ok(self) -> bool: ...
-
-    @property
-    def melanoma_probability(self) -> float: ...
-
-    unfamiliar: bool | None
-    features: np.ndarray | None
-
 
 # The reference is subsampled to this many images: the permutation test's cost is quadratic.
 MAX_REFERENCE = 600
@@ -120,31 +103,6 @@ def check_drift(
         embedding_mmd2=mmd2,
         embedding_p_value=p_value,
         alpha=alpha,
-    )
-
-
-def compared_images(predictions: Sequence[Scored]) -> list[Scored]:
-    """The predictions the check compares: readable images that are not unfamiliar."""
-    return [p for p in predictions if p.ok and not p.unfamiliar]
-
-
-def check_predictions(
-    reference: DriftReference,
-    predictions: Sequence[Scored],
-    alpha: float,
-    permutations: int = 500,
-) -> DriftResult:
-    """check_drift of a batch's compared_images (predicted with the version's detector, which
-    gives their features); ValueError if fewer than 2 are left."""
-    compared = compared_images(predictions)
-    if len(compared) < 2:
-        raise ValueError(f"{len(compared)} images left to compare (the check needs 2)")
-    return check_drift(
-        reference,
-        np.array([p.melanoma_probability for p in compared]),
-        np.stack([p.features for p in compared]),
-        alpha,
-        permutations,
     )
 
 
