@@ -110,7 +110,12 @@ def registry(module_mlflow_project, tmp_path_factory) -> dict:
     # the folder the suite started in.
     with mlflow.start_run(experiment_id=configure_tracking(params.mlflow)):
         uri = log_served_model(model, config, candidates[0], stored).model_uri
-    figures = {"test_melanoma_auc": "0.81", "test_accuracy": "0.62", "tinyext_melanoma_auc": "0.7"}
+    figures = {
+        "test_melanoma_auc": "0.81",
+        "test_accuracy": "0.62",
+        "test_balanced_accuracy": "0.55",
+        "tinyext_melanoma_auc": "0.7",
+    }
     mlflow.register_model(uri, MODEL, tags={THRESHOLD_TAG: str(threshold), **figures})
     client = mlflow.MlflowClient()
     record_decision(client, MODEL, "1", Decision(True, "first"))
@@ -130,7 +135,7 @@ def test_the_page_serves_the_champion_with_its_threshold_sites_and_card(served, 
     assert served.global_threshold == pytest.approx(registry["threshold"])
     assert list(served.sites) == [SITE]
     assert served.figures == {
-        "test": {"melanoma_auc": 0.81, "accuracy": 0.62},
+        "test": {"melanoma_auc": 0.81, "accuracy": 0.62, "balanced_accuracy": 0.55},
         "tinyext": {"melanoma_auc": 0.7},
     }
     assert served.detector is not None and served.drift_reference is not None

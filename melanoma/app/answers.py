@@ -169,10 +169,12 @@ def explainer_of(model: keras.Model) -> GradCam | None:
 def card_figures(tags: dict[str, str]) -> dict[str, dict[str, float]]:
     """The headline figures `register` tagged the version with (`<set>_<metric>`), by set."""
     figures: dict[str, dict[str, float]] = {}
+    # The longest name first: test_balanced_accuracy is balanced_accuracy, not accuracy.
+    metrics = sorted(HEADLINE_METRICS, key=len, reverse=True)
     for key, value in tags.items():
-        for metric in HEADLINE_METRICS:
-            if key.endswith(f"_{metric}"):
-                figures.setdefault(key.removesuffix(f"_{metric}"), {})[metric] = float(value)
+        metric = next((m for m in metrics if key.endswith(f"_{m}")), None)
+        if metric is not None:
+            figures.setdefault(key.removesuffix(f"_{metric}"), {})[metric] = float(value)
     return figures
 
 
