@@ -3,7 +3,7 @@
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: pipeline test test-fast lint ui
+.PHONY: pipeline test test-fast lint ui app
 
 # uv installs the same pinned requirements as pip, downloading and unpacking in parallel: 11 s
 # instead of about 75 s from an empty cache, the largest single cost of CI's set-up.
@@ -36,3 +36,6 @@ lint: $(BIN)/.installed
 
 ui: $(BIN)/.installed  ## open the MLflow UI on the runs the pipeline made
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --default-artifact-root mlruns/artifacts --host 127.0.0.1 --port 5000
+
+app: $(BIN)/.installed  ## the clinic page of the champion on http://127.0.0.1:8501 (docs/app.md)
+	PATH=$(CURDIR)/$(BIN):$$PATH melanoma app

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from melanoma.app.launch import DEFAULT_PORT
 from melanoma.config import PARAMS_FILE, Params, ParamsError, load_params
 from melanoma.exit_codes import CANNOT_RUN, EXIT_CODES, OK, SOME_FILES_FAILED
 from melanoma.logs import setup_logging
@@ -112,6 +113,24 @@ def _parser() -> argparse.ArgumentParser:
         "rollback", help="give the champion alias back to the previous one"
     )
     rollback.set_defaults(handler=_rollback)
+
+    app = commands.add_parser(
+        "app",
+        help="a web page for a clinic: upload images, see the alert, Grad-CAM, the batch",
+        description="Serve the page of the champion (or --version) on http://127.0.0.1:PORT "
+        "(docs/app.md). Runs until stopped (Ctrl-C).",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    app.add_argument("--version", help="version of registry.model_name (default: the champion)")
+    app.add_argument("--site", metavar="NAME", help="the site chosen when the page opens")
+    app.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default: %(default)s; another one: the page has no login)",
+    )
+    app.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default: %(default)s)")
+    app.set_defaults(handler=_app)
     return parser
 
 
@@ -360,6 +379,12 @@ def _rollback(args: argparse.Namespace, params: Params) -> int:
         return CANNOT_RUN
     print(f"{name}: champion v{current} -> v{previous}")
     return OK
+
+
+def _app(args: argparse.Namespace, params: Params) -> int:
+    from melanoma.app.launch import run_app
+
+    return run_app(params, args.params, args.host, args.port, args.version, args.site)
 
 
 if __name__ == "__main__":

@@ -184,23 +184,46 @@ def heat_maps(
 
     A map is all zeros when nothing in the block raises that class's probability.
     """
+    (maps,), probabilities = heat_maps_of_classes(explainer, images, [class_indices])
+    return maps, probabilities
+
+
+def heat_maps_of_classes(
+    explainer: GradCam, images: np.ndarray, class_lists: Sequence[Sequence[int]]
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """heat_maps for several classes of each image (one list of class indices per map wanted,
+    e.g. melanoma and the top class) from one pass through the network: ([maps (n, h, w) per
+    list], probabilities (n, 9)). The pass is most of the cost; each list adds a gradient."""
     # A list either way: Keras returns a model's only output bare.
     blocks = keras.tree.flatten(explainer.features(images, training=False))
-    with tf.GradientTape() as tape:
+    with tf.GradientTape(persistent=len(class_lists) > 1) as tape:
         # Watched explicitly: with frozen weights, or no weights before the block, the tape
         # would otherwise not record the head.
         tape.watch(blocks)
         probabilities = explainer.head(blocks, training=False)
-        indices = tf.constant(list(class_indices), dtype=tf.int32)[:, None]
         # Images do not interact at inference, so the gradient of the sum is each image's own.
-        scores = tf.reduce_sum(tf.gather(probabilities, indices, axis=1, batch_dims=1))
-    gradients = tape.gradient(scores, blocks)
+        scores = [
+            tf.reduce_sum(
+                tf.gather(
+                    probabilities,
+                    tf.constant(list(indices), dtype=tf.int32)[:, None],
+                    axis=1,
+                    batch_dims=1,
+                )
+            )
+            for indices in class_lists
+        ]
+    maps = [_normalised_map(tape.gradient(score, blocks), blocks) for score in scores]
+    return maps, np.asarray(probabilities, dtype=np.float64)
+
+
+def _normalised_map(gradients, blocks) -> np.ndarray:
+    """Grad-CAM's map of each image, scaled to [0, 1] by its own peak (all zeros if none)."""
     # An ensemble's channels are those of all its members' blocks: one sum over all of them.
     weighted = [_weighted_channels(g, b) for g, b in zip(gradients, blocks, strict=True)]
     maps = tf.nn.relu(tf.add_n(weighted)).numpy()
     peaks = maps.max(axis=(1, 2), keepdims=True)
-    maps = np.divide(maps, peaks, out=np.zeros_like(maps), where=peaks > 0)
-    return maps, np.asarray(probabilities, dtype=np.float64)
+    return np.divide(maps, peaks, out=np.zeros_like(maps), where=peaks > 0)
 
 
 def _weighted_channels(gradient, block) -> tf.Tensor:
@@ -279,8 +302,8 @@ def write_overlays(
         pixels = np.stack(images)
         model_images = to_model_size(pixels, size)
         top = [LABELS.index(predictions[n].top_label) for n in batch]
-        melanoma_maps, _ = heat_maps(explainer, model_images, [MELANOMA_INDEX] * len(batch))
-        top_maps, _ = heat_maps(explainer, model_images, top)
+        classes = [[MELANOMA_INDEX] * len(batch), top]
+        (melanoma_maps, top_maps), _ = heat_maps_of_classes(explainer, model_images, classes)
         for k, n in enumerate(batch):
             prediction = predictions[n]
             maps = {MELANOMA: melanoma_maps[k], prediction.top_label: top_maps[k]}

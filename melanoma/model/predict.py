@@ -11,7 +11,7 @@ the views its threshold was chosen on and keeps them (melanoma.model.views).
 
 import logging
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -215,22 +215,38 @@ def predict_files(
     """One ImagePrediction per path, in order; unusable files get an error, the rest are
     predicted in batches of BATCH_SIZE. With a detector, each also gets its unfamiliar score,
     from the same pass through the model."""
+
+    def read(position: int) -> np.ndarray:
+        return read_image(paths[position], ingest_size, max_pixels)
+
+    return predict_images(model, [str(path) for path in paths], read, detector)
+
+
+def predict_images(
+    model: keras.Model,
+    names: Sequence[str],
+    read: Callable[[int], np.ndarray],
+    detector: UnfamiliarDetector | None = None,
+) -> list[ImagePrediction]:
+    """predict_files for images named `names` that `read(position)` gives as the ingest stage
+    writes them (uint8 (s, s, 3); ImageRejected if unusable): files, or uploads held in memory
+    (melanoma.app), go through the same batching, scoring and unfamiliar score."""
     size = model_input_size(model)
     scorer = ImageScorer(model, detector)
     results: dict[int, ImagePrediction] = {}
-    batches = _batches(list(enumerate(paths)), BATCH_SIZE)
-    total = -(-len(paths) // BATCH_SIZE)
+    batches = _batches(list(range(len(names))), BATCH_SIZE)
+    total = -(-len(names) // BATCH_SIZE)
     for batch in tqdm(
         batches, desc="predict", total=total, unit="batch", leave=False, disable=total < 2
     ):
         readable: list[tuple[int, np.ndarray]] = []
-        for position, path in batch:
+        for position in batch:
             try:
-                readable.append((position, read_image(path, ingest_size, max_pixels)))
+                readable.append((position, read(position)))
             except ImageRejected as rejected:
-                log.warning("%s: %s (%s)", path, rejected, rejected.reason)
+                log.warning("%s: %s (%s)", names[position], rejected, rejected.reason)
                 results[position] = ImagePrediction(
-                    str(path), reason=rejected.reason, error=str(rejected)
+                    names[position], reason=rejected.reason, error=str(rejected)
                 )
         if not readable:
             continue
@@ -239,13 +255,13 @@ def predict_files(
         scores = None if features is None else detector.scores(features)
         for index, (position, _) in enumerate(readable):
             results[position] = ImagePrediction(
-                str(paths[position]),
+                names[position],
                 probabilities=dict(zip(LABELS, map(float, probabilities[index]), strict=True)),
                 unfamiliar_score=None if scores is None else float(scores[index]),
                 unfamiliar=None if scores is None else bool(detector.is_unfamiliar(scores[index])),
                 features=None if features is None else features[index],
             )
-    return [results[position] for position in range(len(paths))]
+    return [results[position] for position in range(len(names))]
 
 
 # The probe of each model, per depth: a caller that predicts one file at a time must not build

@@ -192,7 +192,6 @@ def _site_list(args: argparse.Namespace, params: Params) -> int:
 def _site_check(args: argparse.Namespace, params: Params) -> int:
     from dataclasses import asdict
 
-    import numpy as np
     from mlflow import MlflowClient
 
     from melanoma.model.predict import (
@@ -205,7 +204,8 @@ def _site_check(args: argparse.Namespace, params: Params) -> int:
     )
     from melanoma.paths import DRIFT_REFERENCE_FILE
     from melanoma.registry.promotion import RegistryError
-    from melanoma.sites.drift import DriftReference, DriftReferenceError, check_drift
+    from melanoma.sites.batch_drift import check_predictions
+    from melanoma.sites.drift import DriftReference, DriftReferenceError
     from melanoma.sites.registry import resolve_version
     from melanoma.tracking import configure_tracking
 
@@ -233,19 +233,15 @@ def _site_check(args: argparse.Namespace, params: Params) -> int:
     predictions = predict_files(
         model, files, params.ingest.image_size, params.ingest.max_image_pixels, detector
     )
-    compared = [p for p in predictions if p.ok and not p.unfamiliar]
     unreadable = sum(not p.ok for p in predictions)
     unfamiliar = sum(bool(p.unfamiliar) for p in predictions)
-    if len(compared) < 2:
-        log.error("%s: %d images left to compare (the check needs 2)", args.folder, len(compared))
+    try:
+        result = check_predictions(
+            validation, predictions, params.sites.drift_alpha, params.sites.drift_permutations
+        )
+    except ValueError as error:
+        log.error("%s: %s", args.folder, error)
         return CANNOT_RUN
-    result = check_drift(
-        validation,
-        np.array([p.melanoma_probability for p in compared]),
-        np.stack([p.features for p in compared]),
-        params.sites.drift_alpha,
-        params.sites.drift_permutations,
-    )
     if args.json:
         output = {"folder": str(args.folder), "model": reference, "files": len(files)}
         output |= {"unreadable": unreadable, "unfamiliar": unfamiliar, "drifted": result.drifted}
