@@ -10,7 +10,7 @@ nothing here writes a file.
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 import keras
@@ -49,7 +49,15 @@ from melanoma.registry.promotion import registered_threshold
 from melanoma.reports import HEADLINE_METRICS
 from melanoma.sites.batch_drift import check_predictions, compared_images
 from melanoma.sites.drift import DriftReference
-from melanoma.sites.registry import SiteRecord, find_site, resolve_version, version_sites
+from melanoma.sites.head import SiteHead, with_site_head
+from melanoma.sites.registry import (
+    SiteRecord,
+    VersionSite,
+    find_site,
+    resolve_version,
+    usable_site_head,
+    version_sites,
+)
 from melanoma.sites.unfamiliar import UnfamiliarDetector
 from melanoma.tracking import configure_tracking
 
@@ -84,6 +92,7 @@ class ServedVersion:
 
     model_name: str
     version: str
+    run_id: str | None  # the version's run, which stores its sites' heads
     registered_on: str  # the version's creation date, UTC
     model: keras.Model
     detector: UnfamiliarDetector | None
@@ -101,10 +110,12 @@ class ServedVersion:
 
 @dataclass(frozen=True)
 class Threshold:
-    """The alert threshold in use, and whose it is (a site's, or None: the version's own)."""
+    """The alert threshold in use, and whose it is (a site's, or None: the version's own);
+    with the site's adopted head, the threshold applies to the head's P(melanoma)."""
 
     value: float
     site: str | None = None
+    head: SiteHead | None = field(default=None, compare=False, repr=False)
 
     def describe(self) -> str:
         owner = f"site {self.site}" if self.site else "the model (global)"
@@ -140,6 +151,7 @@ def load_version(params: Params, version: str | None = None) -> ServedVersion:
     return ServedVersion(
         model_name=name,
         version=number,
+        run_id=registered.run_id,
         registered_on=_date(registered.creation_timestamp),
         model=model,
         detector=detector,
@@ -179,11 +191,27 @@ def card_figures(tags: dict[str, str]) -> dict[str, dict[str, float]]:
 
 
 def threshold_for(served: ServedVersion, site: str | None) -> Threshold:
-    """The site's threshold, or the version's global one; SiteError naming the known sites."""
+    """The site's threshold and adopted head (as `melanoma predict --site` reads them), or the
+    version's global threshold; SiteError naming the known sites, SiteHeadError naming a head
+    that cannot be used with the version."""
     if site is None:
         return Threshold(served.global_threshold)
     record = find_site(served.model_name, served.version, served.sites, site)
-    return Threshold(record.threshold, site)
+    found = VersionSite(served.model_name, served.version, served.run_id, record)
+    head = usable_site_head(MlflowClient(), found, served.detector)
+    return Threshold(record.threshold, site, head)
+
+
+def at_threshold(answers: Sequence[ImageAnswer], threshold: Threshold) -> list[ImageAnswer]:
+    """The answers with the P(melanoma) the threshold applies to: the site head's, if the
+    threshold's site has one (the same function as `melanoma predict --site`)."""
+    if threshold.head is None:
+        return list(answers)
+    adapted = with_site_head([answer.prediction for answer in answers], threshold.head)
+    return [
+        replace(answer, prediction=prediction)
+        for answer, prediction in zip(answers, adapted, strict=True)
+    ]
 
 
 def answer_uploads(

@@ -23,6 +23,7 @@ from melanoma.app.answers import (
     Threshold,
     Upload,
     answer_uploads,
+    at_threshold,
     batch_table,
     drift_verdict,
     load_version,
@@ -32,6 +33,7 @@ from melanoma.app.answers import (
 )
 from melanoma.config import Params, load_params
 from melanoma.labels import MELANOMA
+from melanoma.sites.head import SiteHeadError
 
 GLOBAL_CHOICE = "(none: the model's global threshold)"
 NOTICE = (
@@ -88,7 +90,9 @@ def main() -> None:
     if not uploads:
         return
     files = tuple((upload.name, upload.getvalue()) for upload in uploads)
-    answers = answers_of(served, served.version, str(args.params), files, explain)
+    answers = at_threshold(
+        answers_of(served, served.version, str(args.params), files, explain), threshold
+    )
     if len(answers) > 1:
         batch_view(served, answers, threshold, params)
     for position, answer in enumerate(answers):
@@ -111,14 +115,25 @@ def sidebar(served: ServedVersion, site: str | None) -> tuple[Threshold, bool]:
             choices,
             index=choices.index(site) if site in served.sites else 0,
         )
-        threshold = threshold_for(served, None if chosen == GLOBAL_CHOICE else chosen)
+        try:
+            threshold = threshold_for(served, None if chosen == GLOBAL_CHOICE else chosen)
+        except SiteHeadError as error:
+            # Nothing is answered with a head that does not fit the version.
+            st.error(str(error))
+            st.stop()
         if threshold.site is not None:
             record = served.sites[threshold.site]
+            head = (
+                f" P(melanoma) is the site head's (out-of-fold AUC {record.head_auc:.3f} on "
+                f"the sample against the model's {record.model_auc:.3f})."
+                if threshold.head is not None
+                else ""
+            )
             st.markdown(
                 f"Site **{record.name}**: alert at P(melanoma) >= {record.threshold:.4g}, "
                 f"chosen on its sample of {record.images} images ({record.melanomas} "
                 f"melanomas): sensitivity {record.sample_sensitivity:.3f}, specificity "
-                f"{record.sample_specificity:.3f}; calibrated {record.calibrated_at}."
+                f"{record.sample_specificity:.3f}; calibrated {record.calibrated_at}.{head}"
             )
         if served.detector is None:
             st.warning(

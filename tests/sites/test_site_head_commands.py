@@ -90,8 +90,24 @@ def _served_answers(site: str | None) -> pd.DataFrame:
     return served.predict(pd.DataFrame({"image": pixels}), params={"site": site or ""})
 
 
+def _page_answers(params, site: str | None) -> list:
+    """The clinic page's answers for the blue and red images at the site's threshold."""
+    from melanoma.app.answers import (
+        Upload,
+        answer_uploads,
+        at_threshold,
+        load_version,
+        threshold_for,
+    )
+
+    served = load_version(params)
+    uploads = [Upload(name, Path(name).read_bytes()) for name in ("blue.png", "red.png")]
+    answers = answer_uploads(served, uploads, params, explain=False)
+    return at_threshold(answers, threshold_for(served, site))
+
+
 def test_the_head_is_adopted_where_it_ranks_better_and_every_site_path_uses_it(
-    registry_with_features, capsys
+    registry_with_features, mlflow_project, capsys
 ):
     clinic = write_clinic(Path("clinic"), melanomas=20, others=30, bluer_melanomas=True)
     assert main(["site", "calibrate", "clinic_blue", str(clinic)]) == OK
@@ -129,6 +145,15 @@ def test_the_head_is_adopted_where_it_ranks_better_and_every_site_path_uses_it(
     assert served["melanoma_probability"].iloc[0] == pytest.approx(blue["melanoma_probability"])
     unchanged = _served_answers(None)
     assert unchanged["melanoma_probability"].tolist() == pytest.approx([1 / len(LABELS)] * 2)
+
+    # The clinic page: the head's P(melanoma) at the site, the model's without one.
+    page = [a.prediction for a in _page_answers(mlflow_project, "clinic_blue")]
+    assert [p.melanoma_probability for p in page] == pytest.approx(
+        [blue["melanoma_probability"], red["melanoma_probability"]], abs=1e-6
+    )
+    assert [p.melanoma_alert(record.threshold) for p in page] == [True, False]
+    page_globally = [a.prediction for a in _page_answers(mlflow_project, None)]
+    assert [p.melanoma_probability for p in page_globally] == pytest.approx([1 / len(LABELS)] * 2)
 
 
 @pytest.mark.parametrize(
