@@ -349,7 +349,11 @@ def config_table() -> pd.DataFrame:
             else f"{frame[column].mean():.3f}"
             for column in frame
         } | {"seeds": len(frame)}
-    return pd.DataFrame(cells)
+    table = pd.DataFrame(cells)
+    first = [f"{kind}_{SHORT[s]}" for kind in ("val", "loco") for s in SOURCES]
+    return table.reindex(
+        [r for r in first if r in table.index] + [r for r in table.index if r not in first]
+    )
 
 
 def sharpness_table() -> pd.DataFrame:
