@@ -90,22 +90,29 @@ def open_table_source(source: TableSource, param: str) -> Source:
         else:
             listed.add((prefix, stem))
             files.append(_placed(file, by_id[stem], part, source))
-    for prefix, part, by_id in parts:
-        for image_id in sorted(set(by_id) - {stem for p, stem in listed if p == prefix}):
-            line = int(by_id[image_id]["line"].iloc[0])
-            files.append(
-                SourceFile(
-                    f"{prefix}{image_id}",
-                    None,
-                    split=part.split,
-                    problem=MISSING_IMAGE,
-                    detail=f"line {line} of {part.table.as_posix()} names it; no file "
-                    f"{image_id}.* in {source.path / part.images}",
-                )
-            )
+    files += [
+        _missing_image(prefix, part, image_id, by_id[image_id], source)
+        for prefix, part, by_id in parts
+        for image_id in sorted(set(by_id) - {stem for p, stem in listed if p == prefix})
+    ]
     files.sort(key=lambda f: f.path)
     _warn(files, where)
     return Source(source.path, files, None)
+
+
+def _missing_image(
+    prefix: str, part: TablePart, image_id: str, rows: pd.DataFrame, source: TableSource
+) -> SourceFile:
+    """A table row whose image is not in its part's folder: accounted for, never read."""
+    line = int(rows["line"].iloc[0])
+    return SourceFile(
+        f"{prefix}{image_id}",
+        None,
+        split=part.split,
+        problem=MISSING_IMAGE,
+        detail=f"line {line} of {part.table.as_posix()} names it; no file {image_id}.* in "
+        f"{source.path / part.images}",
+    )
 
 
 def read_lesion_metadata(source: TableSource, where: str) -> pd.Series | None:
