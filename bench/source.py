@@ -9,7 +9,7 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 
 from melanoma.data.sources import open_source
-from melanoma.data.table_sources import read_label_table
+from melanoma.data.table_sources import read_label_table, read_lesion_metadata
 from melanoma.labels import LABELS, canonical_label
 from melanoma.params.data import DataSource, FolderSource, TableSource
 
@@ -85,21 +85,30 @@ def tiny_external_set(folder: Path, destination: Path, per_class: int) -> Path:
 
 
 def tiny_table_source(source: TableSource, destination: Path, per_label: int) -> TableSource:
-    """Copy the first `per_label` usable rows per label of a table source (in table order, one
-    image per lesion so that nothing is grouped away) and their images into `destination`, laid
-    out as the source is; return the copy's params."""
-    rows = read_label_table(source, source.name)
-    usable = rows[rows["problem"] == ""].drop_duplicates("lesion_id")
-    chosen = usable.groupby("label", sort=False).head(per_label)
-    table = pd.read_csv(source.path / source.table, dtype=str, keep_default_na=False)
-    (destination / source.table).parent.mkdir(parents=True, exist_ok=True)
-    table.iloc[chosen.index].to_csv(destination / source.table, index=False)
-    images = destination / source.images
-    images.mkdir(parents=True, exist_ok=True)
-    for image_id in chosen["image_id"]:
-        [path] = (source.path / source.images).glob(f"{image_id}.*")
-        (images / path.name).write_bytes(path.read_bytes())
-    log.info("tiny table source: %d images copied to %s", len(chosen), destination)
+    """Copy, from each image folder and table of a table source, the first `per_label` usable
+    rows per label (in table order, one image per lesion so that nothing is grouped away) and
+    their images into `destination`, laid out as the source is (its metadata CSV whole); return
+    the copy's params."""
+    lesions = read_lesion_metadata(source, source.name)
+    if source.metadata is not None:
+        (destination / source.metadata).parent.mkdir(parents=True, exist_ok=True)
+        (destination / source.metadata).write_bytes((source.path / source.metadata).read_bytes())
+    copied = 0
+    for part in source.layout:
+        rows = read_label_table(source, part, lesions, source.name)
+        usable = rows[rows["problem"] == ""]
+        usable = usable[(usable["lesion_id"] == "") | ~usable["lesion_id"].duplicated()]
+        chosen = usable.groupby("label", sort=False).head(per_label)
+        table = pd.read_csv(source.path / part.table, dtype=str, keep_default_na=False)
+        (destination / part.table).parent.mkdir(parents=True, exist_ok=True)
+        table.iloc[chosen.index].to_csv(destination / part.table, index=False)
+        images = destination / part.images
+        images.mkdir(parents=True, exist_ok=True)
+        for image_id in chosen["image_id"]:
+            [path] = (source.path / part.images).glob(f"{image_id}.*")
+            (images / path.name).write_bytes(path.read_bytes())
+        copied += len(chosen)
+    log.info("tiny table source: %d images copied to %s", copied, destination)
     return source.model_copy(update={"path": destination})
 
 

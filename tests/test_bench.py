@@ -280,3 +280,31 @@ def test_ablation_summary_gives_each_configuration_s_mean_and_spread_over_seeds(
     assert table.loc["frozen", "pooled_spec"] == "0.600 ± 0.000"
     assert ablation.parse_override("train.freeze=3") == ("train.freeze", 3)
     assert ablation.parse_override("train.freeze=all") == ("train.freeze", "all")
+
+
+@pytest.mark.parametrize("name", ["isic2017", "bcn20000"])
+def test_a_tiny_copy_of_a_published_isic_layout_keeps_its_layout(tmp_path, name):
+    """The benchmark's tiny sources of ISIC 2017 (a folder and table per split) and ISIC 2019
+    (lesion ids in a metadata CSV), from the shared copies: each part keeps one image per label
+    and the copy reads back with every file placed."""
+    from collections import Counter
+
+    from bench.clinics import NEW_SOURCES
+    from bench.source import tiny_table_source
+    from melanoma.data.table_sources import LABEL_TABLE, open_table_source
+    from melanoma.params.data import TableSource
+
+    source = TableSource.model_validate(next(s for s in NEW_SOURCES if s["name"] == name))
+    if not source.path.is_dir():
+        pytest.skip(f"{source.path} is not on this machine")
+
+    tiny = tiny_table_source(source, tmp_path / name, per_label=1)
+
+    files = open_table_source(tiny, "data.sources[2]").files
+    problems = Counter(f.problem for f in files)
+    labels = Counter((f.path.split("/")[0], f.label) for f in files if not f.problem)
+    assert set(problems) == {"", LABEL_TABLE}
+    assert set(labels.values()) == {1}
+    assert len(labels) == {"isic2017": 6, "bcn20000": 8}[name]
+    if name == "bcn20000":
+        assert all(f.lesion_id.startswith("BCN_") for f in files if not f.problem)
