@@ -1,0 +1,102 @@
+"""The house's layers (docs/architecture.md): every import inside `melanoma/` points down the
+layers or stays within its own, and nothing in `melanoma/` imports `stages/` or `bench/`.
+
+The imports are read from the source (every `import`, at the top or inside a function), as
+tests/test_dvc_yaml.py reads them for the stages' deps. Today's upward imports are listed in
+UPWARD_TODAY: a new one fails naming both files; one that is gone fails too, so that the list
+only shrinks as modules move (the list empty is the goal)."""
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Lowest first: a module may import its own layer and those before it.
+LAYERS = (
+    ("base", ("melanoma.labels", "melanoma.logs", "melanoma.exit_codes", "melanoma.paths")),
+    ("params", ("melanoma.params", "melanoma.config")),
+    ("reports", ("melanoma.reports", "melanoma.tracking")),
+    ("data", ("melanoma.data",)),
+    ("model", ("melanoma.model",)),
+    ("evaluation", ("melanoma.evaluation",)),
+    ("sites", ("melanoma.sites",)),
+    ("registry", ("melanoma.registry",)),
+    ("interfaces", ("melanoma.app", "melanoma.cli")),
+)
+OUTSIDE_THE_PACKAGE = ("stages", "bench")
+
+# (importing file, imported module) of today's upward imports: each a move still to make.
+UPWARD_TODAY = {
+    ("melanoma/config.py", "melanoma.model.lite_specs"),
+    ("melanoma/params/model.py", "melanoma.model.lite_specs"),
+    ("melanoma/model/predict.py", "melanoma.sites.unfamiliar"),
+    ("melanoma/model/views.py", "melanoma.sites.unfamiliar"),
+    ("melanoma/model/serving.py", "melanoma.sites.head"),
+    ("melanoma/model/serving.py", "melanoma.sites.registry"),
+    ("melanoma/model/serving.py", "melanoma.sites.unfamiliar"),
+    ("melanoma/model/training.py", "melanoma.evaluation.metrics"),
+    ("melanoma/model/training.py", "melanoma.sites.fitting"),
+    ("melanoma/sites/commands.py", "melanoma.registry.promotion"),
+    ("melanoma/sites/registry.py", "melanoma.registry.promotion"),
+}
+
+
+def layer_of(module: str) -> int | None:
+    for place, (_, prefixes) in enumerate(LAYERS):
+        if any(module == p or module.startswith(f"{p}.") for p in prefixes):
+            return place
+    return None
+
+
+def imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module)
+    return found
+
+
+def package_files() -> list[Path]:
+    return sorted((ROOT / "melanoma").rglob("*.py"))
+
+
+def module_of(path: Path) -> str:
+    return ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+
+
+def upward_imports() -> set[tuple[str, str]]:
+    upward = set()
+    for path in package_files():
+        here = layer_of(module_of(path))
+        for module in imports(path):
+            there = layer_of(module)
+            if here is not None and there is not None and there > here:
+                upward.add((path.relative_to(ROOT).as_posix(), module))
+    return upward
+
+
+def test_every_module_of_the_package_has_a_layer():
+    unplaced = [module_of(p) for p in package_files() if layer_of(module_of(p)) is None]
+    assert unplaced == ["melanoma"], f"give these a layer in LAYERS: {unplaced}"
+
+
+def test_imports_point_down_the_layers_but_for_the_moves_still_to_make():
+    upward = upward_imports()
+    new = sorted(upward - UPWARD_TODAY)
+    gone = sorted(UPWARD_TODAY - upward)
+    assert not new, "imports pointing up the layers (docs/architecture.md): " + "; ".join(
+        f"{file} imports {module}" for file, module in new
+    )
+    assert not gone, f"no longer upward, remove from UPWARD_TODAY: {gone}"
+
+
+def test_the_package_never_imports_the_stages_or_the_benchmark():
+    reaching_out = [
+        f"{path.relative_to(ROOT)} imports {module}"
+        for path in package_files()
+        for module in imports(path)
+        if module.split(".")[0] in OUTSIDE_THE_PACKAGE
+    ]
+    assert not reaching_out, reaching_out
