@@ -374,13 +374,13 @@ def sharpness_table() -> pd.DataFrame:
 
 
 def tables() -> str:
-    with pd.option_context("display.width", 250, "display.max_columns", 50):
-        return (
-            "Configurations (val_*: validation melanoma AUC of a source trained on; loco_*: "
-            "of a model of the recipe that never saw the source)\n"
-            f"{config_table().to_string()}\n\nDetail as a proxy (seed means)\n"
-            f"{sharpness_table().to_string()}"
-        )
+    """Both tables in Markdown, as bench/ABLATION.md shows them."""
+    return (
+        "Configurations (val_*: validation melanoma AUC of a source trained on; loco_*: of a "
+        "model of the recipe that never saw the source; mean ± sd over seeds)\n\n"
+        f"{config_table().fillna('—').to_markdown()}\n\nDetail as a proxy (seed means)\n\n"
+        f"{sharpness_table().reset_index().to_markdown(index=False)}"
+    )
 
 
 def main() -> None:
