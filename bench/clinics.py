@@ -313,8 +313,11 @@ def train_config(config: str, seeds: tuple[int, ...], model: str | None = None) 
 
 
 def measured(training: Training, seed: int) -> dict | None:
+    """The model's row, once scored on every source (None before: a row being scored has
+    only its training's figures)."""
     path = RESULTS / training.name / f"seed{seed}" / "row.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    row = json.loads(path.read_text()) if path.exists() else {}
+    return row if "per_source" in row else None
 
 
 def config_figures(config: str, seed: int) -> dict[str, float] | None:
