@@ -338,6 +338,15 @@ def config_figures(config: str, seed: int) -> dict[str, float] | None:
     return figures
 
 
+def mean_sd(values: pd.Series) -> str:
+    """The mean ± the standard deviation over the seeds that have the figure (the mean alone
+    from one)."""
+    present = values.dropna()
+    if len(present) < 2:
+        return f"{present.mean():.3f}"
+    return f"{present.mean():.3f} ± {present.std(ddof=1):.3f}"
+
+
 def config_table() -> pd.DataFrame:
     """Per configuration, mean ± sd over the seeds whose models are all measured."""
     cells = {}
@@ -346,12 +355,8 @@ def config_table() -> pd.DataFrame:
         if not seeds:
             continue
         frame = pd.DataFrame(seeds)
-        cells[config] = {
-            column: f"{frame[column].mean():.3f} ± {frame[column].std(ddof=1):.3f}"
-            if len(frame) > 1
-            else f"{frame[column].mean():.3f}"
-            for column in frame
-        } | {"seeds": len(frame)}
+        cells[config] = {column: mean_sd(frame[column]) for column in frame}
+        cells[config]["seeds"] = len(frame)
     table = pd.DataFrame(cells)
     first = [f"{kind}_{SHORT[s]}" for kind in ("val", "loco") for s in SOURCES]
     return table.reindex(
