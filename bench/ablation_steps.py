@@ -33,9 +33,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.ablation import RESULTS, run
-from bench.project import PROJECT, command_env, copy_project, pin_source_deps
-from bench.run import project_reference_labels
+from bench.ablation_runs import RESULTS, run
+from bench.project import (
+    PROJECT,
+    command_env,
+    copy_project,
+    pin_source_deps,
+    project_reference_labels,
+)
 from melanoma.config import load_params
 
 log = logging.getLogger(__name__)
@@ -208,7 +213,7 @@ def view_rows(models: list[dict], workdir: Path) -> list[dict]:
     at the next model."""
     import keras
 
-    from bench.ablation import score_model, working_directory
+    from bench.ablation_runs import score_model, working_directory
     from melanoma.model.views import with_views
 
     rows = []
@@ -240,7 +245,7 @@ def view_rows(models: list[dict], workdir: Path) -> list[dict]:
 
 def ensemble_rows(models: list[dict]) -> list[dict]:
     """The seeds' probabilities averaged, against each seed alone (its own rows)."""
-    from bench.ablation import figures_of
+    from bench.ablation_runs import figures_of
 
     validation = [pd.read_csv(row["validation_predictions"]) for row in models]
     external = [np.load(row["external_probabilities"]) for row in models]

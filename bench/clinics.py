@@ -37,8 +37,13 @@ import pandas as pd
 import yaml
 
 from bench.machine import lite0_images_per_second
-from bench.project import PROJECT, command_env, copy_project, pin_source_deps
-from bench.run import project_reference_labels
+from bench.project import (
+    PROJECT,
+    command_env,
+    copy_project,
+    pin_source_deps,
+    project_reference_labels,
+)
 from melanoma.config import load_params
 from melanoma.logs import setup_logging
 
@@ -235,7 +240,7 @@ def training_rows(training: Training, out: Path) -> Path:
 def train_one(training: Training, seed: int) -> dict:
     """Train `training` with `seed` (unless measured for the same key) and score it on every
     source's validation images, as they are and with the detail of an 84 px copy."""
-    from bench.ablation import run
+    from bench.ablation_runs import run
 
     out = RESULTS / training.name / f"seed{seed}"
     key = training_key(training)

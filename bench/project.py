@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from melanoma.config import load_params
+
 PROJECT = Path(__file__).resolve().parents[1]
 PIPELINE_FILES = ("dvc.yaml", "params.yaml", ".gitignore", ".dvcignore")
 PIPELINE_PACKAGES = ("stages", "melanoma")
@@ -87,3 +89,12 @@ def pin_source_deps(dvc_yaml: Path, sources: int) -> None:
     wanted = [f"{indent}- ${{data.sources[{i}].path}}\n" for i in range(sources)]
     lines[places[0] : places[-1] + 1] = wanted
     dvc_yaml.write_text("".join(lines))
+
+
+def project_reference_labels() -> dict[str, str]:
+    """validate.reference_labels of the project as an absolute path: relative to the project,
+    it would point nowhere from the copy. Empty if the check is off."""
+    reference = load_params(PROJECT / "params.yaml").validate_.reference_labels
+    if reference is None:
+        return {}
+    return {"validate.reference_labels": str((PROJECT / reference).resolve())}

@@ -35,7 +35,13 @@ import numpy as np
 from bench import loops
 from bench.pipeline import run_pipeline
 from bench.process import run_command
-from bench.project import PROJECT, command_env, copy_project, pin_source_deps
+from bench.project import (
+    PROJECT,
+    command_env,
+    copy_project,
+    pin_source_deps,
+    project_reference_labels,
+)
 from bench.seeds import SEED_METRICS, independent_seeds, seed_spread, train_more_seeds
 from bench.source import label_index, split_folder, tiny_external_set, tiny_sources
 from melanoma import paths
@@ -370,15 +376,6 @@ def run_json(module: str, arguments: list, out: Path, env: dict[str, str], logs:
     command = [sys.executable, "-m", module, *map(str, arguments), "--out", str(out)]
     run_command(command, PROJECT, env, logs / f"{module.removeprefix('bench.')}.log")
     return json.loads(out.read_text())
-
-
-def project_reference_labels() -> dict[str, str]:
-    """validate.reference_labels of the project as an absolute path: relative to the project,
-    it would point nowhere from the copy. Empty if the check is off."""
-    reference = load_params(PROJECT / "params.yaml").validate_.reference_labels
-    if reference is None:
-        return {}
-    return {"validate.reference_labels": str((PROJECT / reference).resolve())}
 
 
 def clean_test_labels(validated_manifest: Path) -> dict[str, int]:

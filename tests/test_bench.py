@@ -255,7 +255,7 @@ def test_scaling_rows_give_each_stage_s_growth_from_the_subset_to_all_sources():
 def test_ablation_summary_gives_each_configuration_s_mean_and_spread_over_seeds(
     tmp_path, monkeypatch
 ):
-    from bench import ablation
+    from bench import ablation, ablation_runs
 
     def row(name, seed, auc):
         return {
@@ -271,9 +271,9 @@ def test_ablation_summary_gives_each_configuration_s_mean_and_spread_over_seeds(
 
     rows = [row("frozen", 42, 0.80), row("frozen", 43, 0.84), row("top1", 42, 0.9)]
     (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    monkeypatch.setattr(ablation, "RESULTS", tmp_path)
+    monkeypatch.setattr(ablation_runs, "RESULTS", tmp_path)
 
-    table = ablation.summary()
+    table = ablation_runs.summary()
 
     assert table.loc["frozen", "ext_mel_auc"] == "0.820 ± 0.028"
     assert table.loc["frozen", "seeds"] == 2 and table.loc["top1", "seeds"] == 1

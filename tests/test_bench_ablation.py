@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench import ablation, ablation_steps
+from bench import ablation_runs, ablation_steps
 from melanoma.evaluation.metrics import melanoma_auc, probability_column
 from melanoma.labels import LABELS, MELANOMA, MELANOMA_INDEX
 
@@ -22,7 +22,7 @@ def results(tmp_path, monkeypatch):
     monkeypatch.setattr(ablation_steps, "step_file", lambda step: tmp_path / f"{step}.json")
     monkeypatch.setattr(ablation_steps, "RESULTS", tmp_path)
     labels = np.where(np.arange(N_EXTERNAL) % 4 == 0, MELANOMA_INDEX, LABELS.index("nevus"))
-    monkeypatch.setattr(ablation, "external_set", lambda: ([], labels))
+    monkeypatch.setattr(ablation_runs, "external_set", lambda: ([], labels))
     return tmp_path
 
 
@@ -54,9 +54,9 @@ def _seed_row(folder, seed: int) -> dict:
     validation[columns] = _probabilities(rng, true, 1.0)
     folder.mkdir(parents=True)
     validation.to_csv(folder / "validation_predictions.csv", index=False)
-    _, external_true = ablation.external_set()
+    _, external_true = ablation_runs.external_set()
     np.save(folder / "external.npy", _probabilities(rng, external_true, 1.0))
-    figures = ablation.figures_of(validation, np.load(folder / "external.npy"))
+    figures = ablation_runs.figures_of(validation, np.load(folder / "external.npy"))
     return {
         "name": "lite0",
         "seed": seed,
