@@ -28,19 +28,15 @@ import numpy as np
 import pandas as pd
 
 from bench.non_lesion import write_non_lesion_images
+from bench.sites_scores import ISIC2018, NON_LESION, RESULTS, SCORES_FILE, VALIDATION
 from melanoma.logs import setup_logging
 
 log = logging.getLogger(__name__)
 
 MANIFEST = Path("data/augmented/manifest.csv")
 EXTERNAL = Path("../shared/datasets/isic2018-test-external")
-RESULTS = Path("bench/results/sites")
 SOURCES = ("isic_collection", "ham10000")
 SEEDS = (42, 43, 44)
-SCORES_FILE = "scores.npz"
-ISIC2018 = "isic2018"
-NON_LESION = "non_lesion"
-VALIDATION = "validation"
 
 
 def step_name(source: str, seed: int) -> str:
@@ -157,19 +153,6 @@ def run_model_step(source: str, seed: int) -> Path:
     scores_file.with_suffix(".partial.npz").rename(scores_file)
     log.info("%s: written", scores_file)
     return scores_file
-
-
-def load_scores(step: str) -> dict[str, dict[str, np.ndarray]]:
-    """{group: {melanoma, features, unfamiliar, is_melanoma}} of a model step, and the
-    unfamiliar threshold under key `unfamiliar_threshold`."""
-    with np.load(RESULTS / step / SCORES_FILE) as arrays:
-        groups: dict = {}
-        for key in arrays.files:
-            if "/" in key:
-                group, field = key.split("/")
-                groups.setdefault(group, {})[field] = arrays[key]
-        groups["unfamiliar_threshold"] = float(arrays["unfamiliar_threshold"])
-    return groups
 
 
 def main() -> None:

@@ -31,7 +31,7 @@ import pandas as pd
 from scipy.stats import beta
 from sklearn.metrics import roc_auc_score
 
-from bench.sites import NON_LESION, RESULTS, VALIDATION, load_scores
+from bench.sites_scores import NON_LESION, RESULTS, VALIDATION, load_scores
 from melanoma.evaluation.operating_point import choose_threshold
 from melanoma.labels import LABELS, MELANOMA_INDEX
 from melanoma.params.sites import SiteParams

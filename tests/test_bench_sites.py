@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import expit
 
-from bench.sites import RESULTS, SCORES_FILE
+from bench.sites_scores import RESULTS, SCORES_FILE
 from bench.sites_tables import TABLES, print_tables
 from melanoma.params.sites import SiteParams
 
