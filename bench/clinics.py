@@ -46,6 +46,7 @@ from bench.project import (
 )
 from melanoma.config import load_params
 from melanoma.logs import setup_logging
+from melanoma.params.data import DataParams
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +207,9 @@ def model_params() -> dict:
     shaping = ("data", "ingest", "validate", "augment", "preprocess", "train", "predict")
     chosen = {section: raw[section] for section in shaping if section in raw}
     chosen["train"] = {k: v for k, v in chosen["train"].items() if k != "ensemble"}
+    # Each source as its params model reads it: a block written with or without its defaults
+    # (label_column: null, split: train) is the same source.
+    chosen["data"] = DataParams.model_validate(chosen["data"]).model_dump(mode="json")
     return chosen
 
 
