@@ -30,6 +30,7 @@ import yaml
 from bench.pipeline import stages_run
 from bench.process import run_command
 from bench.project import PROJECT, override_params
+from bench.run_table import table_row
 from melanoma.logs import setup_logging
 
 log = logging.getLogger(__name__)
@@ -127,16 +128,13 @@ def measure_clone(repeats: int) -> dict:
 def table_rows(results: dict) -> list[dict]:
     """The loops measured, as rows of bench.run's table (ours only), each with its target."""
     return [
-        {
-            "key": f"loops_{key}",
-            "figure": figure + (f" (target <= {TARGETS[key]:g} s)" if key in TARGETS else ""),
-            "unit": "s",
-            "reference": None,
-            "reference_ci": None,
-            "ours": results[key],
-            "ours_ci": None,
-            "spread": None,
-        }
+        table_row(
+            f"loops_{key}",
+            figure + (f" (target <= {TARGETS[key]:g} s)" if key in TARGETS else ""),
+            "s",
+            None,
+            results[key],
+        )
         for key, figure in FIGURES.items()
         if key in results
     ]
