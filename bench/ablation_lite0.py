@@ -25,10 +25,10 @@ import yaml
 from melanoma.config import PARAMS_FILE, parse_params
 from melanoma.labels import LABELS
 from melanoma.logs import setup_logging
+from melanoma.paths import AUGMENTED_MANIFEST
 
 log = logging.getLogger(__name__)
 
-MANIFEST = Path("data/augmented/manifest.csv")
 # Beside the project, wherever a run works (bench.ablation runs in copies of the pipeline too).
 EXTERNAL = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "isic2018-test-external"
 RESULTS = Path("bench/results/lite0")
@@ -117,12 +117,12 @@ def run(name: str) -> dict:
         # One cache per input size, as DVC's run cache would keep them.
         features_dir = RESULTS / f"features_{params.train.image_size}"
         if not (features_dir / "features.npz").is_file():
-            write_feature_cache(params.train, params.preprocess, MANIFEST, features_dir)
+            write_feature_cache(params.train, params.preprocess, AUGMENTED_MANIFEST, features_dir)
             features_seconds = time.perf_counter() - started
     else:
         features_dir = RESULTS / "unused"
     outputs = TrainOutputs(**{k: out / v.name for k, v in vars(TrainOutputs()).items()})
-    run_training(params, MANIFEST, outputs, features_dir)
+    run_training(params, AUGMENTED_MANIFEST, outputs, features_dir)
     train_seconds = time.perf_counter() - started
     metrics = TrainMetrics.read(outputs.metrics)
 

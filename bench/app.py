@@ -29,7 +29,7 @@ from melanoma.app.answers import (
     explainer_of,
     load_version,
 )
-from melanoma.config import Params, load_params
+from melanoma.config import PARAMS_FILE, Params, load_params
 from melanoma.logs import setup_logging
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bench.app", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--params", type=Path, default=PARAMS_FILE)
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--version", help="registry version (default: the champion)")
     source.add_argument("--untrained", action="store_true", help="no registry: see above")

@@ -31,6 +31,7 @@ from bench.pipeline import stages_run
 from bench.process import run_command
 from bench.project import PROJECT, override_params
 from bench.run_table import table_row
+from melanoma.config import PARAMS_FILE
 from melanoma.logs import setup_logging
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ def measure_clone(repeats: int) -> dict:
         seconds, ran_too = noop_repro(repeats, "clone_noop_experiments", CLONE)
         results[f"clone_noop_repro_{EXPERIMENTS}_experiments_seconds"] = statistics.median(seconds)
         results["clone_noop_repro_stages_run"] = sorted(set(ran + ran_too))
-        params = CLONE / "params.yaml"
+        params = CLONE / PARAMS_FILE
         rate = yaml.safe_load(params.read_text())["train"]["learning_rate"]
         override_params(params, {"train.learning_rate": rate / 2})
         for stage in TRAINING_CHANGE:

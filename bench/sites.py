@@ -30,10 +30,10 @@ import pandas as pd
 from bench.non_lesion import write_non_lesion_images
 from bench.sites_scores import ISIC2018, NON_LESION, RESULTS, SCORES_FILE, VALIDATION
 from melanoma.logs import setup_logging
+from melanoma.paths import AUGMENTED_MANIFEST, PLOTS_DIR
 
 log = logging.getLogger(__name__)
 
-MANIFEST = Path("data/augmented/manifest.csv")
 EXTERNAL = Path("../shared/datasets/isic2018-test-external")
 SOURCES = ("isic_collection", "ham10000")
 SEEDS = (42, 43, 44)
@@ -45,7 +45,7 @@ def step_name(source: str, seed: int) -> str:
 
 def one_source_manifest(source: str, out: Path) -> Path:
     """The augmented manifest's train and val rows of `source` alone."""
-    manifest = pd.read_csv(MANIFEST)
+    manifest = pd.read_csv(AUGMENTED_MANIFEST)
     rows = manifest[(manifest["source"] == source) & manifest["split"].isin(["train", "val"])]
     path = out / "manifest.csv"
     rows.to_csv(path, index=False)
@@ -59,7 +59,7 @@ def site_images(train_source: str) -> dict[str, tuple[list[Path], np.ndarray]]:
     from melanoma.evaluation.external import place
     from melanoma.labels import MELANOMA
 
-    manifest = pd.read_csv(MANIFEST)
+    manifest = pd.read_csv(AUGMENTED_MANIFEST)
     sites = {}
     for source in SOURCES:
         if source == train_source:
@@ -116,7 +116,7 @@ def run_model_step(source: str, seed: int) -> Path:
         log.info("%s: done before, skipped", scores_file)
         return scores_file
     out.mkdir(parents=True, exist_ok=True)
-    params_file = out / "params.yaml"
+    params_file = out / PARAMS_FILE
     shutil.copy(PARAMS_FILE, params_file)
     # One model per seed, as the results measured: seeds 42, 43 and 44 would otherwise be
     # ensembles sharing members (train.ensemble), not three independent models.
@@ -137,7 +137,7 @@ def run_model_step(source: str, seed: int) -> Path:
     }
     groups |= site_images(source)
     with tempfile.TemporaryDirectory() as scratch:
-        non_lesion = write_non_lesion_images(Path(scratch), Path("reports/plots"))
+        non_lesion = write_non_lesion_images(Path(scratch), PLOTS_DIR)
         arrays = {}
         for name, (paths, is_melanoma) in {
             **groups,

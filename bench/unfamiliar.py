@@ -26,11 +26,10 @@ import pandas as pd
 
 from bench.non_lesion import write_non_lesion_images
 from melanoma.logs import setup_logging
+from melanoma.paths import AUGMENTED_MANIFEST, MODEL_FILE, PLOTS_DIR
 
 log = logging.getLogger(__name__)
 
-MANIFEST = Path("data/augmented/manifest.csv")
-MODEL = Path("models/model.keras")
 EXTERNAL = Path("../shared/datasets/isic2018-test-external")
 OUT = Path("bench/results/unfamiliar.json")
 # The end of each stage of EfficientNet-Lite0 with a residual output, and the pooled features.
@@ -75,16 +74,16 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params()
     size, max_pixels = params.ingest.image_size, params.ingest.max_image_pixels
-    model = keras.saving.load_model(MODEL)
+    model = keras.saving.load_model(MODEL_FILE)
     # One probe per depth (each its own pass through the backbone), as one model.
     probes = [probe(model, depth) for depth in CANDIDATE_DEPTHS]
     extractor = keras.Model(model.inputs, [p.outputs[1] for p in probes])
-    manifest = pd.read_csv(MANIFEST)
+    manifest = pd.read_csv(AUGMENTED_MANIFEST)
     manifest = manifest[~manifest["augmented"]]
     train = manifest[manifest["split"] == "train"].sample(args.fit_images, random_state=0)
     val = manifest[manifest["split"] == "val"]
     with tempfile.TemporaryDirectory() as scratch:
-        non_lesion = write_non_lesion_images(Path(scratch), Path("reports/plots"))
+        non_lesion = write_non_lesion_images(Path(scratch), PLOTS_DIR)
         features = {"non_lesion": features_of(extractor, non_lesion, size, max_pixels)}
     external = sorted(p for p in EXTERNAL.rglob("*") if p.suffix.lower() in (".jpg", ".png"))
     features["isic2018"] = features_of(extractor, external, size, max_pixels)
