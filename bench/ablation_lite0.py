@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from bench.project import project_external_set
 from melanoma.config import PARAMS_FILE, parse_params
 from melanoma.labels import LABELS
 from melanoma.logs import setup_logging
@@ -29,8 +30,6 @@ from melanoma.paths import AUGMENTED_MANIFEST
 
 log = logging.getLogger(__name__)
 
-# Beside the project, wherever a run works (bench.ablation runs in copies of the pipeline too).
-EXTERNAL = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "isic2018-test-external"
 RESULTS = Path("bench/results/lite0")
 _FROZEN = {"architecture": "efficientnet_lite0", "freeze": "all", "random_flip": False}
 CONFIGS: dict[str, dict] = {
@@ -78,9 +77,10 @@ CONFIGS: dict[str, dict] = {
 def external_set() -> tuple[list[Path], np.ndarray]:
     """The shared external images and their label indices (labels.csv, folder names as LABELS
     with spaces)."""
-    table = pd.read_csv(EXTERNAL / "labels.csv")
+    folder = project_external_set("isic2018")
+    table = pd.read_csv(folder / "labels.csv")
     labels = table["label"].str.replace(" ", "_").map(LABELS.index).to_numpy()
-    return [EXTERNAL / f for f in table["file"]], labels
+    return [folder / f for f in table["file"]], labels
 
 
 def old_archive_auc(predictions: pd.DataFrame) -> float:

@@ -98,3 +98,10 @@ def project_reference_labels() -> dict[str, str]:
     if reference is None:
         return {}
     return {"validate.reference_labels": str((PROJECT / reference).resolve())}
+
+
+def project_external_set(name: str) -> Path:
+    """The folder of the project's external set `name` (params.yaml evaluate.external_sets) as
+    an absolute path, which reads the same from a copy of the pipeline."""
+    sets = load_params(PROJECT / PARAMS_FILE).evaluate.external_sets
+    return next((PROJECT / external.path).resolve() for external in sets if external.name == name)

@@ -34,7 +34,6 @@ from melanoma.paths import AUGMENTED_MANIFEST, PLOTS_DIR
 
 log = logging.getLogger(__name__)
 
-EXTERNAL = Path("../shared/datasets/isic2018-test-external")
 SOURCES = ("isic_collection", "ham10000")
 SEEDS = (42, 43, 44)
 
@@ -55,6 +54,7 @@ def one_source_manifest(source: str, out: Path) -> Path:
 def site_images(train_source: str) -> dict[str, tuple[list[Path], np.ndarray]]:
     """The sites of a model trained on `train_source`: (image files, is melanoma) of every other
     source's non-test, non-augmented images, and of the ISIC 2018 external set."""
+    from bench.project import project_external_set
     from melanoma.data.sources import walk_directory
     from melanoma.evaluation.external import place
     from melanoma.labels import MELANOMA
@@ -73,10 +73,11 @@ def site_images(train_source: str) -> dict[str, tuple[list[Path], np.ndarray]]:
             [Path(p) for p in rows["image_path"]],
             (rows["label"] == MELANOMA).to_numpy(),
         )
-    files = [place(f) for f in walk_directory(EXTERNAL)]
+    external = project_external_set(ISIC2018)
+    files = [place(f) for f in walk_directory(external)]
     labelled = sorted((f.path, f.label) for f in files if not f.problem)
     sites[ISIC2018] = (
-        [EXTERNAL / path for path, _ in labelled],
+        [external / path for path, _ in labelled],
         np.array([label == MELANOMA for _, label in labelled]),
     )
     return sites

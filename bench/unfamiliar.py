@@ -25,12 +25,12 @@ import numpy as np
 import pandas as pd
 
 from bench.non_lesion import write_non_lesion_images
+from bench.project import project_external_set
 from melanoma.logs import setup_logging
 from melanoma.paths import AUGMENTED_MANIFEST, MODEL_FILE, PLOTS_DIR
 
 log = logging.getLogger(__name__)
 
-EXTERNAL = Path("../shared/datasets/isic2018-test-external")
 OUT = Path("bench/results/unfamiliar.json")
 # The end of each stage of EfficientNet-Lite0 with a residual output, and the pooled features.
 CANDIDATE_DEPTHS = ("block10_add", "block14_add", "pooled")
@@ -85,7 +85,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         non_lesion = write_non_lesion_images(Path(scratch), PLOTS_DIR)
         features = {"non_lesion": features_of(extractor, non_lesion, size, max_pixels)}
-    external = sorted(p for p in EXTERNAL.rglob("*") if p.suffix.lower() in (".jpg", ".png"))
+    external = sorted(
+        p
+        for p in project_external_set("isic2018").rglob("*")
+        if p.suffix.lower() in (".jpg", ".png")
+    )
     features["isic2018"] = features_of(extractor, external, size, max_pixels)
     for name, rows in (("train", train), ("val", val)):
         paths = [Path(p) for p in rows["image_path"]]
