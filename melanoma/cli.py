@@ -17,10 +17,10 @@ from melanoma.app.launch import DEFAULT_PORT
 from melanoma.config import PARAMS_FILE, Params, ParamsError, load_params
 from melanoma.exit_codes import CANNOT_RUN, EXIT_CODES, OK, SOME_FILES_FAILED
 from melanoma.logs import setup_logging
-from melanoma.sites.commands import add_site_commands, site_operating_point
+from melanoma.site_commands import add_site_commands, site_operating_point
 
 if TYPE_CHECKING:
-    from melanoma.model.predict import ImagePrediction
+    from melanoma.inference.predict import ImagePrediction
 
 log = logging.getLogger("melanoma")
 
@@ -153,8 +153,9 @@ def _probability(text: str) -> float:
 def _load_model(reference: str | None, params: Params):
     """(reference, Keras model, its unfamiliar-image detector or None). A trained model (a
     .keras file, a training run's model) gets `predict.views` test-time views; a registered
-    version keeps the views it was registered with (melanoma.model.predict.scored_with_views)."""
-    from melanoma.model.predict import is_mlflow_uri, load_model_and_detector
+    version keeps the views it was registered with
+    (melanoma.inference.predict.scored_with_views)."""
+    from melanoma.inference.predict import is_mlflow_uri, load_model_and_detector
     from melanoma.tracking import configure_tracking
 
     reference = reference or f"models:/{params.registry.model_name}@champion"
@@ -172,7 +173,7 @@ def _load_model(reference: str | None, params: Params):
 def _images_and_model(args: argparse.Namespace, params: Params) -> tuple | int:
     """(image files, model reference, model, detector) for `args.paths` and `args.model`, or
     the exit code if there is no image or no model."""
-    from melanoma.model.predict import ModelLoadError, find_images, model_input_size
+    from melanoma.inference.predict import ModelLoadError, find_images, model_input_size
 
     files = find_images(args.paths)
     if not files:
@@ -188,7 +189,7 @@ def _images_and_model(args: argparse.Namespace, params: Params) -> tuple | int:
 
 
 def _predict(args: argparse.Namespace, params: Params) -> int:
-    from melanoma.model.predict import predict_files
+    from melanoma.inference.predict import predict_files
     from melanoma.registry.promotion import RegistryError, registered_threshold
 
     # The output folder first: a typo in it should not cost a model load and the predictions.
@@ -268,7 +269,7 @@ def _explain_folder_ok(folder: Path) -> bool:
 def _explainer(model):
     """Grad-CAM for the model, or CANNOT_RUN if it has no convolutional block to explain."""
     from melanoma.evaluation.explain import ExplainError, grad_cam
-    from melanoma.model.views import trained_model
+    from melanoma.inference.views import trained_model
 
     try:
         return grad_cam(trained_model(model))  # of the image itself, whatever the views
@@ -331,8 +332,8 @@ def _json_output(
 
 def _request(args: argparse.Namespace, params: Params) -> int:
     from melanoma.data.images import ImageRejected
-    from melanoma.model.predict import find_images
-    from melanoma.model.serving import request_body
+    from melanoma.inference.predict import find_images
+    from melanoma.registry.serving import request_body
 
     files = find_images(args.paths)
     if not files:

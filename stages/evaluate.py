@@ -4,7 +4,7 @@ MLflow: stage `register` logs these outputs and registers the model, so a tracki
 is down fails registration, not evaluation.
 
 Every set is scored by the trained model with `predict.views` test-time views
-(melanoma.model.views), the graph `register` logs as the served model; with more than one view
+(melanoma.inference.views), the graph `register` logs as the served model; with more than one view
 the validation split is scored again by it, so that the threshold is chosen on the same
 averaged scores (with one, train's validation predictions are those scores)."""
 
@@ -32,9 +32,9 @@ from melanoma.evaluation.report import (
     threshold_rules,
     validation_scores,
 )
+from melanoma.inference.predict import predict_split
+from melanoma.inference.views import trained_model, with_views
 from melanoma.logs import exit_on, setup_logging
-from melanoma.model.predict import predict_split
-from melanoma.model.views import trained_model, with_views
 from melanoma.paths import (
     GALLERY_FILE,
     METRICS_FILE,

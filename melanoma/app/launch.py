@@ -27,7 +27,7 @@ def check_choice(params: Params, version: str | None, site: str | None) -> str |
     from mlflow import MlflowClient
 
     from melanoma.registry.promotion import RegistryError
-    from melanoma.sites.registry import SiteError, find_site, resolve_version, version_sites
+    from melanoma.registry.sites import SiteError, find_site, resolve_version, version_sites
     from melanoma.tracking import configure_tracking
 
     configure_tracking(params.mlflow)

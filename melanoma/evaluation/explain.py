@@ -32,15 +32,15 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from melanoma.data.images import ImageRejected
-from melanoma.labels import LABELS, MELANOMA, MELANOMA_INDEX
-from melanoma.model.ensemble import is_ensemble, members_of
-from melanoma.model.predict import (
+from melanoma.inference.predict import (
     BATCH_SIZE,
     ImagePrediction,
     model_input_size,
     read_image,
     to_model_size,
 )
+from melanoma.labels import LABELS, MELANOMA, MELANOMA_INDEX
+from melanoma.model.ensemble import is_ensemble, members_of
 
 log = logging.getLogger(__name__)
 

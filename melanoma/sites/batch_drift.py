@@ -1,12 +1,12 @@
 """The drift check (melanoma.sites.drift) of a batch of predictions, as `melanoma site check` and
 the clinic page run it. Apart from drift.py, which the train stage uses: predictions come from
-melanoma.model.predict, which train does not depend on."""
+melanoma.inference.predict, which train does not depend on."""
 
 from collections.abc import Sequence
 
 import numpy as np
 
-from melanoma.model.predict import ImagePrediction
+from melanoma.inference.predict import ImagePrediction
 from melanoma.sites.drift import DriftReference, DriftResult, check_drift
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import ks_2samp
 
-from melanoma.sites.unfamiliar import unit_rows
+from melanoma.inference.unfamiliar import unit_rows
 
 # The reference is subsampled to this many images: the permutation test's cost is quadratic.
 MAX_REFERENCE = 600

@@ -1,7 +1,7 @@
 """`melanoma site ...`: a clinic's own alert threshold and drift check, from the command line.
 
 `calibrate` stores a site's threshold and adopted head with a registry version
-(melanoma.sites.calibration, melanoma.sites.registry), `list` shows them, `check` compares a
+(melanoma.sites.calibration, melanoma.registry.sites), `list` shows them, `check` compares a
 batch of unlabelled images with the version's validation split (melanoma.sites.drift). Like
 melanoma.cli, the handlers import TensorFlow and MLflow themselves, so that `--help` answers at
 once.
@@ -17,8 +17,8 @@ from melanoma.config import Params
 from melanoma.exit_codes import CANNOT_RUN, EXIT_CODES, OK, SOME_FILES_FAILED
 
 if TYPE_CHECKING:
+    from melanoma.inference.unfamiliar import UnfamiliarDetector
     from melanoma.sites.head import SiteHead
-    from melanoma.sites.unfamiliar import UnfamiliarDetector
 
 log = logging.getLogger("melanoma")
 
@@ -78,8 +78,8 @@ def site_operating_point(
     from mlflow import MlflowClient
 
     from melanoma.registry.promotion import RegistryError
+    from melanoma.registry.sites import SiteError, site_for_reference, usable_site_head
     from melanoma.sites.head import SiteHeadError
-    from melanoma.sites.registry import SiteError, site_for_reference, usable_site_head
 
     client = MlflowClient()
     try:
@@ -102,17 +102,17 @@ def site_operating_point(
 def _site_calibrate(args: argparse.Namespace, params: Params) -> int:
     from mlflow import MlflowClient
 
-    from melanoma.model.predict import ModelLoadError, load_model_and_detector
+    from melanoma.inference.predict import ModelLoadError, load_model_and_detector
     from melanoma.registry.promotion import RegistryError, registered_threshold
-    from melanoma.sites.calibration import calibrate_site
-    from melanoma.sites.operating_point import SiteSampleError
-    from melanoma.sites.registry import (
+    from melanoma.registry.sites import (
         SiteError,
         check_site_name,
         refresh_card_sites,
         resolve_version,
         store_site,
     )
+    from melanoma.sites.calibration import calibrate_site
+    from melanoma.sites.operating_point import SiteSampleError
     from melanoma.tracking import configure_tracking
 
     configure_tracking(params.mlflow)
@@ -149,7 +149,7 @@ def _site_list(args: argparse.Namespace, params: Params) -> int:
     from mlflow import MlflowClient
 
     from melanoma.registry.promotion import RegistryError
-    from melanoma.sites.registry import all_sites, auc_text, yes_no
+    from melanoma.registry.sites import all_sites, auc_text, yes_no
     from melanoma.tracking import configure_tracking
 
     configure_tracking(params.mlflow)
@@ -194,7 +194,7 @@ def _site_check(args: argparse.Namespace, params: Params) -> int:
 
     from mlflow import MlflowClient
 
-    from melanoma.model.predict import (
+    from melanoma.inference.predict import (
         ModelLoadError,
         find_images,
         load_model_and_detector,
@@ -204,9 +204,9 @@ def _site_check(args: argparse.Namespace, params: Params) -> int:
     )
     from melanoma.paths import DRIFT_REFERENCE_FILE
     from melanoma.registry.promotion import RegistryError
+    from melanoma.registry.sites import resolve_version
     from melanoma.sites.batch_drift import check_predictions
     from melanoma.sites.drift import DriftReference, DriftReferenceError
-    from melanoma.sites.registry import resolve_version
     from melanoma.tracking import configure_tracking
 
     configure_tracking(params.mlflow)
