@@ -13,7 +13,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Lowest first: a module may import its own layer and those before it.
 LAYERS = (
-    ("base", ("melanoma.labels", "melanoma.logs", "melanoma.exit_codes", "melanoma.paths")),
+    (
+        "base",
+        (
+            "melanoma.labels",
+            "melanoma.logs",
+            "melanoma.errors",
+            "melanoma.exit_codes",
+            "melanoma.paths",
+        ),
+    ),
     ("params", ("melanoma.params", "melanoma.config")),
     ("reports", ("melanoma.reports", "melanoma.tracking")),
     ("data", ("melanoma.data",)),

@@ -32,6 +32,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from melanoma.data.images import ImageRejected
+from melanoma.errors import MelanomaError
 from melanoma.inference.predict import (
     BATCH_SIZE,
     ImagePrediction,
@@ -52,7 +53,7 @@ FALSE_ALARMS_IN_GALLERY = 8
 GALLERY_COLUMNS = 6
 
 
-class ExplainError(Exception):
+class ExplainError(MelanomaError):
     """No heat map can be made (no 4-D layer, output folder not writable); the message says
     what and where."""
 

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from melanoma.data.dataset import make_dataset, resize_uint8
 from melanoma.data.images import ImageRejected, decode_rgb, square_resize
+from melanoma.errors import MelanomaError
 from melanoma.inference.unfamiliar import DetectorFileError, UnfamiliarDetector
 from melanoma.inference.views import carrying_views, probe
 from melanoma.labels import LABELS, MELANOMA
@@ -37,7 +38,7 @@ BATCH_SIZE = 32  # images per model call: bounds memory, whatever the number of 
 ARTIFACTS_DIR = "artifacts"
 
 
-class ModelLoadError(Exception):
+class ModelLoadError(MelanomaError):
     """The model reference names nothing loadable; the message says which and why."""
 
 

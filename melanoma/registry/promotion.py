@@ -32,6 +32,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
 from melanoma.data.dataset import make_dataset
+from melanoma.errors import MelanomaError
 from melanoma.evaluation.metrics import threshold_free_metric
 from melanoma.inference.predict import (
     ModelLoadError,
@@ -65,7 +66,7 @@ TRAINED_MODEL_TAG = "trained_model_uri"
 VIEWS_TAG = "predict_views"
 
 
-class RegistryError(Exception):
+class RegistryError(MelanomaError):
     """A registry action cannot be done; the message says why."""
 
 

@@ -60,6 +60,7 @@ from mlflow.types.schema import (
 import melanoma
 from melanoma.config import Params
 from melanoma.data.images import ImageRejected, decode_rgb
+from melanoma.errors import MelanomaError
 from melanoma.inference.predict import (
     ARTIFACTS_DIR,
     UNREADABLE,
@@ -113,7 +114,7 @@ def serving_config(params: Params, threshold: float) -> ServingConfig:
     )
 
 
-class RequestRefused(MlflowException):
+class RequestRefused(MelanomaError, MlflowException):
     """A request the model does not answer (HTTP 400); the message names the problem and, in a
     batch, the index of each bad image."""
 

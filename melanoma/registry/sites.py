@@ -19,6 +19,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from pydantic import ValidationError
 
+from melanoma.errors import MelanomaError
 from melanoma.inference.unfamiliar import UnfamiliarDetector
 from melanoma.registry.promotion import MODEL_URI, RegistryError, champion_version
 from melanoma.sites.head import SiteHead, SiteHeadError, check_head_features
@@ -32,7 +33,7 @@ SITE_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 HEAD_FILE = "head.npz"
 
 
-class SiteError(ValueError):
+class SiteError(MelanomaError, ValueError):
     """A site name or site that cannot be used; the message names it and the known ones."""
 
 

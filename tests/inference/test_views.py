@@ -13,9 +13,10 @@ import pytest
 import yaml
 from PIL import Image
 
-from melanoma.cli import OK, main
+from melanoma.cli import main
 from melanoma.evaluation.metrics import predictions_table
 from melanoma.evaluation.report import validation_scores
+from melanoma.exit_codes import OK
 from melanoma.inference.predict import load_model, load_model_and_detector
 from melanoma.inference.unfamiliar import POOLED
 from melanoma.inference.unfamiliar import probe as identity_probe

@@ -17,7 +17,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from melanoma.cli import CANNOT_RUN, OK, main
+from melanoma.cli import main
+from melanoma.exit_codes import CANNOT_RUN, OK
 from melanoma.labels import LABELS, MELANOMA
 from melanoma.registry.promotion import THRESHOLD_TAG, Decision, record_decision
 from melanoma.registry.serving import ServingConfig, log_served_model
