@@ -100,8 +100,8 @@ def run(name: str) -> dict:
     import keras
 
     from melanoma.evaluation.metrics import validation_metrics
+    from melanoma.inference.predict import predict_files
     from melanoma.model.features import write_feature_cache
-    from melanoma.model.predict import predict_files
     from melanoma.model.training import TrainOutputs, run_training
     from melanoma.reports import TrainMetrics
 

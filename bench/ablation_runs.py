@@ -124,8 +124,8 @@ def score_model(model, out: Path, validation_file: Path | None = None) -> dict:
     working directory, as they were) and on the external set; write the external
     probabilities to `out` (train's own validation predictions are `validation_file`: with
     None, the validation images are scored again, as with test-time views); its figures."""
+    from melanoma.inference.predict import predict_files, predict_split
     from melanoma.labels import LABELS
-    from melanoma.model.predict import predict_files, predict_split
 
     validation = pd.read_csv(validation_file or out / "validation_predictions.csv")
     if validation_file is None:

@@ -215,7 +215,7 @@ def view_rows(models: list[dict], workdir: Path) -> list[dict]:
     import keras
 
     from bench.ablation_runs import score_model, working_directory
-    from melanoma.model.views import with_views
+    from melanoma.inference.views import with_views
 
     rows = []
     for model_row in models:

@@ -59,8 +59,8 @@ def untrained_version(params: Params) -> ServedVersion:
     """A stand-in for a registry version: train.architecture built as train builds it (one
     member, ImageNet weights, untrained head), with a detector at unfamiliar.depth fitted on
     noise and Grad-CAM. Its latencies are those of the architecture; its answers mean nothing."""
+    from melanoma.inference.unfamiliar import depth_of, fit_detector, probe
     from melanoma.model.architectures import build_model
-    from melanoma.sites.unfamiliar import depth_of, fit_detector, probe
 
     model = build_model(params.train.model_copy(update={"ensemble": 1}), params.preprocess)
     depth = depth_of(model, params.unfamiliar.depth)

@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     setup_logging()
 
-    from melanoma.model.predict import find_images
+    from melanoma.inference.predict import find_images
 
     paths = find_images([args.images])
     if not paths:

@@ -86,7 +86,7 @@ def site_images(train_source: str) -> dict[str, tuple[list[Path], np.ndarray]]:
 def score(model, detector, paths: list[Path], params) -> dict[str, np.ndarray]:
     """P(melanoma), the features at the detector's depth and the unfamiliar score of files,
     through `melanoma predict`'s own code path."""
-    from melanoma.model.predict import predict_files
+    from melanoma.inference.predict import predict_files
 
     size, max_pixels = params.ingest.image_size, params.ingest.max_image_pixels
     predictions = predict_files(model, paths, size, max_pixels, detector)
@@ -106,9 +106,9 @@ def run_model_step(source: str, seed: int) -> Path:
 
     from bench.project import override_params
     from melanoma.config import PARAMS_FILE, parse_params
+    from melanoma.inference.predict import load_model_and_detector
     from melanoma.labels import MELANOMA
     from melanoma.model.features import write_feature_cache
-    from melanoma.model.predict import load_model_and_detector
     from melanoma.model.training import TrainOutputs, run_training
 
     out = RESULTS / step_name(source, seed)

@@ -9,7 +9,7 @@ For the trained model it extracts, in one pass per image, the pooled features at
 candidate depth of the network for: the training split (a seeded sample is the fit), the
 validation split (the threshold), the non-lesion images of bench/non_lesion.py and the ISIC
 2018 external set. For each candidate (depth, k, share of validation flagged) it fits the
-detector (melanoma.sites.unfamiliar) and prints the share of each group flagged. "Another
+detector (melanoma.inference.unfamiliar) and prints the share of each group flagged. "Another
 source" fits the score on one source's training images only, sets its threshold on that
 source's validation images and scores the other source's validation images (the network itself
 saw both: the bench of simulated sites trains on one). Results: bench/results/unfamiliar.json.
@@ -50,7 +50,7 @@ def features_of(extractor, paths: list[Path], ingest_size: int, max_pixels: int)
     """{depth: (n, d) features} of image files, for every CANDIDATE_DEPTHS."""
     from tqdm import tqdm
 
-    from melanoma.model.predict import model_input_size, read_image, to_model_size
+    from melanoma.inference.predict import model_input_size, read_image, to_model_size
 
     size = model_input_size(extractor)
     batches = []
@@ -66,7 +66,7 @@ def main() -> None:
     import keras
 
     from melanoma.config import load_params
-    from melanoma.sites.unfamiliar import fit_detector, probe
+    from melanoma.inference.unfamiliar import fit_detector, probe
 
     setup_logging()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

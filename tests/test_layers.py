@@ -14,15 +14,25 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Lowest first: a module may import its own layer and those before it.
 LAYERS = (
-    ("base", ("melanoma.labels", "melanoma.logs", "melanoma.exit_codes", "melanoma.paths")),
+    (
+        "base",
+        (
+            "melanoma.labels",
+            "melanoma.logs",
+            "melanoma.errors",
+            "melanoma.exit_codes",
+            "melanoma.paths",
+        ),
+    ),
     ("params", ("melanoma.params", "melanoma.config")),
     ("reports", ("melanoma.reports", "melanoma.tracking")),
     ("data", ("melanoma.data",)),
     ("model", ("melanoma.model",)),
+    ("inference", ("melanoma.inference",)),
     ("evaluation", ("melanoma.evaluation",)),
     ("sites", ("melanoma.sites",)),
     ("registry", ("melanoma.registry",)),
-    ("interfaces", ("melanoma.app", "melanoma.cli")),
+    ("interfaces", ("melanoma.app", "melanoma.cli", "melanoma.site_commands")),
 )
 OUTSIDE_THE_PACKAGE = ("stages", "bench")
 
@@ -30,15 +40,8 @@ OUTSIDE_THE_PACKAGE = ("stages", "bench")
 UPWARD_TODAY = {
     ("melanoma/config.py", "melanoma.model.lite_specs"),
     ("melanoma/params/model.py", "melanoma.model.lite_specs"),
-    ("melanoma/model/predict.py", "melanoma.sites.unfamiliar"),
-    ("melanoma/model/views.py", "melanoma.sites.unfamiliar"),
-    ("melanoma/model/serving.py", "melanoma.sites.head"),
-    ("melanoma/model/serving.py", "melanoma.sites.registry"),
-    ("melanoma/model/serving.py", "melanoma.sites.unfamiliar"),
     ("melanoma/model/training.py", "melanoma.evaluation.metrics"),
     ("melanoma/model/training.py", "melanoma.sites.fitting"),
-    ("melanoma/sites/commands.py", "melanoma.registry.promotion"),
-    ("melanoma/sites/registry.py", "melanoma.registry.promotion"),
 }
 
 
