@@ -22,15 +22,14 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from bench.project import project_external_set
 from melanoma.config import PARAMS_FILE, parse_params
 from melanoma.labels import LABELS
 from melanoma.logs import setup_logging
+from melanoma.paths import AUGMENTED_MANIFEST
 
 log = logging.getLogger(__name__)
 
-MANIFEST = Path("data/augmented/manifest.csv")
-# Beside the project, wherever a run works (bench.ablation runs in copies of the pipeline too).
-EXTERNAL = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "isic2018-test-external"
 RESULTS = Path("bench/results/lite0")
 _FROZEN = {"architecture": "efficientnet_lite0", "freeze": "all", "random_flip": False}
 CONFIGS: dict[str, dict] = {
@@ -78,9 +77,10 @@ CONFIGS: dict[str, dict] = {
 def external_set() -> tuple[list[Path], np.ndarray]:
     """The shared external images and their label indices (labels.csv, folder names as LABELS
     with spaces)."""
-    table = pd.read_csv(EXTERNAL / "labels.csv")
+    folder = project_external_set("isic2018")
+    table = pd.read_csv(folder / "labels.csv")
     labels = table["label"].str.replace(" ", "_").map(LABELS.index).to_numpy()
-    return [EXTERNAL / f for f in table["file"]], labels
+    return [folder / f for f in table["file"]], labels
 
 
 def old_archive_auc(predictions: pd.DataFrame) -> float:
@@ -100,8 +100,8 @@ def run(name: str) -> dict:
     import keras
 
     from melanoma.evaluation.metrics import validation_metrics
+    from melanoma.inference.predict import predict_files
     from melanoma.model.features import write_feature_cache
-    from melanoma.model.predict import predict_files
     from melanoma.model.training import TrainOutputs, run_training
     from melanoma.reports import TrainMetrics
 
@@ -117,12 +117,12 @@ def run(name: str) -> dict:
         # One cache per input size, as DVC's run cache would keep them.
         features_dir = RESULTS / f"features_{params.train.image_size}"
         if not (features_dir / "features.npz").is_file():
-            write_feature_cache(params.train, params.preprocess, MANIFEST, features_dir)
+            write_feature_cache(params.train, params.preprocess, AUGMENTED_MANIFEST, features_dir)
             features_seconds = time.perf_counter() - started
     else:
         features_dir = RESULTS / "unused"
     outputs = TrainOutputs(**{k: out / v.name for k, v in vars(TrainOutputs()).items()})
-    run_training(params, MANIFEST, outputs, features_dir)
+    run_training(params, AUGMENTED_MANIFEST, outputs, features_dir)
     train_seconds = time.perf_counter() - started
     metrics = TrainMetrics.read(outputs.metrics)
 

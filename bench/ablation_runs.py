@@ -19,12 +19,11 @@ from bench.ablation_lite0 import external_set
 from bench.project import PROJECT, override_params
 from melanoma.config import PARAMS_FILE, load_params, parse_params
 from melanoma.evaluation.metrics import probability_column
+from melanoma.paths import AUGMENTED_MANIFEST, FEATURE_STORE_DIR
 
 log = logging.getLogger(__name__)
 
-MANIFEST = Path("data/augmented/manifest.csv")  # of the working directory: see `run`'s root
 RESULTS = PROJECT / "bench" / "results" / "ablation"
-PROJECT_PARAMS = PROJECT / "params.yaml"
 EXTERNAL_PROBABILITIES = "external_probabilities.npy"
 EXTERNAL_NAME = "isic2018"
 
@@ -35,7 +34,7 @@ def run(
     seed: int,
     out: Path | None = None,
     root: Path | None = None,
-    manifest: Path = MANIFEST,
+    manifest: Path = AUGMENTED_MANIFEST,  # of the working directory: see `root`
 ) -> dict:
     """Train params.yaml (of `root`, default the project) plus `overrides` with `seed` into `out`
     (default RESULTS/name/seedN) and score it; a run whose `out` holds its row is not repeated.
@@ -54,14 +53,14 @@ def run(
         return json.loads((out / "row.json").read_text())
     root = (root or Path.cwd()).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    params_file = out / "params.yaml"
+    params_file = out / PARAMS_FILE
     shutil.copy(root / PARAMS_FILE, params_file)
     override_params(params_file, {**overrides, "train.seed": seed})
     params = parse_params(yaml.safe_load(params_file.read_text()))
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{(RESULTS / 'mlflow.db').resolve()}"
     store = (RESULTS / "feature_store").resolve()
-    if not store.exists() and Path("data/feature_store").exists():
-        shutil.copytree("data/feature_store", store, copy_function=os.link)
+    if not store.exists() and FEATURE_STORE_DIR.exists():
+        shutil.copytree(FEATURE_STORE_DIR, store, copy_function=os.link)
     with working_directory(root):
         started = time.perf_counter()
         write_feature_cache(params.train, params.preprocess, manifest, out / "features", store)
@@ -125,15 +124,15 @@ def score_model(model, out: Path, validation_file: Path | None = None) -> dict:
     working directory, as they were) and on the external set; write the external
     probabilities to `out` (train's own validation predictions are `validation_file`: with
     None, the validation images are scored again, as with test-time views); its figures."""
+    from melanoma.inference.predict import predict_files, predict_split
     from melanoma.labels import LABELS
-    from melanoma.model.predict import predict_files, predict_split
 
     validation = pd.read_csv(validation_file or out / "validation_predictions.csv")
     if validation_file is None:
         true = validation["label"].map(LABELS.index).to_numpy()
         scored = predict_split(model, validation["image_path"], true, batch_size=64)
         validation[[probability_column(label) for label in LABELS]] = scored
-    params = load_params(out / "params.yaml")
+    params = load_params(out / PARAMS_FILE)
     paths, _ = external_set()
     predicted = predict_files(
         model, paths, params.ingest.image_size, params.ingest.max_image_pixels
@@ -164,7 +163,7 @@ def figures_of(validation: pd.DataFrame, external_probabilities: np.ndarray) -> 
         if (true[rows := (sources == source).to_numpy()] == MELANOMA_INDEX).any()
     }
     _, external_true = external_set()
-    _, report = split_halves(external_true, load_params(PROJECT_PARAMS).evaluate.seed)
+    _, report = split_halves(external_true, load_params(PROJECT / PARAMS_FILE).evaluate.seed)
     reported = external_probabilities[report]
     return {
         "validation": validation_metrics(true, validation[columns].to_numpy()),

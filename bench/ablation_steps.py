@@ -41,7 +41,8 @@ from bench.project import (
     pin_source_deps,
     project_reference_labels,
 )
-from melanoma.config import load_params
+from melanoma import paths
+from melanoma.config import PARAMS_FILE, load_params
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ def step_key(step: str) -> str:
         "ingest": LARGE_INGEST,
         "ensembles": [ENSEMBLE_SEEDS, ENSEMBLE_SIZE],
     }
-    parts = [tree.stdout, diff.stdout, (PROJECT / "params.yaml").read_text(), step]
+    parts = [tree.stdout, diff.stdout, (PROJECT / PARAMS_FILE).read_text(), step]
     parts.append(json.dumps(settings, sort_keys=True))
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
@@ -147,11 +148,11 @@ def data_root(overrides: dict) -> Path | None:
 def data_at(size: int) -> Path:
     """A copy of the pipeline whose stages up to augment ran with `ingest.image_size: size`."""
     copy = RESULTS / f"data_{size}"
-    if (copy / "data" / "augmented" / "manifest.csv").exists():
+    if (copy / paths.AUGMENTED_MANIFEST).exists():
         return copy
     if copy.exists():
         shutil.rmtree(copy)
-    sources = load_params(PROJECT / "params.yaml").data.sources
+    sources = load_params(PROJECT / PARAMS_FILE).data.sources
     absolute = [s.model_copy(update={"path": (PROJECT / s.path).resolve()}) for s in sources]
     pinned = {
         "data.sources": [source.model_dump(mode="json") for source in absolute],
@@ -214,7 +215,7 @@ def view_rows(models: list[dict], workdir: Path) -> list[dict]:
     import keras
 
     from bench.ablation_runs import score_model, working_directory
-    from melanoma.model.views import with_views
+    from melanoma.inference.views import with_views
 
     rows = []
     for model_row in models:

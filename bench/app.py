@@ -29,7 +29,7 @@ from melanoma.app.answers import (
     explainer_of,
     load_version,
 )
-from melanoma.config import Params, load_params
+from melanoma.config import PARAMS_FILE, Params, load_params
 from melanoma.logs import setup_logging
 
 log = logging.getLogger(__name__)
@@ -59,8 +59,8 @@ def untrained_version(params: Params) -> ServedVersion:
     """A stand-in for a registry version: train.architecture built as train builds it (one
     member, ImageNet weights, untrained head), with a detector at unfamiliar.depth fitted on
     noise and Grad-CAM. Its latencies are those of the architecture; its answers mean nothing."""
+    from melanoma.inference.unfamiliar import depth_of, fit_detector, probe
     from melanoma.model.architectures import build_model
-    from melanoma.sites.unfamiliar import depth_of, fit_detector, probe
 
     model = build_model(params.train.model_copy(update={"ensemble": 1}), params.preprocess)
     depth = depth_of(model, params.unfamiliar.depth)
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bench.app", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--params", type=Path, default=PARAMS_FILE)
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--version", help="registry version (default: the champion)")
     source.add_argument("--untrained", action="store_true", help="no registry: see above")

@@ -1,4 +1,5 @@
-"""Single-image predict latency through the project's predict code path (melanoma.model.predict).
+"""Single-image predict latency through the project's predict code path
+(melanoma.inference.predict).
 
 The model is loaded once; then each image is one `predict_files` call, as a user asking about
 one file at a time: read, decode, crop/resize, model call. The first call also traces the model,
@@ -17,14 +18,14 @@ from tqdm import tqdm
 
 from bench.process import peak_rss_mib
 from melanoma.config import load_params
-from melanoma.labels import LABELS
-from melanoma.logs import setup_logging
-from melanoma.model.predict import (
+from melanoma.inference.predict import (
     ImagePrediction,
     find_images,
     load_model_and_detector,
     predict_files,
 )
+from melanoma.labels import LABELS
+from melanoma.logs import setup_logging
 
 log = logging.getLogger(__name__)
 

@@ -30,6 +30,8 @@ import yaml
 from bench.pipeline import stages_run
 from bench.process import run_command
 from bench.project import PROJECT, override_params
+from bench.run_table import table_row
+from melanoma.config import PARAMS_FILE
 from melanoma.logs import setup_logging
 
 log = logging.getLogger(__name__)
@@ -109,7 +111,7 @@ def measure_clone(repeats: int) -> dict:
         seconds, ran_too = noop_repro(repeats, "clone_noop_experiments", CLONE)
         results[f"clone_noop_repro_{EXPERIMENTS}_experiments_seconds"] = statistics.median(seconds)
         results["clone_noop_repro_stages_run"] = sorted(set(ran + ran_too))
-        params = CLONE / "params.yaml"
+        params = CLONE / PARAMS_FILE
         rate = yaml.safe_load(params.read_text())["train"]["learning_rate"]
         override_params(params, {"train.learning_rate": rate / 2})
         for stage in TRAINING_CHANGE:
@@ -127,16 +129,13 @@ def measure_clone(repeats: int) -> dict:
 def table_rows(results: dict) -> list[dict]:
     """The loops measured, as rows of bench.run's table (ours only), each with its target."""
     return [
-        {
-            "key": f"loops_{key}",
-            "figure": figure + (f" (target <= {TARGETS[key]:g} s)" if key in TARGETS else ""),
-            "unit": "s",
-            "reference": None,
-            "reference_ci": None,
-            "ours": results[key],
-            "ours_ci": None,
-            "spread": None,
-        }
+        table_row(
+            f"loops_{key}",
+            figure + (f" (target <= {TARGETS[key]:g} s)" if key in TARGETS else ""),
+            "s",
+            None,
+            results[key],
+        )
         for key, figure in FIGURES.items()
         if key in results
     ]

@@ -14,6 +14,7 @@ import yaml
 from bench.process import peak_rss_mib, run_command
 from bench.project import override_params
 from melanoma import paths
+from melanoma.config import PARAMS_FILE
 from melanoma.reports import MetricsReport, TrainMetrics, ValidationReport
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ def run_pipeline(copy: Path, env: Mapping[str, str], logs: Path) -> dict:
     # A head-only change, then the params put back: train and evaluate run a second time on
     # the same params (train's uncached outputs keep it out of DVC's run cache), which is the
     # reproducibility check.
-    params = copy / "params.yaml"
+    params = copy / PARAMS_FILE
     rate = yaml.safe_load(params.read_text())["train"]["learning_rate"]
     override_params(params, {"train.learning_rate": rate / 2})
     head_only_seconds, output = run_command(

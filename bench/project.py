@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from melanoma.config import load_params
+from melanoma.config import PARAMS_FILE, load_params
 
 PROJECT = Path(__file__).resolve().parents[1]
 PIPELINE_FILES = ("dvc.yaml", "params.yaml", ".gitignore", ".dvcignore")
@@ -51,7 +51,7 @@ def copy_project(destination: Path, overrides: Mapping[str, object] | None = Non
         subprocess.run(command, cwd=destination, env=command_env(), check=True, capture_output=True)
     shutil.copy(PROJECT / ".dvc" / "config", destination / ".dvc" / "config")
     if overrides:
-        override_params(destination / "params.yaml", overrides)
+        override_params(destination / PARAMS_FILE, overrides)
     return destination
 
 
@@ -94,7 +94,14 @@ def pin_source_deps(dvc_yaml: Path, sources: int) -> None:
 def project_reference_labels() -> dict[str, str]:
     """validate.reference_labels of the project as an absolute path: relative to the project,
     it would point nowhere from the copy. Empty if the check is off."""
-    reference = load_params(PROJECT / "params.yaml").validate_.reference_labels
+    reference = load_params(PROJECT / PARAMS_FILE).validate_.reference_labels
     if reference is None:
         return {}
     return {"validate.reference_labels": str((PROJECT / reference).resolve())}
+
+
+def project_external_set(name: str) -> Path:
+    """The folder of the project's external set `name` (params.yaml evaluate.external_sets) as
+    an absolute path, which reads the same from a copy of the pipeline."""
+    sets = load_params(PROJECT / PARAMS_FILE).evaluate.external_sets
+    return next((PROJECT / external.path).resolve() for external in sets if external.name == name)

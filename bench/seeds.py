@@ -12,6 +12,7 @@ from mlflow import MlflowClient
 from bench.process import run_command
 from bench.project import override_params
 from melanoma import paths
+from melanoma.config import PARAMS_FILE
 from melanoma.params.model import TrainParams
 from melanoma.reports import MetricsReport, RunInfo
 
@@ -48,7 +49,7 @@ def train_more_seeds(
     as read by melanoma.reports."""
     runs = []
     for seed in seeds:
-        override_params(copy / "params.yaml", {"train.seed": seed})
+        override_params(copy / PARAMS_FILE, {"train.seed": seed})
         run_command(["dvc", "repro"], copy, env, logs / f"dvc_repro_seed_{seed}.log")
         runs.append(
             {

@@ -29,7 +29,7 @@ import numpy as np
 
 from bench.process import stop_group
 from bench.project import PROJECT, VENV_BIN, command_env
-from melanoma.config import load_params
+from melanoma.config import PARAMS_FILE, load_params
 from melanoma.labels import LABELS
 from melanoma.logs import setup_logging
 
@@ -243,14 +243,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--model", required=True, help="model URI to serve (models:/name@alias)")
     parser.add_argument("--images", type=Path, required=True, help="folder of image files")
-    parser.add_argument("--params", type=Path, default=PROJECT / "params.yaml")
+    parser.add_argument("--params", type=Path, default=PROJECT / PARAMS_FILE)
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
     parser.add_argument("--logs", type=Path, default=PROJECT / "bench" / "results" / "logs")
     parser.add_argument("--workers", type=int, default=1, help="server processes (default: 1)")
     args = parser.parse_args(argv)
     setup_logging()
 
-    from melanoma.model.predict import find_images
+    from melanoma.inference.predict import find_images
 
     paths = find_images([args.images])
     if not paths:

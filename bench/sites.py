@@ -30,11 +30,10 @@ import pandas as pd
 from bench.non_lesion import write_non_lesion_images
 from bench.sites_scores import ISIC2018, NON_LESION, RESULTS, SCORES_FILE, VALIDATION
 from melanoma.logs import setup_logging
+from melanoma.paths import AUGMENTED_MANIFEST, PLOTS_DIR
 
 log = logging.getLogger(__name__)
 
-MANIFEST = Path("data/augmented/manifest.csv")
-EXTERNAL = Path("../shared/datasets/isic2018-test-external")
 SOURCES = ("isic_collection", "ham10000")
 SEEDS = (42, 43, 44)
 
@@ -45,7 +44,7 @@ def step_name(source: str, seed: int) -> str:
 
 def one_source_manifest(source: str, out: Path) -> Path:
     """The augmented manifest's train and val rows of `source` alone."""
-    manifest = pd.read_csv(MANIFEST)
+    manifest = pd.read_csv(AUGMENTED_MANIFEST)
     rows = manifest[(manifest["source"] == source) & manifest["split"].isin(["train", "val"])]
     path = out / "manifest.csv"
     rows.to_csv(path, index=False)
@@ -55,11 +54,12 @@ def one_source_manifest(source: str, out: Path) -> Path:
 def site_images(train_source: str) -> dict[str, tuple[list[Path], np.ndarray]]:
     """The sites of a model trained on `train_source`: (image files, is melanoma) of every other
     source's non-test, non-augmented images, and of the ISIC 2018 external set."""
+    from bench.project import project_external_set
     from melanoma.data.sources import walk_directory
     from melanoma.evaluation.external import place
     from melanoma.labels import MELANOMA
 
-    manifest = pd.read_csv(MANIFEST)
+    manifest = pd.read_csv(AUGMENTED_MANIFEST)
     sites = {}
     for source in SOURCES:
         if source == train_source:
@@ -73,10 +73,11 @@ def site_images(train_source: str) -> dict[str, tuple[list[Path], np.ndarray]]:
             [Path(p) for p in rows["image_path"]],
             (rows["label"] == MELANOMA).to_numpy(),
         )
-    files = [place(f) for f in walk_directory(EXTERNAL)]
+    external = project_external_set(ISIC2018)
+    files = [place(f) for f in walk_directory(external)]
     labelled = sorted((f.path, f.label) for f in files if not f.problem)
     sites[ISIC2018] = (
-        [EXTERNAL / path for path, _ in labelled],
+        [external / path for path, _ in labelled],
         np.array([label == MELANOMA for _, label in labelled]),
     )
     return sites
@@ -85,7 +86,7 @@ def site_images(train_source: str) -> dict[str, tuple[list[Path], np.ndarray]]:
 def score(model, detector, paths: list[Path], params) -> dict[str, np.ndarray]:
     """P(melanoma), the features at the detector's depth and the unfamiliar score of files,
     through `melanoma predict`'s own code path."""
-    from melanoma.model.predict import predict_files
+    from melanoma.inference.predict import predict_files
 
     size, max_pixels = params.ingest.image_size, params.ingest.max_image_pixels
     predictions = predict_files(model, paths, size, max_pixels, detector)
@@ -105,9 +106,9 @@ def run_model_step(source: str, seed: int) -> Path:
 
     from bench.project import override_params
     from melanoma.config import PARAMS_FILE, parse_params
+    from melanoma.inference.predict import load_model_and_detector
     from melanoma.labels import MELANOMA
     from melanoma.model.features import write_feature_cache
-    from melanoma.model.predict import load_model_and_detector
     from melanoma.model.training import TrainOutputs, run_training
 
     out = RESULTS / step_name(source, seed)
@@ -116,7 +117,7 @@ def run_model_step(source: str, seed: int) -> Path:
         log.info("%s: done before, skipped", scores_file)
         return scores_file
     out.mkdir(parents=True, exist_ok=True)
-    params_file = out / "params.yaml"
+    params_file = out / PARAMS_FILE
     shutil.copy(PARAMS_FILE, params_file)
     # One model per seed, as the results measured: seeds 42, 43 and 44 would otherwise be
     # ensembles sharing members (train.ensemble), not three independent models.
@@ -137,7 +138,7 @@ def run_model_step(source: str, seed: int) -> Path:
     }
     groups |= site_images(source)
     with tempfile.TemporaryDirectory() as scratch:
-        non_lesion = write_non_lesion_images(Path(scratch), Path("reports/plots"))
+        non_lesion = write_non_lesion_images(Path(scratch), PLOTS_DIR)
         arrays = {}
         for name, (paths, is_melanoma) in {
             **groups,

@@ -9,7 +9,7 @@ For the trained model it extracts, in one pass per image, the pooled features at
 candidate depth of the network for: the training split (a seeded sample is the fit), the
 validation split (the threshold), the non-lesion images of bench/non_lesion.py and the ISIC
 2018 external set. For each candidate (depth, k, share of validation flagged) it fits the
-detector (melanoma.sites.unfamiliar) and prints the share of each group flagged. "Another
+detector (melanoma.inference.unfamiliar) and prints the share of each group flagged. "Another
 source" fits the score on one source's training images only, sets its threshold on that
 source's validation images and scores the other source's validation images (the network itself
 saw both: the bench of simulated sites trains on one). Results: bench/results/unfamiliar.json.
@@ -25,13 +25,12 @@ import numpy as np
 import pandas as pd
 
 from bench.non_lesion import write_non_lesion_images
+from bench.project import project_external_set
 from melanoma.logs import setup_logging
+from melanoma.paths import AUGMENTED_MANIFEST, MODEL_FILE, PLOTS_DIR
 
 log = logging.getLogger(__name__)
 
-MANIFEST = Path("data/augmented/manifest.csv")
-MODEL = Path("models/model.keras")
-EXTERNAL = Path("../shared/datasets/isic2018-test-external")
 OUT = Path("bench/results/unfamiliar.json")
 # The end of each stage of EfficientNet-Lite0 with a residual output, and the pooled features.
 CANDIDATE_DEPTHS = ("block10_add", "block14_add", "pooled")
@@ -51,7 +50,7 @@ def features_of(extractor, paths: list[Path], ingest_size: int, max_pixels: int)
     """{depth: (n, d) features} of image files, for every CANDIDATE_DEPTHS."""
     from tqdm import tqdm
 
-    from melanoma.model.predict import model_input_size, read_image, to_model_size
+    from melanoma.inference.predict import model_input_size, read_image, to_model_size
 
     size = model_input_size(extractor)
     batches = []
@@ -67,7 +66,7 @@ def main() -> None:
     import keras
 
     from melanoma.config import load_params
-    from melanoma.sites.unfamiliar import fit_detector, probe
+    from melanoma.inference.unfamiliar import fit_detector, probe
 
     setup_logging()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -75,18 +74,22 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params()
     size, max_pixels = params.ingest.image_size, params.ingest.max_image_pixels
-    model = keras.saving.load_model(MODEL)
+    model = keras.saving.load_model(MODEL_FILE)
     # One probe per depth (each its own pass through the backbone), as one model.
     probes = [probe(model, depth) for depth in CANDIDATE_DEPTHS]
     extractor = keras.Model(model.inputs, [p.outputs[1] for p in probes])
-    manifest = pd.read_csv(MANIFEST)
+    manifest = pd.read_csv(AUGMENTED_MANIFEST)
     manifest = manifest[~manifest["augmented"]]
     train = manifest[manifest["split"] == "train"].sample(args.fit_images, random_state=0)
     val = manifest[manifest["split"] == "val"]
     with tempfile.TemporaryDirectory() as scratch:
-        non_lesion = write_non_lesion_images(Path(scratch), Path("reports/plots"))
+        non_lesion = write_non_lesion_images(Path(scratch), PLOTS_DIR)
         features = {"non_lesion": features_of(extractor, non_lesion, size, max_pixels)}
-    external = sorted(p for p in EXTERNAL.rglob("*") if p.suffix.lower() in (".jpg", ".png"))
+    external = sorted(
+        p
+        for p in project_external_set("isic2018").rglob("*")
+        if p.suffix.lower() in (".jpg", ".png")
+    )
     features["isic2018"] = features_of(extractor, external, size, max_pixels)
     for name, rows in (("train", train), ("val", val)):
         paths = [Path(p) for p in rows["image_path"]]

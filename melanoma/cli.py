@@ -14,30 +14,40 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from melanoma.app.launch import DEFAULT_PORT
-from melanoma.config import PARAMS_FILE, Params, ParamsError, load_params
-from melanoma.exit_codes import CANNOT_RUN, EXIT_CODES, OK, SOME_FILES_FAILED
+from melanoma.config import PARAMS_FILE, Params, load_params
+from melanoma.errors import MelanomaError
+from melanoma.exit_codes import EXIT_CODES, OK, SOME_FILES_FAILED
 from melanoma.logs import setup_logging
-from melanoma.sites.commands import add_site_commands, site_operating_point
+from melanoma.site_commands import add_site_commands, site_operating_point
 
 if TYPE_CHECKING:
-    from melanoma.model.predict import ImagePrediction
+    from melanoma.inference.predict import ImagePrediction
 
 log = logging.getLogger("melanoma")
+
+
+class NoImageFilesError(MelanomaError):
+    """None of the paths given is, or holds, an image file."""
+
+    exit_code = SOME_FILES_FAILED
+
+
+class MissingArgumentError(MelanomaError):
+    """An argument the model given needs; the message names it."""
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     setup_logging()
-    try:
-        params = load_params(args.params)
-    except (OSError, ParamsError) as error:
-        log.error("%s", error)
-        return CANNOT_RUN
     # TensorFlow's C++ start-up notices would bury the answer.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        return args.handler(args, params)
+        return args.handler(args, load_params(args.params))
+    except MelanomaError as error:
+        # The message names the file or param and what is wrong: a traceback would bury it.
+        log.error("%s", error)
+        return error.exit_code
     except BrokenPipeError:
         # The reader closed stdout early (`| head`): what it wanted was written. Silence the
         # flush at exit, as the Python docs advise.
@@ -150,11 +160,24 @@ def _probability(text: str) -> float:
     return value
 
 
+def _image_files(paths: list[str]) -> list[Path]:
+    """The image files `paths` name or hold (melanoma.inference.predict.find_images);
+    NoImageFilesError if there is none."""
+    from melanoma.inference.predict import find_images
+
+    files = find_images(paths)
+    if not files:
+        raise NoImageFilesError(f"no image files in {', '.join(map(str, paths))}")
+    return files
+
+
 def _load_model(reference: str | None, params: Params):
     """(reference, Keras model, its unfamiliar-image detector or None). A trained model (a
     .keras file, a training run's model) gets `predict.views` test-time views; a registered
-    version keeps the views it was registered with (melanoma.model.predict.scored_with_views)."""
-    from melanoma.model.predict import is_mlflow_uri, load_model_and_detector
+    version keeps the views it was registered with
+    (melanoma.inference.predict.scored_with_views). ModelLoadError if the model cannot be
+    loaded or does not take RGB squares."""
+    from melanoma.inference.predict import is_mlflow_uri, load_model_and_detector, model_input_size
     from melanoma.tracking import configure_tracking
 
     reference = reference or f"models:/{params.registry.model_name}@champion"
@@ -162,6 +185,7 @@ def _load_model(reference: str | None, params: Params):
         configure_tracking(params.mlflow)
     log.info("loading model %s", reference)
     model, detector = load_model_and_detector(reference, params.predict.views)
+    model_input_size(model)  # a model that does not take RGB squares fails here, once
     if detector is None:
         log.warning(
             "%s carries no unfamiliar-image detector: answers say unfamiliar null", reference
@@ -169,58 +193,35 @@ def _load_model(reference: str | None, params: Params):
     return reference, model, detector
 
 
-def _images_and_model(args: argparse.Namespace, params: Params) -> tuple | int:
-    """(image files, model reference, model, detector) for `args.paths` and `args.model`, or
-    the exit code if there is no image or no model."""
-    from melanoma.model.predict import ModelLoadError, find_images, model_input_size
-
-    files = find_images(args.paths)
-    if not files:
-        log.error("no image files in %s", ", ".join(args.paths))
-        return SOME_FILES_FAILED
-    try:
-        reference, model, detector = _load_model(args.model, params)
-        model_input_size(model)  # a model that does not take RGB squares fails here, once
-    except ModelLoadError as error:
-        log.error("%s", error)
-        return CANNOT_RUN
-    return files, reference, model, detector
-
-
 def _predict(args: argparse.Namespace, params: Params) -> int:
-    from melanoma.model.predict import predict_files
-    from melanoma.registry.promotion import RegistryError, registered_threshold
+    from melanoma.inference.predict import predict_files
+    from melanoma.registry.promotion import registered_threshold
 
     # The output folder first: a typo in it should not cost a model load and the predictions.
-    if args.explain is not None and not _explain_folder_ok(args.explain):
-        return CANNOT_RUN
-    loaded = _images_and_model(args, params)
-    if isinstance(loaded, int):
-        return loaded
-    files, reference, model, detector = loaded
+    if args.explain is not None:
+        from melanoma.evaluation.explain import check_output_dir
+
+        check_output_dir(args.explain)
+    files = _image_files(args.paths)
+    reference, model, detector = _load_model(args.model, params)
     threshold, site_head = args.threshold, None
     if args.site is not None:
-        operating_point = site_operating_point(reference, args.site, detector)
-        if operating_point is None:
-            return CANNOT_RUN
-        threshold, site_head = operating_point
+        threshold, site_head = site_operating_point(reference, args.site, detector)
     elif threshold is None:
         # The version's own threshold: params.yaml may have changed since it was registered.
-        try:
-            threshold = registered_threshold(reference)
-        except RegistryError as error:
-            log.error("%s", error)
-            return CANNOT_RUN
+        threshold = registered_threshold(reference)
         if threshold is None:
-            log.error(
-                "%s carries no alert threshold (only registered versions do): give --threshold",
-                reference,
+            raise MissingArgumentError(
+                f"{reference} carries no alert threshold (only registered versions do): "
+                "give --threshold"
             )
-            return CANNOT_RUN
         log.info("melanoma alert threshold %s, from the registered version's tag", threshold)
-    explainer = _explainer(model) if args.explain is not None else None
-    if isinstance(explainer, int):
-        return explainer
+    explainer = None
+    if args.explain is not None:
+        from melanoma.evaluation.explain import grad_cam
+        from melanoma.inference.views import trained_model
+
+        explainer = grad_cam(trained_model(model))  # of the image itself, whatever the views
     predictions = predict_files(
         model, files, params.ingest.image_size, params.ingest.max_image_pixels, detector
     )
@@ -252,29 +253,6 @@ def _predict(args: argparse.Namespace, params: Params) -> int:
     if explainer is not None and no_overlay:
         log.error("%d of %d overlays could not be written", no_overlay, len(predictions))
     return SOME_FILES_FAILED if failed or (explainer is not None and no_overlay) else OK
-
-
-def _explain_folder_ok(folder: Path) -> bool:
-    from melanoma.evaluation.explain import ExplainError, check_output_dir
-
-    try:
-        check_output_dir(folder)
-    except ExplainError as error:
-        log.error("%s", error)
-        return False
-    return True
-
-
-def _explainer(model):
-    """Grad-CAM for the model, or CANNOT_RUN if it has no convolutional block to explain."""
-    from melanoma.evaluation.explain import ExplainError, grad_cam
-    from melanoma.model.views import trained_model
-
-    try:
-        return grad_cam(trained_model(model))  # of the image itself, whatever the views
-    except ExplainError as error:
-        log.error("%s", error)
-        return CANNOT_RUN
 
 
 def _text_output(
@@ -330,19 +308,9 @@ def _json_output(
 
 
 def _request(args: argparse.Namespace, params: Params) -> int:
-    from melanoma.data.images import ImageRejected
-    from melanoma.model.predict import find_images
-    from melanoma.model.serving import request_body
+    from melanoma.registry.serving import request_body
 
-    files = find_images(args.paths)
-    if not files:
-        log.error("no image files in %s", ", ".join(args.paths))
-        return SOME_FILES_FAILED
-    try:
-        body = request_body(files, params.ingest.max_image_pixels)
-    except ImageRejected as rejected:
-        log.error("%s (%s)", rejected, rejected.reason)
-        return SOME_FILES_FAILED
+    body = request_body(_image_files(args.paths), params.ingest.max_image_pixels)
     json.dump(body, sys.stdout, separators=(",", ":"))
     return OK
 
@@ -350,16 +318,12 @@ def _request(args: argparse.Namespace, params: Params) -> int:
 def _promote(args: argparse.Namespace, params: Params) -> int:
     from mlflow import MlflowClient
 
-    from melanoma.registry.promotion import RegistryError, promote_by_hand
+    from melanoma.registry.promotion import promote_by_hand
     from melanoma.tracking import configure_tracking
 
     configure_tracking(params.mlflow)
     name = params.registry.model_name
-    try:
-        previous = promote_by_hand(MlflowClient(), name, args.version)
-    except RegistryError as error:
-        log.error("%s", error)
-        return CANNOT_RUN
+    previous = promote_by_hand(MlflowClient(), name, args.version)
     print(f"{name}: champion {f'v{previous}' if previous else 'none'} -> v{args.version}")
     return OK
 
@@ -367,16 +331,12 @@ def _promote(args: argparse.Namespace, params: Params) -> int:
 def _rollback(args: argparse.Namespace, params: Params) -> int:
     from mlflow import MlflowClient
 
-    from melanoma.registry.promotion import RegistryError, rollback
+    from melanoma.registry.promotion import rollback
     from melanoma.tracking import configure_tracking
 
     configure_tracking(params.mlflow)
     name = params.registry.model_name
-    try:
-        current, previous = rollback(MlflowClient(), name)
-    except RegistryError as error:
-        log.error("%s", error)
-        return CANNOT_RUN
+    current, previous = rollback(MlflowClient(), name)
     print(f"{name}: champion v{current} -> v{previous}")
     return OK
 

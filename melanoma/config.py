@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from melanoma.errors import MelanomaError
 from melanoma.model.lite_specs import LITE
 from melanoma.params.base import _Section
 from melanoma.params.data import AugmentParams, DataParams, IngestParams, ValidateParams
@@ -23,7 +24,7 @@ from melanoma.params.sites import SiteParams, UnfamiliarParams
 PARAMS_FILE = Path("params.yaml")
 
 
-class ParamsError(ValueError):
+class ParamsError(MelanomaError, ValueError):
     """A value in params.yaml is missing, unknown or out of range."""
 
 
@@ -111,8 +112,14 @@ def parse_params(raw: dict) -> Params:
 
 
 def load_params(path: Path = PARAMS_FILE) -> Params:
-    with open(path) as f:
-        return parse_params(yaml.safe_load(f))
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f)
+    except OSError as error:
+        raise ParamsError(f"{path}: cannot be read ({error.strerror or error})") from None
+    except yaml.YAMLError as error:
+        raise ParamsError(f"{path}: not YAML ({error})") from None
+    return parse_params(raw)
 
 
 def flatten(params: BaseModel, prefix: str = "") -> dict[str, object]:

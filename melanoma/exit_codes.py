@@ -1,6 +1,8 @@
-"""Exit codes of the `melanoma` command, shared by its subcommands."""
+"""Exit codes of the `melanoma` command, shared by its subcommands, and of the stages."""
 
 OK, SOME_FILES_FAILED, CANNOT_RUN = 0, 1, 2
+# A pipeline stage stopped by a user error (melanoma.logs.exit_on): DVC tells only 0 from others.
+STAGE_STOPPED = 1
 
 EXIT_CODES = f"""exit codes:
   {OK}  every image was predicted / the action was done

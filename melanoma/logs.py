@@ -6,6 +6,9 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from melanoma.errors import MelanomaError
+from melanoma.exit_codes import STAGE_STOPPED
+
 log = logging.getLogger(__name__)
 
 
@@ -19,10 +22,11 @@ def setup_logging() -> None:
 
 @contextmanager
 def exit_on(*errors: type[Exception]) -> Iterator[None]:
-    """Turn `errors` into a logged message and exit status 1: their messages name the file or
+    """Turn a MelanomaError, and `errors` (users' errors of code that cannot derive from it
+    yet), into a logged message and exit status STAGE_STOPPED: their messages name the file or
     param and what is wrong with it, so a traceback would only hide them."""
     try:
         yield
-    except errors as error:
+    except (MelanomaError, *errors) as error:
         log.error("%s", error)
-        sys.exit(1)
+        sys.exit(STAGE_STOPPED)

@@ -20,7 +20,8 @@ FEATURES_DIR = Path("data/features")
 FEATURE_STORE_DIR = Path("data/feature_store")
 
 MODEL_FILE = Path("models/model.keras")
-# the unfamiliar-image score's Gaussians and threshold (melanoma.sites.unfamiliar), beside the model
+# the unfamiliar-image score's Gaussians and threshold (melanoma.inference.unfamiliar), beside
+# the model
 UNFAMILIAR_FILE = Path("models/unfamiliar.npz")
 # the validation split's P(melanoma) and features, what the drift check compares a batch with
 DRIFT_REFERENCE_FILE = Path("models/drift_reference.npz")

@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model, model_validator
 
+from melanoma.errors import MelanomaError
 from melanoma.labels import LABELS
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ EVALUATION_METRICS = (
 )
 
 
-class ReportError(ValueError):
+class ReportError(MelanomaError, ValueError):
     """A report file is missing, not JSON, or not what its stage writes; the message names the
     file, the field and the stage to run."""
 

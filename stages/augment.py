@@ -18,12 +18,13 @@ from melanoma.data.manifest import (
     read_manifest,
     write_manifest,
 )
-from melanoma.logs import setup_logging
+from melanoma.logs import exit_on, setup_logging
 from melanoma.paths import AUGMENTED_DIR, AUGMENTED_MANIFEST, VALIDATED_MANIFEST
 
 log = logging.getLogger(__name__)
 
 
+@exit_on()
 def main() -> None:
     setup_logging()
     params = load_params()

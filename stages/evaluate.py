@@ -4,7 +4,7 @@ MLflow: stage `register` logs these outputs and registers the model, so a tracki
 is down fails registration, not evaluation.
 
 Every set is scored by the trained model with `predict.views` test-time views
-(melanoma.model.views), the graph `register` logs as the served model; with more than one view
+(melanoma.inference.views), the graph `register` logs as the served model; with more than one view
 the validation split is scored again by it, so that the threshold is chosen on the same
 averaged scores (with one, train's validation predictions are those scores)."""
 
@@ -18,7 +18,6 @@ from melanoma.config import load_params
 from melanoma.evaluation.explain import write_gallery
 from melanoma.evaluation.external import (
     FILE_COLUMNS,
-    ExternalSetError,
     check_folder,
     read_external_sets,
 )
@@ -32,9 +31,9 @@ from melanoma.evaluation.report import (
     threshold_rules,
     validation_scores,
 )
+from melanoma.inference.predict import predict_split
+from melanoma.inference.views import trained_model, with_views
 from melanoma.logs import exit_on, setup_logging
-from melanoma.model.predict import predict_split
-from melanoma.model.views import trained_model, with_views
 from melanoma.paths import (
     GALLERY_FILE,
     METRICS_FILE,
@@ -47,22 +46,22 @@ from melanoma.paths import (
     external_files,
     external_predictions,
 )
-from melanoma.reports import ReportError, RunInfo
+from melanoma.reports import RunInfo
 from melanoma.tracking import git_commit
 
 log = logging.getLogger("stages.evaluate")
 
 
+@exit_on()
 def main() -> None:
     setup_logging()
     params = load_params()
     # Before any output is rewritten: a rewritten tracked report must not make the tree "dirty".
     commit = git_commit()
     evaluate = params.evaluate
-    with exit_on(ExternalSetError, ReportError):
-        for index, external in enumerate(evaluate.external_sets):
-            check_folder(external, index)  # a missing folder stops before any work
-        run_info = RunInfo.read(RUN_FILE)
+    for index, external in enumerate(evaluate.external_sets):
+        check_folder(external, index)  # a missing folder stops before any work
+    run_info = RunInfo.read(RUN_FILE)
     model = with_views(keras.saving.load_model(MODEL_FILE), params.predict.views)
 
     # External images are ingested into a scratch folder that lives as long as they are read.
@@ -104,8 +103,7 @@ def main() -> None:
             choice.threshold.value,
             GALLERY_FILE,
         )
-    with exit_on(ReportError):  # train_metrics.json or validation.json not as written
-        facts = card_facts(params, report, run_info, evaluation_lineage(commit, test))
+    facts = card_facts(params, report, run_info, evaluation_lineage(commit, test))
     MODEL_CARD.write_text(render_card(facts))
     log.info("wrote %s and %s", METRICS_FILE, MODEL_CARD)
 

@@ -4,15 +4,14 @@ training and validation image, computed once into data/features for `train` to r
 from melanoma.config import load_params
 from melanoma.logs import exit_on, setup_logging
 from melanoma.model.features import write_feature_cache
-from melanoma.model.torch_legacy import WeightsFileError
 from melanoma.paths import AUGMENTED_MANIFEST, FEATURES_DIR
 
 
+@exit_on()
 def main() -> None:
     setup_logging()
     params = load_params()
-    with exit_on(WeightsFileError):
-        write_feature_cache(params.train, params.preprocess, AUGMENTED_MANIFEST, FEATURES_DIR)
+    write_feature_cache(params.train, params.preprocess, AUGMENTED_MANIFEST, FEATURES_DIR)
 
 
 if __name__ == "__main__":

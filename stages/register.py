@@ -7,23 +7,21 @@ better beyond noise (melanoma.registry.promotion)."""
 import logging
 
 from melanoma.config import load_params
-from melanoma.evaluation.external import ExternalSetError
 from melanoma.logs import exit_on, setup_logging
 from melanoma.paths import REGISTRATION_FILE
-from melanoma.registry.promotion import RegistryError
 from melanoma.registry.registration import register_evaluated_model, write_registration
-from melanoma.reports import ReportError
 from melanoma.tracking import git_commit, runs_end_as_killed
 
 log = logging.getLogger("stages.register")
 
 
+@exit_on()
 def main() -> None:
     setup_logging()
     params = load_params()
     # Before any output is rewritten: a rewritten tracked report must not make the tree "dirty".
     commit = git_commit()
-    with exit_on(RegistryError, ReportError, ExternalSetError), runs_end_as_killed():
+    with runs_end_as_killed():
         registration = register_evaluated_model(params, commit)
     write_registration(registration, REGISTRATION_FILE)
     log.info(

@@ -12,13 +12,14 @@ import sys
 from melanoma.config import load_params
 from melanoma.data.duplicates import resolve_content
 from melanoma.data.manifest import INGEST_COLUMNS, VALIDATED_COLUMNS, read_manifest, write_manifest
-from melanoma.data.reference_labels import ReferenceLabelsError, load_reference_labels
+from melanoma.data.reference_labels import load_reference_labels
 from melanoma.data.validation import (
     build_report,
     run_expectations,
     summary_lines,
     too_few_warnings,
 )
+from melanoma.exit_codes import STAGE_STOPPED
 from melanoma.logs import exit_on, setup_logging
 from melanoma.paths import DATA_DOCS, INGESTED_MANIFEST, VALIDATED_MANIFEST
 from melanoma.paths import VALIDATION_REPORT as REPORT
@@ -26,13 +27,13 @@ from melanoma.paths import VALIDATION_REPORT as REPORT
 log = logging.getLogger("stages.validate")
 
 
+@exit_on()
 def main() -> None:
     setup_logging()
     policy = load_params().validate_
     reference = None
     if policy.reference_labels is not None:
-        with exit_on(ReferenceLabelsError):
-            reference = load_reference_labels(policy.reference_labels, policy)
+        reference = load_reference_labels(policy.reference_labels, policy)
     manifest = read_manifest(INGESTED_MANIFEST, INGEST_COLUMNS)
     checks = resolve_content(manifest, policy, reference)
     expectations = run_expectations(checks.manifest, policy, DATA_DOCS)
@@ -47,7 +48,7 @@ def main() -> None:
     if report.failures:
         for failure in report.failures:
             log.error("%s", failure)
-        sys.exit(1)
+        sys.exit(STAGE_STOPPED)
 
 
 if __name__ == "__main__":

@@ -173,7 +173,7 @@ def fitted_detector(model, familiar: np.ndarray, neighbours: int = 3, flagged: f
     """An unfamiliar-image detector of `model` at its pooled features, fitted and thresholded
     on uint8 images `familiar` (n, size, size, 3): the first half fits, the rest sets the
     threshold."""
-    from melanoma.sites.unfamiliar import POOLED, fit_detector, probe
+    from melanoma.inference.unfamiliar import POOLED, fit_detector, probe
 
     _, features = probe(model, POOLED).predict_on_batch(familiar)
     half = len(familiar) // 2
@@ -182,8 +182,8 @@ def fitted_detector(model, familiar: np.ndarray, neighbours: int = 3, flagged: f
 
 def drift_reference(model, images: np.ndarray):
     """The drift reference of `model` on uint8 images, as `train` keeps validation's."""
+    from melanoma.inference.unfamiliar import POOLED, probe
     from melanoma.sites.drift import DriftReference
-    from melanoma.sites.unfamiliar import POOLED, probe
 
     probabilities, features = probe(model, POOLED).predict_on_batch(images)
     return DriftReference(melanoma=probabilities[:, MELANOMA_INDEX], features=features)
@@ -198,7 +198,7 @@ def noise_images(n: int, size: int, seed: int = 0) -> np.ndarray:
 
 def site_record(name: str, threshold: float):
     """A SiteRecord as `melanoma site calibrate` stores it, with made-up sample figures."""
-    from melanoma.sites.registry import SiteRecord
+    from melanoma.sites.record import SiteRecord
 
     return SiteRecord(
         name=name,

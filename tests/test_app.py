@@ -41,11 +41,11 @@ from melanoma.app.answers import (
 from melanoma.cli import main
 from melanoma.data.images import DECOMPRESSION_BOMB, EMPTY_FILE, NOT_AN_IMAGE
 from melanoma.exit_codes import CANNOT_RUN
+from melanoma.inference.predict import predict_files
 from melanoma.labels import LABELS, MELANOMA
-from melanoma.model.predict import predict_files
-from melanoma.model.serving import TOO_LARGE, ServingConfig, log_served_model
 from melanoma.registry.promotion import THRESHOLD_TAG, Decision, record_decision
-from melanoma.sites.registry import SiteError, store_site
+from melanoma.registry.serving import TOO_LARGE, ServingConfig, log_served_model
+from melanoma.registry.sites import SiteError, store_site
 from melanoma.tracking import configure_tracking
 from tests.helpers import (
     build_tiny_classifier,

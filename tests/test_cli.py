@@ -8,7 +8,8 @@ import mlflow
 import pytest
 from PIL import Image
 
-from melanoma.cli import CANNOT_RUN, OK, SOME_FILES_FAILED, main
+from melanoma.cli import main
+from melanoma.exit_codes import CANNOT_RUN, OK, SOME_FILES_FAILED
 from melanoma.registry.promotion import THRESHOLD_TAG, Decision, record_decision
 from tests.helpers import MODEL_SIZE, fitted_detector, noise_images, whole_ensemble
 

@@ -14,11 +14,11 @@ from PIL import Image
 
 from bench.project import command_env
 from bench.serving import model_server, post
+from melanoma.inference.predict import predict_files, read_image, to_model_size
 from melanoma.labels import LABELS, MELANOMA
-from melanoma.model.predict import predict_files, read_image, to_model_size
-from melanoma.model.serving import ServingConfig, log_served_model, request_body
 from melanoma.registry.promotion import Decision, record_decision
-from melanoma.sites.registry import store_site
+from melanoma.registry.serving import ServingConfig, log_served_model, request_body
+from melanoma.registry.sites import store_site
 from tests.helpers import (
     build_tiny_classifier,
     fitted_detector,

@@ -191,9 +191,9 @@ def test_with_views_evaluate_chooses_on_and_register_serves_the_averaged_scores(
 
     from melanoma.config import PARAMS_FILE
     from melanoma.evaluation.metrics import predictions_table, read_predictions
+    from melanoma.inference.predict import load_model, model_location, predict_split, stored_file
+    from melanoma.inference.views import views_of, with_views
     from melanoma.labels import MELANOMA_INDEX
-    from melanoma.model.predict import load_model, model_location, predict_split, stored_file
-    from melanoma.model.views import views_of, with_views
     from melanoma.sites.drift import DriftReference
     from tests.helpers import position_classifier
 
@@ -240,7 +240,7 @@ def test_an_ensemble_is_evaluated_explained_registered_and_served_as_one_model(
     import numpy as np
 
     from melanoma.evaluation.metrics import read_predictions
-    from melanoma.model.predict import load_model, predict_split
+    from melanoma.inference.predict import load_model, predict_split
     from tests.helpers import MODEL_SIZE, whole_ensemble
 
     test_paths, test_labels = evaluation_project

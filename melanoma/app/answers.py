@@ -30,8 +30,7 @@ from melanoma.evaluation.explain import (
     heat_maps_of_classes,
     upsample,
 )
-from melanoma.labels import LABELS, MELANOMA, MELANOMA_INDEX
-from melanoma.model.predict import (
+from melanoma.inference.predict import (
     BATCH_SIZE,
     ImagePrediction,
     image_from_bytes,
@@ -42,15 +41,13 @@ from melanoma.model.predict import (
     stored_file,
     to_model_size,
 )
-from melanoma.model.serving import TOO_LARGE
-from melanoma.model.views import trained_model
+from melanoma.inference.unfamiliar import UnfamiliarDetector
+from melanoma.inference.views import trained_model
+from melanoma.labels import LABELS, MELANOMA, MELANOMA_INDEX
 from melanoma.paths import DRIFT_REFERENCE_FILE
 from melanoma.registry.promotion import registered_threshold
-from melanoma.reports import HEADLINE_METRICS
-from melanoma.sites.batch_drift import check_predictions, compared_images
-from melanoma.sites.drift import DriftReference
-from melanoma.sites.head import SiteHead, with_site_head
-from melanoma.sites.registry import (
+from melanoma.registry.serving import TOO_LARGE
+from melanoma.registry.sites import (
     SiteRecord,
     VersionSite,
     find_site,
@@ -58,7 +55,10 @@ from melanoma.sites.registry import (
     usable_site_head,
     version_sites,
 )
-from melanoma.sites.unfamiliar import UnfamiliarDetector
+from melanoma.reports import HEADLINE_METRICS
+from melanoma.sites.batch_drift import check_predictions, compared_images
+from melanoma.sites.drift import DriftReference
+from melanoma.sites.head import SiteHead, with_site_head
 from melanoma.tracking import configure_tracking
 
 log = logging.getLogger(__name__)

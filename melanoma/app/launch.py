@@ -21,24 +21,19 @@ PAGE_SCRIPT = Path(__file__).with_name("page.py")
 DEFAULT_PORT = 8501  # Streamlit's own default
 
 
-def check_choice(params: Params, version: str | None, site: str | None) -> str | None:
-    """The version number asked for (None: the champion's) if it, and the site, exist; None
-    (logged) otherwise."""
+def check_choice(params: Params, version: str | None, site: str | None) -> str:
+    """The version number asked for (None: the champion's) if it, and the site, exist;
+    RegistryError or SiteError naming the known ones otherwise."""
     from mlflow import MlflowClient
 
-    from melanoma.registry.promotion import RegistryError
-    from melanoma.sites.registry import SiteError, find_site, resolve_version, version_sites
+    from melanoma.registry.sites import find_site, resolve_version, version_sites
     from melanoma.tracking import configure_tracking
 
     configure_tracking(params.mlflow)
     client, name = MlflowClient(), params.registry.model_name
-    try:
-        number = resolve_version(client, name, version)
-        if site is not None:
-            find_site(name, number, version_sites(client, name, number), site)
-    except (RegistryError, SiteError) as error:
-        log.error("%s", error)
-        return None
+    number = resolve_version(client, name, version)
+    if site is not None:
+        find_site(name, number, version_sites(client, name, number), site)
     return number
 
 
@@ -65,10 +60,9 @@ def run_app(
     version: str | None,
     site: str | None,
 ) -> int:
-    """Start the page (does not return when it starts); CANNOT_RUN if the choice is wrong."""
+    """Start the page (does not return when it starts); RegistryError or SiteError if the
+    choice is wrong."""
     number = check_choice(params, version, site)
-    if number is None:
-        return CANNOT_RUN
     if host != LOOPBACK:
         log.warning(
             "--host %s: the page has no login; anyone who can reach this address can upload "

@@ -13,6 +13,9 @@ from contextlib import contextmanager
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from melanoma.errors import MelanomaError
+from melanoma.exit_codes import SOME_FILES_FAILED
+
 # Formats we decode; any other (EPS would even run Ghostscript) is refused as not an image.
 FORMATS = ("JPEG", "PNG", "TIFF", "BMP", "GIF", "WEBP")
 SIGNATURES = {
@@ -34,8 +37,10 @@ DECOMPRESSION_BOMB = "decompression_bomb"
 UNSUPPORTED_MODE = "unsupported_mode"
 
 
-class ImageRejected(Exception):
+class ImageRejected(MelanomaError):
     """The bytes are not a usable image; `reason` is a short stable code, the message says why."""
+
+    exit_code = SOME_FILES_FAILED
 
     def __init__(self, reason: str, message: str):
         super().__init__(message)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from melanoma.errors import MelanomaError
 from melanoma.params.data import ValidateParams
 
 PARAM = "validate.reference_labels"
@@ -37,7 +38,7 @@ CHECK_OFF = "off"
 FOLDER, REFERENCE = "folder", "reference"
 
 
-class ReferenceLabelsError(ValueError):
+class ReferenceLabelsError(MelanomaError, ValueError):
     """The reference file is missing, empty or malformed; the message names the param and path."""
 
 

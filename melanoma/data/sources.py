@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from melanoma.errors import MelanomaError
 from melanoma.labels import LABELS, canonical_label
 
 SPLITS = {"train": "train", "test": "test"}  # folder name, lower-cased -> split
@@ -36,7 +37,7 @@ FIX_HINT = (
 )
 
 
-class SourceError(Exception):
+class SourceError(MelanomaError):
     """The source cannot be ingested at all; the message names the path and the fix."""
 
 

@@ -32,15 +32,16 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from melanoma.data.images import ImageRejected
-from melanoma.labels import LABELS, MELANOMA, MELANOMA_INDEX
-from melanoma.model.ensemble import is_ensemble, members_of
-from melanoma.model.predict import (
+from melanoma.errors import MelanomaError
+from melanoma.inference.predict import (
     BATCH_SIZE,
     ImagePrediction,
     model_input_size,
     read_image,
     to_model_size,
 )
+from melanoma.labels import LABELS, MELANOMA, MELANOMA_INDEX
+from melanoma.model.ensemble import is_ensemble, members_of
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ FALSE_ALARMS_IN_GALLERY = 8
 GALLERY_COLUMNS = 6
 
 
-class ExplainError(Exception):
+class ExplainError(MelanomaError):
     """No heat map can be made (no 4-D layer, output folder not writable); the message says
     what and where."""
 

@@ -26,6 +26,7 @@ import pandas as pd
 from melanoma.data import sources
 from melanoma.data.ingest import OutputNames, ingest_file
 from melanoma.data.manifest import ACCEPTED, INGEST_COLUMNS, REJECTED, read_manifest
+from melanoma.errors import MelanomaError
 from melanoma.labels import LABELS, canonical_label
 from melanoma.params.data import IngestParams
 from melanoma.params.evaluation import ExternalSet
@@ -41,7 +42,7 @@ SPLIT = "external"
 FILE_COLUMNS = ["source_path", "label", "status", "reason", "detail"]
 
 
-class ExternalSetError(ValueError):
+class ExternalSetError(MelanomaError, ValueError):
     """An external set cannot be read at all; the message names the param and the path."""
 
 

@@ -33,10 +33,10 @@ from melanoma.evaluation.operating_point import (
     sensitivity_upper_bound,
     split_halves,
 )
+from melanoma.inference.predict import predict_split
+from melanoma.inference.views import views_of
 from melanoma.labels import LABELS, MELANOMA_INDEX
 from melanoma.model.calibration import calibration_metrics, plot_reliability, uncalibrated
-from melanoma.model.predict import predict_split
-from melanoma.model.views import views_of
 from melanoma.params.evaluation import EvaluateParams, OperatingPoint
 from melanoma.paths import AUGMENTED_MANIFEST
 from melanoma.reports import (

@@ -1,1 +1,1 @@
-"""The model: architectures, pretrained weights, training, calibration, prediction."""
+"""The model: architectures, pretrained weights, training, calibration, ensembles."""

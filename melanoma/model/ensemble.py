@@ -85,7 +85,7 @@ def shared_part(model: keras.Model) -> keras.Model | None:
 
 def probe(model: keras.Model, depth: str | None) -> keras.Model:
     """uint8 images -> [the ensemble's probabilities, features] in one pass, as
-    melanoma.sites.unfamiliar.probe: with `depth` a layer of the shared part, its output
+    melanoma.inference.unfamiliar.probe: with `depth` a layer of the shared part, its output
     averaged over the image; with None, the pooled features of every member (the input of its
     softmax layer) side by side."""
     members, shared = members_of(model), shared_part(model)

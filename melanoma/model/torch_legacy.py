@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from melanoma.errors import MelanomaError
+
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 PROTOCOL_VERSION = 1001
 # The storage types a state dict of float weights (and batch-norm step counters) uses.
@@ -31,7 +33,7 @@ STORAGE_DTYPES = {
 }
 
 
-class WeightsFileError(ValueError):
+class WeightsFileError(MelanomaError, ValueError):
     """The weights file is missing, corrupt, not the expected file, or asks for a forbidden
     global. The message starts with the file's path."""
 

@@ -281,7 +281,7 @@ class TrainParams(_Section):
 
 class PredictParams(_Section):
     """How evaluate, `melanoma predict` and the served model score an image
-    (melanoma.model.views)."""
+    (melanoma.inference.views)."""
 
     views: Literal[1, 2, 4, 8] = Field(
         1,

@@ -9,7 +9,7 @@ from melanoma.params.base import _Section
 
 
 class UnfamiliarParams(_Section):
-    """The unfamiliar-image warning (melanoma.sites.unfamiliar), fitted by `train`."""
+    """The unfamiliar-image warning (melanoma.inference.unfamiliar), fitted by `train`."""
 
     depth: str = Field(
         "pooled",

@@ -32,14 +32,15 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
 from melanoma.data.dataset import make_dataset
+from melanoma.errors import MelanomaError
 from melanoma.evaluation.metrics import threshold_free_metric
-from melanoma.model.logged_model import log_keras_model
-from melanoma.model.predict import (
+from melanoma.inference.predict import (
     ModelLoadError,
     load_model,
     model_input_size,
     predict_split,
 )
+from melanoma.model.logged_model import log_keras_model
 from melanoma.params.evaluation import PromotionParams, RegistryParams
 from melanoma.reports import HEADLINE_METRICS, MetricsReport, RunInfo
 
@@ -65,7 +66,7 @@ TRAINED_MODEL_TAG = "trained_model_uri"
 VIEWS_TAG = "predict_views"
 
 
-class RegistryError(Exception):
+class RegistryError(MelanomaError):
     """A registry action cannot be done; the message says why."""
 
 

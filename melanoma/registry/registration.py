@@ -35,9 +35,8 @@ from melanoma.evaluation.report import (
     tracked_metrics,
     validation_scores,
 )
+from melanoma.inference.views import views_of, with_views
 from melanoma.labels import MELANOMA_INDEX
-from melanoma.model.serving import log_served_model, serving_config
-from melanoma.model.views import views_of, with_views
 from melanoma.registry.promotion import (
     KEPT,
     PROMOTED,
@@ -51,9 +50,10 @@ from melanoma.registry.promotion import (
     source_run,
     version_tags,
 )
+from melanoma.registry.serving import log_served_model, serving_config
+from melanoma.registry.sites import refresh_card_sites
 from melanoma.reports import MetricsReport, RunInfo
 from melanoma.sites.drift import DriftReference
-from melanoma.sites.registry import refresh_card_sites
 from melanoma.tracking import configure_tracking
 
 log = logging.getLogger(__name__)

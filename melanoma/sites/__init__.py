@@ -1,1 +1,1 @@
-"""A clinic (site) of its own: the unfamiliar-image warning, its operating point, drift."""
+"""A clinic (site) of its own: its operating point and head, drift, calibration."""

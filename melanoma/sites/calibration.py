@@ -16,6 +16,7 @@ chosen on the head's out-of-fold scores and the sample's figures are theirs.
 import logging
 import tempfile
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import keras
@@ -26,15 +27,15 @@ from melanoma.config import Params
 from melanoma.data.manifest import INGEST_COLUMNS, REJECTED, read_manifest
 from melanoma.data.sources import OUTSIDE_CLASS_FOLDER
 from melanoma.evaluation.external import read_external_set
+from melanoma.inference.predict import predict_files
+from melanoma.inference.unfamiliar import UnfamiliarDetector
 from melanoma.labels import MELANOMA
-from melanoma.model.predict import predict_files
 from melanoma.params.data import IngestParams
 from melanoma.params.evaluation import ExternalSet
 from melanoma.paths import INGESTED_MANIFEST
 from melanoma.sites.head import FeatureIdentity, SiteHead, decide_head
 from melanoma.sites.operating_point import SiteSampleError, choose_site_threshold
-from melanoma.sites.registry import SiteRecord, now
-from melanoma.sites.unfamiliar import UnfamiliarDetector
+from melanoma.sites.record import SiteRecord
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ def calibrate_site(
         target_sensitivity=params.sites.target_sensitivity,
         confidence=params.sites.confidence,
         folder=str(folder.resolve()),
-        calibrated_at=now(),
+        calibrated_at=datetime.now(UTC).isoformat(timespec="seconds"),
         head_adopted=decision.adopted,
         head_reason=decision.reason,
         model_auc=decision.model_auc,

@@ -21,13 +21,14 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import ks_2samp
 
-from melanoma.sites.unfamiliar import unit_rows
+from melanoma.errors import MelanomaError
+from melanoma.inference.unfamiliar import unit_rows
 
 # The reference is subsampled to this many images: the permutation test's cost is quadratic.
 MAX_REFERENCE = 600
 
 
-class DriftReferenceError(Exception):
+class DriftReferenceError(MelanomaError):
     """A drift reference file that cannot be read; the message names it."""
 
 

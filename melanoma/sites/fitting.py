@@ -10,10 +10,10 @@ import keras
 import numpy as np
 
 from melanoma.data.dataset import make_dataset
+from melanoma.inference.unfamiliar import UnfamiliarDetector, depth_of, fit_detector, probe
 from melanoma.labels import MELANOMA_INDEX
 from melanoma.params.sites import UnfamiliarParams
 from melanoma.sites.drift import DriftReference
-from melanoma.sites.unfamiliar import UnfamiliarDetector, depth_of, fit_detector, probe
 
 log = logging.getLogger(__name__)
 

@@ -30,17 +30,18 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 from threadpoolctl import threadpool_limits
 
+from melanoma.errors import MelanomaError
+from melanoma.inference.unfamiliar import UnfamiliarDetector
 from melanoma.params.sites import SiteParams
 from melanoma.sites.operating_point import melanoma_logit
-from melanoma.sites.unfamiliar import UnfamiliarDetector
 
 if TYPE_CHECKING:
-    from melanoma.model.predict import ImagePrediction
+    from melanoma.inference.predict import ImagePrediction
 
 MAX_ITERATIONS = 1000  # lbfgs on at most ~257 standardised columns converges long before
 
 
-class SiteHeadError(ValueError):
+class SiteHeadError(MelanomaError, ValueError):
     """A stored head that cannot be used with a version; the message names site and version."""
 
 

@@ -29,13 +29,14 @@ import numpy as np
 from scipy.special import expit, logit
 from scipy.stats import beta, nct, norm
 
+from melanoma.errors import MelanomaError
 from melanoma.params.sites import SiteParams
 
 # P(melanoma) is clipped before the logit: a calibrated softmax can round to 0 or 1.
 _EPSILON = 1e-6
 
 
-class SiteSampleError(ValueError):
+class SiteSampleError(MelanomaError, ValueError):
     """A labelled sample that cannot support the promise; the message says why and what would."""
 
 

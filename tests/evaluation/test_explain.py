@@ -18,9 +18,9 @@ from melanoma.evaluation.explain import (
     write_gallery,
     write_overlays,
 )
+from melanoma.inference.predict import load_model, predict_files
 from melanoma.labels import LABELS, MELANOMA_INDEX
 from melanoma.model.architectures import build_model
-from melanoma.model.predict import load_model, predict_files
 from melanoma.params.model import TrainParams
 from tests.helpers import lite_ensemble, whole_ensemble
 

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 
 from melanoma.evaluation.explain import grad_cam, heat_maps
+from melanoma.inference.unfamiliar import POOLED, depth_of, probe
+from melanoma.inference.views import probe as views_probe
+from melanoma.inference.views import with_views
 from melanoma.labels import LABELS
 from melanoma.model.calibration import fold_temperature, rescale
 from melanoma.model.ensemble import assemble, is_ensemble, members_of, shared_part
-from melanoma.model.views import probe as views_probe
-from melanoma.model.views import with_views
-from melanoma.sites.unfamiliar import POOLED, depth_of, probe
 from tests.helpers import ensemble_members, lite_ensemble, whole_ensemble
 
 SIZE = 32

@@ -15,6 +15,7 @@ from melanoma.data.manifest import (
     read_manifest,
 )
 from melanoma.evaluation.metrics import read_predictions
+from melanoma.inference.unfamiliar import POOLED, UnfamiliarDetector, probe
 from melanoma.labels import LABELS
 from melanoma.model.calibration import negative_log_likelihood, rescale
 from melanoma.model.curves import HISTORY_COLUMNS, training_summary
@@ -27,7 +28,6 @@ from melanoma.model.optimization import (
 from melanoma.model.training import TrainOutputs, calibrate, run_training
 from melanoma.sites.drift import DriftReference
 from melanoma.sites.fitting import probe_outputs
-from melanoma.sites.unfamiliar import POOLED, UnfamiliarDetector, probe
 from tests.helpers import train_params
 
 AUGMENTED = Path("data/augmented/manifest.csv")
@@ -313,9 +313,9 @@ def test_a_frozen_backbone_trains_its_head_on_cached_features_and_saves_the_whol
     augmented_project, tmp_path
 ):
     from melanoma.evaluation.metrics import probability_column
+    from melanoma.inference.predict import predict_files
     from melanoma.model.efficientnet_lite import pretrained_backbone
     from melanoma.model.features import FeatureCacheError, read_feature_cache, write_feature_cache
-    from melanoma.model.predict import predict_files
 
     augmented_project["train"].update(
         architecture="efficientnet_lite0", freeze="all", random_flip=False, learning_rate=0.01

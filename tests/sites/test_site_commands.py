@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from melanoma.cli import CANNOT_RUN, OK, SOME_FILES_FAILED, main
-from melanoma.model.serving import ServingConfig, log_served_model
+from melanoma.cli import main
+from melanoma.exit_codes import CANNOT_RUN, OK, SOME_FILES_FAILED
 from melanoma.registry.promotion import THRESHOLD_TAG, Decision, record_decision
-from melanoma.sites.registry import version_sites
+from melanoma.registry.serving import ServingConfig, log_served_model
+from melanoma.registry.sites import version_sites
 from tests.helpers import (
     build_tiny_classifier,
     drift_reference,

@@ -8,9 +8,9 @@ import pytest
 from scipy.special import expit
 from sklearn.metrics import roc_auc_score
 
+from melanoma.inference.unfamiliar import UnfamiliarDetector
 from melanoma.params.sites import SiteParams
 from melanoma.sites.head import FeatureIdentity, SiteHead, decide_head
-from melanoma.sites.unfamiliar import UnfamiliarDetector
 
 PARAMS = SiteParams()  # auto, margin 0.02, 8 dimensions, C 0.1, 5 folds
 IDENTITY = FeatureIdentity("pooled", 16, "0123456789abcdef")

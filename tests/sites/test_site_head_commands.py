@@ -17,12 +17,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from melanoma.cli import CANNOT_RUN, OK, main
+from melanoma.cli import main
+from melanoma.exit_codes import CANNOT_RUN, OK
 from melanoma.labels import LABELS, MELANOMA
-from melanoma.model.serving import ServingConfig, log_served_model
 from melanoma.registry.promotion import THRESHOLD_TAG, Decision, record_decision
-from melanoma.sites.head import FeatureIdentity
-from melanoma.sites.registry import (
+from melanoma.registry.serving import ServingConfig, log_served_model
+from melanoma.registry.sites import (
     HEAD_FILE,
     head_artifact_folder,
     load_site_head,
@@ -30,6 +30,7 @@ from melanoma.sites.registry import (
     store_site,
     version_sites,
 )
+from melanoma.sites.head import FeatureIdentity
 from tests.helpers import MODEL_SIZE, build_tiny_classifier, fitted_detector, noise_images
 
 MODEL = "melanoma-test"

@@ -20,7 +20,7 @@ one pass, and the detector fitted by `train` on unaltered images stays valid.
 import keras
 from keras import layers, ops
 
-from melanoma.sites.unfamiliar import probe as identity_probe
+from melanoma.inference.unfamiliar import probe as identity_probe
 
 PACKAGE = "melanoma"
 # (quarter turns counter-clockwise, then mirror left-right), as melanoma.model.features.VIEWS.
@@ -122,7 +122,7 @@ def trained_model(model: keras.Model) -> keras.Model:
 
 def probe(model: keras.Model, depth: str) -> keras.Model:
     """uint8 images -> [probabilities, the pooled features at `depth`] in one pass, as
-    melanoma.sites.unfamiliar.probe, for a model with or without views: the probabilities
+    melanoma.inference.unfamiliar.probe, for a model with or without views: the probabilities
     averaged over the views, the features of the image itself (the first view)."""
     views = views_of(model)
     inner = identity_probe(trained_model(model), depth)

@@ -1,7 +1,7 @@
 """`melanoma site ...`: a clinic's own alert threshold and drift check, from the command line.
 
 `calibrate` stores a site's threshold and adopted head with a registry version
-(melanoma.sites.calibration, melanoma.sites.registry), `list` shows them, `check` compares a
+(melanoma.sites.calibration, melanoma.registry.sites), `list` shows them, `check` compares a
 batch of unlabelled images with the version's validation split (melanoma.sites.drift). Like
 melanoma.cli, the handlers import TensorFlow and MLflow themselves, so that `--help` answers at
 once.
@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from melanoma.config import Params
-from melanoma.exit_codes import CANNOT_RUN, EXIT_CODES, OK, SOME_FILES_FAILED
+from melanoma.errors import MelanomaError
+from melanoma.exit_codes import EXIT_CODES, OK, SOME_FILES_FAILED
 
 if TYPE_CHECKING:
+    from melanoma.inference.unfamiliar import UnfamiliarDetector
     from melanoma.sites.head import SiteHead
-    from melanoma.sites.unfamiliar import UnfamiliarDetector
 
 log = logging.getLogger("melanoma")
 
@@ -72,22 +73,17 @@ def add_site_commands(commands) -> None:
 
 def site_operating_point(
     reference: str, site: str, detector: "UnfamiliarDetector | None"
-) -> "tuple[float, SiteHead | None] | None":
+) -> "tuple[float, SiteHead | None]":
     """(threshold, adopted head or None) of `site` for the version `reference` names, the head
-    checked against the features `detector` computes; None (logged) if it cannot be used."""
+    checked against the features `detector` computes; SiteError, RegistryError or SiteHeadError
+    if it cannot be used."""
     from mlflow import MlflowClient
 
-    from melanoma.registry.promotion import RegistryError
-    from melanoma.sites.head import SiteHeadError
-    from melanoma.sites.registry import SiteError, site_for_reference, usable_site_head
+    from melanoma.registry.sites import site_for_reference, usable_site_head
 
     client = MlflowClient()
-    try:
-        found = site_for_reference(client, reference, site)
-        head = usable_site_head(client, found, detector)
-    except (SiteError, RegistryError, SiteHeadError) as error:
-        log.error("%s", error)
-        return None
+    found = site_for_reference(client, reference, site)
+    head = usable_site_head(client, found, detector)
     record = found.record
     log.info(
         "melanoma alert threshold %s, of site %s for v%s%s",
@@ -102,17 +98,15 @@ def site_operating_point(
 def _site_calibrate(args: argparse.Namespace, params: Params) -> int:
     from mlflow import MlflowClient
 
-    from melanoma.model.predict import ModelLoadError, load_model_and_detector
-    from melanoma.registry.promotion import RegistryError, registered_threshold
-    from melanoma.sites.calibration import calibrate_site
-    from melanoma.sites.operating_point import SiteSampleError
-    from melanoma.sites.registry import (
-        SiteError,
+    from melanoma.inference.predict import load_model_and_detector
+    from melanoma.registry.promotion import registered_threshold
+    from melanoma.registry.sites import (
         check_site_name,
         refresh_card_sites,
         resolve_version,
         store_site,
     )
+    from melanoma.sites.calibration import calibrate_site
     from melanoma.tracking import configure_tracking
 
     configure_tracking(params.mlflow)
@@ -127,9 +121,10 @@ def _site_calibrate(args: argparse.Namespace, params: Params) -> int:
             model, detector, args.name, args.folder, global_threshold, params
         )
         record = store_site(client, name, version, calibration.record, calibration.head)
-    except (SiteError, RegistryError, ModelLoadError, SiteSampleError) as error:
+    except MelanomaError as error:
+        # Said here, not by melanoma.cli, which would not say that the registry is untouched.
         log.error("%s; nothing stored", error)
-        return CANNOT_RUN
+        return error.exit_code
     refresh_card_sites(client, name, version)
     scale = "the site head's P(melanoma)" if record.head_adopted else "P(melanoma)"
     print(
@@ -148,17 +143,12 @@ def _site_list(args: argparse.Namespace, params: Params) -> int:
     import pandas as pd
     from mlflow import MlflowClient
 
-    from melanoma.registry.promotion import RegistryError
-    from melanoma.sites.registry import all_sites, auc_text, yes_no
+    from melanoma.registry.sites import all_sites, auc_text, yes_no
     from melanoma.tracking import configure_tracking
 
     configure_tracking(params.mlflow)
     name = params.registry.model_name
-    try:
-        sites = all_sites(MlflowClient(), name)
-    except RegistryError as error:
-        log.error("%s", error)
-        return CANNOT_RUN
+    sites = all_sites(MlflowClient(), name)
     if not sites:
         print(f"{name}: no site calibrated (`melanoma site calibrate NAME DIR`)")
         return OK
@@ -194,8 +184,7 @@ def _site_check(args: argparse.Namespace, params: Params) -> int:
 
     from mlflow import MlflowClient
 
-    from melanoma.model.predict import (
-        ModelLoadError,
+    from melanoma.inference.predict import (
         find_images,
         load_model_and_detector,
         model_location,
@@ -203,33 +192,27 @@ def _site_check(args: argparse.Namespace, params: Params) -> int:
         stored_file,
     )
     from melanoma.paths import DRIFT_REFERENCE_FILE
-    from melanoma.registry.promotion import RegistryError
-    from melanoma.sites.batch_drift import check_predictions
+    from melanoma.registry.sites import resolve_version
+    from melanoma.sites.batch_drift import DriftBatchError, check_predictions
     from melanoma.sites.drift import DriftReference, DriftReferenceError
-    from melanoma.sites.registry import resolve_version
     from melanoma.tracking import configure_tracking
 
     configure_tracking(params.mlflow)
     name = params.registry.model_name
     files = find_images([args.folder])
     if not files:
-        log.error("no image files in %s", args.folder)
-        return CANNOT_RUN
-    try:
-        version = resolve_version(MlflowClient(), name, args.version)
-        reference = f"models:/{name}/{version}"
-        location = model_location(reference)  # downloaded once, read twice
-        model, detector = load_model_and_detector(str(location))
-        reference_file = stored_file(location, DRIFT_REFERENCE_FILE.name)
-        if detector is None or reference_file is None:
-            raise DriftReferenceError(
-                f"{name} v{version} carries no drift reference (registered before the drift "
-                "check): check with a version trained since"
-            )
-        validation = DriftReference.load(reference_file)
-    except (RegistryError, ModelLoadError, DriftReferenceError) as error:
-        log.error("%s", error)
-        return CANNOT_RUN
+        raise DriftBatchError(f"no image files in {args.folder}")
+    version = resolve_version(MlflowClient(), name, args.version)
+    reference = f"models:/{name}/{version}"
+    location = model_location(reference)  # downloaded once, read twice
+    model, detector = load_model_and_detector(str(location))
+    reference_file = stored_file(location, DRIFT_REFERENCE_FILE.name)
+    if detector is None or reference_file is None:
+        raise DriftReferenceError(
+            f"{name} v{version} carries no drift reference (registered before the drift "
+            "check): check with a version trained since"
+        )
+    validation = DriftReference.load(reference_file)
     predictions = predict_files(
         model, files, params.ingest.image_size, params.ingest.max_image_pixels, detector
     )
@@ -239,9 +222,8 @@ def _site_check(args: argparse.Namespace, params: Params) -> int:
         result = check_predictions(
             validation, predictions, params.sites.drift_alpha, params.sites.drift_permutations
         )
-    except ValueError as error:
-        log.error("%s: %s", args.folder, error)
-        return CANNOT_RUN
+    except DriftBatchError as error:
+        raise DriftBatchError(f"{args.folder}: {error}") from None
     if args.json:
         output = {"folder": str(args.folder), "model": reference, "files": len(files)}
         output |= {"unreadable": unreadable, "unfamiliar": unfamiliar, "drifted": result.drifted}

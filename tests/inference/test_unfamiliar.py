@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from melanoma.sites.unfamiliar import (
+from melanoma.inference.unfamiliar import (
     POOLED,
     DetectorFileError,
     UnfamiliarDetector,

@@ -7,9 +7,8 @@ import tensorflow as tf
 
 from melanoma.data.dataset import load_image
 from melanoma.data.images import TRUNCATED, ImageRejected
-from melanoma.labels import LABELS, MELANOMA
-from melanoma.model import predict
-from melanoma.model.predict import (
+from melanoma.inference import predict
+from melanoma.inference.predict import (
     UNREADABLE,
     ModelLoadError,
     find_images,
@@ -19,6 +18,7 @@ from melanoma.model.predict import (
     read_image,
     to_model_size,
 )
+from melanoma.labels import LABELS, MELANOMA
 
 INGEST_SIZE, MAX_PIXELS = 32, 1_000_000
 CONSTANT = [0.05, 0.05, 0.05, 0.5, 0.1, 0.1, 0.05, 0.05, 0.05]  # P(melanoma) = 0.5

@@ -13,16 +13,17 @@ import json
 import re
 import tempfile
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
+from melanoma.errors import MelanomaError
+from melanoma.inference.unfamiliar import UnfamiliarDetector
 from melanoma.registry.promotion import MODEL_URI, RegistryError, champion_version
 from melanoma.sites.head import SiteHead, SiteHeadError, check_head_features
-from melanoma.sites.unfamiliar import UnfamiliarDetector
+from melanoma.sites.record import SiteRecord
 
 SITE_TAG_PREFIX = "site."
 # The last section of a version's description (its model card): rewritten on each calibration.
@@ -32,36 +33,8 @@ SITE_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 HEAD_FILE = "head.npz"
 
 
-class SiteError(ValueError):
+class SiteError(MelanomaError, ValueError):
     """A site name or site that cannot be used; the message names it and the known ones."""
-
-
-class SiteRecord(BaseModel):
-    """What `melanoma site calibrate` stored for one site of one version."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str
-    threshold: float
-    images: int
-    melanomas: int
-    sample_sensitivity: float
-    sample_specificity: float
-    # the version's global threshold, and what it gives on the same sample
-    global_threshold: float
-    global_sensitivity: float
-    global_specificity: float
-    target_sensitivity: float
-    confidence: float
-    folder: str
-    calibrated_at: str
-    # The site head's gate (None: calibrated before there were heads). When adopted, the
-    # threshold is on the head's P(melanoma), the sample figures on its out-of-fold scores.
-    head_adopted: bool = False
-    head_reason: str | None = None
-    model_auc: float | None = None  # the model's melanoma AUC on the sample
-    head_auc: float | None = None  # the head's out-of-fold AUC on it
-    head_sha256: str | None = None  # of the stored head, when adopted
 
 
 @dataclass(frozen=True)
@@ -85,10 +58,6 @@ def check_site_name(name: str) -> str:
             "underscores, starting with a letter (at most 64)"
         )
     return name
-
-
-def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def resolve_version(client: MlflowClient, model_name: str, version: str | None) -> str:

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from melanoma.data.images import ImageRejected
+from melanoma.inference.predict import load_model_and_detector, predict_files
+from melanoma.inference.unfamiliar import POOLED, UnfamiliarDetector
 from melanoma.labels import LABELS
-from melanoma.model.predict import load_model_and_detector, predict_files
-from melanoma.model.serving import (
+from melanoma.registry.serving import (
     IMAGE_COLUMN,
     RequestRefused,
     ServingConfig,
@@ -17,7 +18,6 @@ from melanoma.model.serving import (
     request_body,
     request_images,
 )
-from melanoma.sites.unfamiliar import POOLED, UnfamiliarDetector
 from tests.helpers import fitted_detector, noise_images
 
 CONFIG = ServingConfig(

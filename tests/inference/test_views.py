@@ -1,4 +1,4 @@
-"""Test-time views (melanoma.model.views): the averaged graph, and that evaluate, `melanoma
+"""Test-time views (melanoma.inference.views): the averaged graph, and that evaluate, `melanoma
 predict` and the served model all answer with it."""
 
 import base64
@@ -13,15 +13,16 @@ import pytest
 import yaml
 from PIL import Image
 
-from melanoma.cli import OK, main
+from melanoma.cli import main
 from melanoma.evaluation.metrics import predictions_table
 from melanoma.evaluation.report import validation_scores
+from melanoma.exit_codes import OK
+from melanoma.inference.predict import load_model, load_model_and_detector
+from melanoma.inference.unfamiliar import POOLED
+from melanoma.inference.unfamiliar import probe as identity_probe
+from melanoma.inference.views import VIEWS, probe, trained_model, views_of, with_views
 from melanoma.labels import LABELS
-from melanoma.model.predict import load_model, load_model_and_detector
-from melanoma.model.serving import IMAGE_COLUMN, log_served_model, serving_config
-from melanoma.model.views import VIEWS, probe, trained_model, views_of, with_views
-from melanoma.sites.unfamiliar import POOLED
-from melanoma.sites.unfamiliar import probe as identity_probe
+from melanoma.registry.serving import IMAGE_COLUMN, log_served_model, serving_config
 from tests.helpers import MODEL_SIZE, fitted_detector, noise_images, position_classifier
 
 
@@ -168,7 +169,7 @@ def test_evaluate_predict_and_the_served_model_answer_the_same_averaged_probabil
 
 
 def _model_images(files: list[Path]) -> np.ndarray:
-    from melanoma.model.predict import read_image, to_model_size
+    from melanoma.inference.predict import read_image, to_model_size
 
     images = np.stack([read_image(f, 32, 1_000_000) for f in files])
     return to_model_size(images, MODEL_SIZE)

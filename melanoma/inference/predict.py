@@ -6,7 +6,7 @@ writes), then it is resized to the model's input size by `melanoma.data.dataset.
 training and evaluation. So a file from data/ingested gets the same probabilities
 here as in the evaluate stage. A trained model (a .keras file, the training run's model) is
 scored with `predict.views` test-time views (the `views` argument); a registered version carries
-the views its threshold was chosen on and keeps them (melanoma.model.views).
+the views its threshold was chosen on and keeps them (melanoma.inference.views).
 """
 
 import logging
@@ -22,10 +22,11 @@ from tqdm import tqdm
 
 from melanoma.data.dataset import make_dataset, resize_uint8
 from melanoma.data.images import ImageRejected, decode_rgb, square_resize
+from melanoma.errors import MelanomaError
+from melanoma.inference.unfamiliar import DetectorFileError, UnfamiliarDetector
+from melanoma.inference.views import carrying_views, probe
 from melanoma.labels import LABELS, MELANOMA
-from melanoma.model.views import carrying_views, probe
 from melanoma.paths import UNFAMILIAR_FILE
-from melanoma.sites.unfamiliar import DetectorFileError, UnfamiliarDetector
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +34,11 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 UNREADABLE = "unreadable"
 BATCH_SIZE = 32  # images per model call: bounds memory, whatever the number of files
-# Where a served MLflow model (melanoma.model.serving) keeps its files: pyfunc's artifacts.
+# Where a served MLflow model (melanoma.registry.serving) keeps its files: pyfunc's artifacts.
 ARTIFACTS_DIR = "artifacts"
 
 
-class ModelLoadError(Exception):
+class ModelLoadError(MelanomaError):
     """The model reference names nothing loadable; the message says which and why."""
 
 

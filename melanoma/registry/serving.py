@@ -5,9 +5,9 @@ after evaluation: the Keras model file, the `melanoma` package (code_paths, so t
 decodes images with the very functions ingest and `melanoma predict` use), its config, which
 holds the alert threshold chosen for it, and the files `train` keeps beside the model (the
 unfamiliar-image detector, the drift reference). With `predict.views` above 1 the Keras file
-is the model with its test-time views (melanoma.model.views), the very graph evaluate chose
+is the model with its test-time views (melanoma.inference.views), the very graph evaluate chose
 the threshold with; its layers are this package's, registered with Keras, so whatever loads
-it imports `melanoma.model.views` first (this module does, through melanoma.model.predict).
+it imports `melanoma.inference.views` first (this module does, through melanoma.inference.predict).
 The same MLmodel also has the `keras` flavor, reading the same file, so
 `mlflow.keras.load_model` (predict, explain, the champion's re-scoring) works on it as on any
 logged Keras model.
@@ -60,20 +60,21 @@ from mlflow.types.schema import (
 import melanoma
 from melanoma.config import Params
 from melanoma.data.images import ImageRejected, decode_rgb
-from melanoma.labels import LABELS, MELANOMA
-from melanoma.model.logged_model import model_requirements
-from melanoma.model.predict import (
+from melanoma.errors import MelanomaError
+from melanoma.inference.predict import (
     ARTIFACTS_DIR,
     UNREADABLE,
     image_from_bytes,
     model_input_size,
     to_model_size,
 )
-from melanoma.model.views import probe
+from melanoma.inference.unfamiliar import UnfamiliarDetector
+from melanoma.inference.views import probe
+from melanoma.labels import LABELS, MELANOMA
+from melanoma.model.logged_model import model_requirements
 from melanoma.paths import UNFAMILIAR_FILE
+from melanoma.registry.sites import SiteError, VersionSite, served_site, usable_site_head
 from melanoma.sites.head import SiteHead, SiteHeadError
-from melanoma.sites.registry import SiteError, VersionSite, served_site, usable_site_head
-from melanoma.sites.unfamiliar import UnfamiliarDetector
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ def serving_config(params: Params, threshold: float) -> ServingConfig:
     )
 
 
-class RequestRefused(MlflowException):
+class RequestRefused(MelanomaError, MlflowException):
     """A request the model does not answer (HTTP 400); the message names the problem and, in a
     batch, the index of each bad image."""
 

@@ -22,6 +22,7 @@ import keras
 import numpy as np
 from keras import layers
 
+from melanoma.errors import MelanomaError
 from melanoma.model import ensemble
 from melanoma.model.architectures import OUTPUT_NAME
 from melanoma.model.lite_specs import LITE
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 POOLED = "pooled"  # the features the classifier's last layer takes: every architecture has them
 
 
-class DetectorFileError(Exception):
+class DetectorFileError(MelanomaError):
     """An unfamiliar-detector file that cannot be read; the message names it."""
 
 
