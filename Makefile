@@ -30,9 +30,11 @@ test: $(BIN)/.installed  ## run the whole test suite (what CI runs)
 test-fast: $(BIN)/.installed  ## every test but the slow end-to-end ones (dvc repro, queue, bench, servers)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(PYTEST) -m "not slow"
 
+# mypy keeps its cache in .mypy_cache: a few seconds once the first run (about a minute) made it.
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 ui: $(BIN)/.installed  ## open the MLflow UI on the runs the pipeline made
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --default-artifact-root mlruns/artifacts --host 127.0.0.1 --port 5000

@@ -131,7 +131,9 @@ def run(name: str) -> dict:
     predicted = predict_files(
         model, paths, params.ingest.image_size, params.ingest.max_image_pixels
     )
-    probabilities = np.array([[p.probabilities[label] for label in LABELS] for p in predicted])
+    probabilities = np.array(
+        [[p.answered_probabilities[label] for label in LABELS] for p in predicted]
+    )
     val_predictions = pd.read_csv(outputs.validation_predictions)
     row = {
         "name": name,

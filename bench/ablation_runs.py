@@ -137,7 +137,9 @@ def score_model(model, out: Path, validation_file: Path | None = None) -> dict:
     predicted = predict_files(
         model, paths, params.ingest.image_size, params.ingest.max_image_pixels
     )
-    probabilities = np.array([[p.probabilities[label] for label in LABELS] for p in predicted])
+    probabilities = np.array(
+        [[p.answered_probabilities[label] for label in LABELS] for p in predicted]
+    )
     if validation_file is not None:
         np.save(out / EXTERNAL_PROBABILITIES, probabilities)
     return figures_of(validation, probabilities)

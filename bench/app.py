@@ -17,6 +17,7 @@ import io
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +77,7 @@ def untrained_version(params: Params) -> ServedVersion:
     return ServedVersion(
         model_name=f"untrained {params.train.architecture}",
         version="-",
+        run_id=None,
         registered_on="-",
         model=model,
         detector=detector,
@@ -110,12 +112,12 @@ def measure(served: ServedVersion, params: Params, repeats: int) -> dict[str, fl
     figures = {}
     for label, explain in (("without Grad-CAM", False), ("with Grad-CAM", True)):
         p50, p95 = percentiles_ms(
-            lambda explain=explain: answer_uploads(served, uploads[:1], params, explain), repeats
+            partial(answer_uploads, served, uploads[:1], params, explain), repeats
         )
         figures[f"one image {label}: p50 ms"] = p50
         figures[f"one image {label}: p95 ms"] = p95
         figures[f"{BATCH} images {label}: s"] = seconds(
-            lambda explain=explain: answer_uploads(served, uploads, params, explain)
+            partial(answer_uploads, served, uploads, params, explain)
         )
     return figures
 

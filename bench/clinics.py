@@ -31,6 +31,7 @@ import logging
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -54,7 +55,7 @@ RESULTS = PROJECT / "bench" / "results" / "clinics"
 DATA_COPY = RESULTS / "data"
 DATASETS = PROJECT.parent / "shared" / "datasets"
 # As docs/data.md gives them (ISIC 2017's and ISIC 2019's published layouts).
-NEW_SOURCES = [
+NEW_SOURCES: list[dict[str, Any]] = [
     {
         "name": "isic2017",
         "kind": "table",
@@ -291,8 +292,8 @@ def score_sources(model_file: Path, training: Training) -> dict[str, dict]:
             for start in range(0, len(rows), SCORE_BATCH):
                 images = []
                 for path in rows["image_path"].iloc[start : start + SCORE_BATCH]:
-                    with Image.open(DATA_COPY / path) as image:
-                        image = image.convert("RGB")
+                    with Image.open(DATA_COPY / path) as opened:
+                        image = opened.convert("RGB")
                         image = reduce_detail(image, BCN_DETAIL_PX) if degraded else image
                         images.append(np.asarray(image))
                 probabilities, _ = scorer(to_model_size(np.stack(images), size))
@@ -333,8 +334,9 @@ def config_figures(config: str, seed: int) -> dict[str, float] | None:
     """One seed's figures of a configuration, or None until all its models are measured."""
     recipe = CONFIGS[config]
     row = measured(recipe, seed)
-    left_out = {s: measured(t, seed) for s, t in recipe.leave_one_out().items()}
-    if row is None or any(r is None for r in left_out.values()):
+    trainings = recipe.leave_one_out()
+    left_out = {s: r for s, t in trainings.items() if (r := measured(t, seed)) is not None}
+    if row is None or len(left_out) < len(trainings):
         return None
     figures = {f"val_{SHORT[s]}": row["per_source"][s]["melanoma_auc"] for s in recipe.sources}
     figures |= {f"loco_{SHORT[s]}": r["per_source"][s]["melanoma_auc"] for s, r in left_out.items()}
@@ -358,7 +360,7 @@ def mean_sd(values: pd.Series) -> str:
 
 def config_table() -> pd.DataFrame:
     """Per configuration, mean ± sd over the seeds whose models are all measured."""
-    cells = {}
+    cells: dict[str, dict[str, str | int]] = {}
     for config in CONFIGS:
         seeds = [f for seed in SEEDS if (f := config_figures(config, seed)) is not None]
         if not seeds:

@@ -62,7 +62,9 @@ def timed_predictions(
         "mean_ms": float(np.mean(milliseconds)),
         "predictions": {
             "path": [p.path for p in predicted],
-            "probabilities": [[p.probabilities[label] for label in LABELS] for p in predicted],
+            "probabilities": [
+                [p.answered_probabilities[label] for label in LABELS] for p in predicted
+            ],
         },
     }
 

@@ -55,7 +55,7 @@ def recipe_model(image_size: int, classes: int) -> keras.Model:
 class LoggedEpochTimer(EpochTimer):
     """The project's epoch timer, logging the reference's curves as epochs end."""
 
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
         super().on_epoch_end(epoch, logs)
         log.info(
             "reference epoch %d: accuracy %.4f val_accuracy %.4f (%.1f s)",

@@ -95,7 +95,7 @@ def score(model, detector, paths: list[Path], params) -> dict[str, np.ndarray]:
         raise RuntimeError(f"{len(unusable)} images cannot be read: {unusable[:5]}")
     return {
         "melanoma": np.array([p.melanoma_probability for p in predictions]),
-        "features": np.stack([p.features for p in predictions]),
+        "features": np.stack([p.answered_features for p in predictions]),
         "unfamiliar": np.array([p.unfamiliar_score for p in predictions]),
     }
 
@@ -131,6 +131,8 @@ def run_model_step(source: str, seed: int) -> Path:
         run_training(params, manifest, outputs, out / "features")
         shutil.rmtree(out / "features")
     model, detector = load_model_and_detector(str(outputs.model))
+    if detector is None:
+        raise RuntimeError(f"{outputs.model}: no unfamiliar-image detector, whose scores are kept")
 
     val = pd.read_csv(manifest).query("split == 'val'")
     groups = {
@@ -139,7 +141,7 @@ def run_model_step(source: str, seed: int) -> Path:
     groups |= site_images(source)
     with tempfile.TemporaryDirectory() as scratch:
         non_lesion = write_non_lesion_images(Path(scratch), PLOTS_DIR)
-        arrays = {}
+        arrays: dict[str, np.ndarray] = {}
         for name, (paths, is_melanoma) in {
             **groups,
             NON_LESION: (non_lesion, np.zeros(len(non_lesion), bool)),
@@ -148,9 +150,10 @@ def run_model_step(source: str, seed: int) -> Path:
             for key, value in score(model, detector, paths, params).items():
                 arrays[f"{name}/{key}"] = value
             arrays[f"{name}/is_melanoma"] = is_melanoma
-    arrays["unfamiliar_threshold"] = np.float64(detector.threshold)
+    arrays["unfamiliar_threshold"] = np.asarray(detector.threshold, dtype=np.float64)
     with open(scores_file.with_suffix(".partial.npz"), "wb") as file:
-        np.savez(file, **arrays)
+        # numpy's stubs read a keyword of **arrays as savez's `allow_pickle: bool`
+        np.savez(file, **arrays)  # type: ignore[arg-type]
     scores_file.with_suffix(".partial.npz").rename(scores_file)
     log.info("%s: written", scores_file)
     return scores_file

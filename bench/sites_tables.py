@@ -200,7 +200,7 @@ def head_rows(step: str, scores: dict, params: SiteParams) -> list[dict]:
         figures = {
             "without": _at_threshold(is_melanoma[rest], melanoma[rest], without.threshold, target)
         }
-        if decision.adopted:
+        if decision.head is not None and decision.out_of_fold is not None:  # adopted
             threshold = choose_site_threshold(
                 is_melanoma[sample], decision.out_of_fold, params
             ).threshold

@@ -117,7 +117,7 @@ def tiny_sources(
 ) -> list[DataSource]:
     """A tiny copy of each source in destination/<name>: `per_split` files per label and split
     of a folders source, per_split["train"] images per label of a table source."""
-    tiny = []
+    tiny: list[DataSource] = []
     for source in data_sources:
         folder = destination / source.name
         if isinstance(source, FolderSource):

@@ -260,7 +260,7 @@ def _text_output(
 ) -> str:
     if not prediction.ok:
         return f"{prediction.path}: ERROR {prediction.reason}: {prediction.error}"
-    ranked = sorted(prediction.probabilities.items(), key=lambda item: -item[1])
+    ranked = sorted(prediction.answered_probabilities.items(), key=lambda item: -item[1])
     line = f"{prediction.path}: {prediction.top_label} {ranked[0][1]:.3f}"
     if prediction.melanoma_alert(threshold):
         probability = prediction.melanoma_probability
@@ -301,7 +301,7 @@ def _json_output(
             items.append(
                 {"path": prediction.path, "error": prediction.error, "reason": prediction.reason}
             )
-    head = {"model": reference}
+    head: dict[str, object] = {"model": reference}
     if site is not None:
         head |= {"site": site, "site_head": site_head}
     return head | {"melanoma_threshold": threshold, "predictions": items}

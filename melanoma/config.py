@@ -9,6 +9,7 @@ composes them into `Params` and checks what spans sections.
 
 import re
 from pathlib import Path
+from typing import TypeGuard
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
@@ -145,7 +146,7 @@ def _flatten_into(flat: dict[str, object], key: str, value: object) -> None:
         flat[key] = str(value) if isinstance(value, Path) else value
 
 
-def _named_items(value: object) -> bool:
+def _named_items(value: object) -> TypeGuard[list[dict[str, object]]]:
     return (
         isinstance(value, list)
         and bool(value)

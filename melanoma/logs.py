@@ -25,8 +25,9 @@ def exit_on(*errors: type[Exception]) -> Iterator[None]:
     """Turn a MelanomaError, and `errors` (users' errors of code that cannot derive from it
     yet), into a logged message and exit status STAGE_STOPPED: their messages name the file or
     param and what is wrong with it, so a traceback would only hide them."""
+    caught: tuple[type[Exception], ...] = (MelanomaError, *errors)
     try:
         yield
-    except (MelanomaError, *errors) as error:
+    except caught as error:
         log.error("%s", error)
         sys.exit(STAGE_STOPPED)

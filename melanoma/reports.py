@@ -17,9 +17,10 @@ null means "undefined" (a melanoma AUC without melanomas).
 import json
 import logging
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model, model_validator
+from pydantic_core import ErrorDetails
 
 from melanoma.errors import MelanomaError
 from melanoma.labels import LABELS
@@ -101,7 +102,7 @@ class ReportFile(Section):
 def _problems(error: ValidationError) -> str:
     """`lacks a, b.c; x.y: Input should be ...` from pydantic's errors."""
 
-    def where(problem: dict) -> str:
+    def where(problem: ErrorDetails) -> str:
         return ".".join(str(part) for part in problem["loc"]) or "(the whole file)"
 
     missing = [where(p) for p in error.errors() if p["type"] == "missing"]
@@ -225,8 +226,16 @@ def _metric_fields() -> dict[str, Any]:
 
 # What a set with melanomas says of the alert instead of a note.
 _ALERT_FIELDS = ("melanoma_sensitivity_upper_bound", "alert_below_target")
-# `images`, then every metric of EVALUATION_METRICS followed by its 95% bootstrap interval.
-_SetMetrics = create_model("_SetMetrics", __base__=Section, **_metric_fields())
+if TYPE_CHECKING:
+    # What a type checker cannot read from create_model: fields named from EVALUATION_METRICS.
+    class _SetMetrics(Section):
+        images: int
+
+        def __getattr__(self, metric: str) -> float | None: ...
+
+else:
+    # `images`, then every metric of EVALUATION_METRICS followed by its 95% bootstrap interval.
+    _SetMetrics = create_model("_SetMetrics", __base__=Section, **_metric_fields())
 
 
 class SetSection(_SetMetrics):

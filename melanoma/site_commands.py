@@ -99,7 +99,7 @@ def _site_calibrate(args: argparse.Namespace, params: Params) -> int:
     from mlflow import MlflowClient
 
     from melanoma.inference.predict import load_model_and_detector
-    from melanoma.registry.promotion import registered_threshold
+    from melanoma.registry.promotion import tagged_threshold
     from melanoma.registry.sites import (
         check_site_name,
         refresh_card_sites,
@@ -115,7 +115,7 @@ def _site_calibrate(args: argparse.Namespace, params: Params) -> int:
         check_site_name(args.name)
         version = resolve_version(client, name, args.version)
         reference = f"models:/{name}/{version}"
-        global_threshold = registered_threshold(reference)
+        global_threshold = tagged_threshold(client.get_model_version(name, version))
         model, detector = load_model_and_detector(reference)
         calibration = calibrate_site(
             model, detector, args.name, args.folder, global_threshold, params

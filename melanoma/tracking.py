@@ -95,8 +95,9 @@ def runs_end_as_killed() -> Iterator[None]:
 
     def end_run_and_exit(signal_number: int, _frame: object) -> None:
         name = signal.Signals(signal_number).name
-        if mlflow.active_run() is not None:
-            log.error("%s: ending MLflow run %s as KILLED", name, mlflow.active_run().info.run_id)
+        run = mlflow.active_run()
+        if run is not None:
+            log.error("%s: ending MLflow run %s as KILLED", name, run.info.run_id)
             mlflow.end_run(status="KILLED")
         sys.exit(128 + signal_number)
 

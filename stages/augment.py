@@ -35,7 +35,8 @@ def main() -> None:
     # Stale copies from an earlier run with other params would otherwise linger in the output.
     shutil.rmtree(AUGMENTED_DIR, ignore_errors=True)
     write_copies(plan.copies, params.augment)
-    write_detail_copies(plan.detail_copies, params.augment.match_detail_px)
+    if params.augment.match_detail_px is not None:
+        write_detail_copies(plan.detail_copies, params.augment.match_detail_px)
     manifest = augmented_manifest(plan)
     write_manifest(manifest, AUGMENTED_MANIFEST, AUGMENTED_COLUMNS)
     log_counts(manifest)

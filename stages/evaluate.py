@@ -59,8 +59,8 @@ def main() -> None:
     # Before any output is rewritten: a rewritten tracked report must not make the tree "dirty".
     commit = git_commit()
     evaluate = params.evaluate
-    for index, external in enumerate(evaluate.external_sets):
-        check_folder(external, index)  # a missing folder stops before any work
+    for index, external_set in enumerate(evaluate.external_sets):
+        check_folder(external_set, index)  # a missing folder stops before any work
     run_info = RunInfo.read(RUN_FILE)
     model = with_views(keras.saving.load_model(MODEL_FILE), params.predict.views)
 

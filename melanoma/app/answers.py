@@ -45,7 +45,7 @@ from melanoma.inference.unfamiliar import UnfamiliarDetector
 from melanoma.inference.views import trained_model
 from melanoma.labels import LABELS, MELANOMA, MELANOMA_INDEX
 from melanoma.paths import DRIFT_REFERENCE_FILE
-from melanoma.registry.promotion import registered_threshold
+from melanoma.registry.promotion import tagged_threshold
 from melanoma.registry.serving import TOO_LARGE
 from melanoma.registry.sites import (
     SiteRecord,
@@ -156,7 +156,7 @@ def load_version(params: Params, version: str | None = None) -> ServedVersion:
         model=model,
         detector=detector,
         explainer=explainer_of(model),
-        global_threshold=registered_threshold(reference),
+        global_threshold=tagged_threshold(registered),
         sites=version_sites(client, name, number),
         drift_reference=None if drift_file is None else DriftReference.load(drift_file),
         figures=card_figures(registered.tags),
@@ -301,6 +301,7 @@ def batch_table(answers: Sequence[ImageAnswer], threshold: Threshold) -> pd.Data
     rows = []
     for answer in answers:
         prediction = answer.prediction
+        row: tuple[str, str, float | None, bool | None, bool | None, str]
         if prediction.ok:
             row = (
                 answer.name,

@@ -163,7 +163,7 @@ def image_view(answer: ImageAnswer, threshold: Threshold, key: str) -> None:
     prediction = answer.prediction
     with st.container(border=True, key=key):
         st.subheader(answer.name)
-        if not prediction.ok:
+        if not prediction.ok or answer.pixels is None:  # a scored upload has its pixels
             st.error(f"Not scored ({prediction.reason}): {prediction.error}")
             return
         if prediction.unfamiliar:
@@ -180,7 +180,7 @@ def image_view(answer: ImageAnswer, threshold: Threshold, key: str) -> None:
         for column, (label, image) in zip(columns[1:], answer.overlays.items(), strict=False):
             column.image(image, caption=f"Grad-CAM: {label}", width="stretch")
         probabilities = pd.DataFrame(
-            {"P": prediction.probabilities}, index=list(prediction.probabilities)
+            {"P": prediction.answered_probabilities}, index=list(prediction.answered_probabilities)
         )
         columns[-1].dataframe(
             probabilities,

@@ -279,7 +279,7 @@ def write_copies(copies: pd.DataFrame, params: AugmentParams) -> None:
         image.save(path, format="PNG")
 
 
-def write_detail_copies(copies: pd.DataFrame, side: int | None) -> None:
+def write_detail_copies(copies: pd.DataFrame, side: int) -> None:
     """Write every planned low-detail copy (melanoma.data.images.reduce_detail)."""
     for copy in tqdm(copies.itertuples(index=False), total=len(copies), desc="detail", unit="img"):
         with Image.open(copy.source_image_path) as source:

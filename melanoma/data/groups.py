@@ -86,7 +86,7 @@ def image_groups(images: pd.DataFrame, near_pairs: pd.DataFrame) -> pd.Series:
     graph = coo_matrix((np.ones(len(rows)), (rows, columns)), shape=(len(images),) * 2)
     _, component = connected_components(graph, directed=False)
     member_key = (images["source"] + "/" + images["source_path"]).to_numpy()
-    names = {}
+    names: dict[int, str] = {}
     for c, key in sorted(zip(component, member_key, strict=True), key=lambda pair: pair[1]):
         names.setdefault(c, hashlib.sha256(key.encode()).hexdigest()[:GROUP_ID_LENGTH])
     return pd.Series([names[c] for c in component], index=images.index)

@@ -80,16 +80,16 @@ def open_table_source(source: TableSource, param: str) -> Source:
         if file.path in tables:
             files.append(replace(file, problem=LABEL_TABLE, detail="a label table of the source"))
             continue
-        prefix, part, by_id = next(
+        prefix, file_part, by_id = next(
             (entry for entry in parts if file.path.startswith(entry[0])), ("", None, {})
         )
         stem, _ = posixpath.splitext(file.path.removeprefix(prefix))
-        if part is None or "/" in stem or stem not in by_id:
-            named = part.table.as_posix() if part is not None else "the source's tables"
+        if file_part is None or "/" in stem or stem not in by_id:
+            named = file_part.table.as_posix() if file_part is not None else "the source's tables"
             files.append(replace(file, problem=NOT_IN_TABLE, detail=f"no row of {named} names it"))
         else:
             listed.add((prefix, stem))
-            files.append(_placed(file, by_id[stem], part, source))
+            files.append(_placed(file, by_id[stem], file_part, source))
     files += [
         _missing_image(prefix, part, image_id, by_id[image_id], source)
         for prefix, part, by_id in parts
@@ -108,7 +108,7 @@ def _missing_image(
     return SourceFile(
         f"{prefix}{image_id}",
         None,
-        split=part.split,
+        split=part.split or source.split,
         problem=MISSING_IMAGE,
         detail=f"line {line} of {part.table.as_posix()} names it; no file {image_id}.* in "
         f"{source.path / part.images}",
@@ -156,7 +156,7 @@ def read_label_table(
     if table.empty:
         raise TableSourceError(f"{where}.table: {path} has a header but no rows")
     ids = table[source.id_column].str.strip()
-    if lesions is not None:
+    if lesions is not None and source.metadata is not None:
         if not ids.isin(lesions.index).any():
             raise TableSourceError(
                 f"{where}.metadata: {source.path / source.metadata} does not join {path}: "
@@ -228,7 +228,7 @@ def _placed(
     """The file with its split, label and lesion from its row(s), or the problem with them."""
     lines = ", ".join(str(n) for n in rows["line"])
     in_table = f"line {lines} of {part.table.as_posix()}"
-    placed = replace(file, split=part.split)
+    placed = replace(file, split=part.split or source.split)
     usable = rows[rows["problem"] == ""]
     if usable.empty:
         return replace(

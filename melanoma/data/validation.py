@@ -144,7 +144,7 @@ def run_expectations(
     }
     data_source = context.data_sources.add_pandas("validate")
     parameters = suite_parameters(policy)
-    results = []
+    results: list[ExpectationOutcome] = []
     for table, suite_dict in load_suites(suite_file).items():
         suite = context.suites.add(gx.ExpectationSuite(**suite_dict))
         batch = data_source.add_dataframe_asset(table).add_batch_definition_whole_dataframe(table)
@@ -367,19 +367,25 @@ def summary_lines(report: ValidationReport) -> list[str]:
 def _reference_lines(found: ReferenceCheck) -> list[str]:
     if found.file is None:
         return ["reference labels: off (validate.reference_labels is null)"]
+    # A check with a file has every field (ReferenceCheck's validator), so none is None here.
+    images, pairs, ambiguous = (
+        found.images or {},
+        found.disagreement_pairs or [],
+        found.ambiguous_ids or {},
+    )
     return [
         f"reference labels ({found.file}): "
-        + ", ".join(f"{k} {v}" for k, v in found.images.items())
+        + ", ".join(f"{k} {v}" for k, v in images.items())
         + f"; relabelled {found.relabelled}; label conflicts decided "
         f"{found.label_conflicts_decided}, undecided {found.label_conflicts_undecided}",
         *(
             f"  {p.folder_label} folder, reference {p.reference_class}: {p.images} "
             f"({', '.join(f'{k} {v}' for k, v in sorted(p.actions.items()))})"
-            for p in found.disagreement_pairs
+            for p in pairs
         ),
         *(
             f"  id {i} has two labels in the reference ({'/'.join(c)}): left unchecked"
-            for i, c in found.ambiguous_ids.items()
+            for i, c in ambiguous.items()
         ),
     ]
 

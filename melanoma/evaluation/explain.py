@@ -100,8 +100,8 @@ def _find_targets(model: keras.Model) -> tuple[list[_Target], str]:
     the last block in the shared part, where it is the model's one block as for any model."""
     if is_ensemble(model):
         members = members_of(model)
-        found = [_find_target(member) for member in members]
-        if all(found):
+        found = [found for member in members if (found := _find_target(member)) is not None]
+        if len(found) == len(members):
             targets = [
                 _Target((member, *target.chain), target.tensor, target.name)
                 for member, target in zip(members, found, strict=True)
@@ -311,7 +311,7 @@ def write_overlays(
             try:
                 title = f"{Path(prediction.path).name}  (heat maps of {explainer.layer})"
                 plot_explanation(
-                    pixels[k], prediction.probabilities, maps, threshold, targets[n], title
+                    pixels[k], prediction.answered_probabilities, maps, threshold, targets[n], title
                 )
             except OSError as error:
                 log.error("%s: overlay %s not written: %s", prediction.path, targets[n], error)

@@ -172,7 +172,7 @@ def _exclude_training_images(
     """Mark, in place, every accepted image whose pixels or ISIC id the collection also has."""
     collection = training_collection[training_collection["status"] == ACCEPTED]
     by_pixels = dict(zip(collection["pixel_sha256"], collection["source_path"], strict=True))
-    by_id = {}
+    by_id: dict[str, str] = {}
     for source_path in collection["source_path"]:
         match = ISIC_ID.search(Path(source_path).name)
         if match:

@@ -118,7 +118,8 @@ def evaluation_metrics(
     predicted = probabilities.argmax(axis=1)
     is_melanoma = label_indices == MELANOMA_INDEX
     alert = melanoma_alerts(probabilities, threshold)
-    metrics = {
+    # floats and 0-d arrays (_ratio), Python floats once returned
+    metrics: dict[str, float | np.ndarray] = {
         name: threshold_free_metric(name, label_indices, probabilities)
         for name in THRESHOLD_FREE_METRICS
     }

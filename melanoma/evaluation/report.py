@@ -210,7 +210,10 @@ def rule_threshold(
     )
     halves = " and ".join(f"the choosing half of {name}" for name in choosers)
     if rule == POOLED:
-        pooled = tuple(np.concatenate(pair) for pair in zip(validation, external, strict=True))
+        pooled = (
+            np.concatenate([validation[0], external[0]]),
+            np.concatenate([validation[1], external[1]]),
+        )
         return choose_threshold(*pooled, target, confidence), _images(
             f"the validation split and {halves}", pooled
         )
@@ -326,9 +329,11 @@ def set_section(
     model was calibrated, the uncalibrated metrics too), and whether the alert can still meet
     the target sensitivity there."""
     label_indices = evaluation_set.label_indices
-    section = metrics_report(
-        label_indices, probabilities, threshold, bootstrap_samples, seed, evaluation_set.name
-    )
+    section: dict[str, object] = {
+        **metrics_report(
+            label_indices, probabilities, threshold, bootstrap_samples, seed, evaluation_set.name
+        )
+    }
     section |= calibration_metrics(label_indices, probabilities)
     before = uncalibrated(probabilities, temperature)
     if before is not None:

@@ -64,15 +64,30 @@ class ImagePrediction:
         return self.probabilities is not None
 
     @property
+    def answered_probabilities(self) -> dict[str, float]:
+        """`probabilities` of a file the model answered (`ok`); a bug to ask of another."""
+        if self.probabilities is None:
+            raise ValueError(f"{self.path} has no probabilities: {self.reason}: {self.error}")
+        return self.probabilities
+
+    @property
+    def answered_features(self) -> np.ndarray:
+        """`features` of a file answered with a detector; a bug to ask of another."""
+        if self.features is None:
+            raise ValueError(f"{self.path} has no features: {self.reason or 'no detector'}")
+        return self.features
+
+    @property
     def top_label(self) -> str:
-        return max(self.probabilities, key=self.probabilities.get)
+        probabilities = self.answered_probabilities
+        return max(probabilities, key=lambda label: probabilities[label])
 
     @property
     def melanoma_probability(self) -> float:
         """The site head's P(melanoma) if there is one, else the model's."""
         if self.site_melanoma_probability is not None:
             return self.site_melanoma_probability
-        return self.probabilities[MELANOMA]
+        return self.answered_probabilities[MELANOMA]
 
     def melanoma_alert(self, threshold: float) -> bool:
         return self.melanoma_probability >= threshold
@@ -253,13 +268,16 @@ def predict_images(
             continue
         images = to_model_size(np.stack([image for _, image in readable]), size)
         probabilities, features = scorer(images)
-        scores = None if features is None else detector.scores(features)
+        scores = unfamiliar = None
+        if detector is not None and features is not None:
+            scores = detector.scores(features)
+            unfamiliar = detector.is_unfamiliar(scores)
         for index, (position, _) in enumerate(readable):
             results[position] = ImagePrediction(
                 names[position],
                 probabilities=dict(zip(LABELS, map(float, probabilities[index]), strict=True)),
                 unfamiliar_score=None if scores is None else float(scores[index]),
-                unfamiliar=None if scores is None else bool(detector.is_unfamiliar(scores[index])),
+                unfamiliar=None if unfamiliar is None else bool(unfamiliar[index]),
                 features=None if features is None else features[index],
             )
     return [results[position] for position in range(len(names))]

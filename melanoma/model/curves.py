@@ -33,7 +33,7 @@ class EpochTimer(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._started = time.perf_counter()
 
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
         self.seconds.append(time.perf_counter() - self._started)
 
 
@@ -48,7 +48,7 @@ class EpochTracker(EpochTimer):
         super().__init__()
         self.rows: list[dict[str, float]] = []
 
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
         super().on_epoch_end(epoch, logs)
         learning_rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         row = {name: float(logs[name]) for name in EPOCH_METRICS}

@@ -24,7 +24,7 @@ from melanoma.errors import MelanomaError
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 PROTOCOL_VERSION = 1001
 # The storage types a state dict of float weights (and batch-norm step counters) uses.
-STORAGE_DTYPES = {
+STORAGE_DTYPES: dict[str, np.dtype] = {
     "FloatStorage": np.dtype("<f4"),
     "DoubleStorage": np.dtype("<f8"),
     "HalfStorage": np.dtype("<f2"),

@@ -53,7 +53,7 @@ class TrainParams(_Section):
         False, description="simple_cnn/resnet: each image's channels to mean 0, variance 1"
     )
     pretrained: bool = Field(
-        None,  # filled in by _default_pretrained from the architecture
+        # no default here: _default_pretrained fills it in from the architecture
         description="start the backbone from ImageNet weights; default: true for "
         "efficientnet_lite0/1/2, true for efficientnetb0/mobilenetv3small when pretrained_weights "
         "is set, false otherwise",
@@ -223,8 +223,9 @@ class TrainParams(_Section):
     @model_validator(mode="after")
     def _native_image_size(self) -> "TrainParams":
         spec = LITE.get(self.architecture)
-        fixed = spec is not None and spec.native_size_only and self.pretrained
-        if fixed and self.image_size != spec.image_size:
+        if spec is None or not (spec.native_size_only and self.pretrained):
+            return self
+        if self.image_size != spec.image_size:
             raise ValueError(
                 f"train.image_size={self.image_size} does not fit train.architecture="
                 f"{self.architecture}: its ImageNet weights take train.image_size="

@@ -28,6 +28,7 @@ import keras
 import mlflow
 import numpy as np
 from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
@@ -170,11 +171,11 @@ def paired_bootstrap(
         new = threshold_free_metric(metric, label_indices, images.probabilities[rows])
         return new - threshold_free_metric(metric, label_indices, champion_probabilities[rows])
 
-    draws = []
+    differences = []
     for _ in range(params.bootstrap_samples):
         rows = np.concatenate([rng.choice(group, size=len(group)) for group in groups])
-        draws.append(difference(rows))
-    draws = np.asarray(draws)
+        differences.append(difference(rows))
+    draws = np.asarray(differences)
     draws = draws[~np.isnan(draws)]
     tail = (1 - params.confidence) / 2 * 100
     low, high = np.percentile(draws, [tail, 100 - tail]) if len(draws) else (math.nan, math.nan)
@@ -289,11 +290,16 @@ def registered_threshold(reference: str) -> float | None:
         )
     except MlflowException as error:
         raise RegistryError(f"{reference}: {error.message}") from None
+    return tagged_threshold(version)
+
+
+def tagged_threshold(version: ModelVersion) -> float:
+    """The alert threshold tagged on a registered version; RegistryError if it has none."""
     threshold = version.tags.get(THRESHOLD_TAG)
     if threshold is None:
         raise RegistryError(
-            f"{name} v{version.version} has no {THRESHOLD_TAG} tag (registered before the "
-            "threshold travelled with the version): give the threshold yourself"
+            f"{version.name} v{version.version} has no {THRESHOLD_TAG} tag (registered before "
+            "the threshold travelled with the version): give the threshold yourself"
         )
     return float(threshold)
 

@@ -46,6 +46,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.models.model import ModelInfo
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.pyfunc import PythonModel
 from mlflow.types.schema import (
     AnyType,
     ColSpec,
@@ -226,7 +227,7 @@ def answers(
     )
 
 
-def _request_values(model_input: object) -> list:
+def _request_values(model_input: pd.DataFrame | list) -> list:
     """The `image` values of what the scoring server passes (after schema enforcement)."""
     if isinstance(model_input, pd.DataFrame):
         values = model_input[IMAGE_COLUMN].tolist() if IMAGE_COLUMN in model_input else []
@@ -248,7 +249,7 @@ def _request_values(model_input: object) -> list:
 # so, so only recording keeps `melanoma request`, which imports this module, free of it.
 with warnings.catch_warnings(record=True):
 
-    class MelanomaServedModel(mlflow.pyfunc.PythonModel):
+    class MelanomaServedModel(PythonModel):
         """The pyfunc model `mlflow models serve` runs (see the module docstring)."""
 
         def load_context(self, context) -> None:
@@ -272,12 +273,12 @@ with warnings.catch_warnings(record=True):
             )
             self._outputs(np.zeros((1, *shape[1:]), np.uint8))
             # Each site head read once (by its checksum: a re-calibrated site's is read again).
-            self._site_heads: dict[str, SiteHead] = {}
+            self._site_heads: dict[str, SiteHead | None] = {}
 
         def _site_head(self, site: VersionSite) -> SiteHead | None:
-            if not site.record.head_adopted:
+            key = site.record.head_sha256  # set when the head was adopted
+            if not site.record.head_adopted or key is None:
                 return None
-            key = site.record.head_sha256
             if key not in self._site_heads:
                 self._site_heads[key] = usable_site_head(MlflowClient(), site, self.detector)
             return self._site_heads[key]

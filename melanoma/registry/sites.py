@@ -112,6 +112,8 @@ def load_site_head(client: MlflowClient, site: VersionSite) -> SiteHead | None:
         return None
     remedy = f"calibrate the site again (`melanoma site calibrate {site.record.name} DIR`)"
     path = f"{head_artifact_folder(site.version, site.record.name)}/{HEAD_FILE}"
+    if site.run_id is None:
+        raise SiteHeadError(f"{site.label}: its version has no run, which holds {path}; {remedy}")
     try:
         with tempfile.TemporaryDirectory(prefix="site-head-") as folder:
             data = Path(client.download_artifacts(site.run_id, path, folder)).read_bytes()
@@ -194,8 +196,8 @@ def site_for_reference(client: MlflowClient, reference: str, site: str) -> Versi
 def served_site(run_id: str, model_id: str | None, site: str) -> VersionSite:
     """The record of `site` for the registered version of a served model (its run and logged
     model id); SiteError if the model is not a registered version or has no such site."""
-    versions = MlflowClient().search_model_versions(f"run_id = '{run_id}'")
-    versions = [v for v in versions if model_id is None or v.source == f"models:/{model_id}"]
+    of_run = MlflowClient().search_model_versions(f"run_id = '{run_id}'")
+    versions = [v for v in of_run if model_id is None or v.source == f"models:/{model_id}"]
     if not versions:
         raise SiteError(
             f"site {site!r}: the served model is not a registered version, so it has no sites"

@@ -36,7 +36,7 @@ def check_predictions(
     return check_drift(
         reference,
         np.array([p.melanoma_probability for p in compared]),
-        np.stack([p.features for p in compared]),
+        np.stack([p.answered_features for p in compared]),
         alpha,
         permutations,
     )

@@ -99,7 +99,7 @@ def calibrate_site(
     chosen = choose_site_threshold(is_melanoma, scores, params.sites)
     features, identity = None, None
     if detector is not None:
-        features = np.stack([p.features for p in predictions])
+        features = np.stack([p.answered_features for p in predictions])
         identity = FeatureIdentity.of(detector)
     decision = decide_head(features, scores, is_melanoma, identity, params.sites)
     log.info(
@@ -108,7 +108,7 @@ def calibrate_site(
         "adopted" if decision.adopted else "not adopted",
         decision.reason,
     )
-    if decision.adopted:
+    if decision.out_of_fold is not None:  # adopted
         chosen = choose_site_threshold(is_melanoma, decision.out_of_fold, params.sites)
     global_alerts = scores >= global_threshold
     record = SiteRecord(

@@ -254,7 +254,7 @@ def with_site_head(predictions: "list[ImagePrediction]", head: SiteHead) -> "lis
     scored = [i for i, p in enumerate(predictions) if p.ok]
     if not scored:
         return predictions
-    features = np.stack([predictions[i].features for i in scored])
+    features = np.stack([predictions[i].answered_features for i in scored])
     model_melanoma = np.array([predictions[i].melanoma_probability for i in scored])
     adapted = dict(zip(scored, head.melanoma_probability(features, model_melanoma), strict=True))
     return [
