@@ -17,7 +17,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from bench.project import command_env, copy_project
+from bench.project import command_env, copy_project, pin_source_deps
 from melanoma.data.manifest import AUGMENTED_COLUMNS, INGEST_COLUMNS, VALIDATED_COLUMNS
 from melanoma.labels import LABELS
 from tests.helpers import (
@@ -604,6 +604,8 @@ def pipeline_repo(tmp_path_factory: pytest.TempPathFactory) -> PipelineRepo:
     root = copy_project(base / "repo")
     params = _tiny_params()
     params["data"]["sources"] = tiny_sources(base)
+    # dvc.yaml names each default source by its index: the tiny pipeline has two.
+    pin_source_deps(root / "dvc.yaml", len(params["data"]["sources"]))
     # A reference in the repository (committed, so clones have it). The tiny images' names
     # hold no 7-digit ISIC id: the check runs and finds nothing to compare.
     write_reference_csv(root / "reference_labels.csv", {"ISIC_0000001": "MEL"})
