@@ -2,14 +2,12 @@
 
 from melanoma.config import load_params
 from melanoma.logs import exit_on, setup_logging
-from melanoma.model.features import FeatureCacheError
 from melanoma.model.training import TrainOutputs, run_training
 from melanoma.paths import AUGMENTED_MANIFEST
 from melanoma.tracking import runs_end_as_killed
 
 
-# FeatureCacheError is a user's error too, of a module held unchanged for now (issue #37).
-@exit_on(FeatureCacheError)
+@exit_on()
 def main() -> None:
     setup_logging()
     params = load_params()

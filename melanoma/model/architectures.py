@@ -195,6 +195,8 @@ def frozen_part(model: keras.Model, params: TrainParams) -> keras.Model:
     blocks (freeze n)."""
     if params.freeze == "all":
         return feature_extractor(model)
+    if params.freeze == "none":
+        raise ValueError("train.freeze='none': the whole model trains, no part of it is frozen")
     spec = lite_spec(params.architecture)
     backbone = model.get_layer(spec.backbone_name)
     cut = backbone.get_layer(spec.cut_layer(params.freeze)).output

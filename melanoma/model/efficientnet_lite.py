@@ -16,6 +16,7 @@ import logging
 from collections import OrderedDict
 from importlib import resources
 from pathlib import Path
+from typing import Literal
 
 import keras
 import numpy as np
@@ -197,7 +198,7 @@ def block_of(layer_name: str) -> int | None:
 
 
 def set_trainable(
-    model: keras.Model, architecture: str, freeze: str | int, pretrained: bool
+    model: keras.Model, architecture: str, freeze: Literal["all", "none"] | int, pretrained: bool
 ) -> None:
     """Freeze the backbone per `train.freeze`: "all" (nothing trains), "none" (everything), or
     n: the top n MBConv blocks and the head convolution train.
@@ -208,9 +209,12 @@ def set_trainable(
     """
     n_blocks = lite_spec(architecture).n_blocks
     # Positions from the input: stem 0, block i at i + 1, head convolution n_blocks + 1.
-    first_trained = {"all": n_blocks + 2, "none": 0}.get(freeze)
-    if first_trained is None:
-        first_trained = n_blocks + 1 - int(freeze)
+    if freeze == "all":
+        first_trained = n_blocks + 2
+    elif freeze == "none":
+        first_trained = 0
+    else:
+        first_trained = n_blocks + 1 - freeze
     for layer in model.layers:
         block = block_of(layer.name)
         position = {None: 0, -1: n_blocks + 1}.get(block, (block or 0) + 1)

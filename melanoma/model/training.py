@@ -27,6 +27,7 @@ from melanoma.data.manifest import (
     read_manifest,
     read_sources_summary,
 )
+from melanoma.errors import MelanomaError
 from melanoma.evaluation.metrics import (
     per_source_metrics,
     predictions_table,
@@ -67,6 +68,10 @@ from melanoma.sites.fitting import SiteReferences, fit_references
 from melanoma.tracking import configure_tracking, experiment_run_tags, git_commit
 
 log = logging.getLogger(__name__)
+
+
+class BatchSizeError(MelanomaError, ValueError):
+    """train.batch_size is larger than the training set: not one full batch to train on."""
 
 
 @dataclass(frozen=True)
@@ -191,7 +196,7 @@ def read_splits(manifest_path: Path, batch_size: int) -> Splits:
     val_paths, val_labels = split_rows(manifest, "val", manifest_path)
     log.info("%d training and %d validation images", len(train_paths), len(val_paths))
     if len(train_paths) < batch_size:
-        raise ValueError(
+        raise BatchSizeError(
             f"train.batch_size={batch_size} is larger than the {len(train_paths)} "
             f"training images of {manifest_path}"
         )
@@ -354,7 +359,10 @@ def fit_ensemble(
     (melanoma.model.ensemble). The returned Fit holds the members' mean curves, the seconds of
     all members per epoch and the mean of their validation probabilities."""
     members, fits, base = [], [], None
-    experiment = mlflow.active_run().info.experiment_id
+    run = mlflow.active_run()
+    if run is None:
+        raise RuntimeError("fit_ensemble logs each member in a nested run of the active run")
+    experiment = run.info.experiment_id
     for index in range(params.ensemble):
         member = member_params(params, index)
         set_determinism(member.seed)
