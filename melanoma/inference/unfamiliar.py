@@ -25,7 +25,7 @@ from keras import layers
 from melanoma.errors import MelanomaError
 from melanoma.model import ensemble
 from melanoma.model.architectures import OUTPUT_NAME
-from melanoma.model.lite_specs import LITE
+from melanoma.params.lite_specs import LITE
 
 log = logging.getLogger(__name__)
 

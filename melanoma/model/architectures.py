@@ -11,7 +11,7 @@ from keras import layers, ops
 
 from melanoma.labels import LABELS
 from melanoma.model import efficientnet_lite
-from melanoma.model.lite_specs import LITE, lite_spec
+from melanoma.params.lite_specs import LITE, lite_spec
 from melanoma.params.model import PreprocessParams, TrainParams
 
 INPUT_NAME = "image"

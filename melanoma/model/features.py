@@ -34,7 +34,7 @@ from tqdm import tqdm
 from melanoma.data.dataset import make_dataset, split_rows
 from melanoma.data.manifest import AUGMENTED_COLUMNS, file_sha256, read_manifest
 from melanoma.errors import MelanomaError
-from melanoma.model.lite_specs import lite_spec
+from melanoma.params.lite_specs import lite_spec
 from melanoma.params.model import PreprocessParams, TrainParams
 from melanoma.paths import FEATURE_STORE_DIR, FEATURES_DIR
 
