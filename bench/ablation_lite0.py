@@ -88,8 +88,8 @@ def old_archive_auc(predictions: pd.DataFrame) -> float:
     melanomas and nevi only, the test split's mix; bench/ABLATION.md says why)."""
     from sklearn.metrics import roc_auc_score
 
-    from melanoma.evaluation.metrics import probability_column
     from melanoma.labels import MELANOMA
+    from melanoma.metrics import probability_column
 
     ids = predictions["image_path"].str.extract(r"ISIC_(\d+)")[0].astype(int)
     old = predictions[ids < 1000]
@@ -99,8 +99,8 @@ def old_archive_auc(predictions: pd.DataFrame) -> float:
 def run(name: str) -> dict:
     import keras
 
-    from melanoma.evaluation.metrics import validation_metrics
     from melanoma.inference.predict import predict_files
+    from melanoma.metrics import validation_metrics
     from melanoma.model.features import write_feature_cache
     from melanoma.model.training import TrainOutputs, run_training
     from melanoma.reports import TrainMetrics

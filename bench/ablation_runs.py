@@ -18,7 +18,7 @@ import yaml
 from bench.ablation_lite0 import external_set
 from bench.project import PROJECT, override_params
 from melanoma.config import PARAMS_FILE, load_params, parse_params
-from melanoma.evaluation.metrics import probability_column
+from melanoma.metrics import probability_column
 from melanoma.paths import AUGMENTED_MANIFEST, FEATURE_STORE_DIR
 
 log = logging.getLogger(__name__)
@@ -150,9 +150,9 @@ def figures_of(validation: pd.DataFrame, external_probabilities: np.ndarray) -> 
     and the figures of the external set's reporting half."""
     from sklearn.metrics import balanced_accuracy_score
 
-    from melanoma.evaluation.metrics import melanoma_auc, validation_metrics
     from melanoma.evaluation.operating_point import split_halves
     from melanoma.labels import LABELS, MELANOMA_INDEX
+    from melanoma.metrics import melanoma_auc, validation_metrics
 
     columns = [probability_column(label) for label in LABELS]
     true = validation["label"].map(LABELS.index).to_numpy()

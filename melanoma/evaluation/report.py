@@ -19,12 +19,9 @@ from melanoma.data.manifest import AUGMENTED_COLUMNS, file_sha256, read_manifest
 from melanoma.evaluation.external import ExternalImages, ExternalSetError
 from melanoma.evaluation.metrics import (
     images_sha256,
-    melanoma_alerts,
     metrics_report,
     plot_confusion_matrix,
     plot_melanoma_roc,
-    predictions_table,
-    read_predictions,
     save_figure,
 )
 from melanoma.evaluation.operating_point import (
@@ -36,6 +33,7 @@ from melanoma.evaluation.operating_point import (
 from melanoma.inference.predict import predict_split
 from melanoma.inference.views import views_of
 from melanoma.labels import LABELS, MELANOMA_INDEX
+from melanoma.metrics import melanoma_alerts, predictions_table, read_predictions
 from melanoma.model.calibration import calibration_metrics, plot_reliability, uncalibrated
 from melanoma.params.evaluation import EvaluateParams, OperatingPoint
 from melanoma.paths import AUGMENTED_MANIFEST

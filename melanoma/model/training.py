@@ -28,12 +28,8 @@ from melanoma.data.manifest import (
     read_sources_summary,
 )
 from melanoma.errors import MelanomaError
-from melanoma.evaluation.metrics import (
-    per_source_metrics,
-    predictions_table,
-    validation_metrics,
-)
 from melanoma.labels import LABELS
+from melanoma.metrics import per_source_metrics, predictions_table, validation_metrics
 from melanoma.model.architectures import (
     INPUT_NAME,
     build_model,

@@ -21,7 +21,6 @@ from mlflow import MlflowClient
 from melanoma import paths
 from melanoma.config import Params, flatten
 from melanoma.evaluation.external import read_external_sets
-from melanoma.evaluation.metrics import read_predictions
 from melanoma.evaluation.model_card import (
     card_facts,
     metrics_table,
@@ -37,6 +36,7 @@ from melanoma.evaluation.report import (
 )
 from melanoma.inference.views import views_of, with_views
 from melanoma.labels import MELANOMA_INDEX
+from melanoma.metrics import read_predictions
 from melanoma.registry.promotion import (
     KEPT,
     PROMOTED,

@@ -14,9 +14,9 @@ from melanoma.data.manifest import (
     file_sha256,
     read_manifest,
 )
-from melanoma.evaluation.metrics import read_predictions
 from melanoma.inference.unfamiliar import POOLED, UnfamiliarDetector, probe
 from melanoma.labels import LABELS
+from melanoma.metrics import read_predictions
 from melanoma.model.calibration import negative_log_likelihood, rescale
 from melanoma.model.curves import HISTORY_COLUMNS, training_summary
 from melanoma.model.optimization import (
@@ -312,8 +312,8 @@ def test_the_backbone_steps_at_its_own_learning_rate():
 def test_a_frozen_backbone_trains_its_head_on_cached_features_and_saves_the_whole_model(
     augmented_project, tmp_path
 ):
-    from melanoma.evaluation.metrics import probability_column
     from melanoma.inference.predict import predict_files
+    from melanoma.metrics import probability_column
     from melanoma.model.efficientnet_lite import pretrained_backbone
     from melanoma.model.features import FeatureCacheError, read_feature_cache, write_feature_cache
 
