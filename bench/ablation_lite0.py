@@ -6,7 +6,7 @@ Run from the project root after `dvc repro augment` (it reads data/augmented):
     python -m bench.ablation_lite0 lite0_frozen_180 lite0_frozen_180_lr01 ...
 
 Each configuration is params.yaml plus its overrides (CONFIGS). It trains with the pipeline's
-own code (melanoma.model.features, melanoma.model.training) into bench/results/lite0/<name>/,
+own code (melanoma.model.features, melanoma.training) into bench/results/lite0/<name>/,
 MLflow in a store of its own there, then predicts the external set with the project's predict
 path. One JSON line per configuration is appended to bench/results/lite0/results.jsonl.
 """
@@ -102,8 +102,8 @@ def run(name: str) -> dict:
     from melanoma.inference.predict import predict_files
     from melanoma.metrics import validation_metrics
     from melanoma.model.features import write_feature_cache
-    from melanoma.model.training import TrainOutputs, run_training
     from melanoma.reports import TrainMetrics
+    from melanoma.training import TrainOutputs, run_training
 
     raw = yaml.safe_load(PARAMS_FILE.read_text())
     raw["train"].update(CONFIGS[name])

@@ -197,7 +197,7 @@ TRAINING_CODE = (
     "melanoma/model/efficientnet_lite.py",
     "melanoma/model/features.py",
     "melanoma/model/optimization.py",
-    "melanoma/model/training.py",
+    "melanoma/training.py",
 )
 
 

@@ -2,9 +2,9 @@
 
 from melanoma.config import load_params
 from melanoma.logs import exit_on, setup_logging
-from melanoma.model.training import TrainOutputs, run_training
 from melanoma.paths import AUGMENTED_MANIFEST
 from melanoma.tracking import runs_end_as_killed
+from melanoma.training import TrainOutputs, run_training
 
 
 @exit_on()

@@ -133,7 +133,7 @@ def test_an_ensemble_has_two_members_at_least():
 
 
 def _outputs(directory):
-    from melanoma.model.training import TrainOutputs
+    from melanoma.training import TrainOutputs
 
     return TrainOutputs(**{k: directory / v.name for k, v in vars(TrainOutputs()).items()})
 
@@ -155,7 +155,7 @@ def test_train_fits_one_model_per_seed_in_nested_runs_and_saves_their_calibrated
     from mlflow import MlflowClient
 
     from melanoma.config import parse_params
-    from melanoma.model.training import run_training
+    from melanoma.training import run_training
 
     manifest = tmp_path / "data/augmented/manifest.csv"
     augmented_project["train"].update(architecture="simple_cnn", filters=[4], epochs=2)

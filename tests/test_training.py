@@ -25,9 +25,9 @@ from melanoma.model.optimization import (
     make_optimizer,
     sample_weights,
 )
-from melanoma.model.training import TrainOutputs, calibrate, run_training
 from melanoma.sites.drift import DriftReference
 from melanoma.sites.fitting import probe_outputs
+from melanoma.training import TrainOutputs, calibrate, run_training
 from tests.helpers import train_params
 
 AUGMENTED = Path("data/augmented/manifest.csv")
