@@ -47,3 +47,9 @@ def external_predictions(set_name: str) -> Path:
 
 def external_files(set_name: str) -> Path:
     return EXTERNAL_DIR / set_name / "files.csv"
+
+
+def predictions_file(set_name: str, test: str) -> Path:
+    """The predictions file of an evaluation set: the test split's (the set named `test`), or an
+    external set's."""
+    return PREDICTIONS_FILE if set_name == test else external_predictions(set_name)
