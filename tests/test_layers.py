@@ -95,6 +95,42 @@ def test_the_package_never_imports_the_stages_or_the_benchmark():
     assert not reaching_out, reaching_out
 
 
+# Only the edge knows the pipeline's file layout: the stages, the command, the page (and bench/,
+# tests/, outside the package); a logic module takes the paths it reads and writes as arguments.
+KNOWS_THE_LAYOUT = ("melanoma/cli.py", "melanoma/site_commands.py", "melanoma/app/")
+# Logic modules that still import melanoma.paths (#37 step 4): this list only shrinks.
+LAYOUT_NOT_YET_MOVED = {
+    "melanoma/inference/predict.py",
+    "melanoma/registry/serving.py",
+    "melanoma/sites/calibration.py",
+    "melanoma/model/features.py",
+    "melanoma/training.py",
+}
+
+
+def imports_the_layout(path: Path) -> bool:
+    return any(m == "melanoma.paths" for m in imports(path)) or any(
+        isinstance(node, ast.ImportFrom)
+        and node.module == "melanoma"
+        and any(alias.name == "paths" for alias in node.names)
+        for node in ast.walk(ast.parse(path.read_text(), str(path)))
+    )
+
+
+def test_only_the_edge_imports_the_pipeline_s_file_layout():
+    reaching = sorted(
+        path.relative_to(ROOT).as_posix() for path in package_files() if imports_the_layout(path)
+    )
+    logic = [f for f in reaching if not f.startswith(KNOWS_THE_LAYOUT)]
+    unexpected = [f for f in logic if f not in LAYOUT_NOT_YET_MOVED]
+    assert not unexpected, (
+        "logic modules importing melanoma.paths (pass the paths in from stages/ or the CLI, "
+        f"docs/architecture.md): {unexpected}"
+    )
+    moved = sorted(LAYOUT_NOT_YET_MOVED - set(logic))
+    assert not moved, f"no longer import melanoma.paths: remove from LAYOUT_NOT_YET_MOVED: {moved}"
+
+
 def modules_imported(path: Path) -> set[str]:
     """`imports(path)`, where `from package import name` also names `package.name` (a module,
     or, harmlessly, a function or class of the package's)."""
