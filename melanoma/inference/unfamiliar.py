@@ -30,6 +30,8 @@ from melanoma.params.lite_specs import LITE
 log = logging.getLogger(__name__)
 
 POOLED = "pooled"  # the features the classifier's last layer takes: every architecture has them
+# The detector's file name beside a trained model and among a served model's stored files.
+UNFAMILIAR_FILE_NAME = "unfamiliar.npz"
 
 
 class DetectorFileError(MelanomaError):
