@@ -26,7 +26,12 @@ from bench.project import project_external_set
 from melanoma.config import PARAMS_FILE, parse_params
 from melanoma.labels import LABELS
 from melanoma.logs import setup_logging
-from melanoma.paths import AUGMENTED_MANIFEST
+from melanoma.paths import (
+    AUGMENTED_MANIFEST,
+    FEATURE_STORE_DIR,
+    SOURCES_SUMMARY,
+    TRAIN_OUTPUTS,
+)
 
 log = logging.getLogger(__name__)
 
@@ -117,12 +122,14 @@ def run(name: str) -> dict:
         # One cache per input size, as DVC's run cache would keep them.
         features_dir = RESULTS / f"features_{params.train.image_size}"
         if not (features_dir / "features.npz").is_file():
-            write_feature_cache(params.train, params.preprocess, AUGMENTED_MANIFEST, features_dir)
+            write_feature_cache(
+                params.train, params.preprocess, AUGMENTED_MANIFEST, features_dir, FEATURE_STORE_DIR
+            )
             features_seconds = time.perf_counter() - started
     else:
         features_dir = RESULTS / "unused"
-    outputs = TrainOutputs(**{k: out / v.name for k, v in vars(TrainOutputs()).items()})
-    run_training(params, AUGMENTED_MANIFEST, outputs, features_dir)
+    outputs = TrainOutputs(**{k: out / v.name for k, v in TRAIN_OUTPUTS.items()})
+    run_training(params, AUGMENTED_MANIFEST, outputs, features_dir, SOURCES_SUMMARY)
     train_seconds = time.perf_counter() - started
     metrics = TrainMetrics.read(outputs.metrics)
 

@@ -19,7 +19,7 @@ from bench.ablation_lite0 import external_set
 from bench.project import PROJECT, override_params
 from melanoma.config import PARAMS_FILE, load_params, parse_params
 from melanoma.metrics import probability_column
-from melanoma.paths import AUGMENTED_MANIFEST, FEATURE_STORE_DIR
+from melanoma.paths import AUGMENTED_MANIFEST, FEATURE_STORE_DIR, SOURCES_SUMMARY, TRAIN_OUTPUTS
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +65,8 @@ def run(
         started = time.perf_counter()
         write_feature_cache(params.train, params.preprocess, manifest, out / "features", store)
         features_seconds = time.perf_counter() - started
-        outputs = TrainOutputs(**{k: out / v.name for k, v in vars(TrainOutputs()).items()})
-        run_training(params, manifest, outputs, out / "features")
+        outputs = TrainOutputs(**{k: out / v.name for k, v in TRAIN_OUTPUTS.items()})
+        run_training(params, manifest, outputs, out / "features", SOURCES_SUMMARY)
         train_seconds = time.perf_counter() - started - features_seconds
         shutil.rmtree(out / "features")
         model = keras.saving.load_model(outputs.model)

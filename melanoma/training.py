@@ -17,7 +17,6 @@ import pandas as pd
 import tensorflow as tf
 from mlflow.models.model import ModelInfo
 
-from melanoma import paths
 from melanoma.config import Params, flatten
 from melanoma.data.dataset import make_dataset, split_rows
 from melanoma.data.manifest import (
@@ -72,15 +71,16 @@ class BatchSizeError(MelanomaError, ValueError):
 
 @dataclass(frozen=True)
 class TrainOutputs:
-    """Where the train stage writes (the outs, metrics and plots of dvc.yaml)."""
+    """Where a training run writes (the stage's: melanoma.paths.TRAIN_OUTPUTS, the outs, metrics
+    and plots of dvc.yaml)."""
 
-    model: Path = paths.MODEL_FILE
-    unfamiliar: Path = paths.UNFAMILIAR_FILE
-    drift_reference: Path = paths.DRIFT_REFERENCE_FILE
-    run_info: Path = paths.RUN_FILE
-    metrics: Path = paths.TRAIN_METRICS
-    history: Path = paths.TRAIN_HISTORY
-    validation_predictions: Path = paths.VALIDATION_PREDICTIONS
+    model: Path
+    unfamiliar: Path
+    drift_reference: Path
+    run_info: Path
+    metrics: Path
+    history: Path
+    validation_predictions: Path
 
 
 def set_determinism(seed: int) -> None:
@@ -490,8 +490,8 @@ def run_training(
     params: Params,
     manifest_path: Path,
     outputs: TrainOutputs,
-    features_dir: Path = paths.FEATURES_DIR,
-    sources_file: Path = paths.SOURCES_SUMMARY,
+    features_dir: Path,
+    sources_file: Path,
 ) -> RunInfo:
     """Train on the train split, validate on val, track it all in one MLflow run; write outputs.
 

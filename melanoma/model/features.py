@@ -36,7 +36,6 @@ from melanoma.data.manifest import AUGMENTED_COLUMNS, file_sha256, read_manifest
 from melanoma.errors import MelanomaError
 from melanoma.params.lite_specs import lite_spec
 from melanoma.params.model import PreprocessParams, TrainParams
-from melanoma.paths import FEATURE_STORE_DIR, FEATURES_DIR
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +95,8 @@ def write_feature_cache(
     params: TrainParams,
     preprocess: PreprocessParams,
     manifest_path: Path,
-    directory: Path = FEATURES_DIR,
-    store_dir: Path = FEATURE_STORE_DIR,
+    directory: Path,
+    store_dir: Path,
 ) -> None:
     """Write the cached inputs of the trainable part for the train rows of the manifest (each
     in `params.views` views) and the val rows (as they are), computing those `store_dir` lacks;
@@ -204,7 +203,7 @@ def read_feature_cache(
     params: TrainParams,
     preprocess: PreprocessParams,
     split_paths: dict[str, list[str]],
-    directory: Path = FEATURES_DIR,
+    directory: Path,
 ) -> dict[str, np.ndarray]:
     """The cached inputs of each split, (images, views, ...), in the order of `split_paths`
     (the manifest's): `params.views` views of each training image, one of each other.
