@@ -98,8 +98,6 @@ def test_the_package_never_imports_the_stages_or_the_benchmark():
 # Only the edge knows the pipeline's file layout: the stages, the command, the page (and bench/,
 # tests/, outside the package); a logic module takes the paths it reads and writes as arguments.
 KNOWS_THE_LAYOUT = ("melanoma/cli.py", "melanoma/site_commands.py", "melanoma/app/")
-# Logic modules that still import melanoma.paths (#37 step 4): this list only shrinks.
-LAYOUT_NOT_YET_MOVED: set[str] = set()
 
 
 def imports_the_layout(path: Path) -> bool:
@@ -116,13 +114,10 @@ def test_only_the_edge_imports_the_pipeline_s_file_layout():
         path.relative_to(ROOT).as_posix() for path in package_files() if imports_the_layout(path)
     )
     logic = [f for f in reaching if not f.startswith(KNOWS_THE_LAYOUT)]
-    unexpected = [f for f in logic if f not in LAYOUT_NOT_YET_MOVED]
-    assert not unexpected, (
+    assert not logic, (
         "logic modules importing melanoma.paths (pass the paths in from stages/ or the CLI, "
-        f"docs/architecture.md): {unexpected}"
+        f"docs/architecture.md): {logic}"
     )
-    moved = sorted(LAYOUT_NOT_YET_MOVED - set(logic))
-    assert not moved, f"no longer import melanoma.paths: remove from LAYOUT_NOT_YET_MOVED: {moved}"
 
 
 def modules_imported(path: Path) -> set[str]:
