@@ -11,9 +11,9 @@ steps (nothing is trained here; the site head's fits take minutes, the rest seco
   the order statistic's, and it picks the same threshold.
 - **Head**: on the first HEAD_DRAWS of the same samples, the site head (melanoma.sites.head)
   fitted and gated on the sample as `site calibrate` does (`sites.adapt: auto`), its threshold
-  on the out-of-fold scores: the share of samples adopting it, and on the site's other images
-  the share keeping the promise, the specificity and the melanoma AUC, without and with
-  adaptation.
+  on the out-of-fold scores (`head_threshold`): the share of samples adopting it, and on the
+  site's other images the share keeping the promise, the specificity and the melanoma AUC,
+  without and with adaptation.
 - **Drift**: the model's validation split halved (seeded): one half is the reference; DRAWS
   batches of BATCH images from the other half and from each site are checked against it.
 - **Warning**: the share of each group the model's unfamiliar-image score flags.
@@ -36,7 +36,7 @@ from melanoma.evaluation.operating_point import choose_threshold
 from melanoma.labels import LABELS, MELANOMA_INDEX
 from melanoma.params.sites import SiteParams
 from melanoma.sites.drift import DriftReference, check_drift
-from melanoma.sites.head import FeatureIdentity, decide_head
+from melanoma.sites.head import FeatureIdentity, decide_head, head_threshold
 from melanoma.sites.operating_point import SiteSampleError, choose_site_threshold
 
 log = logging.getLogger(__name__)
@@ -201,9 +201,7 @@ def head_rows(step: str, scores: dict, params: SiteParams) -> list[dict]:
             "without": _at_threshold(is_melanoma[rest], melanoma[rest], without.threshold, target)
         }
         if decision.head is not None and decision.out_of_fold is not None:  # adopted
-            threshold = choose_site_threshold(
-                is_melanoma[sample], decision.out_of_fold, params
-            ).threshold
+            threshold = head_threshold(is_melanoma[sample], decision.out_of_fold, params).threshold
             adapted = decision.head.melanoma_probability(features[rest], melanoma[rest])
             figures["with"] = _at_threshold(is_melanoma[rest], adapted, threshold, target)
         else:

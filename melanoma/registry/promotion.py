@@ -277,20 +277,24 @@ def decide_promotion(
 def registered_threshold(reference: str) -> float | None:
     """The alert threshold tagged on the registered version that a `models:/name@alias` or
     `models:/name/N` URI names; None for any other kind of reference."""
+    if MODEL_URI.fullmatch(reference) is None:
+        return None
+    return tagged_threshold(registered_version(MlflowClient(), reference))
+
+
+def registered_version(client: MlflowClient, reference: str) -> ModelVersion:
+    """The registered version a `models:/name@alias` or `models:/name/N` reference names;
+    RegistryError naming the reference when the registry has no such version."""
     match = MODEL_URI.fullmatch(reference)
     if match is None:
-        return None
+        raise RegistryError(f"{reference}: not models:/name@alias or models:/name/N")
     name, alias, number = match.groups()
-    client = MlflowClient()
     try:
-        version = (
-            client.get_model_version_by_alias(name, alias)
-            if alias
-            else client.get_model_version(name, number)
-        )
+        if alias:
+            return client.get_model_version_by_alias(name, alias)
+        return client.get_model_version(name, number)
     except MlflowException as error:
         raise RegistryError(f"{reference}: {error.message}") from None
-    return tagged_threshold(version)
 
 
 def tagged_threshold(version: ModelVersion) -> float:

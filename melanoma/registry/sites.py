@@ -21,7 +21,12 @@ from pydantic import ValidationError
 
 from melanoma.errors import MelanomaError
 from melanoma.inference.unfamiliar import UnfamiliarDetector
-from melanoma.registry.promotion import MODEL_URI, RegistryError, champion_version
+from melanoma.registry.promotion import (
+    MODEL_URI,
+    RegistryError,
+    champion_version,
+    registered_version,
+)
 from melanoma.sites.head import SiteHead, SiteHeadError, check_head_features
 from melanoma.sites.record import SiteRecord
 
@@ -174,21 +179,13 @@ def sites_of_tags(tags: dict[str, str]) -> dict[str, SiteRecord]:
 def site_for_reference(client: MlflowClient, reference: str, site: str) -> VersionSite:
     """The site of the registered version that a `models:/name@alias` or `models:/name/N`
     reference names; SiteError naming the version's known sites."""
-    match = MODEL_URI.fullmatch(reference)
-    if match is None:
+    if MODEL_URI.fullmatch(reference) is None:
         raise SiteError(
             f"--site needs a registered version (models:/name@alias or models:/name/N), "
             f"not {reference}: sites are stored with registry versions"
         )
-    name, alias, number = match.groups()
-    try:
-        version = (
-            client.get_model_version_by_alias(name, alias)
-            if alias
-            else client.get_model_version(name, number)
-        )
-    except MlflowException as error:
-        raise RegistryError(f"{reference}: {error.message}") from None
+    version = registered_version(client, reference)
+    name = version.name
     record = find_site(name, version.version, version_sites(client, name, version.version), site)
     return VersionSite(name, version.version, version.run_id, record)
 

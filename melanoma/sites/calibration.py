@@ -10,7 +10,8 @@ without them would not be the one the clinic labelled for. Files beside the clas
 
 The same pass gives the version's features (those of its unfamiliar-image detector), on which
 the site head is fitted and gated (melanoma.sites.head). Where it is adopted, the threshold is
-chosen on the head's out-of-fold scores and the sample's figures are theirs.
+chosen on the head's out-of-fold scores (at a stricter confidence: `head_threshold`) and the
+sample's figures are theirs.
 """
 
 import logging
@@ -32,7 +33,7 @@ from melanoma.inference.unfamiliar import UnfamiliarDetector
 from melanoma.labels import MELANOMA
 from melanoma.params.data import IngestParams
 from melanoma.params.evaluation import ExternalSet
-from melanoma.sites.head import FeatureIdentity, SiteHead, decide_head
+from melanoma.sites.head import FeatureIdentity, SiteHead, decide_head, head_threshold
 from melanoma.sites.operating_point import SiteSampleError, choose_site_threshold
 from melanoma.sites.record import SiteRecord
 
@@ -113,7 +114,7 @@ def calibrate_site(
         decision.reason,
     )
     if decision.out_of_fold is not None:  # adopted
-        chosen = choose_site_threshold(is_melanoma, decision.out_of_fold, params.sites)
+        chosen = head_threshold(is_melanoma, decision.out_of_fold, params.sites)
     global_alerts = scores >= global_threshold
     record = SiteRecord(
         name=name,

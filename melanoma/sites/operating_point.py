@@ -108,12 +108,19 @@ def choose_site_threshold(
             f"sensitivity >= {params.target_sensitivity} with {params.confidence:.0%} "
             "confidence on the site's other images"
         )
-    threshold = RULES[params.rule](scores[is_melanoma], params)
-    alerts = scores >= threshold
+    return threshold_on_sample(is_melanoma, scores, RULES[params.rule](scores[is_melanoma], params))
+
+
+def threshold_on_sample(
+    is_melanoma: np.ndarray, scores: np.ndarray, threshold: float
+) -> SiteThreshold:
+    """A threshold with the sample's figures at it."""
+    is_melanoma = np.asarray(is_melanoma, dtype=bool)
+    alerts = np.asarray(scores, dtype=np.float64) >= threshold
     return SiteThreshold(
         threshold=threshold,
-        images=len(scores),
-        melanomas=melanomas,
+        images=len(alerts),
+        melanomas=int(is_melanoma.sum()),
         sample_sensitivity=float(alerts[is_melanoma].mean()),
         sample_specificity=float((~alerts[~is_melanoma]).mean()),
     )

@@ -118,7 +118,9 @@ def test_the_head_is_adopted_where_it_ranks_better_and_every_site_path_uses_it(
     record = _site()
     assert record.head_adopted and record.model_auc == 0.5
     assert record.head_auc > record.model_auc + 0.02
-    assert record.sample_sensitivity >= 0.8  # on the head's out-of-fold scores
+    # On the head's out-of-fold scores, at the stricter confidence of an adopted head (0.95):
+    # with 20 melanomas, the lowest one's score (at 0.90 it would be the second lowest).
+    assert record.sample_sensitivity == 1.0
 
     assert main(["site", "list"]) == OK
     row = next(line for line in capsys.readouterr().out.splitlines() if "clinic_blue" in line)
