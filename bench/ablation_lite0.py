@@ -6,7 +6,7 @@ Run from the project root after `dvc repro augment` (it reads data/augmented):
     python -m bench.ablation_lite0 lite0_frozen_180 lite0_frozen_180_lr01 ...
 
 Each configuration is params.yaml plus its overrides (CONFIGS). It trains with the pipeline's
-own code (melanoma.model.features, melanoma.model.training) into bench/results/lite0/<name>/,
+own code (melanoma.model.features, melanoma.training) into bench/results/lite0/<name>/,
 MLflow in a store of its own there, then predicts the external set with the project's predict
 path. One JSON line per configuration is appended to bench/results/lite0/results.jsonl.
 """
@@ -26,7 +26,12 @@ from bench.project import project_external_set
 from melanoma.config import PARAMS_FILE, parse_params
 from melanoma.labels import LABELS
 from melanoma.logs import setup_logging
-from melanoma.paths import AUGMENTED_MANIFEST
+from melanoma.paths import (
+    AUGMENTED_MANIFEST,
+    FEATURE_STORE_DIR,
+    SOURCES_SUMMARY,
+    TRAIN_OUTPUTS,
+)
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +93,8 @@ def old_archive_auc(predictions: pd.DataFrame) -> float:
     melanomas and nevi only, the test split's mix; bench/ABLATION.md says why)."""
     from sklearn.metrics import roc_auc_score
 
-    from melanoma.evaluation.metrics import probability_column
     from melanoma.labels import MELANOMA
+    from melanoma.metrics import probability_column
 
     ids = predictions["image_path"].str.extract(r"ISIC_(\d+)")[0].astype(int)
     old = predictions[ids < 1000]
@@ -99,11 +104,11 @@ def old_archive_auc(predictions: pd.DataFrame) -> float:
 def run(name: str) -> dict:
     import keras
 
-    from melanoma.evaluation.metrics import validation_metrics
     from melanoma.inference.predict import predict_files
+    from melanoma.metrics import validation_metrics
     from melanoma.model.features import write_feature_cache
-    from melanoma.model.training import TrainOutputs, run_training
     from melanoma.reports import TrainMetrics
+    from melanoma.training import TrainOutputs, run_training
 
     raw = yaml.safe_load(PARAMS_FILE.read_text())
     raw["train"].update(CONFIGS[name])
@@ -117,12 +122,14 @@ def run(name: str) -> dict:
         # One cache per input size, as DVC's run cache would keep them.
         features_dir = RESULTS / f"features_{params.train.image_size}"
         if not (features_dir / "features.npz").is_file():
-            write_feature_cache(params.train, params.preprocess, AUGMENTED_MANIFEST, features_dir)
+            write_feature_cache(
+                params.train, params.preprocess, AUGMENTED_MANIFEST, features_dir, FEATURE_STORE_DIR
+            )
             features_seconds = time.perf_counter() - started
     else:
         features_dir = RESULTS / "unused"
-    outputs = TrainOutputs(**{k: out / v.name for k, v in vars(TrainOutputs()).items()})
-    run_training(params, AUGMENTED_MANIFEST, outputs, features_dir)
+    outputs = TrainOutputs(**{k: out / v.name for k, v in TRAIN_OUTPUTS.items()})
+    run_training(params, AUGMENTED_MANIFEST, outputs, features_dir, SOURCES_SUMMARY)
     train_seconds = time.perf_counter() - started
     metrics = TrainMetrics.read(outputs.metrics)
 

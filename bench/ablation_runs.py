@@ -18,8 +18,8 @@ import yaml
 from bench.ablation_lite0 import external_set
 from bench.project import PROJECT, override_params
 from melanoma.config import PARAMS_FILE, load_params, parse_params
-from melanoma.evaluation.metrics import probability_column
-from melanoma.paths import AUGMENTED_MANIFEST, FEATURE_STORE_DIR
+from melanoma.metrics import probability_column
+from melanoma.paths import AUGMENTED_MANIFEST, FEATURE_STORE_DIR, SOURCES_SUMMARY, TRAIN_OUTPUTS
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def run(
     from melanoma.evaluation.report import EvaluationSet, threshold_rules
     from melanoma.labels import LABELS
     from melanoma.model.features import write_feature_cache
-    from melanoma.model.training import TrainOutputs, run_training
+    from melanoma.training import TrainOutputs, run_training
 
     out = (out or RESULTS / name / f"seed{seed}").resolve()
     if (out / "row.json").exists():
@@ -65,8 +65,8 @@ def run(
         started = time.perf_counter()
         write_feature_cache(params.train, params.preprocess, manifest, out / "features", store)
         features_seconds = time.perf_counter() - started
-        outputs = TrainOutputs(**{k: out / v.name for k, v in vars(TrainOutputs()).items()})
-        run_training(params, manifest, outputs, out / "features")
+        outputs = TrainOutputs(**{k: out / v.name for k, v in TRAIN_OUTPUTS.items()})
+        run_training(params, manifest, outputs, out / "features", SOURCES_SUMMARY)
         train_seconds = time.perf_counter() - started - features_seconds
         shutil.rmtree(out / "features")
         model = keras.saving.load_model(outputs.model)
@@ -150,9 +150,9 @@ def figures_of(validation: pd.DataFrame, external_probabilities: np.ndarray) -> 
     and the figures of the external set's reporting half."""
     from sklearn.metrics import balanced_accuracy_score
 
-    from melanoma.evaluation.metrics import melanoma_auc, validation_metrics
     from melanoma.evaluation.operating_point import split_halves
     from melanoma.labels import LABELS, MELANOMA_INDEX
+    from melanoma.metrics import melanoma_auc, validation_metrics
 
     columns = [probability_column(label) for label in LABELS]
     true = validation["label"].map(LABELS.index).to_numpy()

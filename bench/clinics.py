@@ -197,7 +197,7 @@ TRAINING_CODE = (
     "melanoma/model/efficientnet_lite.py",
     "melanoma/model/features.py",
     "melanoma/model/optimization.py",
-    "melanoma/model/training.py",
+    "melanoma/training.py",
 )
 
 
@@ -274,9 +274,9 @@ def score_sources(model_file: Path, training: Training) -> dict[str, dict]:
     from PIL import Image
 
     from melanoma.data.augmentation import reduce_detail
-    from melanoma.evaluation.metrics import melanoma_auc
     from melanoma.inference.predict import ImageScorer, model_input_size, to_model_size
     from melanoma.labels import MELANOMA, MELANOMA_INDEX
+    from melanoma.metrics import melanoma_auc
 
     model = keras.saving.load_model(model_file)
     scorer, size = ImageScorer(model, None), model_input_size(model)

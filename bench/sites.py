@@ -30,7 +30,13 @@ import pandas as pd
 from bench.non_lesion import write_non_lesion_images
 from bench.sites_scores import ISIC2018, NON_LESION, RESULTS, SCORES_FILE, VALIDATION
 from melanoma.logs import setup_logging
-from melanoma.paths import AUGMENTED_MANIFEST, PLOTS_DIR
+from melanoma.paths import (
+    AUGMENTED_MANIFEST,
+    FEATURE_STORE_DIR,
+    PLOTS_DIR,
+    SOURCES_SUMMARY,
+    TRAIN_OUTPUTS,
+)
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +115,7 @@ def run_model_step(source: str, seed: int) -> Path:
     from melanoma.inference.predict import load_model_and_detector
     from melanoma.labels import MELANOMA
     from melanoma.model.features import write_feature_cache
-    from melanoma.model.training import TrainOutputs, run_training
+    from melanoma.training import TrainOutputs, run_training
 
     out = RESULTS / step_name(source, seed)
     scores_file = out / SCORES_FILE
@@ -125,10 +131,12 @@ def run_model_step(source: str, seed: int) -> Path:
     params = parse_params(yaml.safe_load(params_file.read_text()))
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{(RESULTS / 'mlflow.db').resolve()}"
     manifest = one_source_manifest(source, out)
-    outputs = TrainOutputs(**{k: out / v.name for k, v in vars(TrainOutputs()).items()})
+    outputs = TrainOutputs(**{k: out / v.name for k, v in TRAIN_OUTPUTS.items()})
     if not outputs.run_info.exists():  # written last by training: a model trained before
-        write_feature_cache(params.train, params.preprocess, manifest, out / "features")
-        run_training(params, manifest, outputs, out / "features")
+        write_feature_cache(
+            params.train, params.preprocess, manifest, out / "features", FEATURE_STORE_DIR
+        )
+        run_training(params, manifest, outputs, out / "features", SOURCES_SUMMARY)
         shutil.rmtree(out / "features")
     model, detector = load_model_and_detector(str(outputs.model))
     if detector is None:

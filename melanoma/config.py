@@ -15,10 +15,10 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from melanoma.errors import MelanomaError
-from melanoma.model.lite_specs import LITE
 from melanoma.params.base import _Section
 from melanoma.params.data import AugmentParams, DataParams, IngestParams, ValidateParams
 from melanoma.params.evaluation import EvaluateParams, MlflowParams, RegistryParams
+from melanoma.params.lite_specs import LITE
 from melanoma.params.model import PredictParams, PreprocessParams, ServeParams, TrainParams
 from melanoma.params.sites import SiteParams, UnfamiliarParams
 

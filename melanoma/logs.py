@@ -21,13 +21,11 @@ def setup_logging() -> None:
 
 
 @contextmanager
-def exit_on(*errors: type[Exception]) -> Iterator[None]:
-    """Turn a MelanomaError, and `errors` (users' errors of code that cannot derive from it
-    yet), into a logged message and exit status STAGE_STOPPED: their messages name the file or
-    param and what is wrong with it, so a traceback would only hide them."""
-    caught: tuple[type[Exception], ...] = (MelanomaError, *errors)
+def exit_on() -> Iterator[None]:
+    """Turn a MelanomaError into a logged message and exit status STAGE_STOPPED: its message
+    names the file or param and what is wrong with it, so a traceback would only hide it."""
     try:
         yield
-    except caught as error:
+    except MelanomaError as error:
         log.error("%s", error)
         sys.exit(STAGE_STOPPED)

@@ -30,6 +30,16 @@ TRAIN_METRICS = Path("reports/train_metrics.json")
 TRAIN_HISTORY = Path("reports/train_history.csv")
 # Per-image validation probabilities: where an operating threshold is chosen.
 VALIDATION_PREDICTIONS = Path("reports/validation_predictions.csv")
+# What stage `train` writes, by field of melanoma.training.TrainOutputs.
+TRAIN_OUTPUTS = {
+    "model": MODEL_FILE,
+    "unfamiliar": UNFAMILIAR_FILE,
+    "drift_reference": DRIFT_REFERENCE_FILE,
+    "run_info": RUN_FILE,
+    "metrics": TRAIN_METRICS,
+    "history": TRAIN_HISTORY,
+    "validation_predictions": VALIDATION_PREDICTIONS,
+}
 
 METRICS_FILE = Path("reports/metrics.json")
 PREDICTIONS_FILE = Path("reports/predictions.csv")  # the test split's
@@ -47,3 +57,9 @@ def external_predictions(set_name: str) -> Path:
 
 def external_files(set_name: str) -> Path:
     return EXTERNAL_DIR / set_name / "files.csv"
+
+
+def predictions_file(set_name: str, test: str) -> Path:
+    """The predictions file of an evaluation set: the test split's (the set named `test`), or an
+    external set's."""
+    return PREDICTIONS_FILE if set_name == test else external_predictions(set_name)

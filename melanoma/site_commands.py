@@ -99,6 +99,7 @@ def _site_calibrate(args: argparse.Namespace, params: Params) -> int:
     from mlflow import MlflowClient
 
     from melanoma.inference.predict import load_model_and_detector
+    from melanoma.paths import INGESTED_MANIFEST
     from melanoma.registry.promotion import tagged_threshold
     from melanoma.registry.sites import (
         check_site_name,
@@ -118,7 +119,7 @@ def _site_calibrate(args: argparse.Namespace, params: Params) -> int:
         global_threshold = tagged_threshold(client.get_model_version(name, version))
         model, detector = load_model_and_detector(reference)
         calibration = calibrate_site(
-            model, detector, args.name, args.folder, global_threshold, params
+            model, detector, args.name, args.folder, global_threshold, params, INGESTED_MANIFEST
         )
         record = store_site(client, name, version, calibration.record, calibration.head)
     except MelanomaError as error:

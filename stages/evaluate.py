@@ -14,6 +14,7 @@ from pathlib import Path
 
 import keras
 
+from melanoma import paths
 from melanoma.config import load_params
 from melanoma.evaluation.explain import write_gallery
 from melanoma.evaluation.external import (
@@ -21,7 +22,7 @@ from melanoma.evaluation.external import (
     check_folder,
     read_external_sets,
 )
-from melanoma.evaluation.model_card import card_facts, render_card
+from melanoma.evaluation.model_card import CardFiles, card_facts, render_card
 from melanoma.evaluation.report import (
     TEST,
     choose_operating_point,
@@ -35,16 +36,19 @@ from melanoma.inference.predict import predict_split
 from melanoma.inference.views import trained_model, with_views
 from melanoma.logs import exit_on, setup_logging
 from melanoma.paths import (
+    AUGMENTED_MANIFEST,
     GALLERY_FILE,
+    INGESTED_MANIFEST,
     METRICS_FILE,
     MODEL_CARD,
     MODEL_FILE,
     PLOTS_DIR,
-    PREDICTIONS_FILE,
     RUN_FILE,
+    SOURCES_SUMMARY,
+    TRAIN_METRICS,
     VALIDATION_PREDICTIONS,
+    VALIDATION_REPORT,
     external_files,
-    external_predictions,
 )
 from melanoma.reports import RunInfo
 from melanoma.tracking import git_commit
@@ -66,12 +70,14 @@ def main() -> None:
 
     # External images are ingested into a scratch folder that lives as long as they are read.
     with tempfile.TemporaryDirectory(prefix="external-") as scratch:
-        external = read_external_sets(evaluate.external_sets, params.ingest, Path(scratch))
+        external = read_external_sets(
+            evaluate.external_sets, params.ingest, Path(scratch), INGESTED_MANIFEST
+        )
         for images in external:
             files = external_files(images.name)
             files.parent.mkdir(parents=True, exist_ok=True)
             images.files[FILE_COLUMNS].to_csv(files, index=False)
-        sets = evaluation_sets(external)
+        sets = evaluation_sets(external, AUGMENTED_MANIFEST)
         probabilities = {
             s.name: predict_split(model, s.paths, s.label_indices, params.train.batch_size)
             for s in sets
@@ -103,13 +109,15 @@ def main() -> None:
             choice.threshold.value,
             GALLERY_FILE,
         )
-    facts = card_facts(params, report, run_info, evaluation_lineage(commit, test))
+    lineage = evaluation_lineage(commit, test, AUGMENTED_MANIFEST)
+    card_files = CardFiles(TRAIN_METRICS, VALIDATION_REPORT, AUGMENTED_MANIFEST, SOURCES_SUMMARY)
+    facts = card_facts(params, report, run_info, lineage, card_files)
     MODEL_CARD.write_text(render_card(facts))
     log.info("wrote %s and %s", METRICS_FILE, MODEL_CARD)
 
 
 def predictions_file(set_name: str) -> Path:
-    return PREDICTIONS_FILE if set_name == TEST else external_predictions(set_name)
+    return paths.predictions_file(set_name, TEST)
 
 
 if __name__ == "__main__":

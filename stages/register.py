@@ -5,11 +5,19 @@ Promotion re-scores the champion on evaluate's images; it moves the alias only i
 better beyond noise (melanoma.registry.promotion)."""
 
 import logging
+from pathlib import Path
 
+from melanoma import paths
 from melanoma.config import load_params
+from melanoma.evaluation.model_card import CardFiles
+from melanoma.evaluation.report import TEST
 from melanoma.logs import exit_on, setup_logging
 from melanoma.paths import REGISTRATION_FILE
-from melanoma.registry.registration import register_evaluated_model, write_registration
+from melanoma.registry.registration import (
+    EvaluatedFiles,
+    register_evaluated_model,
+    write_registration,
+)
 from melanoma.tracking import git_commit, runs_end_as_killed
 
 log = logging.getLogger("stages.register")
@@ -22,7 +30,7 @@ def main() -> None:
     # Before any output is rewritten: a rewritten tracked report must not make the tree "dirty".
     commit = git_commit()
     with runs_end_as_killed():
-        registration = register_evaluated_model(params, commit)
+        registration = register_evaluated_model(params, commit, evaluated_files())
     write_registration(registration, REGISTRATION_FILE)
     log.info(
         "%s v%s %s; %s",
@@ -30,6 +38,33 @@ def main() -> None:
         registration.version,
         registration.decision,
         REGISTRATION_FILE,
+    )
+
+
+def predictions_file(set_name: str) -> Path:
+    return paths.predictions_file(set_name, TEST)
+
+
+def evaluated_files() -> EvaluatedFiles:
+    return EvaluatedFiles(
+        run_file=paths.RUN_FILE,
+        metrics_file=paths.METRICS_FILE,
+        model_file=paths.MODEL_FILE,
+        unfamiliar_file=paths.UNFAMILIAR_FILE,
+        drift_reference_file=paths.DRIFT_REFERENCE_FILE,
+        validation_predictions=paths.VALIDATION_PREDICTIONS,
+        ingested_manifest=paths.INGESTED_MANIFEST,
+        augmented_manifest=paths.AUGMENTED_MANIFEST,
+        predictions=predictions_file,
+        logged=(paths.METRICS_FILE, paths.PREDICTIONS_FILE, paths.GALLERY_FILE, paths.MODEL_CARD),
+        plots_dir=paths.PLOTS_DIR,
+        external_dir=paths.EXTERNAL_DIR,
+        card=CardFiles(
+            paths.TRAIN_METRICS,
+            paths.VALIDATION_REPORT,
+            paths.AUGMENTED_MANIFEST,
+            paths.SOURCES_SUMMARY,
+        ),
     )
 
 

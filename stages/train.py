@@ -2,19 +2,18 @@
 
 from melanoma.config import load_params
 from melanoma.logs import exit_on, setup_logging
-from melanoma.model.features import FeatureCacheError
-from melanoma.model.training import TrainOutputs, run_training
-from melanoma.paths import AUGMENTED_MANIFEST
+from melanoma.paths import AUGMENTED_MANIFEST, FEATURES_DIR, SOURCES_SUMMARY, TRAIN_OUTPUTS
 from melanoma.tracking import runs_end_as_killed
+from melanoma.training import TrainOutputs, run_training
 
 
-# FeatureCacheError is a user's error too, of a module held unchanged for now (issue #37).
-@exit_on(FeatureCacheError)
+@exit_on()
 def main() -> None:
     setup_logging()
     params = load_params()
     with runs_end_as_killed():
-        run_training(params, AUGMENTED_MANIFEST, TrainOutputs())
+        outputs = TrainOutputs(**TRAIN_OUTPUTS)
+        run_training(params, AUGMENTED_MANIFEST, outputs, FEATURES_DIR, SOURCES_SUMMARY)
 
 
 if __name__ == "__main__":

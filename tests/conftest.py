@@ -468,7 +468,7 @@ def module_evaluation_project(module_mlflow_project) -> tuple[list[str], np.ndar
 def _write_evaluation_project() -> tuple[list[str], np.ndarray]:
     """evaluation_project's files, in the current directory."""
     from melanoma.data.images import pixel_sha256
-    from melanoma.evaluation.metrics import predictions_table
+    from melanoma.metrics import predictions_table
 
     rows, ingested = [], []
     for index, label in enumerate(LABELS):

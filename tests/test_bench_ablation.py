@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from bench import ablation_runs, ablation_steps
-from melanoma.evaluation.metrics import melanoma_auc, probability_column
 from melanoma.labels import LABELS, MELANOMA, MELANOMA_INDEX
+from melanoma.metrics import melanoma_auc, probability_column
 
 N_EXTERNAL = 40
 

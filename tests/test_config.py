@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from melanoma.config import ParamsError, load_params, parse_params
-from melanoma.model.lite_specs import LITE
+from melanoma.params.lite_specs import LITE
 
 PARAMS_YAML = Path(__file__).resolve().parents[1] / "params.yaml"
 

@@ -9,8 +9,9 @@ import pytest
 from pydantic import ValidationError
 
 from melanoma import paths
-from melanoma.evaluation.metrics import evaluation_metrics, metrics_report
+from melanoma.evaluation.metrics import metrics_report
 from melanoma.labels import LABELS
+from melanoma.metrics import evaluation_metrics
 from melanoma.reports import (
     EVALUATION_METRICS,
     THRESHOLD_FREE_METRICS,

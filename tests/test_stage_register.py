@@ -190,10 +190,10 @@ def test_with_views_evaluate_chooses_on_and_register_serves_the_averaged_scores(
     import yaml
 
     from melanoma.config import PARAMS_FILE
-    from melanoma.evaluation.metrics import predictions_table, read_predictions
     from melanoma.inference.predict import load_model, model_location, predict_split, stored_file
     from melanoma.inference.views import views_of, with_views
     from melanoma.labels import MELANOMA_INDEX
+    from melanoma.metrics import predictions_table, read_predictions
     from melanoma.sites.drift import DriftReference
     from tests.helpers import position_classifier
 
@@ -239,8 +239,8 @@ def test_an_ensemble_is_evaluated_explained_registered_and_served_as_one_model(
     its Grad-CAM gallery explains, and what the registered version answers."""
     import numpy as np
 
-    from melanoma.evaluation.metrics import read_predictions
     from melanoma.inference.predict import load_model, predict_split
+    from melanoma.metrics import read_predictions
     from tests.helpers import MODEL_SIZE, whole_ensemble
 
     test_paths, test_labels = evaluation_project

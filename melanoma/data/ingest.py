@@ -58,13 +58,12 @@ from melanoma.data.manifest import (
 )
 from melanoma.data.table_sources import MISSING_IMAGE, open_table_source
 from melanoma.params.data import DataSource, FolderSource, IngestParams, TableSource
-from melanoma.paths import SOURCES_SUMMARY
 
 log = logging.getLogger(__name__)
 
 IMAGES_DIR = "images"
 MANIFEST_FILE = "manifest.csv"
-SOURCES_FILE = SOURCES_SUMMARY.name  # written beside the manifest
+SOURCES_FILE = "sources.json"  # written beside the manifest
 EXTENSIONS = {"png": "png", "jpeg": "jpg"}
 # Never read: refusing these is the point.
 NOT_READ = (

@@ -30,7 +30,6 @@ from melanoma.errors import MelanomaError
 from melanoma.labels import LABELS, canonical_label
 from melanoma.params.data import IngestParams
 from melanoma.params.evaluation import ExternalSet
-from melanoma.paths import INGESTED_MANIFEST
 
 log = logging.getLogger(__name__)
 
@@ -155,11 +154,14 @@ def read_external_set(
 
 
 def read_external_sets(
-    external_sets: list[ExternalSet], ingest_params: IngestParams, scratch: Path
+    external_sets: list[ExternalSet],
+    ingest_params: IngestParams,
+    scratch: Path,
+    ingested_manifest: Path,
 ) -> list[ExternalImages]:
-    """Every set of `evaluate.external_sets`, checked against the ingested training collection,
-    its images ingested into scratch/<set name>."""
-    collection = read_manifest(INGESTED_MANIFEST, INGEST_COLUMNS)
+    """Every set of `evaluate.external_sets`, checked against the ingested training collection
+    (`ingested_manifest`, ingest's manifest), its images ingested into scratch/<set name>."""
+    collection = read_manifest(ingested_manifest, INGEST_COLUMNS)
     return [
         read_external_set(external, ingest_params, collection, scratch / external.name)
         for external in external_sets

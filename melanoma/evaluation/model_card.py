@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from melanoma import paths
 from melanoma.config import Params, flatten
 from melanoma.data.manifest import AUGMENTED_COLUMNS, images_per_source, read_manifest
 from melanoma.evaluation.report import Lineage
@@ -81,8 +80,18 @@ class CardFacts:
     model_name: str = ""
 
 
+@dataclass(frozen=True)
+class CardFiles:
+    """The files the card's facts beyond the evaluation are read from (the stage names them)."""
+
+    train_metrics: Path  # train's metrics (read if present)
+    validation_report: Path  # validate's report (read if present)
+    augmented_manifest: Path  # augment's manifest
+    sources_summary: Path  # ingest's sources summary (read if readable)
+
+
 def card_facts(
-    params: Params, report: MetricsReport, run_info: RunInfo, lineage: Lineage
+    params: Params, report: MetricsReport, run_info: RunInfo, lineage: Lineage, files: CardFiles
 ) -> CardFacts:
     """The facts of the evaluated model, read from the files the pipeline wrote. Raises
     melanoma.reports.ReportError if a report is there but not as its stage writes it."""
@@ -91,10 +100,10 @@ def card_facts(
         run_info=run_info,
         params=flatten(params),
         lineage=lineage,
-        training=TrainMetrics.read_if_present(paths.TRAIN_METRICS),
-        validation=ValidationReport.read_if_present(paths.VALIDATION_REPORT),
-        images=read_manifest(paths.AUGMENTED_MANIFEST, AUGMENTED_COLUMNS),
-        sources=read_sources_or_empty(paths.SOURCES_SUMMARY),
+        training=TrainMetrics.read_if_present(files.train_metrics),
+        validation=ValidationReport.read_if_present(files.validation_report),
+        images=read_manifest(files.augmented_manifest, AUGMENTED_COLUMNS),
+        sources=read_sources_or_empty(files.sources_summary),
         model_name=params.registry.model_name,
     )
 

@@ -19,12 +19,9 @@ from melanoma.data.manifest import AUGMENTED_COLUMNS, file_sha256, read_manifest
 from melanoma.evaluation.external import ExternalImages, ExternalSetError
 from melanoma.evaluation.metrics import (
     images_sha256,
-    melanoma_alerts,
     metrics_report,
     plot_confusion_matrix,
     plot_melanoma_roc,
-    predictions_table,
-    read_predictions,
     save_figure,
 )
 from melanoma.evaluation.operating_point import (
@@ -36,9 +33,9 @@ from melanoma.evaluation.operating_point import (
 from melanoma.inference.predict import predict_split
 from melanoma.inference.views import views_of
 from melanoma.labels import LABELS, MELANOMA_INDEX
+from melanoma.metrics import melanoma_alerts, predictions_table, read_predictions
 from melanoma.model.calibration import calibration_metrics, plot_reliability, uncalibrated
 from melanoma.params.evaluation import EvaluateParams, OperatingPoint
-from melanoma.paths import AUGMENTED_MANIFEST
 from melanoma.reports import (
     AlertThreshold,
     MetricsReport,
@@ -107,10 +104,12 @@ def external_set(images: ExternalImages) -> EvaluationSet:
     return EvaluationSet(images.name, images.paths, images.source_paths, images.label_indices)
 
 
-def evaluation_sets(external: list[ExternalImages]) -> list[EvaluationSet]:
-    """The test split of data/augmented/manifest.csv, then each external set."""
-    manifest = read_manifest(AUGMENTED_MANIFEST, AUGMENTED_COLUMNS)
-    return [test_split_images(manifest, AUGMENTED_MANIFEST), *(external_set(e) for e in external)]
+def evaluation_sets(
+    external: list[ExternalImages], augmented_manifest: Path
+) -> list[EvaluationSet]:
+    """The test split of `augmented_manifest` (augment's manifest), then each external set."""
+    manifest = read_manifest(augmented_manifest, AUGMENTED_COLUMNS)
+    return [test_split_images(manifest, augmented_manifest), *(external_set(e) for e in external)]
 
 
 @dataclass(frozen=True)
@@ -122,11 +121,11 @@ class Lineage:
     augmented_manifest_sha256: str
 
 
-def evaluation_lineage(git_commit: str, test: EvaluationSet) -> Lineage:
+def evaluation_lineage(git_commit: str, test: EvaluationSet, augmented_manifest: Path) -> Lineage:
     return Lineage(
         git_commit=git_commit,
         test_images_sha256=images_sha256(test.paths, test.label_indices),
-        augmented_manifest_sha256=file_sha256(AUGMENTED_MANIFEST),
+        augmented_manifest_sha256=file_sha256(augmented_manifest),
     )
 
 

@@ -23,10 +23,13 @@ from tqdm import tqdm
 from melanoma.data.dataset import make_dataset, resize_uint8
 from melanoma.data.images import ImageRejected, decode_rgb, square_resize
 from melanoma.errors import MelanomaError
-from melanoma.inference.unfamiliar import DetectorFileError, UnfamiliarDetector
+from melanoma.inference.unfamiliar import (
+    UNFAMILIAR_FILE_NAME,
+    DetectorFileError,
+    UnfamiliarDetector,
+)
 from melanoma.inference.views import carrying_views, probe
 from melanoma.labels import LABELS, MELANOMA
-from melanoma.paths import UNFAMILIAR_FILE
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +115,7 @@ def load_model_and_detector(
     stored with it (`stored_file`); None if there is none."""
     location = model_location(reference)
     model = scored_with_views(_keras_model(location, reference), location, views)
-    detector_file = stored_file(location, UNFAMILIAR_FILE.name)
+    detector_file = stored_file(location, UNFAMILIAR_FILE_NAME)
     if detector_file is None:
         return model, None
     try:

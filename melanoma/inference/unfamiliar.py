@@ -25,11 +25,13 @@ from keras import layers
 from melanoma.errors import MelanomaError
 from melanoma.model import ensemble
 from melanoma.model.architectures import OUTPUT_NAME
-from melanoma.model.lite_specs import LITE
+from melanoma.params.lite_specs import LITE
 
 log = logging.getLogger(__name__)
 
 POOLED = "pooled"  # the features the classifier's last layer takes: every architecture has them
+# The detector's file name beside a trained model and among a served model's stored files.
+UNFAMILIAR_FILE_NAME = "unfamiliar.npz"
 
 
 class DetectorFileError(MelanomaError):

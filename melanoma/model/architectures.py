@@ -11,7 +11,7 @@ from keras import layers, ops
 
 from melanoma.labels import LABELS
 from melanoma.model import efficientnet_lite
-from melanoma.model.lite_specs import LITE, lite_spec
+from melanoma.params.lite_specs import LITE, lite_spec
 from melanoma.params.model import PreprocessParams, TrainParams
 
 INPUT_NAME = "image"
@@ -195,6 +195,8 @@ def frozen_part(model: keras.Model, params: TrainParams) -> keras.Model:
     blocks (freeze n)."""
     if params.freeze == "all":
         return feature_extractor(model)
+    if params.freeze == "none":
+        raise ValueError("train.freeze='none': the whole model trains, no part of it is frozen")
     spec = lite_spec(params.architecture)
     backbone = model.get_layer(spec.backbone_name)
     cut = backbone.get_layer(spec.cut_layer(params.freeze)).output

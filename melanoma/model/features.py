@@ -33,9 +33,9 @@ from tqdm import tqdm
 
 from melanoma.data.dataset import make_dataset, split_rows
 from melanoma.data.manifest import AUGMENTED_COLUMNS, file_sha256, read_manifest
-from melanoma.model.lite_specs import lite_spec
+from melanoma.errors import MelanomaError
+from melanoma.params.lite_specs import lite_spec
 from melanoma.params.model import PreprocessParams, TrainParams
-from melanoma.paths import FEATURE_STORE_DIR, FEATURES_DIR
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ ARRAYS_FILE = "features.npz"
 SPLITS = ("train", "val")
 
 
-class FeatureCacheError(ValueError):
+class FeatureCacheError(MelanomaError, ValueError):
     """The cached features are missing or were computed for other params or images."""
 
 
@@ -74,7 +74,7 @@ def cache_key(params: TrainParams, preprocess: PreprocessParams) -> dict | None:
     }
     # Named only when they differ from the pooled features of unaltered images, so that the
     # stores made before these params existed stay valid.
-    if params.freeze != "all":
+    if isinstance(params.freeze, int):  # not "all" (nor "none": no cache)
         key["output"] = spec.cut_layer(params.freeze)
     if preprocess.color_constancy == "shades_of_gray":
         key["color_constancy"] = {"shades_of_gray": preprocess.shades_of_gray_p}
@@ -95,8 +95,8 @@ def write_feature_cache(
     params: TrainParams,
     preprocess: PreprocessParams,
     manifest_path: Path,
-    directory: Path = FEATURES_DIR,
-    store_dir: Path = FEATURE_STORE_DIR,
+    directory: Path,
+    store_dir: Path,
 ) -> None:
     """Write the cached inputs of the trainable part for the train rows of the manifest (each
     in `params.views` views) and the val rows (as they are), computing those `store_dir` lacks;
@@ -132,13 +132,14 @@ def write_feature_cache(
             if paths:
                 entries = [_entry(content[p], view) for p in paths]
                 store.add(entries, compute_features(params, preprocess, paths, view))
-        arrays = {}
+        arrays: dict[str, np.ndarray] = {}
         for split, paths in split_paths.items():
             views = range(split_views[split])
             stacked = [store.get([_entry(content[p], v) for p in paths]) for v in views]
             arrays[f"{split}_features"] = np.stack(stacked, axis=1)  # (images, views, ...)
             arrays[f"{split}_paths"] = np.array(paths)
-        np.savez(arrays_path, **arrays)
+        # numpy's stubs read a keyword of **arrays as savez's `allow_pickle: bool`
+        np.savez(arrays_path, **arrays)  # type: ignore[arg-type]
     else:
         log.info("train.freeze=%r: the backbone trains, no features to cache", params.freeze)
     (directory / KEY_FILE).write_text(json.dumps(_key_file(params, preprocess), indent=2) + "\n")
@@ -202,7 +203,7 @@ def read_feature_cache(
     params: TrainParams,
     preprocess: PreprocessParams,
     split_paths: dict[str, list[str]],
-    directory: Path = FEATURES_DIR,
+    directory: Path,
 ) -> dict[str, np.ndarray]:
     """The cached inputs of each split, (images, views, ...), in the order of `split_paths`
     (the manifest's): `params.views` views of each training image, one of each other.

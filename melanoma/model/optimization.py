@@ -92,14 +92,14 @@ def make_optimizer(
     return _with_backbone_rate(cls)(rate, backbone_variables, factor, **kwargs)
 
 
-class BackboneRate:
-    """Mixin for a Keras optimizer class: the given backbone variables step at `factor` times
-    the rate.
+class BackboneRate(keras.optimizers.Optimizer):
+    """Mixin for a Keras optimizer class (placed before it in the bases, as
+    `_with_backbone_rate` does): the given backbone variables step at `factor` times the rate.
 
     Keras has no per-variable learning rate; its update_step receives the rate for each
     variable, so the mixin scales it there, and does the backbone's decoupled weight decay
     itself at the same scale. A model compiled with it is saved through
-    `melanoma.model.training.inference_copy`.
+    `melanoma.training.inference_copy`.
     """
 
     def __init__(self, rate, backbone_variables, factor, **kwargs):

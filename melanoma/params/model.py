@@ -9,8 +9,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from melanoma.labels import LABELS
-from melanoma.model.lite_specs import LITE
 from melanoma.params.base import _Section
+from melanoma.params.lite_specs import LITE
 
 # Architectures without any pretrained weights, and those whose weights are a local Keras file.
 _NO_WEIGHTS = ("simple_cnn", "resnet")

@@ -34,13 +34,13 @@ from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
 from melanoma.data.dataset import make_dataset
 from melanoma.errors import MelanomaError
-from melanoma.evaluation.metrics import threshold_free_metric
 from melanoma.inference.predict import (
     ModelLoadError,
     load_model,
     model_input_size,
     predict_split,
 )
+from melanoma.metrics import threshold_free_metric
 from melanoma.model.logged_model import log_keras_model
 from melanoma.params.evaluation import PromotionParams, RegistryParams
 from melanoma.reports import HEADLINE_METRICS, MetricsReport, RunInfo

@@ -18,17 +18,15 @@ import mlflow
 import numpy as np
 from mlflow import MlflowClient
 
-from melanoma import paths
 from melanoma.config import Params, flatten
 from melanoma.evaluation.external import read_external_sets
-from melanoma.evaluation.metrics import read_predictions
 from melanoma.evaluation.model_card import (
+    CardFiles,
     card_facts,
     metrics_table,
     registry_description,
 )
 from melanoma.evaluation.report import (
-    TEST,
     EvaluationSet,
     evaluation_lineage,
     evaluation_sets,
@@ -37,6 +35,7 @@ from melanoma.evaluation.report import (
 )
 from melanoma.inference.views import views_of, with_views
 from melanoma.labels import MELANOMA_INDEX
+from melanoma.metrics import read_predictions
 from melanoma.registry.promotion import (
     KEPT,
     PROMOTED,
@@ -76,14 +75,30 @@ class Registration:
     model_uri: str
 
 
-def predictions_file(set_name: str) -> Path:
-    return paths.PREDICTIONS_FILE if set_name == TEST else paths.external_predictions(set_name)
+@dataclass(frozen=True)
+class EvaluatedFiles:
+    """What `train` and `evaluate` wrote that registration reads or logs (the stage names them,
+    from melanoma.paths)."""
+
+    run_file: Path
+    metrics_file: Path
+    model_file: Path
+    unfamiliar_file: Path
+    drift_reference_file: Path
+    validation_predictions: Path
+    ingested_manifest: Path  # the collection the external sets are checked against
+    augmented_manifest: Path
+    predictions: Callable[[str], Path]  # an evaluation set's predictions file, by set name
+    logged: tuple[Path, ...]  # evaluate's files logged into the run's evaluation/
+    plots_dir: Path
+    external_dir: Path  # logged into evaluation/external if it is there
+    card: CardFiles
 
 
-def evaluated_images(set_names: list[str]) -> ScoredImages:
+def evaluated_images(files: EvaluatedFiles, set_names: list[str]) -> ScoredImages:
     """The images of every evaluation set with the challenger's probabilities, as evaluate's
     predictions files hold them (every image, the threshold-choosing half included)."""
-    parts = [(name, *read_predictions(predictions_file(name))) for name in set_names]
+    parts = [(name, *read_predictions(files.predictions(name))) for name in set_names]
     return ScoredImages(
         label_indices=np.concatenate([label_indices for _, label_indices, _ in parts]),
         probabilities=np.concatenate([probabilities for _, _, probabilities in parts]),
@@ -91,17 +106,19 @@ def evaluated_images(set_names: list[str]) -> ScoredImages:
     )
 
 
-def champion_scorer(params: Params, images: ScoredImages) -> Callable[[str], np.ndarray | None]:
+def champion_scorer(
+    params: Params, files: EvaluatedFiles, images: ScoredImages
+) -> Callable[[str], np.ndarray | None]:
     """score_champion for register_and_decide: the champion's probabilities on evaluate's images
     (the external sets ingested again, into a scratch folder), or None if it cannot be loaded."""
 
     def score(champion_uri: str) -> np.ndarray | None:
         with tempfile.TemporaryDirectory(prefix="external-") as scratch:
             external = read_external_sets(
-                params.evaluate.external_sets, params.ingest, Path(scratch)
+                params.evaluate.external_sets, params.ingest, Path(scratch), files.ingested_manifest
             )
-            sets = evaluation_sets(external)
-            check_same_images(sets, images)
+            sets = evaluation_sets(external, files.augmented_manifest)
+            check_same_images(sets, images, files.predictions)
             probabilities = champion_probabilities(
                 champion_uri,
                 [path for s in sets for path in s.paths],
@@ -113,7 +130,9 @@ def champion_scorer(params: Params, images: ScoredImages) -> Callable[[str], np.
     return score
 
 
-def check_same_images(sets: list[EvaluationSet], images: ScoredImages) -> None:
+def check_same_images(
+    sets: list[EvaluationSet], images: ScoredImages, predictions_file: Callable[[str], Path]
+) -> None:
     for evaluation_set in sets:
         listed = images.label_indices[images.sets == evaluation_set.name]
         if not np.array_equal(listed, evaluation_set.label_indices):
@@ -123,7 +142,7 @@ def check_same_images(sets: list[EvaluationSet], images: ScoredImages) -> None:
             )
 
 
-def log_evaluation(params: Params, report: MetricsReport) -> None:
+def log_evaluation(params: Params, report: MetricsReport, files: EvaluatedFiles) -> None:
     """evaluate's figures, plots and card, into the active run."""
     # Tags, not params: evaluate may run again on the same training run with other values.
     mlflow.set_tags(
@@ -135,61 +154,68 @@ def log_evaluation(params: Params, report: MetricsReport) -> None:
     # log_dict, not log_table: log_table appends to an existing file, and evaluate may run
     # again on the same run. The content is log_table's: {"columns": [...], "data": [...]}.
     mlflow.log_dict(metrics_table(report), METRICS_TABLE_ARTIFACT)
-    for path in (paths.METRICS_FILE, paths.PREDICTIONS_FILE, paths.GALLERY_FILE, paths.MODEL_CARD):
+    for path in files.logged:
         mlflow.log_artifact(str(path), artifact_path="evaluation")
-    mlflow.log_artifacts(str(paths.PLOTS_DIR), artifact_path="evaluation")
-    if paths.EXTERNAL_DIR.is_dir():
-        mlflow.log_artifacts(str(paths.EXTERNAL_DIR), artifact_path="evaluation/external")
+    mlflow.log_artifacts(str(files.plots_dir), artifact_path="evaluation")
+    if files.external_dir.is_dir():
+        mlflow.log_artifacts(str(files.external_dir), artifact_path="evaluation/external")
 
 
-def log_served(params: Params, report: MetricsReport, example_file: Path) -> str:
+def log_served(
+    params: Params, report: MetricsReport, files: EvaluatedFiles, example_file: Path
+) -> str:
     """Log the served model of the trained model file, with `predict.views` test-time views
     (the graph evaluate scored with) and the report's threshold, into the active run; return
     its model URI."""
-    model = with_views(keras.saving.load_model(paths.MODEL_FILE), params.predict.views)
+    model = with_views(keras.saving.load_model(files.model_file), params.predict.views)
     threshold = report.operating_point.threshold
     config = serving_config(params, threshold)
     with tempfile.TemporaryDirectory(prefix="drift-") as scratch:
-        drift = drift_reference_file(model, params.train.batch_size, Path(scratch))
-        stored = [paths.UNFAMILIAR_FILE, drift]
+        drift = drift_reference_file(model, params.train.batch_size, files, Path(scratch))
+        stored = [files.unfamiliar_file, drift]
         return log_served_model(model, config, example_file, stored).model_uri
 
 
-def drift_reference_file(model: keras.Model, batch_size: int, scratch: Path) -> Path:
+def drift_reference_file(
+    model: keras.Model, batch_size: int, files: EvaluatedFiles, scratch: Path
+) -> Path:
     """The drift reference of the served model: train's (models/drift_reference.npz) for a
     model without test-time views; with views, its P(melanoma) replaced by the validation
     split's averaged ones (what the served model answers), its features (the image itself)
     kept, written to `scratch` under the same name."""
     if views_of(model) == 1:
-        return paths.DRIFT_REFERENCE_FILE
-    reference = DriftReference.load(paths.DRIFT_REFERENCE_FILE)
-    _, probabilities = validation_scores(model, paths.VALIDATION_PREDICTIONS, batch_size)
+        return files.drift_reference_file
+    reference = DriftReference.load(files.drift_reference_file)
+    _, probabilities = validation_scores(model, files.validation_predictions, batch_size)
     if len(probabilities) != len(reference.melanoma):
         raise RegistryError(
-            f"{paths.VALIDATION_PREDICTIONS} holds {len(probabilities)} validation images, "
-            f"{paths.DRIFT_REFERENCE_FILE} {len(reference.melanoma)}: run `dvc repro train`"
+            f"{files.validation_predictions} holds {len(probabilities)} validation images, "
+            f"{files.drift_reference_file} {len(reference.melanoma)}: run `dvc repro train`"
         )
     averaged = DriftReference(probabilities[:, MELANOMA_INDEX], reference.features)
-    averaged.save(scratch / paths.DRIFT_REFERENCE_FILE.name)
-    return scratch / paths.DRIFT_REFERENCE_FILE.name
+    averaged.save(scratch / files.drift_reference_file.name)
+    return scratch / files.drift_reference_file.name
 
 
-def register_evaluated_model(params: Params, git_commit: str) -> Registration:
+def register_evaluated_model(
+    params: Params, git_commit: str, files: EvaluatedFiles
+) -> Registration:
     """Log the evaluation to the model's run, give the model its version with the model card as
     description, and decide its promotion against the champion."""
-    run_info = RunInfo.read(paths.RUN_FILE)
-    report = MetricsReport.read(paths.METRICS_FILE)
+    run_info = RunInfo.read(files.run_file)
+    report = MetricsReport.read(files.metrics_file)
     experiment_id = configure_tracking(params.mlflow)
-    test = evaluation_sets([])[0]
-    run_id, model_uri = source_run(run_info, experiment_id, paths.MODEL_FILE, test.paths[0])
-    lineage = evaluation_lineage(git_commit, test)
+    test = evaluation_sets([], files.augmented_manifest)[0]
+    run_id, model_uri = source_run(run_info, experiment_id, files.model_file, test.paths[0])
+    lineage = evaluation_lineage(git_commit, test, files.augmented_manifest)
     facts = card_facts(
         params,
         report,
         run_info.model_copy(update={"run_id": run_id, "model_uri": model_uri}),
         lineage,
+        files.card,
     )
-    images = evaluated_images([name for name, _ in report.sections()])
+    images = evaluated_images(files, [name for name, _ in report.sections()])
     tags = version_tags(
         report,
         run_id,
@@ -198,12 +224,12 @@ def register_evaluated_model(params: Params, git_commit: str) -> Registration:
         lineage.git_commit,
     ) | {TRAINED_MODEL_TAG: model_uri, VIEWS_TAG: str(params.predict.views)}
     with mlflow.start_run(run_id=run_id):
-        log_evaluation(params, report)
+        log_evaluation(params, report, files)
         # What the version points to is the served model, which carries the alert threshold:
         # logged once per trained model and threshold, registered again on a re-run.
         served_uri = registered_source(
             MlflowClient(), params.registry.model_name, run_id, tags
-        ) or log_served(params, report, Path(test.paths[0]))
+        ) or log_served(params, report, files, Path(test.paths[0]))
         version, decision = register_and_decide(
             served_uri,
             run_id,
@@ -211,7 +237,7 @@ def register_evaluated_model(params: Params, git_commit: str) -> Registration:
             registry_description(facts),
             tags,
             images,
-            champion_scorer(params, images),
+            champion_scorer(params, files, images),
         )
         # A re-registered version keeps its sites in its card.
         refresh_card_sites(MlflowClient(), params.registry.model_name, version)

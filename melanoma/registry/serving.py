@@ -69,11 +69,10 @@ from melanoma.inference.predict import (
     model_input_size,
     to_model_size,
 )
-from melanoma.inference.unfamiliar import UnfamiliarDetector
+from melanoma.inference.unfamiliar import UNFAMILIAR_FILE_NAME, UnfamiliarDetector
 from melanoma.inference.views import probe
 from melanoma.labels import LABELS, MELANOMA
 from melanoma.model.logged_model import model_requirements
-from melanoma.paths import UNFAMILIAR_FILE
 from melanoma.registry.sites import SiteError, VersionSite, served_site, usable_site_head
 from melanoma.sites.head import SiteHead, SiteHeadError
 
@@ -83,7 +82,7 @@ IMAGE_COLUMN = "image"
 SITE_PARAM = "site"  # {"inputs": [...], "params": {"site": "clinic_a"}}: that site's threshold
 SERVED_MODEL_ARTIFACT = "served_model"
 KERAS_ARTIFACT = "keras_model"
-UNFAMILIAR_ARTIFACT = UNFAMILIAR_FILE.stem  # each stored file's artifact key is its stem
+UNFAMILIAR_ARTIFACT = Path(UNFAMILIAR_FILE_NAME).stem  # each stored file's artifact key is its stem
 # pyfunc copies each artifact to artifacts/<file name>; the keras flavor reads <data>/model.keras.
 KERAS_FILE = "model.keras"
 # Reason codes of a refused request value, beside those of melanoma.data.images.

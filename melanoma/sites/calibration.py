@@ -33,7 +33,6 @@ from melanoma.inference.unfamiliar import UnfamiliarDetector
 from melanoma.labels import MELANOMA
 from melanoma.params.data import IngestParams
 from melanoma.params.evaluation import ExternalSet
-from melanoma.paths import INGESTED_MANIFEST
 from melanoma.sites.head import FeatureIdentity, SiteHead, decide_head, head_threshold
 from melanoma.sites.operating_point import SiteSampleError, choose_site_threshold
 from melanoma.sites.record import SiteRecord
@@ -49,14 +48,17 @@ class SiteCalibration:
     head: SiteHead | None  # the adopted head, fitted on the whole sample
 
 
-def read_site_sample(name: str, folder: Path, ingest: IngestParams, scratch: Path) -> pd.DataFrame:
+def read_site_sample(
+    name: str, folder: Path, ingest: IngestParams, scratch: Path, ingested_manifest: Path
+) -> pd.DataFrame:
     """The scored images of the sample (image_path in scratch, label), every file accounted
-    for; SiteSampleError naming the unusable files, or the folder if it holds no class layout."""
+    for, checked against the training collection (`ingested_manifest`, if it is there);
+    SiteSampleError naming the unusable files, or the folder if it holds no class layout."""
     if not folder.is_dir():
         raise SiteSampleError(f"{folder}: not a folder (a labelled sample: <class>/<image>)")
     collection = (
-        read_manifest(INGESTED_MANIFEST, INGEST_COLUMNS)
-        if INGESTED_MANIFEST.exists()
+        read_manifest(ingested_manifest, INGEST_COLUMNS)
+        if ingested_manifest.exists()
         else pd.DataFrame(columns=INGEST_COLUMNS)
     )
     files = read_external_set(
@@ -85,11 +87,13 @@ def calibrate_site(
     folder: Path,
     global_threshold: float,
     params: Params,
+    ingested_manifest: Path,
 ) -> SiteCalibration:
     """The site's record (what `site calibrate` stores) from its labelled sample, with what
-    the version's global threshold gives on the same sample, and its head if adopted."""
+    the version's global threshold gives on the same sample, and its head if adopted; the
+    sample is read against the training collection (`ingested_manifest`, as `read_site_sample`)."""
     with tempfile.TemporaryDirectory(prefix="site-") as scratch:
-        scored = read_site_sample(name, folder, params.ingest, Path(scratch))
+        scored = read_site_sample(name, folder, params.ingest, Path(scratch), ingested_manifest)
         paths = [Path(p) for p in scored["image_path"]]
         predictions = predict_files(
             model, paths, params.ingest.image_size, params.ingest.max_image_pixels, detector

@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from melanoma import paths
 from melanoma.data.images import decode_rgb, square_resize
-from melanoma.data.ingest import count_lines, ingest
+from melanoma.data.ingest import MANIFEST_FILE, SOURCES_FILE, count_lines, ingest
 from melanoma.data.manifest import INGEST_COLUMNS, read_manifest
 from melanoma.data.sources import SourceError, SourceNotFoundError
 from melanoma.params.data import FolderSource, IngestParams, TableSource
@@ -365,3 +366,8 @@ def test_a_missing_part_table_or_metadata_stops_naming_its_param(isic_source, tm
     with pytest.raises(SourceNotFoundError, match=r"data\.sources\[1\]\.metadata \(ham\)"):
         ingest(sources, OUTPUT, PARAMS)
     assert not OUTPUT.exists()
+
+
+def test_the_stage_s_paths_are_the_files_ingest_writes_in_its_output_folder():
+    assert paths.INGESTED_MANIFEST == paths.INGESTED_DIR / MANIFEST_FILE
+    assert paths.SOURCES_SUMMARY == paths.INGESTED_DIR / SOURCES_FILE

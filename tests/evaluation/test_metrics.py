@@ -7,17 +7,19 @@ import pytest
 
 from melanoma.evaluation.metrics import (
     bootstrap_intervals,
-    evaluation_metrics,
     images_sha256,
-    melanoma_auc,
     metrics_report,
-    per_source_metrics,
     plot_confusion_matrix,
     plot_melanoma_roc,
+)
+from melanoma.labels import LABELS, MELANOMA_INDEX
+from melanoma.metrics import (
+    evaluation_metrics,
+    melanoma_auc,
+    per_source_metrics,
     predictions_table,
     read_predictions,
 )
-from melanoma.labels import LABELS, MELANOMA_INDEX
 
 BCC, NEVUS = LABELS.index("basal_cell_carcinoma"), LABELS.index("nevus")
 MEL = MELANOMA_INDEX

@@ -1,8 +1,10 @@
 import numpy as np
 import pytest
 
+from melanoma import paths
 from melanoma.inference.unfamiliar import (
     POOLED,
+    UNFAMILIAR_FILE_NAME,
     DetectorFileError,
     UnfamiliarDetector,
     fit_detector,
@@ -85,3 +87,7 @@ def _outputs(model, inputs):
     import keras
 
     return keras.tree.map_structure(keras.ops.convert_to_numpy, model(inputs, training=False))
+
+
+def test_train_writes_the_detector_under_the_name_a_served_model_stores_it():
+    assert paths.UNFAMILIAR_FILE.name == UNFAMILIAR_FILE_NAME

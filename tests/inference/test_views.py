@@ -14,7 +14,6 @@ import yaml
 from PIL import Image
 
 from melanoma.cli import main
-from melanoma.evaluation.metrics import predictions_table
 from melanoma.evaluation.report import validation_scores
 from melanoma.exit_codes import OK
 from melanoma.inference.predict import load_model, load_model_and_detector
@@ -22,6 +21,7 @@ from melanoma.inference.unfamiliar import POOLED
 from melanoma.inference.unfamiliar import probe as identity_probe
 from melanoma.inference.views import VIEWS, probe, trained_model, views_of, with_views
 from melanoma.labels import LABELS
+from melanoma.metrics import predictions_table
 from melanoma.registry.serving import IMAGE_COLUMN, log_served_model, serving_config
 from tests.helpers import MODEL_SIZE, fitted_detector, noise_images, position_classifier
 

@@ -11,8 +11,8 @@ import pytest
 
 from melanoma.model import efficientnet_lite
 from melanoma.model.architectures import build_model, feature_extractor
-from melanoma.model.lite_specs import LITE
 from melanoma.model.torch_legacy import WeightsFileError
+from melanoma.params.lite_specs import LITE
 from tests.helpers import train_params
 
 # CI clones the repository beside a copy of shared/: the same relative path works there.

@@ -133,9 +133,10 @@ def test_an_ensemble_has_two_members_at_least():
 
 
 def _outputs(directory):
-    from melanoma.model.training import TrainOutputs
+    from melanoma.paths import TRAIN_OUTPUTS
+    from melanoma.training import TrainOutputs
 
-    return TrainOutputs(**{k: directory / v.name for k, v in vars(TrainOutputs()).items()})
+    return TrainOutputs(**{k: directory / v.name for k, v in TRAIN_OUTPUTS.items()})
 
 
 def _val_images(manifest) -> np.ndarray:
@@ -155,7 +156,8 @@ def test_train_fits_one_model_per_seed_in_nested_runs_and_saves_their_calibrated
     from mlflow import MlflowClient
 
     from melanoma.config import parse_params
-    from melanoma.model.training import run_training
+    from melanoma.paths import FEATURES_DIR, SOURCES_SUMMARY
+    from melanoma.training import run_training
 
     manifest = tmp_path / "data/augmented/manifest.csv"
     augmented_project["train"].update(architecture="simple_cnn", filters=[4], epochs=2)
@@ -163,8 +165,12 @@ def test_train_fits_one_model_per_seed_in_nested_runs_and_saves_their_calibrated
     augmented_project["train"]["ensemble"] = 2
     params = parse_params(augmented_project)
 
-    info = run_training(params, manifest, _outputs(tmp_path / "ensemble"))
-    one = run_training(single, manifest, _outputs(tmp_path / "single"))
+    info = run_training(
+        params, manifest, _outputs(tmp_path / "ensemble"), FEATURES_DIR, SOURCES_SUMMARY
+    )
+    one = run_training(
+        single, manifest, _outputs(tmp_path / "single"), FEATURES_DIR, SOURCES_SUMMARY
+    )
 
     client = MlflowClient(info.tracking_uri)
     parent = client.get_run(info.run_id)

@@ -16,6 +16,7 @@ from melanoma.model.features import (
     write_feature_cache,
 )
 from melanoma.params.model import PreprocessParams
+from melanoma.paths import FEATURE_STORE_DIR, FEATURES_DIR
 
 AUGMENTED = Path("data/augmented/manifest.csv")
 NO_PREPROCESS = PreprocessParams()
@@ -55,10 +56,10 @@ def test_the_cache_holds_every_view_of_training_images_and_validation_as_is(
     from melanoma.model.architectures import build_model, frozen_part
 
     params = parse_params(_frozen(augmented_project, freeze=2, views=2))
-    write_feature_cache(params.train, params.preprocess, AUGMENTED)
+    write_feature_cache(params.train, params.preprocess, AUGMENTED, FEATURES_DIR, FEATURE_STORE_DIR)
 
     paths = _split_paths()
-    cached = read_feature_cache(params.train, params.preprocess, paths)
+    cached = read_feature_cache(params.train, params.preprocess, paths, FEATURES_DIR)
     assert cached["train"].shape[:2] == (len(paths["train"]), 2)
     assert cached["val"].shape[:2] == (len(paths["val"]), 1)
     assert cached["train"].shape[2:] == (1, 1, 192)  # block 13's output at 32 px
@@ -77,31 +78,34 @@ def test_the_cache_holds_every_view_of_training_images_and_validation_as_is(
 
     monkeypatch.setattr(features, "compute_features", counting)
     four = params.train.model_copy(update={"views": 4})
-    write_feature_cache(four, params.preprocess, AUGMENTED)
+    write_feature_cache(four, params.preprocess, AUGMENTED, FEATURES_DIR, FEATURE_STORE_DIR)
     assert computed == [(2, len(paths["train"])), (3, len(paths["train"]))]
     np.testing.assert_array_equal(
-        read_feature_cache(four, params.preprocess, paths)["train"][:, :2], cached["train"]
+        read_feature_cache(four, params.preprocess, paths, FEATURES_DIR)["train"][:, :2],
+        cached["train"],
     )
 
 
 @pytest.mark.slow  # EfficientNet-Lite0 on every tiny image
 def test_a_cache_made_for_other_params_or_corrupt_is_refused_naming_the_file(augmented_project):
     params = parse_params(_frozen(augmented_project, freeze="all"))
-    write_feature_cache(params.train, params.preprocess, AUGMENTED)
+    write_feature_cache(params.train, params.preprocess, AUGMENTED, FEATURES_DIR, FEATURE_STORE_DIR)
     paths = _split_paths()
-    read_feature_cache(params.train, params.preprocess, paths)
+    read_feature_cache(params.train, params.preprocess, paths, FEATURES_DIR)
 
     shades = PreprocessParams(color_constancy="shades_of_gray")
     with pytest.raises(FeatureCacheError, match="key.json: features computed for .*shades_of_gray"):
-        read_feature_cache(params.train, shades, paths)
+        read_feature_cache(params.train, shades, paths, FEATURES_DIR)
     for other in ({"views": 2}, {"freeze": 3}, {"image_size": 48}):
         with pytest.raises(FeatureCacheError, match="run `dvc repro features`"):
-            read_feature_cache(params.train.model_copy(update=other), params.preprocess, paths)
+            read_feature_cache(
+                params.train.model_copy(update=other), params.preprocess, paths, FEATURES_DIR
+            )
 
     arrays = Path("data/features/features.npz")
     arrays.write_bytes(arrays.read_bytes()[:1000])
     with pytest.raises(FeatureCacheError, match=f"{arrays}: unreadable"):
-        read_feature_cache(params.train, params.preprocess, paths)
+        read_feature_cache(params.train, params.preprocess, paths, FEATURES_DIR)
 
 
 def test_the_key_names_what_the_cache_depends_on_and_keeps_older_stores_valid():

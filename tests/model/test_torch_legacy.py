@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 
 from melanoma.model.efficientnet_lite import read_weights
-from melanoma.model.lite_specs import LITE
 from melanoma.model.torch_legacy import (
     MAGIC_NUMBER,
     PROTOCOL_VERSION,
     WeightsFileError,
     read_state_dict,
 )
+from melanoma.params.lite_specs import LITE
 
 
 class _Tensor:

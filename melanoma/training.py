@@ -17,7 +17,6 @@ import pandas as pd
 import tensorflow as tf
 from mlflow.models.model import ModelInfo
 
-from melanoma import paths
 from melanoma.config import Params, flatten
 from melanoma.data.dataset import make_dataset, split_rows
 from melanoma.data.manifest import (
@@ -27,12 +26,9 @@ from melanoma.data.manifest import (
     read_manifest,
     read_sources_summary,
 )
-from melanoma.evaluation.metrics import (
-    per_source_metrics,
-    predictions_table,
-    validation_metrics,
-)
+from melanoma.errors import MelanomaError
 from melanoma.labels import LABELS
+from melanoma.metrics import per_source_metrics, predictions_table, validation_metrics
 from melanoma.model.architectures import (
     INPUT_NAME,
     build_model,
@@ -69,17 +65,22 @@ from melanoma.tracking import configure_tracking, experiment_run_tags, git_commi
 log = logging.getLogger(__name__)
 
 
+class BatchSizeError(MelanomaError, ValueError):
+    """train.batch_size is larger than the training set: not one full batch to train on."""
+
+
 @dataclass(frozen=True)
 class TrainOutputs:
-    """Where the train stage writes (the outs, metrics and plots of dvc.yaml)."""
+    """Where a training run writes (the stage's: melanoma.paths.TRAIN_OUTPUTS, the outs, metrics
+    and plots of dvc.yaml)."""
 
-    model: Path = paths.MODEL_FILE
-    unfamiliar: Path = paths.UNFAMILIAR_FILE
-    drift_reference: Path = paths.DRIFT_REFERENCE_FILE
-    run_info: Path = paths.RUN_FILE
-    metrics: Path = paths.TRAIN_METRICS
-    history: Path = paths.TRAIN_HISTORY
-    validation_predictions: Path = paths.VALIDATION_PREDICTIONS
+    model: Path
+    unfamiliar: Path
+    drift_reference: Path
+    run_info: Path
+    metrics: Path
+    history: Path
+    validation_predictions: Path
 
 
 def set_determinism(seed: int) -> None:
@@ -191,7 +192,7 @@ def read_splits(manifest_path: Path, batch_size: int) -> Splits:
     val_paths, val_labels = split_rows(manifest, "val", manifest_path)
     log.info("%d training and %d validation images", len(train_paths), len(val_paths))
     if len(train_paths) < batch_size:
-        raise ValueError(
+        raise BatchSizeError(
             f"train.batch_size={batch_size} is larger than the {len(train_paths)} "
             f"training images of {manifest_path}"
         )
@@ -354,7 +355,10 @@ def fit_ensemble(
     (melanoma.model.ensemble). The returned Fit holds the members' mean curves, the seconds of
     all members per epoch and the mean of their validation probabilities."""
     members, fits, base = [], [], None
-    experiment = mlflow.active_run().info.experiment_id
+    run = mlflow.active_run()
+    if run is None:
+        raise RuntimeError("fit_ensemble logs each member in a nested run of the active run")
+    experiment = run.info.experiment_id
     for index in range(params.ensemble):
         member = member_params(params, index)
         set_determinism(member.seed)
@@ -486,8 +490,8 @@ def run_training(
     params: Params,
     manifest_path: Path,
     outputs: TrainOutputs,
-    features_dir: Path = paths.FEATURES_DIR,
-    sources_file: Path = paths.SOURCES_SUMMARY,
+    features_dir: Path,
+    sources_file: Path,
 ) -> RunInfo:
     """Train on the train split, validate on val, track it all in one MLflow run; write outputs.
 

