@@ -14,15 +14,15 @@ from pathlib import Path
 
 import keras
 
-from melanoma import paths
 from melanoma.config import load_params
+from melanoma.evaluation.card_facts import card_facts
 from melanoma.evaluation.explain import write_gallery
 from melanoma.evaluation.external import (
     FILE_COLUMNS,
     check_folder,
     read_external_sets,
 )
-from melanoma.evaluation.model_card import CardFiles, card_facts, render_card
+from melanoma.evaluation.model_card import render_card
 from melanoma.evaluation.report import (
     TEST,
     choose_operating_point,
@@ -44,14 +44,12 @@ from melanoma.paths import (
     MODEL_FILE,
     PLOTS_DIR,
     RUN_FILE,
-    SOURCES_SUMMARY,
-    TRAIN_METRICS,
     VALIDATION_PREDICTIONS,
-    VALIDATION_REPORT,
     external_files,
 )
 from melanoma.reports import RunInfo
 from melanoma.tracking import git_commit
+from stages.evaluated import CARD_FILES, predictions_file
 
 log = logging.getLogger("stages.evaluate")
 
@@ -110,14 +108,9 @@ def main() -> None:
             GALLERY_FILE,
         )
     lineage = evaluation_lineage(commit, test, AUGMENTED_MANIFEST)
-    card_files = CardFiles(TRAIN_METRICS, VALIDATION_REPORT, AUGMENTED_MANIFEST, SOURCES_SUMMARY)
-    facts = card_facts(params, report, run_info, lineage, card_files)
+    facts = card_facts(params, report, run_info, lineage, CARD_FILES)
     MODEL_CARD.write_text(render_card(facts))
     log.info("wrote %s and %s", METRICS_FILE, MODEL_CARD)
-
-
-def predictions_file(set_name: str) -> Path:
-    return paths.predictions_file(set_name, TEST)
 
 
 if __name__ == "__main__":

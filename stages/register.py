@@ -5,12 +5,9 @@ Promotion re-scores the champion on evaluate's images; it moves the alias only i
 better beyond noise (melanoma.registry.promotion)."""
 
 import logging
-from pathlib import Path
 
 from melanoma import paths
 from melanoma.config import load_params
-from melanoma.evaluation.model_card import CardFiles
-from melanoma.evaluation.report import TEST
 from melanoma.logs import exit_on, setup_logging
 from melanoma.paths import REGISTRATION_FILE
 from melanoma.registry.registration import (
@@ -19,6 +16,7 @@ from melanoma.registry.registration import (
     write_registration,
 )
 from melanoma.tracking import git_commit, runs_end_as_killed
+from stages.evaluated import CARD_FILES, predictions_file
 
 log = logging.getLogger("stages.register")
 
@@ -41,10 +39,6 @@ def main() -> None:
     )
 
 
-def predictions_file(set_name: str) -> Path:
-    return paths.predictions_file(set_name, TEST)
-
-
 def evaluated_files() -> EvaluatedFiles:
     return EvaluatedFiles(
         run_file=paths.RUN_FILE,
@@ -59,12 +53,7 @@ def evaluated_files() -> EvaluatedFiles:
         logged=(paths.METRICS_FILE, paths.PREDICTIONS_FILE, paths.GALLERY_FILE, paths.MODEL_CARD),
         plots_dir=paths.PLOTS_DIR,
         external_dir=paths.EXTERNAL_DIR,
-        card=CardFiles(
-            paths.TRAIN_METRICS,
-            paths.VALIDATION_REPORT,
-            paths.AUGMENTED_MANIFEST,
-            paths.SOURCES_SUMMARY,
-        ),
+        card=CARD_FILES,
     )
 
 

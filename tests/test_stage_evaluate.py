@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from melanoma import paths
-from melanoma.evaluation.model_card import with_interval
+from melanoma.evaluation.card_format import with_interval
 from melanoma.labels import LABELS
 from melanoma.reports import SetSection
 from stages import evaluate

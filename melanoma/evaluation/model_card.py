@@ -4,31 +4,29 @@
 train_metrics.json, reports/validation.json, models/run.json, the params, the git commit and
 the data hashes), never a hand-written number; `register` logs it with the MLflow run and makes
 it the registered version's description (MLflow renders Markdown there). Every number goes through
-`number` or `with_interval`, so a test can hold each cell against the JSON it came from.
+`number` or `with_interval` (card_format), so a test can hold each cell against the JSON it came
+from. Its data sections are in card_data, the facts it is written from in card_facts.
 A report file that is absent (no train_metrics.json, no validation.json) is said to be unknown;
 the card is still written. A report that is there is complete (melanoma.reports checks it).
 """
 
-import json
 import logging
-import re
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict
 
-import pandas as pd
-
-from melanoma.config import Params, flatten
-from melanoma.data.manifest import AUGMENTED_COLUMNS, images_per_source, read_manifest
-from melanoma.evaluation.report import Lineage
+from melanoma.evaluation.card_data import (
+    OLD_ARCHIVE_IDS_BELOW,
+    SPLITS,
+    archive_mix,
+    image_counts,
+    training_data,
+)
+from melanoma.evaluation.card_facts import CardFacts
+from melanoma.evaluation.card_format import markdown_table, number, with_interval
 from melanoma.labels import LABELS
 from melanoma.reports import (
     HEADLINE_METRICS,
     MetricsReport,
-    ReferenceCheck,
-    RunInfo,
-    SetSection,
     TrainMetrics,
-    ValidationReport,
     ValidationSplitMetrics,
 )
 
@@ -37,12 +35,8 @@ log = logging.getLogger(__name__)
 # The model version description column of MLflow's SQL stores is VARCHAR(5000) (SQLite does not
 # enforce it, other databases do): a longer card goes to the registry without its params table.
 DESCRIPTION_LIMIT = 5000
-# ISIC image ids grow with the archive's age; the ablation found the test split's melanomas and
-# nevi all below this id, the training ones mostly above it (bench/ABLATION.md).
-OLD_ARCHIVE_IDS_BELOW = 1000
 # A class with fewer original images than this in a split has per-class figures that are noise.
 FEW_IMAGES = 10
-SPLITS = ("train", "val", "test")
 METRIC_NAMES = {
     "accuracy": "accuracy",
     "balanced_accuracy": "balanced accuracy",
@@ -60,85 +54,6 @@ LINEAGE_NAMES = {
 }
 LIMITATIONS_HEADING = "## Known limitations"
 LINEAGE_HEADING = "## Lineage"
-ISIC_ID = re.compile(r"ISIC_(\d+)")
-
-
-@dataclass(frozen=True)
-class CardFacts:
-    """What the card is written from. Only `report`, `run_info` and `params` are required; a
-    fact that is None is unknown."""
-
-    report: MetricsReport  # reports/metrics.json
-    run_info: RunInfo  # models/run.json, with the run id the evaluation is logged into
-    params: dict[str, object]  # flattened params (melanoma.config.flatten)
-    lineage: Lineage | None = None  # git commit, data hashes
-    training: TrainMetrics | None = None  # reports/train_metrics.json
-    validation: ValidationReport | None = None  # reports/validation.json
-    # data/augmented/manifest.csv (source, label, split, source_image_id, augmented)
-    images: pd.DataFrame | None = None
-    sources: list[dict] = field(default_factory=list)  # data/ingested/sources.json
-    model_name: str = ""
-
-
-@dataclass(frozen=True)
-class CardFiles:
-    """The files the card's facts beyond the evaluation are read from (the stage names them)."""
-
-    train_metrics: Path  # train's metrics (read if present)
-    validation_report: Path  # validate's report (read if present)
-    augmented_manifest: Path  # augment's manifest
-    sources_summary: Path  # ingest's sources summary (read if readable)
-
-
-def card_facts(
-    params: Params, report: MetricsReport, run_info: RunInfo, lineage: Lineage, files: CardFiles
-) -> CardFacts:
-    """The facts of the evaluated model, read from the files the pipeline wrote. Raises
-    melanoma.reports.ReportError if a report is there but not as its stage writes it."""
-    return CardFacts(
-        report=report,
-        run_info=run_info,
-        params=flatten(params),
-        lineage=lineage,
-        training=TrainMetrics.read_if_present(files.train_metrics),
-        validation=ValidationReport.read_if_present(files.validation_report),
-        images=read_manifest(files.augmented_manifest, AUGMENTED_COLUMNS),
-        sources=read_sources_or_empty(files.sources_summary),
-        model_name=params.registry.model_name,
-    )
-
-
-def read_sources_or_empty(path: Path) -> list[dict]:
-    """data/ingested/sources.json, or [] (with a warning) if it is absent or unreadable: the
-    card then says the sources are unknown instead of failing the stage."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        log.warning("model card: %s not read (%s): its facts are left out", path, error)
-        return []
-
-
-def number(value: object, digits: int = 3) -> str:
-    """The one way the card writes a figure: `digits` decimals, ints as they are, None as
-    "undefined"."""
-    if value is None:
-        return "undefined"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return str(value)
-    if not isinstance(value, float):
-        return str(value)  # a field of another shape (a newer validate): shown as it is
-    return f"{value:.{digits}f}"
-
-
-def with_interval(section: SetSection, name: str) -> str:
-    """`0.530 (0.440–0.640)`: the metric and its bootstrap interval, if the report has one."""
-    value, interval = getattr(section, name), section.interval(name)
-    if interval is None:
-        return number(value)
-    low, high = interval
-    return f"{number(value)} ({number(low)}–{number(high)})"
 
 
 TABLE_COLUMNS = ["set", "figure", "value", "ci_low", "ci_high"]
@@ -163,46 +78,6 @@ def metrics_table(report: MetricsReport) -> dict[str, list]:
     return {"columns": TABLE_COLUMNS, "data": rows}
 
 
-def image_counts(images: pd.DataFrame) -> pd.DataFrame:
-    """Original images per label (rows, every label) and split (train, val, test), plus the
-    augmented copies added to train."""
-    original = images[~images["augmented"].astype(str).str.lower().eq("true")]
-    counts = (
-        original.groupby(["label", "split"])
-        .size()
-        .unstack(fill_value=0)
-        .reindex(index=list(LABELS), columns=list(SPLITS), fill_value=0)
-    )
-    copies = images[images["augmented"].astype(str).str.lower().eq("true")]
-    counts["train_augmented_copies"] = (
-        copies.groupby("label").size().reindex(list(LABELS), fill_value=0)
-    )
-    return counts.astype(int)
-
-
-def archive_mix(images: pd.DataFrame) -> pd.DataFrame:
-    """Per split, original melanomas and nevi with an ISIC id below OLD_ARCHIVE_IDS_BELOW (the
-    oldest archive) and above it: where the test split's mix differs from training's, a network
-    can learn the archive instead of the lesion."""
-    original = images[~images["augmented"].astype(str).str.lower().eq("true")]
-    ids = original["source_image_id"].astype(str).str.extract(ISIC_ID, expand=False)
-    old = pd.to_numeric(ids, errors="coerce") < OLD_ARCHIVE_IDS_BELOW
-    table = pd.DataFrame(index=list(SPLITS))
-    for label in ("melanoma", "nevus"):
-        of_label = original["label"] == label
-        for column, rows in ((f"{label}_old", of_label & old), (f"{label}_later", of_label & ~old)):
-            table[column] = original[rows].groupby("split").size().reindex(SPLITS, fill_value=0)
-    return table.astype(int)
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return [
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-        *("| " + " | ".join(row) + " |" for row in rows),
-    ]
-
-
 def intended_use(facts: CardFacts) -> list[str]:
     params = facts.params
     return [
@@ -218,162 +93,6 @@ def intended_use(facts: CardFacts) -> list[str]:
         f"{number(facts.run_info.image_size)} px RGB input, nine softmax probabilities "
         f"({', '.join(LABELS)}).",
     ]
-
-
-def data_sources(facts: CardFacts) -> list[str]:
-    """Each data source: what it is, its content hash, and the images it gave each split."""
-    if not facts.sources:
-        return ["Data sources: unknown (data/ingested/sources.json was not available)."]
-    used = (
-        images_per_source(facts.images).groupby(level="source").sum()
-        if facts.images is not None
-        else pd.DataFrame()
-    )
-    rows = []
-    for source in facts.sources:
-        counts = used.loc[source["name"]] if source["name"] in used.index else None
-        rows.append(
-            [
-                f"`{source['name']}`",
-                f"{source['kind']}: `{source['path']}`",
-                f"`{source['sha256'][:12]}`",
-                f"{number(source['files'])} / {number(source['accepted'])}",
-                *(
-                    ["unknown"] * 4
-                    if counts is None
-                    else [number(int(counts[c])) for c in (*SPLITS, "train_augmented_copies")]
-                ),
-            ]
-        )
-    return _table(
-        [
-            "source",
-            "where",
-            "content sha256",
-            "files / accepted",
-            "train",
-            "validation",
-            "test",
-            "augmented copies",
-        ],
-        rows,
-    )
-
-
-def training_data(facts: CardFacts) -> list[str]:
-    lines = [
-        "## Training data",
-        "",
-        "Every source of `data.sources`, with the images each gave after validate's decisions "
-        "(one copy per ISIC id, no lesion on both sides of a split). The augment stage split "
-        "the training images into train and validation, whole lesions at a time, and added "
-        "augmented copies to the classes below `augment.target_per_class`; the sources' test "
-        "folders are the test split.",
-        "",
-        *data_sources(facts),
-        "",
-    ]
-    if facts.images is None:
-        lines.append("Image counts per class: unknown (no augmented manifest).")
-    else:
-        counts = image_counts(facts.images)
-        lines += _table(
-            ["class", "train", "validation", "test", "augmented copies in train"],
-            [
-                [label, *(number(int(v)) for v in row)]
-                for label, row in zip(counts.index, counts.to_numpy(), strict=True)
-            ],
-        )
-    return [*lines, "", *validation_findings(facts.validation)]
-
-
-def reference_label_findings(reference: ReferenceCheck) -> list[str]:
-    """The check of folder labels against ISIC's ground truth: agreement, and each kind of
-    disagreement with what was done about it. Nothing when the check was off."""
-    if reference.file is None or reference.images is None:
-        return []
-    lines = [
-        "- Folder labels checked against ISIC's ground truth (`validate.reference_labels`): "
-        + ", ".join(f"{k.replace('_', ' ')} {number(v)}" for k, v in reference.images.items())
-        + "."
-    ]
-    for pair in reference.disagreement_pairs or []:
-        actions = ", ".join(f"{k.replace('_', ' ')} {number(v)}" for k, v in pair.actions.items())
-        lines.append(
-            f"  - folder `{pair.folder_label}`, ISIC says {pair.reference_class} "
-            f"({pair.reference_label}): {number(pair.images)} images ({actions})."
-        )
-    return lines
-
-
-def grouping_findings(validation: ValidationReport) -> list[str]:
-    """One image, one copy; lesions kept on one side of the test split."""
-    findings = [
-        (
-            validation.same_image_copies.count,
-            "images found in more than one source (one copy kept of each, the others removed)",
-        ),
-        (
-            validation.near_duplicates.count,
-            "near-duplicate pairs by perceptual hash (kept, grouped)",
-        ),
-        (
-            validation.same_group_as_test.count,
-            "training images removed as images of a lesion (or copies of a picture) in the test "
-            "split",
-        ),
-    ]
-    return [f"- {number(count)} {what}." for count, what in findings]
-
-
-def validation_findings(validation: ValidationReport | None) -> list[str]:
-    """What validate dropped or relabelled and why, from reports/validation.json."""
-    lines = ["### What validate removed or changed", ""]
-    if validation is None:
-        return [*lines, "Unknown: reports/validation.json was not available."]
-    policy = validation.policy.to_dict()
-    lines.append("- Policy: " + ", ".join(f"{k} `{v}`" for k, v in policy.items()) + ".")
-    groups = [
-        f"{len(found)} {what}"
-        for found, what in (
-            (
-                validation.label_conflicts,
-                "label-conflict groups (the same pixels under two labels)",
-            ),
-            (validation.leaks, "leak groups (a test image also in train)"),
-            (validation.duplicates, "within-label duplicate groups"),
-        )
-    ]
-    lines.append("- Found: " + ", ".join(groups) + ".")
-    if validation.decisions:
-        lines.append(
-            "- Decisions per image: "
-            + ", ".join(f"{k} {number(v)}" for k, v in sorted(validation.decisions.items()))
-            + "."
-        )
-    lines += reference_label_findings(validation.reference_labels)
-    lines += grouping_findings(validation)
-    thin = validation.too_few_training_images
-    if thin.labels:
-        lines.append(
-            f"- Classes with fewer than {number(thin.threshold)} training images: "
-            + ", ".join(f"{label} {number(n)}" for label, n in sorted(thin.labels.items()))
-            + "."
-        )
-    # A field of a newer validate that this card does not know: listed, never hidden.
-    for key, value in sorted((validation.model_extra or {}).items()):
-        if isinstance(value, list | dict):
-            lines.append(f"- `{key}`: {number(len(value))} entries (see reports/validation.json)")
-    for failure in validation.failures:
-        lines.append(f"- failure: {failure}")
-    if validation.removed:
-        lines += [
-            "",
-            "Images removed, by reason:",
-            "",
-            *_table(["reason", "images"], [[k, number(v)] for k, v in validation.removed.items()]),
-        ]
-    return lines
 
 
 def evaluation(report: MetricsReport, training: TrainMetrics | None) -> list[str]:
@@ -395,7 +114,7 @@ def evaluation(report: MetricsReport, training: TrainMetrics | None) -> list[str
         "samples). An external set that chose the alert threshold reports on its other half "
         "only.",
         "",
-        *_table(header, rows),
+        *markdown_table(header, rows),
     ]
     if training is not None:
         validation = training.validation
@@ -428,7 +147,7 @@ def per_source_validation(training: TrainMetrics) -> list[str]:
         for source, f in training.validation_per_source.items()
     ]
     header = ["source", "images", "melanomas", "melanoma AUC", "balanced accuracy"]
-    return ["", "Per source, on the validation split:", "", *_table(header, rows)]
+    return ["", "Per source, on the validation split:", "", *markdown_table(header, rows)]
 
 
 def alert(report: MetricsReport) -> list[str]:
@@ -455,7 +174,9 @@ def alert(report: MetricsReport) -> list[str]:
         ]
         for name, s in report.sections()
     ]
-    lines += _table(["set", "melanomas", "sensitivity", "specificity", "below target"], rows)
+    lines += markdown_table(
+        ["set", "melanomas", "sensitivity", "specificity", "below target"], rows
+    )
     return lines + rules_delivered(report)
 
 
@@ -480,7 +201,7 @@ def rules_delivered(report: MetricsReport) -> list[str]:
         "",
         "Every rule's threshold on the images none of them chose on:",
         "",
-        *_table(header, rows),
+        *markdown_table(header, rows),
     ]
 
 
@@ -512,7 +233,9 @@ def calibration(report: MetricsReport, training: TrainMetrics | None) -> list[st
         rows.append(
             [name, number(ece_before), number(s.ece), number(brier_before), number(s.brier)]
         )
-    return lines + _table(["set", "ECE before", "ECE after", "Brier before", "Brier after"], rows)
+    return lines + markdown_table(
+        ["set", "ECE before", "ECE after", "Brier before", "Brier after"], rows
+    )
 
 
 def limitations(facts: CardFacts) -> list[str]:
@@ -541,7 +264,7 @@ def limitations(facts: CardFacts) -> list[str]:
             "",
             *(
                 "  " + line
-                for line in _table(
+                for line in markdown_table(
                     ["split", "melanoma, old", "melanoma, later", "nevus, old", "nevus, later"],
                     [[split, *(number(int(v)) for v in row)] for split, row in mix.iterrows()],
                 )
@@ -583,12 +306,12 @@ def lineage(facts: CardFacts, with_params: bool) -> list[str]:
         ["logged model", f"`{facts.run_info.model_uri}`"],
         *([LINEAGE_NAMES[name], f"`{value}`"] for name, value in lineage.items()),
     ]
-    lines = [LINEAGE_HEADING, "", *_table(["what", "value"], rows), ""]
+    lines = [LINEAGE_HEADING, "", *markdown_table(["what", "value"], rows), ""]
     if with_params:
         lines += [
             "Params (params.yaml):",
             "",
-            *_table(["param", "value"], [[k, f"`{v}`"] for k, v in facts.params.items()]),
+            *markdown_table(["param", "value"], [[k, f"`{v}`"] for k, v in facts.params.items()]),
         ]
     else:
         lines.append(

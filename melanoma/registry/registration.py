@@ -19,13 +19,9 @@ import numpy as np
 from mlflow import MlflowClient
 
 from melanoma.config import Params, flatten
+from melanoma.evaluation.card_facts import CardFiles, card_facts
 from melanoma.evaluation.external import read_external_sets
-from melanoma.evaluation.model_card import (
-    CardFiles,
-    card_facts,
-    metrics_table,
-    registry_description,
-)
+from melanoma.evaluation.model_card import metrics_table, registry_description
 from melanoma.evaluation.report import (
     EvaluationSet,
     evaluation_lineage,

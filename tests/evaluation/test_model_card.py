@@ -14,6 +14,8 @@ from mlflow import MlflowClient
 
 from melanoma.config import flatten, parse_params
 from melanoma.data.manifest import AUGMENTED_COLUMNS, images_per_source, read_manifest
+from melanoma.evaluation.card_data import OLD_ARCHIVE_IDS_BELOW
+from melanoma.evaluation.card_facts import CardFacts
 from melanoma.evaluation.model_card import (
     CARD_METRICS,
     DESCRIPTION_LIMIT,
@@ -21,8 +23,6 @@ from melanoma.evaluation.model_card import (
     LIMITATIONS_HEADING,
     LINEAGE_HEADING,
     METRIC_NAMES,
-    OLD_ARCHIVE_IDS_BELOW,
-    CardFacts,
     metrics_table,
     registry_description,
     render_card,
