@@ -108,7 +108,7 @@ def run(name: str) -> dict:
     from melanoma.metrics import validation_metrics
     from melanoma.model.features import write_feature_cache
     from melanoma.reports import TrainMetrics
-    from melanoma.training import TrainOutputs, run_training
+    from melanoma.training.run import TrainOutputs, run_training
 
     raw = yaml.safe_load(PARAMS_FILE.read_text())
     raw["train"].update(CONFIGS[name])

@@ -46,7 +46,7 @@ def run(
     from melanoma.evaluation.report import EvaluationSet, threshold_rules
     from melanoma.labels import LABELS
     from melanoma.model.features import write_feature_cache
-    from melanoma.training import TrainOutputs, run_training
+    from melanoma.training.run import TrainOutputs, run_training
 
     out = (out or RESULTS / name / f"seed{seed}").resolve()
     if (out / "row.json").exists():

@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from bench.code_fingerprint import code_fingerprint
 from bench.machine import lite0_images_per_second
 from bench.project import (
     PROJECT,
@@ -189,7 +190,8 @@ def trainings(config: str) -> list[Training]:
 
 
 # The code a model's figures depend on: what trains it and scores it (not the CLI, the
-# registry or the sites, which change without changing a model).
+# registry or the sites, which change without changing a model). Keyed by what it does
+# (bench.code_fingerprint): a definition moved between these files keeps the rows.
 TRAINING_CODE = (
     "melanoma/data/dataset.py",
     "melanoma/model/architectures.py",
@@ -197,7 +199,9 @@ TRAINING_CODE = (
     "melanoma/model/efficientnet_lite.py",
     "melanoma/model/features.py",
     "melanoma/model/optimization.py",
-    "melanoma/training.py",
+    "melanoma/training/ensemble.py",
+    "melanoma/training/fitting.py",
+    "melanoma/training/run.py",
 )
 
 
@@ -222,7 +226,7 @@ def training_key(training: Training) -> str:
         hashlib.sha256(manifest).hexdigest(),
         # The copy's params that shape a model, as made by `data`: the runs train with them.
         json.dumps(model_params(), sort_keys=True),
-        *((PROJECT / path).read_text() for path in TRAINING_CODE),
+        code_fingerprint((PROJECT / path for path in TRAINING_CODE), PROJECT),
         json.dumps([training.sources, training.detail, training.weights]),
     ]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()

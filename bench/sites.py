@@ -115,7 +115,7 @@ def run_model_step(source: str, seed: int) -> Path:
     from melanoma.inference.predict import load_model_and_detector
     from melanoma.labels import MELANOMA
     from melanoma.model.features import write_feature_cache
-    from melanoma.training import TrainOutputs, run_training
+    from melanoma.training.run import TrainOutputs, run_training
 
     out = RESULTS / step_name(source, seed)
     scores_file = out / SCORES_FILE

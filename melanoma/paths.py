@@ -30,7 +30,7 @@ TRAIN_METRICS = Path("reports/train_metrics.json")
 TRAIN_HISTORY = Path("reports/train_history.csv")
 # Per-image validation probabilities: where an operating threshold is chosen.
 VALIDATION_PREDICTIONS = Path("reports/validation_predictions.csv")
-# What stage `train` writes, by field of melanoma.training.TrainOutputs.
+# What stage `train` writes, by field of melanoma.training.run.TrainOutputs.
 TRAIN_OUTPUTS = {
     "model": MODEL_FILE,
     "unfamiliar": UNFAMILIAR_FILE,

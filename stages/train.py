@@ -4,7 +4,7 @@ from melanoma.config import load_params
 from melanoma.logs import exit_on, setup_logging
 from melanoma.paths import AUGMENTED_MANIFEST, FEATURES_DIR, SOURCES_SUMMARY, TRAIN_OUTPUTS
 from melanoma.tracking import runs_end_as_killed
-from melanoma.training import TrainOutputs, run_training
+from melanoma.training.run import TrainOutputs, run_training
 
 
 @exit_on()

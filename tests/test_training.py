@@ -28,7 +28,8 @@ from melanoma.model.optimization import (
 from melanoma.paths import FEATURE_STORE_DIR, FEATURES_DIR, SOURCES_SUMMARY, TRAIN_OUTPUTS
 from melanoma.sites.drift import DriftReference
 from melanoma.sites.fitting import probe_outputs
-from melanoma.training import TrainOutputs, calibrate, run_training
+from melanoma.training.fitting import calibrate
+from melanoma.training.run import TrainOutputs, run_training
 from tests.helpers import train_params
 
 AUGMENTED = Path("data/augmented/manifest.csv")

@@ -99,7 +99,7 @@ class BackboneRate(keras.optimizers.Optimizer):
     Keras has no per-variable learning rate; its update_step receives the rate for each
     variable, so the mixin scales it there, and does the backbone's decoupled weight decay
     itself at the same scale. A model compiled with it is saved through
-    `melanoma.training.inference_copy`.
+    `melanoma.training.fitting.inference_copy`.
     """
 
     def __init__(self, rate, backbone_variables, factor, **kwargs):

@@ -134,7 +134,7 @@ def test_an_ensemble_has_two_members_at_least():
 
 def _outputs(directory):
     from melanoma.paths import TRAIN_OUTPUTS
-    from melanoma.training import TrainOutputs
+    from melanoma.training.run import TrainOutputs
 
     return TrainOutputs(**{k: directory / v.name for k, v in TRAIN_OUTPUTS.items()})
 
@@ -157,7 +157,7 @@ def test_train_fits_one_model_per_seed_in_nested_runs_and_saves_their_calibrated
 
     from melanoma.config import parse_params
     from melanoma.paths import FEATURES_DIR, SOURCES_SUMMARY
-    from melanoma.training import run_training
+    from melanoma.training.run import run_training
 
     manifest = tmp_path / "data/augmented/manifest.csv"
     augmented_project["train"].update(architecture="simple_cnn", filters=[4], epochs=2)

@@ -1,40 +1,29 @@
-"""Fit the model on the augmented manifest, with every epoch tracked in one MLflow run.
-
-The run id travels in models/run.json (a DVC output, melanoma.reports.RunInfo), never as "the
-latest run": DVC may restore `train` from its run cache without running it, and then no new
-MLflow run exists.
-"""
+"""One model fitted and calibrated on the augmented manifest's train and validation rows: the
+whole model on images, or the part that trains on stage `features`' cached inputs; its
+validation metrics and what the sites need (the unfamiliar-image detector, the drift
+reference)."""
 
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import keras
-import mlflow
 import numpy as np
 import pandas as pd
 import tensorflow as tf
-from mlflow.models.model import ModelInfo
 
-from melanoma.config import Params, flatten
 from melanoma.data.dataset import make_dataset, split_rows
 from melanoma.data.manifest import (
     AUGMENTED_COLUMNS,
-    file_sha256,
-    images_per_source,
     read_manifest,
-    read_sources_summary,
 )
 from melanoma.errors import MelanomaError
 from melanoma.labels import LABELS
-from melanoma.metrics import per_source_metrics, predictions_table, validation_metrics
+from melanoma.metrics import per_source_metrics, validation_metrics
 from melanoma.model.architectures import (
-    INPUT_NAME,
     build_model,
     build_trainable_part,
     copy_weights,
-    frozen_part,
 )
 from melanoma.model.calibration import (
     calibration_metrics,
@@ -43,44 +32,23 @@ from melanoma.model.calibration import (
     rescale,
 )
 from melanoma.model.curves import (
-    EPOCH_METRICS,
     HISTORY_COLUMNS,
-    TRACKED_VALIDATION_METRICS,
     EpochTracker,
     make_callbacks,
-    plot_curves,
-    summary_metrics,
     training_summary,
 )
-from melanoma.model.ensemble import assemble
 from melanoma.model.features import read_feature_cache
-from melanoma.model.logged_model import log_keras_model
 from melanoma.model.optimization import BackboneRate, compile_model, sample_weights
 from melanoma.params.model import PreprocessParams, TrainParams
 from melanoma.params.sites import UnfamiliarParams
-from melanoma.reports import Calibration, RunInfo, TrainMetrics
+from melanoma.reports import Calibration, TrainMetrics
 from melanoma.sites.fitting import SiteReferences, fit_references
-from melanoma.tracking import configure_tracking, experiment_run_tags, git_commit
 
 log = logging.getLogger(__name__)
 
 
 class BatchSizeError(MelanomaError, ValueError):
     """train.batch_size is larger than the training set: not one full batch to train on."""
-
-
-@dataclass(frozen=True)
-class TrainOutputs:
-    """Where a training run writes (the stage's: melanoma.paths.TRAIN_OUTPUTS, the outs, metrics
-    and plots of dvc.yaml)."""
-
-    model: Path
-    unfamiliar: Path
-    drift_reference: Path
-    run_info: Path
-    metrics: Path
-    history: Path
-    validation_predictions: Path
 
 
 def set_determinism(seed: int) -> None:
@@ -160,16 +128,6 @@ def saved_model(model: keras.Model, fitted: keras.Model) -> keras.Model:
     if isinstance(model.optimizer, BackboneRate):
         return inference_copy(model)
     return model
-
-
-def source_tags(sources: list[dict]) -> dict[str, str]:
-    """MLflow tags naming what each data source held when the run trained: its content hash
-    and how many of its files ingest accepted."""
-    tags = {}
-    for source in sources:
-        tags[f"data.sources.{source['name']}.sha256"] = source["sha256"]
-        tags[f"data.sources.{source['name']}.accepted"] = str(source["accepted"])
-    return tags
 
 
 @dataclass(frozen=True)
@@ -339,204 +297,3 @@ def calibrated(
         model, splits.train_paths, splits.val_paths, unfamiliar, params.batch_size, params.seed
     )
     return Trained(model, fitted.history, metrics, val_probabilities, references)
-
-
-def member_params(params: TrainParams, index: int) -> TrainParams:
-    """The train params of ensemble member `index`: the seed is train.seed + index."""
-    return params.model_copy(update={"seed": params.seed + index})
-
-
-def fit_ensemble(
-    params: TrainParams, preprocess: PreprocessParams, splits: Splits, features_dir: Path
-) -> tuple[keras.Model, Fit]:
-    """Fit the `params.ensemble` members one after the other, each with its own seed (its
-    initial head, dropout and shuffling) on the same cached activations, its curves in a
-    nested MLflow run of the active run; then assemble them into one model
-    (melanoma.model.ensemble). The returned Fit holds the members' mean curves, the seconds of
-    all members per epoch and the mean of their validation probabilities."""
-    members, fits, base = [], [], None
-    run = mlflow.active_run()
-    if run is None:
-        raise RuntimeError("fit_ensemble logs each member in a nested run of the active run")
-    experiment = run.info.experiment_id
-    for index in range(params.ensemble):
-        member = member_params(params, index)
-        set_determinism(member.seed)
-        setup = fit_setup(member, preprocess, splits, features_dir)
-        name = f"member {index} seed {member.seed}"
-        # In the parent's experiment (start_run alone would use the default experiment).
-        with mlflow.start_run(run_name=name, nested=True, experiment_id=experiment):
-            mlflow.set_tags(
-                {"stage": "train", "ensemble_member": str(index), "seed": str(member.seed)}
-            )
-            fitted = fit(member, setup)
-            validation = validation_metrics(splits.val_labels, fitted.val_probabilities)
-            mlflow.log_metrics(
-                {
-                    f"validation_{metric}": value
-                    for metric in TRACKED_VALIDATION_METRICS
-                    if (value := validation[metric]) is not None
-                }
-            )
-        if params.caches_features:
-            # The trained part alone: the frozen part is the same in every member.
-            base = setup.model if base is None else base
-            members.append(setup.fitted)
-        else:
-            members.append(saved_model(setup.model, setup.fitted))
-        fits.append(fitted)
-        del setup  # its datasets hold a copy of the cached activations
-    if base is None:
-        inputs = keras.Input(
-            members[0].input_shape[1:], dtype=members[0].inputs[0].dtype, name=INPUT_NAME
-        )
-        model = assemble(inputs, inputs, members, f"{params.architecture}_ensemble")
-    else:
-        frozen = frozen_part(base, params)
-        model = assemble(
-            frozen.inputs, frozen.outputs[0], members, f"{params.architecture}_ensemble"
-        )
-    log.info(
-        "ensemble of %d members: %d weights (one member alone: %d)",
-        len(members),
-        model.count_params(),
-        (members[0] if base is None else base).count_params(),
-    )
-    return model, _mean_fit(fits)
-
-
-def _mean_fit(fits: list[Fit]) -> Fit:
-    """The members' curves averaged epoch by epoch (over the epochs every member ran), the
-    seconds of each such epoch summed over the members, the mean validation probabilities."""
-    epochs = min(len(f.history) for f in fits)
-    history = sum(f.history.iloc[:epochs].reset_index(drop=True) for f in fits) / len(fits)
-    history["epoch"] = range(1, epochs + 1)
-    seconds = [float(sum(f.seconds[e] for f in fits)) for e in range(epochs)]
-    probabilities = np.mean([f.val_probabilities for f in fits], axis=0)
-    return Fit(history[HISTORY_COLUMNS], seconds, probabilities)
-
-
-def fit_ensemble_and_calibrate(
-    params: TrainParams,
-    preprocess: PreprocessParams,
-    unfamiliar: UnfamiliarParams,
-    splits: Splits,
-    features_dir: Path,
-) -> Trained:
-    """fit_ensemble, the members' mean curves logged to the active (parent) run as one model's
-    are, then the ensemble calibrated once on its validation probabilities (calibrated)."""
-    model, fitted = fit_ensemble(params, preprocess, splits, features_dir)
-    for row in fitted.history.to_dict("records"):
-        mlflow.log_metrics(
-            {name: float(row[name]) for name in [*EPOCH_METRICS, "learning_rate"]},
-            step=int(row["epoch"]),
-        )
-    mlflow.set_tag("ensemble", str(params.ensemble))
-    return calibrated(params, unfamiliar, splits, model, fitted)
-
-
-def run_name(params: TrainParams) -> str:
-    # A name of its own: MLflow draws its random names from Python's generator, which the seed
-    # fixes, so every run of the same params would be called alike in the UI.
-    started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
-    return f"{params.architecture} seed {params.seed} {started}"
-
-
-def log_run_inputs(params: Params, manifest_path: Path, splits: Splits, sources_file: Path) -> None:
-    """The params, what the run trained on (tags: commit, manifest and sources' hashes) and the
-    images per source, into the active run."""
-    mlflow.log_params(flatten(params))
-    mlflow.set_tags(
-        {
-            "stage": "train",
-            "git_commit": git_commit(),
-            "data_manifest_sha256": file_sha256(manifest_path),
-        }
-        | source_tags(read_sources_summary(sources_file))
-        | experiment_run_tags()
-    )
-    counts = images_per_source(splits.manifest).reset_index()
-    mlflow.log_table(counts, "data/images_per_source.json")
-
-
-def log_trained(trained: Trained, splits: Splits, image_size: int) -> ModelInfo:
-    """The run's one-value metrics, its curves, the labels and the model (with one validation
-    image as input example), into the active run."""
-    mlflow.log_metrics(summary_metrics(trained.metrics))
-    mlflow.log_figure(plot_curves(trained.history), "training_curves.png")
-    mlflow.log_dict({"labels": list(LABELS)}, "labels.json")
-    mlflow.log_metric("unfamiliar_threshold", trained.site_references.unfamiliar.threshold)
-    example = next(iter(make_dataset(splits.val_paths[:1], splits.val_labels[:1], image_size, 1)))
-    return log_keras_model(trained.model, example[0].numpy())
-
-
-def write_outputs(
-    outputs: TrainOutputs, trained: Trained, run_info: RunInfo, splits: Splits
-) -> None:
-    for path in vars(outputs).values():
-        path.parent.mkdir(parents=True, exist_ok=True)
-    trained.model.save(outputs.model)
-    trained.site_references.unfamiliar.save(outputs.unfamiliar)
-    trained.site_references.drift.save(outputs.drift_reference)
-    run_info.write(outputs.run_info)
-    trained.metrics.write(outputs.metrics)
-    trained.history.to_csv(outputs.history, index=False)
-    predictions_table(splits.val_paths, splits.val_labels, trained.val_probabilities).to_csv(
-        outputs.validation_predictions, index=False
-    )
-
-
-def run_training(
-    params: Params,
-    manifest_path: Path,
-    outputs: TrainOutputs,
-    features_dir: Path,
-    sources_file: Path,
-) -> RunInfo:
-    """Train on the train split, validate on val, track it all in one MLflow run; write outputs.
-
-    With a frozen backbone (`train.freeze: all`) the head trains on the features cached in
-    `features_dir` (stage `features`).
-    With `train.ensemble: k` > 1, k members train (seeds train.seed, +1, ...), each in a
-    nested run, and the saved model averages them (fit_ensemble).
-
-    Returns the run info also written to `outputs.run_info`.
-    """
-    train = params.train
-    set_determinism(train.seed)
-    splits = read_splits(manifest_path, train.batch_size)
-    if train.ensemble == 1:
-        setup = fit_setup(train, params.preprocess, splits, features_dir)
-    experiment_id = configure_tracking(params.mlflow)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name(train)) as run:
-        log_run_inputs(params, manifest_path, splits, sources_file)
-        if train.ensemble == 1:
-            trained = fit_and_calibrate(train, params.unfamiliar, splits, setup)
-        else:
-            trained = fit_ensemble_and_calibrate(
-                train, params.preprocess, params.unfamiliar, splits, features_dir
-            )
-        model_info = log_trained(trained, splits, train.image_size)
-    run_info = RunInfo(
-        run_id=run.info.run_id,
-        experiment_id=experiment_id,
-        model_uri=model_info.model_uri,
-        tracking_uri=mlflow.get_tracking_uri(),
-        labels=list(LABELS),
-        image_size=train.image_size,
-        temperature=trained.metrics.calibration.temperature,
-    )
-    write_outputs(outputs, trained, run_info, splits)
-    metrics = trained.metrics
-    log.info(
-        "run %s: val accuracy %.4f, balanced accuracy %.4f, melanoma AUC %s (saved epoch %d), "
-        "%.1f s/epoch, %.0f images/s",
-        run.info.run_id,
-        metrics.validation.accuracy,
-        metrics.validation.balanced_accuracy,
-        metrics.validation.melanoma_auc,
-        metrics.saved_model_epoch,
-        metrics.seconds_per_epoch,
-        metrics.images_per_second,
-    )
-    return run_info
