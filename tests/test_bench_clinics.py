@@ -84,3 +84,30 @@ def test_the_table_takes_validation_auc_from_the_recipe_and_loco_auc_from_the_le
     assert figures["loco_i17"] == 0.7 and figures["loco_bcn"] == 0.6
     assert figures["loco_mean"] == pytest.approx((0.75 + 0.65 + 0.7 + 0.6) / 4)
     assert figures["isic2018_auc"] == 0.85
+
+
+def test_the_rule_chooses_the_best_leave_one_out_mean_among_configurations_losing_little(
+    monkeypatch,
+):
+    def frame(val_coll: float, val_ham: float, loco: list[float]) -> pd.DataFrame:
+        rows = [{"val_coll": val_coll, "val_ham": val_ham, "loco_mean": m} for m in loco]
+        return pd.DataFrame(rows, index=list(clinics.SEEDS))
+
+    frames = {
+        "two": frame(0.88, 0.85, [0.66, 0.65, 0.64]),
+        # the best mean, but the collection loses 0.02 against `two`: not admitted
+        "four": frame(0.86, 0.86, [0.70, 0.70, 0.69]),
+        # within the 0.01 allowed: admitted, and the best of those admitted
+        "three": frame(0.872, 0.85, [0.68, 0.67, 0.66]),
+        # one seed short: does not compete
+        "four_detail": frame(0.90, 0.90, [0.80, 0.80, 0.80]).iloc[:2],
+    }
+    monkeypatch.setattr(clinics, "seed_frame", lambda config: frames.get(config, pd.DataFrame()))
+
+    table = clinics.rule_table()
+
+    assert set(table.index) == {"two", "four", "three"}
+    assert table.loc["four", "largest_validation_loss"] == "coll +0.020"
+    assert not table.loc["four", "admitted"] and table.loc["three", "admitted"]
+    assert table.loc["three", "loco_mean_per_seed"] == "0.680 / 0.670 / 0.660"
+    assert clinics.rule_choice(table) == "three"
