@@ -257,8 +257,16 @@ def train_one(training: Training, seed: int) -> dict:
         row = json.loads((out / "row.json").read_text())
         if row.get("key") == key:
             return row
-        log.info("%s seed %d: measured for another key, measuring again", training.name, seed)
-        (out / "row.json").unlink()
+        # Set aside, not deleted (bench.ablation_runs.run measures only where no row is): a
+        # run stopped half-way loses no measurement.
+        previous = out / f"row.{row.get('key', 'unkeyed')[:12]}.json"
+        log.info(
+            "%s seed %d: measured for another key (kept as %s), measuring again",
+            training.name,
+            seed,
+            previous,
+        )
+        (out / "row.json").replace(previous)
     out.mkdir(parents=True, exist_ok=True)
     overrides = {**ONE_MODEL, "train.source_weights": dict(training.weights)}
     row = run(training.name, overrides, seed, out, DATA_COPY, training_rows(training, out))

@@ -111,3 +111,36 @@ def test_the_rule_chooses_the_best_leave_one_out_mean_among_configurations_losin
     assert not table.loc["four", "admitted"] and table.loc["three", "admitted"]
     assert table.loc["three", "loco_mean_per_seed"] == "0.680 / 0.670 / 0.660"
     assert clinics.rule_choice(table) == "three"
+
+
+def test_a_row_measured_for_another_key_is_set_aside_not_lost_and_measured_again(
+    tmp_path, monkeypatch
+):
+    from bench import ablation_runs
+
+    monkeypatch.setattr(clinics, "RESULTS", tmp_path)
+    training = Training((COLL,))
+    out = tmp_path / training.name / "seed42"
+    out.mkdir(parents=True)
+    old = {"key": "an-older-key-of-code", "per_source": {}}
+    (out / "row.json").write_text(json.dumps(old))
+    monkeypatch.setattr(clinics, "training_key", lambda training: "today")
+    monkeypatch.setattr(clinics, "training_rows", lambda training, out: out / "manifest.csv")
+    monkeypatch.setattr(clinics, "score_sources", lambda model_file, training: {COLL: {}})
+    monkeypatch.setattr(clinics, "lite0_images_per_second", lambda: 1.0)
+    runs = []
+
+    def run(name, overrides, seed, out, root, manifest):
+        # As bench.ablation_runs.run: a folder that holds a row is not measured again.
+        assert not (out / "row.json").exists()
+        runs.append(name)
+        return {"model_file": str(out / "model.keras")}
+
+    monkeypatch.setattr(ablation_runs, "run", run)
+
+    row = clinics.train_one(training, 42)
+
+    assert runs == [training.name] and row["key"] == "today"
+    assert json.loads((out / "row.json").read_text())["key"] == "today"
+    assert json.loads((out / "row.an-older-key.json").read_text()) == old
+    assert clinics.train_one(training, 42) == row and len(runs) == 1  # measured: skipped
