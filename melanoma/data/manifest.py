@@ -97,10 +97,16 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def is_augmented_copy(manifest: pd.DataFrame) -> pd.Series:
+    """Which rows of an augmented manifest are augmented copies (the column is read back from
+    CSV as text or as booleans)."""
+    return manifest["augmented"].astype(str).str.lower().eq("true")
+
+
 def images_per_source(augmented: pd.DataFrame) -> pd.DataFrame:
     """Images the model sees per source and label (rows) and split (train, val, test), with
     the augmented copies added to train: the provenance the runs and the model card give."""
-    copy = augmented["augmented"].astype(str).str.lower().eq("true")
+    copy = is_augmented_copy(augmented)
     counts = augmented[~copy].pivot_table(
         index=["source", "label"], columns="split", aggfunc="size", fill_value=0
     )

@@ -5,7 +5,7 @@ import re
 
 import pandas as pd
 
-from melanoma.data.manifest import images_per_source
+from melanoma.data.manifest import images_per_source, is_augmented_copy
 from melanoma.evaluation.card_facts import CardFacts
 from melanoma.evaluation.card_format import markdown_table, number
 from melanoma.labels import LABELS
@@ -21,16 +21,16 @@ ISIC_ID = re.compile(r"ISIC_(\d+)")
 def image_counts(images: pd.DataFrame) -> pd.DataFrame:
     """Original images per label (rows, every label) and split (train, val, test), plus the
     augmented copies added to train."""
-    original = images[~images["augmented"].astype(str).str.lower().eq("true")]
+    copy = is_augmented_copy(images)
+    original = images[~copy]
     counts = (
         original.groupby(["label", "split"])
         .size()
         .unstack(fill_value=0)
         .reindex(index=list(LABELS), columns=list(SPLITS), fill_value=0)
     )
-    copies = images[images["augmented"].astype(str).str.lower().eq("true")]
     counts["train_augmented_copies"] = (
-        copies.groupby("label").size().reindex(list(LABELS), fill_value=0)
+        images[copy].groupby("label").size().reindex(list(LABELS), fill_value=0)
     )
     return counts.astype(int)
 
@@ -39,7 +39,7 @@ def archive_mix(images: pd.DataFrame) -> pd.DataFrame:
     """Per split, original melanomas and nevi with an ISIC id below OLD_ARCHIVE_IDS_BELOW (the
     oldest archive) and above it: where the test split's mix differs from training's, a network
     can learn the archive instead of the lesion."""
-    original = images[~images["augmented"].astype(str).str.lower().eq("true")]
+    original = images[~is_augmented_copy(images)]
     ids = original["source_image_id"].astype(str).str.extract(ISIC_ID, expand=False)
     old = pd.to_numeric(ids, errors="coerce") < OLD_ARCHIVE_IDS_BELOW
     table = pd.DataFrame(index=list(SPLITS))
