@@ -70,8 +70,19 @@ def override_params(path: Path, overrides: Mapping[str, object]) -> dict:
         if not isinstance(section, dict) or name not in section:
             raise KeyError(f"{path} has no param {dotted}")
         section[name] = value
+    if "data.sources" in overrides and "train.source_weights" not in overrides:
+        keep_weights_of_sources(raw)
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return raw
+
+
+def keep_weights_of_sources(raw: dict) -> None:
+    """Drop from params (`raw`, as params.yaml reads) the train.source_weights of sources that
+    data.sources no longer names: a copy that reads other sources keeps the weights of those it
+    still reads (a weight naming a source params do not read is an error)."""
+    names = {source["name"] for source in raw["data"]["sources"]}
+    weights = raw["train"].get("source_weights") or {}
+    raw["train"]["source_weights"] = {k: v for k, v in weights.items() if k in names}
 
 
 SOURCE_DEP = re.compile(r"^\s*- \$\{data\.sources\[(\d+)\]\.path\}\s*$")

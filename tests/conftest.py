@@ -17,7 +17,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from bench.project import command_env, copy_project, pin_source_deps
+from bench.project import command_env, copy_project, keep_weights_of_sources, pin_source_deps
 from melanoma.data.manifest import AUGMENTED_COLUMNS, INGEST_COLUMNS, VALIDATED_COLUMNS
 from melanoma.labels import LABELS
 from tests.helpers import (
@@ -604,6 +604,7 @@ def pipeline_repo(tmp_path_factory: pytest.TempPathFactory) -> PipelineRepo:
     root = copy_project(base / "repo")
     params = _tiny_params()
     params["data"]["sources"] = tiny_sources(base)
+    keep_weights_of_sources(params)
     # dvc.yaml names each default source by its index: the tiny pipeline has two.
     pin_source_deps(root / "dvc.yaml", len(params["data"]["sources"]))
     # A reference in the repository (committed, so clones have it). The tiny images' names

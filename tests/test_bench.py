@@ -165,6 +165,18 @@ def test_the_loops_join_the_table_with_their_targets():
     assert [row["ours"] for row in rows] == [1.3, 56.0]
 
 
+def test_a_copy_reading_other_sources_keeps_only_their_source_weights(tmp_path):
+    project = load_params(PROJECT / "params.yaml")
+    kept = project.data.sources[0].model_dump(mode="json")
+    weights = {s.name: 0.5 for s in project.data.sources}
+
+    copy = copy_project(tmp_path / "copy", {"train.source_weights": weights})
+    override_params(copy / "params.yaml", {"data.sources": [kept]})
+
+    params = load_params(copy / "params.yaml")
+    assert params.train.source_weights == {kept["name"]: 0.5}
+
+
 def test_override_params_sets_dotted_keys_in_a_copy(tmp_path):
     sources = [{"name": "isic", "kind": "folders", "path": "/elsewhere"}]
     copy = copy_project(tmp_path / "copy", {"train.epochs": 3, "data.sources": sources})

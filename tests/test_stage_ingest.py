@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bench.project import keep_weights_of_sources
 from melanoma.data.manifest import INGEST_COLUMNS, read_manifest
 from stages import ingest as stage
 
@@ -17,6 +18,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     def with_source(source: Path) -> Path:
         params = yaml.safe_load(PROJECT_PARAMS.read_text())
         params["data"]["sources"] = [{"name": "isic", "kind": "folders", "path": str(source)}]
+        keep_weights_of_sources(params)
         root = tmp_path / "project"
         root.mkdir()
         (root / "params.yaml").write_text(yaml.safe_dump(params))
