@@ -31,7 +31,6 @@ import logging
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -54,50 +53,13 @@ log = logging.getLogger(__name__)
 
 RESULTS = PROJECT / "bench" / "results" / "clinics"
 DATA_COPY = RESULTS / "data"
-DATASETS = PROJECT.parent / "shared" / "datasets"
-# As docs/data.md gives them (ISIC 2017's and ISIC 2019's published layouts).
-NEW_SOURCES: list[dict[str, Any]] = [
-    {
-        "name": "isic2017",
-        "kind": "table",
-        "path": str(DATASETS / "isic2017"),
-        "parts": [
-            {"images": f"ISIC-2017_{s}_Data", "table": f"ISIC-2017_{s}_Part3_GroundTruth.csv"}
-            for s in ("Training", "Validation")
-        ],
-        "id_column": "image_id",
-        "label_column": None,
-        "labels": {"melanoma": "melanoma", "seborrheic_keratosis": "seborrheic_keratosis"},
-        "unmarked_label": "nevus",
-    },
-    {
-        "name": "bcn20000",
-        "kind": "table",
-        "path": str(DATASETS / "isic2019-bcn-84px"),
-        "images": "ISIC_2019_Training_Input",
-        "table": "ISIC_2019_Training_GroundTruth.csv",
-        "metadata": "ISIC_2019_Training_Metadata.csv",
-        "id_column": "image",
-        "label_column": None,
-        "lesion_column": "lesion_id",
-        "labels": {
-            "MEL": "melanoma",
-            "NV": "nevus",
-            "BCC": "basal_cell_carcinoma",
-            "AK": "actinic_keratosis",
-            "BKL": "pigmented_benign_keratosis",
-            "DF": "dermatofibroma",
-            "VASC": "vascular_lesion",
-            "SCC": "squamous_cell_carcinoma",
-        },
-    },
-]
 # BCN_20000's copies: the detail every source is matched to.
 BCN_DETAIL_PX = 84
 
 
 def four_sources() -> list[dict]:
-    """params.yaml's sources (paths made absolute) and the new ones it does not name."""
+    """params.yaml's sources, paths made absolute: the four this benchmark compares (SOURCES),
+    in the blocks docs/data.md gives for ISIC's published layouts."""
     sources = load_params(PROJECT / "params.yaml").data.sources
     absolute = [
         s.model_copy(update={"path": (PROJECT / s.path).resolve()}).model_dump(
@@ -105,8 +67,12 @@ def four_sources() -> list[dict]:
         )
         for s in sources
     ]
-    named = {s["name"] for s in absolute}
-    return absolute + [s for s in NEW_SOURCES if s["name"] not in named]
+    missing = sorted(set(SOURCES) - {s["name"] for s in absolute})
+    if missing:
+        raise SystemExit(
+            f"params.yaml: data.sources lacks {missing}; bench.clinics compares {SOURCES}"
+        )
+    return absolute
 
 
 def prepare_data() -> Path:

@@ -299,12 +299,12 @@ def test_a_tiny_copy_of_a_published_isic_layout_keeps_its_layout(tmp_path, name)
     and the copy reads back with every file placed."""
     from collections import Counter
 
-    from bench.clinics import NEW_SOURCES
+    from bench.clinics import four_sources
     from bench.source import tiny_table_source
     from melanoma.data.table_sources import LABEL_TABLE, open_table_source
     from melanoma.params.data import TableSource
 
-    source = TableSource.model_validate(next(s for s in NEW_SOURCES if s["name"] == name))
+    source = TableSource.model_validate(next(s for s in four_sources() if s["name"] == name))
     if not source.path.is_dir():
         pytest.skip(f"{source.path} is not on this machine")
 
