@@ -33,6 +33,22 @@ def test_a_recipe_is_judged_on_each_source_by_a_model_that_never_saw_it():
     assert "coll+ham+i17_detail" in [t.name for t in trainings("four_detail")]
 
 
+def test_a_recipe_s_train_params_go_with_every_model_left_out_and_into_its_name_and_key(
+    tmp_path, monkeypatch
+):
+    quicker = Training((COLL, HAM), train=(("train.batch_size", 128), ("train.epochs", 3)))
+    plain = Training((COLL, HAM))
+
+    assert quicker.leave_one_out()[COLL] == Training((HAM,), train=quicker.train)
+    assert quicker.name == "coll+ham_b128_e3" and plain.name == "coll+ham"
+    # Other train params, another key: a row of the plain recipe is not taken for it.
+    (tmp_path / "data" / "augmented").mkdir(parents=True)
+    (tmp_path / "data" / "augmented" / "manifest.csv").write_text("image_path\n")
+    monkeypatch.setattr(clinics, "DATA_COPY", tmp_path)
+    monkeypatch.setattr(clinics, "model_params", lambda: {"train": {"seed": 42}})
+    assert clinics.training_key(quicker) != clinics.training_key(plain)
+
+
 def test_a_model_trains_on_its_sources_train_and_val_rows_and_detail_copies_only_if_asked(
     tmp_path, monkeypatch
 ):
