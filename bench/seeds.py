@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from mlflow import MlflowClient
 
+from bench.pipeline import stages_run
 from bench.process import run_command
 from bench.project import override_params
 from melanoma import paths
@@ -45,17 +46,22 @@ def train_more_seeds(
     copy: Path, env: Mapping[str, str], logs: Path, seeds: list[int], tracking_uri: str
 ) -> list[dict]:
     """For each seed: set train.seed, `dvc repro` (train and evaluate run again), and keep the
-    report and the registry's decision. Returns one {seed, metrics, decision} per seed, metrics
-    as read by melanoma.reports."""
+    report and the registry's decision. Returns one {seed, metrics, decision, seconds,
+    stages_run} per seed, metrics as read by melanoma.reports: the first seed's `dvc repro` is
+    also the benchmark's change of what trains."""
     runs = []
     for seed in seeds:
         override_params(copy / PARAMS_FILE, {"train.seed": seed})
-        run_command(["dvc", "repro"], copy, env, logs / f"dvc_repro_seed_{seed}.log")
+        seconds, output = run_command(
+            ["dvc", "repro"], copy, env, logs / f"dvc_repro_seed_{seed}.log"
+        )
         runs.append(
             {
                 "seed": seed,
                 "metrics": MetricsReport.read(copy / paths.METRICS_FILE),
                 "decision": registry_decision(copy, tracking_uri),
+                "seconds": seconds,
+                "stages_run": stages_run(output),
             }
         )
         log.info("seed %d: champion %s", seed, runs[-1]["decision"])
