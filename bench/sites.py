@@ -8,6 +8,8 @@ is skipped:
 
     python -m bench.sites models      # per (training source, seed): train, then score every site
     python -m bench.sites table       # the tables from the scores (minutes: site heads are fitted)
+    python -m bench.sites loco        # per (source, seed): the default's model that never saw it
+    python -m bench.sites table --loco
 
 `models` step `<source>_seed<seed>` (about 5 minutes): trains params.yaml on that source's
 train/val rows alone with the pipeline's own code (cached activations from data/feature_store,
@@ -15,6 +17,13 @@ MLflow in a store of its own), then writes bench/results/sites/<step>/scores.npz
 validation split, each other source's non-test images, the ISIC 2018 external set and the
 non-lesion images of bench/non_lesion.py, each image's P(melanoma), label, pooled features at
 the unfamiliar score's depth and the model's unfamiliar score.
+
+`loco` step `without_<source>_seed<seed>` (a few minutes; nothing is trained): the same scores
+for the four-source default's leave-one-out models, which `python -m bench.clinics train
+four_detail_bcn_half` trained (bench/results/clinics): the site is the one source the model
+never saw (its non-test images in bench.clinics' data copy), with the ISIC 2018 set; its
+validation split is the model's own. `table --loco` reads these steps and writes
+bench/results/sites/tables_loco.json.
 """
 
 import argparse
@@ -41,6 +50,7 @@ from melanoma.paths import (
 log = logging.getLogger(__name__)
 
 SOURCES = ("isic_collection", "ham10000")
+LOCO_SOURCES = ("isic_collection", "ham10000", "isic2017", "bcn20000")
 SEEDS = (42, 43, 44)
 
 
@@ -60,33 +70,45 @@ def one_source_manifest(source: str, out: Path) -> Path:
 def site_images(train_source: str) -> dict[str, tuple[list[Path], np.ndarray]]:
     """The sites of a model trained on `train_source`: (image files, is melanoma) of every other
     source's non-test, non-augmented images, and of the ISIC 2018 external set."""
+    manifest = pd.read_csv(AUGMENTED_MANIFEST)
+    sites = {
+        source: labelled_images(source_rows(manifest, source), Path())
+        for source in SOURCES
+        if source != train_source
+    }
+    return sites | {ISIC2018: isic2018_images()}
+
+
+def source_rows(manifest: pd.DataFrame, source: str) -> pd.DataFrame:
+    """A source's non-test, non-augmented rows of an augmented manifest: a site's images."""
+    return manifest[
+        (manifest["source"] == source)
+        & manifest["split"].isin(["train", "val"])
+        & ~manifest["augmented"]
+    ]
+
+
+def labelled_images(rows: pd.DataFrame, root: Path) -> tuple[list[Path], np.ndarray]:
+    """(image files under `root`, is melanoma) of manifest rows."""
+    from melanoma.labels import MELANOMA
+
+    return [root / p for p in rows["image_path"]], (rows["label"] == MELANOMA).to_numpy()
+
+
+def isic2018_images() -> tuple[list[Path], np.ndarray]:
+    """(image files, is melanoma) of the ISIC 2018 external set, its unusable files left out."""
     from bench.project import project_external_set
     from melanoma.data.sources import walk_directory
     from melanoma.evaluation.external import place
     from melanoma.labels import MELANOMA
 
-    manifest = pd.read_csv(AUGMENTED_MANIFEST)
-    sites = {}
-    for source in SOURCES:
-        if source == train_source:
-            continue
-        rows = manifest[
-            (manifest["source"] == source)
-            & manifest["split"].isin(["train", "val"])
-            & ~manifest["augmented"]
-        ]
-        sites[source] = (
-            [Path(p) for p in rows["image_path"]],
-            (rows["label"] == MELANOMA).to_numpy(),
-        )
     external = project_external_set(ISIC2018)
     files = [place(f) for f in walk_directory(external)]
     labelled = sorted((f.path, f.label) for f in files if not f.problem)
-    sites[ISIC2018] = (
+    return (
         [external / path for path, _ in labelled],
         np.array([label == MELANOMA for _, label in labelled]),
     )
-    return sites
 
 
 def score(model, detector, paths: list[Path], params) -> dict[str, np.ndarray]:
@@ -113,7 +135,6 @@ def run_model_step(source: str, seed: int) -> Path:
     from bench.project import override_params
     from melanoma.config import PARAMS_FILE, parse_params
     from melanoma.inference.predict import load_model_and_detector
-    from melanoma.labels import MELANOMA
     from melanoma.model.features import write_feature_cache
     from melanoma.training.run import TrainOutputs, run_training
 
@@ -143,10 +164,61 @@ def run_model_step(source: str, seed: int) -> Path:
         raise RuntimeError(f"{outputs.model}: no unfamiliar-image detector, whose scores are kept")
 
     val = pd.read_csv(manifest).query("split == 'val'")
+    groups = {VALIDATION: labelled_images(val, Path())} | site_images(source)
+    write_scores(out, groups, model, detector, params)
+    return scores_file
+
+
+# The recipe of params.yaml's default whose leave-one-out models the `loco` steps score.
+LOCO_CONFIG = "four_detail_bcn_half"
+
+
+def loco_step_name(source: str, seed: int) -> str:
+    return f"without_{source}_seed{seed}"
+
+
+def run_loco_step(source: str, seed: int) -> Path:
+    """Score the default's model that never saw `source` (bench.clinics) on its validation
+    split, on `source`'s non-test images, on the ISIC 2018 set and on non-lesion images;
+    returns the scores file."""
+    import yaml
+
+    from bench import clinics
+    from melanoma.config import PARAMS_FILE, parse_params
+    from melanoma.inference.predict import load_model_and_detector
+
+    out = RESULTS / loco_step_name(source, seed)
+    scores_file = out / SCORES_FILE
+    if scores_file.exists():
+        log.info("%s: done before, skipped", scores_file)
+        return scores_file
+    model_dir = clinics.RESULTS / clinics.CONFIGS[LOCO_CONFIG].leave_one_out()[source].name
+    model_dir /= f"seed{seed}"
+    if not (model_dir / "row.json").exists():
+        raise SystemExit(
+            f"{model_dir}: not measured; run `python -m bench.clinics train {LOCO_CONFIG} "
+            f"--seeds {seed}` first"
+        )
+    params = parse_params(yaml.safe_load((model_dir / PARAMS_FILE).read_text()))
+    model, detector = load_model_and_detector(str(model_dir / "model.keras"))
+    if detector is None:
+        raise RuntimeError(f"{model_dir}: no unfamiliar-image detector, whose scores are kept")
+    data = clinics.DATA_COPY
+    own = pd.read_csv(model_dir / "manifest.csv")
     groups = {
-        VALIDATION: ([Path(p) for p in val["image_path"]], (val["label"] == MELANOMA).to_numpy())
+        VALIDATION: labelled_images(own[own["split"] == "val"], data),
+        source: labelled_images(source_rows(pd.read_csv(data / AUGMENTED_MANIFEST), source), data),
+        ISIC2018: isic2018_images(),
     }
-    groups |= site_images(source)
+    out.mkdir(parents=True, exist_ok=True)
+    write_scores(out, groups, model, detector, params)
+    return scores_file
+
+
+def write_scores(out: Path, groups: dict, model, detector, params) -> None:
+    """Score every group and the non-lesion images into out/SCORES_FILE (written whole or
+    not at all)."""
+    scores_file = out / SCORES_FILE
     with tempfile.TemporaryDirectory() as scratch:
         non_lesion = write_non_lesion_images(Path(scratch), PLOTS_DIR)
         arrays: dict[str, np.ndarray] = {}
@@ -164,26 +236,34 @@ def run_model_step(source: str, seed: int) -> Path:
         np.savez(file, **arrays)  # type: ignore[arg-type]
     scores_file.with_suffix(".partial.npz").rename(scores_file)
     log.info("%s: written", scores_file)
-    return scores_file
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("step", choices=["models", "table"])
-    parser.add_argument("--sources", nargs="+", default=list(SOURCES))
+    parser.add_argument("step", choices=["models", "loco", "table"])
+    parser.add_argument(
+        "--sources", nargs="+", help=f"default: {SOURCES} (with --loco or loco: {LOCO_SOURCES})"
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+    parser.add_argument("--loco", action="store_true", help="table: of the `loco` steps")
     args = parser.parse_args()
     setup_logging()
+    loco = args.loco or args.step == "loco"
+    sources = args.sources or list(LOCO_SOURCES if loco else SOURCES)
+    name = loco_step_name if loco else step_name
+    steps = [(source, seed) for seed in args.seeds for source in sources]
     if args.step == "models":
-        for seed in args.seeds:
-            for source in args.sources:
-                run_model_step(source, seed)
+        for source, seed in steps:
+            run_model_step(source, seed)
+    elif args.step == "loco":
+        for source, seed in steps:
+            run_loco_step(source, seed)
     else:
-        from bench.sites_tables import print_tables
+        from bench.sites_tables import LOCO_TABLES, TABLES, print_tables
         from melanoma.config import load_params
 
-        steps = [step_name(source, seed) for seed in args.seeds for source in args.sources]
-        print_tables(steps, load_params().sites)
+        names = [name(source, seed) for source, seed in steps]
+        print_tables(names, load_params().sites, LOCO_TABLES if loco else TABLES)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -51,6 +52,7 @@ MIN_LEFT = 15  # melanomas the site must keep beyond the sample to measure a sen
 PRIOR_MELANOMAS = 20  # beta_prior: validation's weight, in melanomas
 GLOBAL = (0.85, 0.95)  # the pipeline's global rule on validation: target, confidence
 TABLES = RESULTS / "tables.json"
+LOCO_TABLES = RESULTS / "tables_loco.json"  # of the default's leave-one-out models
 
 
 @dataclass(frozen=True)
@@ -337,8 +339,10 @@ def target_table(
     return pd.DataFrame(rows, columns=["target", "seedless", "group", "figure", "met"]).round(3)
 
 
-def print_tables(steps: list[str], params: SiteParams) -> dict[str, pd.DataFrame]:
-    """Print (and write to TABLES) the three tables over the steps measured so far."""
+def print_tables(
+    steps: list[str], params: SiteParams, tables_file: Path = TABLES
+) -> dict[str, pd.DataFrame]:
+    """Print (and write to `tables_file`) the tables over the steps measured so far."""
     present = [s for s in steps if (RESULTS / s / "scores.npz").exists()]
     missing = sorted(set(steps) - set(present))
     if missing:
@@ -365,9 +369,9 @@ def print_tables(steps: list[str], params: SiteParams) -> dict[str, pd.DataFrame
     with pd.option_context("display.width", 200, "display.max_rows", 500):
         for name, table in tables.items():
             spread = "mean over seeds and draws" if name == "targets" else "mean ± sd over seeds"
-            print(f"\n## {name} ({len(present)} models, each trained on one source: {spread})")
+            print(f"\n## {name} ({len(present)} models: {spread})")
             print(table.to_string())
-    TABLES.write_text(
+    tables_file.write_text(
         json.dumps(
             {"steps": present} | {k: t.reset_index().to_dict("records") for k, t in tables.items()},
             indent=2,

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from scipy.special import expit
 
 from bench.sites_scores import RESULTS, SCORES_FILE
@@ -99,3 +100,30 @@ def test_the_head_table_adopts_it_where_a_feature_separates_the_sites_melanomas(
         separable_rows["specificity with"].median()
         > separable_rows["specificity without"].median() + 0.1
     )
+
+
+def test_a_loco_site_is_its_source_s_own_images_and_a_missing_model_names_its_command(
+    tmp_path, monkeypatch
+):
+    from bench import clinics, sites
+
+    manifest = pd.DataFrame(
+        {
+            "image_path": ["a.png", "a_detail84.png", "b.png", "c.png", "d.png"],
+            "source": ["ham10000", "ham10000", "ham10000", "ham10000", "bcn20000"],
+            "split": ["train", "train", "val", "test", "train"],
+            "augmented": [False, True, False, False, False],
+            "label": ["melanoma", "melanoma", "nevus", "nevus", "melanoma"],
+        }
+    )
+
+    paths, is_melanoma = sites.labelled_images(sites.source_rows(manifest, "ham10000"), tmp_path)
+
+    # Not its low-detail copies, not the test split, not another source's.
+    assert paths == [tmp_path / "a.png", tmp_path / "b.png"]
+    assert is_melanoma.tolist() == [True, False]
+    monkeypatch.setattr(clinics, "RESULTS", tmp_path / "clinics")
+    monkeypatch.setattr(sites, "RESULTS", tmp_path / "sites")
+    with pytest.raises(SystemExit, match="bench.clinics train four_detail_bcn_half --seeds 42"):
+        sites.run_loco_step("ham10000", 42)
+    assert not (tmp_path / "sites").exists()
