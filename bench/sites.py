@@ -194,10 +194,11 @@ def run_loco_step(source: str, seed: int) -> Path:
         return scores_file
     model_dir = clinics.RESULTS / clinics.CONFIGS[LOCO_CONFIG].leave_one_out()[source].name
     model_dir /= f"seed{seed}"
-    if not (model_dir / "row.json").exists():
+    if not (model_dir / "model.keras").exists():
+        # Only the rows are committed: a checkout that did not train the model has none.
         raise SystemExit(
-            f"{model_dir}: not measured; run `python -m bench.clinics train {LOCO_CONFIG} "
-            f"--seeds {seed}` first"
+            f"{model_dir}/model.keras: no such model; run `python -m bench.clinics train "
+            f"{LOCO_CONFIG} --seeds {seed}` first (with its row.json moved away, if present)"
         )
     params = parse_params(yaml.safe_load((model_dir / PARAMS_FILE).read_text()))
     model, detector = load_model_and_detector(str(model_dir / "model.keras"))
