@@ -17,6 +17,7 @@ import pandas as pd
 from PIL import Image, ImageEnhance, ImageStat
 from tqdm import tqdm
 
+from melanoma.data.images import PNG_COMPRESS_LEVEL
 from melanoma.data.manifest import USE
 from melanoma.labels import LABELS
 from melanoma.params.data import AugmentParams
@@ -276,7 +277,7 @@ def write_copies(copies: pd.DataFrame, params: AugmentParams) -> None:
             image = augment_image(source.convert("RGB"), params, rng)
         path = Path(copy.image_path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        image.save(path, format="PNG")
+        image.save(path, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
 
 
 def write_detail_copies(copies: pd.DataFrame, side: int) -> None:
@@ -286,7 +287,7 @@ def write_detail_copies(copies: pd.DataFrame, side: int) -> None:
             image = reduce_detail(source.convert("RGB"), side)
         path = Path(copy.image_path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        image.save(path, format="PNG")
+        image.save(path, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
 
 
 def augmented_manifest(plan: AugmentationPlan) -> pd.DataFrame:

@@ -144,12 +144,16 @@ def square_resize(image: Image.Image, size: int) -> Image.Image:
     return square.resize((size, size), Image.Resampling.LANCZOS)
 
 
+# Level 1 measured 3.5x faster than the default 6 for 5% larger files (ingest's images), 4.7x
+# for 15% larger (augment's 180 px copies, 2026-12-08): still lossless, the same pixels.
+PNG_COMPRESS_LEVEL = 1
+
+
 def encode(image: Image.Image, image_format: str, jpeg_quality: int) -> bytes:
     """The file bytes of the canonical form: no metadata, so the same pixels give the same bytes."""
     buffer = io.BytesIO()
     if image_format == "jpeg":
         image.save(buffer, "JPEG", quality=jpeg_quality)
     else:
-        # Level 1 measured 3.5x faster than the default 6 for 5% larger files: still lossless.
-        image.save(buffer, "PNG", compress_level=1)
+        image.save(buffer, "PNG", compress_level=PNG_COMPRESS_LEVEL)
     return buffer.getvalue()
