@@ -164,6 +164,11 @@ def test_dvc_repro_accounts_for_every_file_and_then_has_nothing_to_do(
 
     assert "Running stage" not in second
     assert "Data and pipelines are up to date" in run(["dvc", "status", "validate"], repo)
+    # The bytecode Python writes beside the modules a stage imported (where
+    # PYTHONDONTWRITEBYTECODE is not set) is no change of a directory dependency.
+    (repo / "melanoma" / "params" / "__pycache__").mkdir(exist_ok=True)
+    (repo / "melanoma" / "params" / "__pycache__" / "data.cpython-311.pyc").write_bytes(b"\0")
+    assert "Data and pipelines are up to date" in run(["dvc", "status", "validate"], repo)
 
     # The reference file is a dependency of validate: a change re-runs validate, not ingest.
     reference_csv({"ISIC_0000100": "MEL"}, name="truth.csv")
