@@ -10,8 +10,9 @@ BIN := $(VENV)/bin
 UV := uv==0.13.9
 
 # --compile-bytecode: the packages' .pyc files written once, here. Where PYTHONDONTWRITEBYTECODE
-# is set (as in CI's environment) Python never writes them, and every process that imports
-# Keras compiled its ~24,000 code objects again: 13 s of each stage's start on a busy core.
+# is set (as on the machines we build and test on, 2026-12-08) Python never writes them, and
+# every process that imports Keras compiled its ~24,000 code objects again: 13 s of each
+# stage's start on a busy core.
 $(BIN)/.installed: requirements.txt pyproject.toml
 	python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet $(UV)
