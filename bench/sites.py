@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.clinics import SOURCES as LOCO_SOURCES  # each left out in turn by bench.clinics
 from bench.non_lesion import write_non_lesion_images
 from bench.sites_scores import ISIC2018, NON_LESION, RESULTS, SCORES_FILE, VALIDATION
 from melanoma.logs import setup_logging
@@ -50,7 +51,6 @@ from melanoma.paths import (
 log = logging.getLogger(__name__)
 
 SOURCES = ("isic_collection", "ham10000")
-LOCO_SOURCES = ("isic_collection", "ham10000", "isic2017", "bcn20000")
 SEEDS = (42, 43, 44)
 
 
